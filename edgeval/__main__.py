@@ -1,0 +1,5 @@
+"""`python -m edgeval` runs the command-line interface."""
+
+from edgeval.cli import main
+
+main()

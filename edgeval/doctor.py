@@ -1,0 +1,252 @@
+"""What this machine can do: versions, backend, CPU features, memory, GPUs, Hub settings, a budget."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import platform
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+import edgeval
+from edgeval import engine, hub, synth
+from edgeval.paths import cache_dir, edgeval_home
+from edgeval.quants import WeightQuant
+
+# CPU features that decide llama.cpp's speed, as Linux's /proc/cpuinfo names them.
+_X86_FEATURES = {
+    "avx": "AVX",
+    "avx2": "AVX2",
+    "fma": "FMA",
+    "f16c": "F16C",
+    "avx512f": "AVX512F",
+    "avx512_vnni": "AVX512_VNNI",
+    "avx512_bf16": "AVX512_BF16",
+    "avx_vnni": "AVX_VNNI",
+    "amx_tile": "AMX_TILE",
+    "amx_int8": "AMX_INT8",
+    "amx_bf16": "AMX_BF16",
+}
+_ARM_FEATURES = {"asimd": "NEON", "asimddp": "DOTPROD", "sve": "SVE", "i8mm": "MATMUL_INT8", "fphp": "FP16"}
+_MAC_FEATURES = {
+    "hw.optional.neon": "NEON",
+    "hw.optional.arm.FEAT_DotProd": "DOTPROD",
+    "hw.optional.arm.FEAT_I8MM": "MATMUL_INT8",
+    "hw.optional.arm.FEAT_FP16": "FP16",
+}
+
+GB = 1_000_000_000
+GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """A GPU and its memory."""
+
+    name: str
+    vram_total_bytes: int
+    source: str  # "nvml", "llama.cpp" or "unified"
+
+
+@dataclass(frozen=True)
+class RepackProbe:
+    """Whether llama.cpp's weight repacking survives a real matrix product on this machine."""
+
+    tested: bool
+    works: bool | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class MachineReport:
+    """Everything `edgeval doctor` tells."""
+
+    python: str
+    platform: str
+    edgeval: str
+    llama_cpp_python: str
+    llama_cpp_build: str | None
+    gpu_offload: bool
+    backend: str
+    llama_cpp_system_info: str
+    cpu: str
+    cpu_cores: int
+    cpu_threads: int
+    cpu_features: list[str]
+    ram_total_bytes: int
+    ram_available_bytes: int
+    gpus: list[Gpu]
+    hf_cache: str
+    hf_offline: bool
+    hf_token_configured: bool
+    edgeval_home: str
+    repack: RepackProbe
+    suggested_budget_bytes: int
+    suggested_budget_reason: str
+
+    def to_json(self) -> str:
+        """One JSON object (the keys of `--json`)."""
+        return json.dumps(asdict(self), indent=2)
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name."""
+    if sys.platform == "darwin":
+        name = _sysctl("machdep.cpu.brand_string")
+        if name:
+            return name
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_features() -> list[str]:
+    """SIMD and matrix features that matter to llama.cpp, as this CPU reports them."""
+    if sys.platform == "darwin":
+        return [name for key, name in _MAC_FEATURES.items() if _sysctl(key) == "1"]
+    try:
+        return parse_cpuinfo_flags(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return []
+
+
+def parse_cpuinfo_flags(text: str) -> list[str]:
+    """The features that matter, from the text of Linux's /proc/cpuinfo (x86 `flags` or ARM `Features`)."""
+    match = re.search(r"^(flags|Features)\s*:\s*(.*)$", text, re.MULTILINE)
+    flags = set(match.group(2).split()) if match else set()
+    table = _X86_FEATURES if match and match.group(1) == "flags" else _ARM_FEATURES
+    return [name for flag, name in table.items() if flag in flags]
+
+
+def _sysctl(key: str) -> str:
+    try:
+        return subprocess.run(["sysctl", "-n", key], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def nvidia_gpus() -> list[Gpu]:
+    """NVIDIA GPUs through NVML (needs the nvidia extra: nvidia-ml-py); empty when absent."""
+    try:
+        import pynvml
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # NVML raises its own error types when no driver is present
+        return []
+    try:
+        gpus = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = pynvml.nvmlDeviceGetName(handle)
+            total = pynvml.nvmlDeviceGetMemoryInfo(handle).total
+            gpus.append(Gpu(name.decode() if isinstance(name, bytes) else str(name), int(total), "nvml"))
+        return gpus
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def find_gpus(ram_total: int) -> list[Gpu]:
+    """GPUs edgeval can budget for: NVML first, then llama.cpp's own devices, then Apple unified memory."""
+    gpus = nvidia_gpus()
+    if not gpus:
+        gpus = [Gpu(d.description or d.name, d.memory_total, "llama.cpp") for d in engine.gpu_devices()]
+    if not gpus and sys.platform == "darwin" and platform.machine() == "arm64":
+        gpus = [Gpu(f"{cpu_model()} (unified memory)", ram_total, "unified")]
+    return gpus
+
+
+def suggest_budget(ram_total: int, ram_available: int, gpus: list[Gpu], gpu_offload: bool) -> tuple[int, str]:
+    """A default memory budget for `plan`/`compare`, and why."""
+    half_gb = GB // 2
+    if gpu_offload and gpus:
+        gpu = max(gpus, key=lambda g: g.vram_total_bytes)
+        if gpu.source == "unified":
+            budget = int(gpu.vram_total_bytes * 0.70) // half_gb * half_gb
+            return budget, "70% of unified memory: about what Metal lets one process keep resident"
+        budget = int(gpu.vram_total_bytes * 0.90) // half_gb * half_gb
+        return budget, f"90% of {gpu.name}'s memory, so the whole model and KV cache stay on the GPU"
+    by_total = int(ram_total * 0.75)
+    by_available = ram_available - GIB
+    budget = max(min(by_total, by_available), 0) // half_gb * half_gb
+    if by_available < by_total:
+        return budget, "available RAM less 1 GiB of headroom (other programs are using memory now)"
+    return budget, "75% of RAM, leaving room for the operating system and other programs"
+
+
+# ---------------------------------------------------------------- repacking probe
+
+PROBE_SPEC = synth.SynthSpec(name="repack-probe", n_layer=1, n_embd=256, n_head=4, n_head_kv=2, n_ff=512)
+
+
+def _probe_child(path: str) -> None:
+    """Load with repacking on and decode: a crash here is what the probe is looking for."""
+    with (
+        engine.Model(Path(path), engine.LoadOptions(repack=True, n_gpu_layers=0)) as model,
+        engine.Context(model, engine.ContextOptions(n_ctx=256)) as ctx,
+    ):
+        ctx.generate(model.tokenize("<|im_start|>user\nhi<|im_end|>\n"), max_tokens=4)
+
+
+def probe_repack(timeout_s: float = 120.0, target: Callable[[str], None] = _probe_child) -> RepackProbe:
+    """Run a tiny Q4_0 model with repacking on in a child process, and say whether it survived."""
+    model = synth.build(PROBE_SPEC, WeightQuant.Q4_0, cache_dir("models"), threads=1)
+    spawn = multiprocessing.get_context("spawn")
+    child = spawn.Process(target=target, args=(str(model),), daemon=True)
+    child.start()
+    child.join(timeout_s)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        return RepackProbe(True, False, f"a tiny model with repacking on did not finish in {timeout_s:.0f} s")
+    code = child.exitcode or 0
+    if code == 0:
+        return RepackProbe(True, True, "repacking works on this CPU: leave it on for speed")
+    how = f"signal {-code}" if code < 0 else f"exit code {code}"
+    return RepackProbe(
+        True, False, f"repacking crashed a tiny model ({how}): edgeval loads with repacking off here"
+    )
+
+
+def examine(probe: bool = True) -> MachineReport:
+    """Gather the machine report (runs the repacking probe unless `probe` is False)."""
+    memory = psutil.virtual_memory()
+    offload = engine.supports_gpu_offload()
+    gpus = find_gpus(memory.total)
+    budget, reason = suggest_budget(memory.total, memory.available, gpus, offload)
+    repack = probe_repack() if probe else RepackProbe(False, None, "not tested (--no-probe)")
+    return MachineReport(
+        python=f"{platform.python_implementation()} {platform.python_version()}",
+        platform=platform.platform(),
+        edgeval=edgeval.__version__,
+        llama_cpp_python=engine.LLAMA_CPP_PYTHON_VERSION,
+        llama_cpp_build=engine.build_version(),
+        gpu_offload=offload,
+        backend=engine.backend_name(),
+        llama_cpp_system_info=engine.system_info(),
+        cpu=cpu_model(),
+        cpu_cores=psutil.cpu_count(logical=False) or 0,
+        cpu_threads=psutil.cpu_count(logical=True) or 0,
+        cpu_features=cpu_features(),
+        ram_total_bytes=int(memory.total),
+        ram_available_bytes=int(memory.available),
+        gpus=gpus,
+        hf_cache=str(hub.cache_folder()),
+        hf_offline=hub.offline(),
+        hf_token_configured=hub.token_configured(),
+        edgeval_home=str(edgeval_home()),
+        repack=repack,
+        suggested_budget_bytes=budget,
+        suggested_budget_reason=reason,
+    )

@@ -1,0 +1,591 @@
+"""llama.cpp, through llama-cpp-python's low-level API: the only module that imports `llama_cpp`.
+
+It loads GGUF models (repacking on or off, GPU layers), creates contexts with chosen KV-cache types,
+decodes k sequences of one prompt together in one context, quantizes files, and captures llama.cpp's log.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import llama_cpp
+
+from edgeval.errors import ConfigurationError, LlamaError, ModelFileError, QuantizeError
+from edgeval.quants import KVType, WeightQuant
+
+LLAMA_CPP_PYTHON_VERSION: str = llama_cpp.__version__
+
+
+class _LogCapture:
+    """Receives every llama.cpp log line instead of the terminal; keeps a bounded history."""
+
+    def __init__(self, keep: int = 4000) -> None:
+        self._lines: deque[str] = deque(maxlen=keep)
+        self._partial = ""
+        self._appended = 0  # lines ever logged; marks are positions in this count
+        self._lock = threading.Lock()
+        self._echo = False
+        # llama.cpp calls back through this object: it must stay referenced while installed.
+        self._callback = llama_cpp.llama_log_callback(self._on_log)
+        llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
+
+    def _on_log(self, level: int, text: bytes | None, user_data: ctypes.c_void_p) -> None:
+        chunk = (text or b"").decode("utf-8", errors="replace")
+        if self._echo:
+            os.write(2, chunk.encode())
+        with self._lock:
+            parts = (self._partial + chunk).split("\n")
+            self._partial = parts.pop()
+            self._lines.extend(part.rstrip() for part in parts)
+            self._appended += len(parts)
+
+    def set_echo(self, echo: bool) -> None:
+        """Also copy llama.cpp's log to stderr (`--verbose`)."""
+        self._echo = echo
+
+    def mark(self) -> int:
+        """A position in the log; `since(mark)` returns what was logged after it."""
+        with self._lock:
+            return self._appended
+
+    def since(self, mark: int) -> list[str]:
+        """Lines logged after `mark` (as many as the bounded history still holds)."""
+        with self._lock:
+            missing = min(self._appended - mark, len(self._lines))
+            return list(self._lines)[-missing:] if missing > 0 else []
+
+    def tail(self, n: int = 5) -> tuple[str, ...]:
+        """The last n non-empty lines."""
+        with self._lock:
+            lines = [line for line in self._lines if line.strip()]
+        return tuple(lines[-n:])
+
+
+LOG = _LogCapture()
+llama_cpp.llama_backend_init()
+
+
+@contextmanager
+def captured_log() -> Iterator[list[str]]:
+    """Collect the log lines llama.cpp writes inside the block into the yielded list."""
+    lines: list[str] = []
+    start = LOG.mark()
+    try:
+        yield lines
+    finally:
+        lines.extend(LOG.since(start))
+
+
+# ---------------------------------------------------------------- build facts
+
+
+def system_info() -> str:
+    """llama.cpp's own summary of the CPU features and backends this build uses."""
+    return bytes(llama_cpp.llama_print_system_info()).decode("utf-8", errors="replace").strip()
+
+
+def supports_gpu_offload() -> bool:
+    """Whether this llama.cpp build can put layers on a GPU (CUDA, Metal, Vulkan, ...)."""
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+@dataclass(frozen=True)
+class Device:
+    """A compute device llama.cpp's backends registered."""
+
+    name: str
+    description: str
+    kind: str  # "cpu", "gpu", "igpu" or "accel"
+    memory_total: int
+    memory_free: int
+
+
+_DEVICE_KINDS = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
+
+
+def _ggml_library(stem: str) -> ctypes.CDLL | None:
+    """One of the ggml libraries that llama-cpp-python ships beside libllama (already loaded by it)."""
+    folder = Path(llama_cpp.llama_cpp._lib._name).parent
+    for candidate in sorted(folder.glob(f"*{stem}.*")):
+        if candidate.suffix in (".so", ".dylib", ".dll"):
+            return ctypes.CDLL(str(candidate))
+    return None
+
+
+def build_version() -> str | None:
+    """ggml's version and the llama.cpp commit this build came from, e.g. `0.25.3 (0c1e570)`."""
+    lib = _ggml_library("ggml-base")
+    if lib is None or not hasattr(lib, "ggml_commit"):
+        return None
+    lib.ggml_version.restype = ctypes.c_char_p
+    lib.ggml_commit.restype = ctypes.c_char_p
+    return f"{lib.ggml_version().decode()} ({lib.ggml_commit().decode()})"
+
+
+def devices() -> list[Device]:
+    """Every device of every backend this build has."""
+    reg, base = _ggml_library("ggml"), _ggml_library("ggml-base")
+    if reg is None or base is None:
+        return []
+    reg.ggml_backend_dev_count.restype = ctypes.c_size_t
+    reg.ggml_backend_dev_get.restype = ctypes.c_void_p
+    reg.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    for fn in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
+        getattr(base, fn).restype = ctypes.c_char_p
+        getattr(base, fn).argtypes = [ctypes.c_void_p]
+    base.ggml_backend_dev_type.restype = ctypes.c_int
+    base.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    base.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    found = []
+    for i in range(reg.ggml_backend_dev_count()):
+        dev = reg.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        base.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        found.append(
+            Device(
+                name=(base.ggml_backend_dev_name(dev) or b"").decode(),
+                description=(base.ggml_backend_dev_description(dev) or b"").decode(),
+                kind=_DEVICE_KINDS.get(base.ggml_backend_dev_type(dev), "other"),
+                memory_total=total.value,
+                memory_free=free.value,
+            )
+        )
+    return found
+
+
+def gpu_devices() -> list[Device]:
+    """The GPUs (discrete or integrated) this build can offload to."""
+    return [d for d in devices() if d.kind in ("gpu", "igpu")]
+
+
+def backend_name() -> str:
+    """The accelerator backend of this build (CUDA, Metal, Vulkan...), or CPU."""
+    gpus = gpu_devices()
+    if gpus:
+        # Device names carry the backend: CUDA0, Metal, Vulkan0.
+        return ", ".join(sorted({d.name.rstrip("0123456789") for d in gpus}))
+    return "CPU"
+
+
+def default_threads() -> int:
+    """Physical cores: llama.cpp's decode speed does not gain from hyper-threads."""
+    import psutil
+
+    return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+
+
+# ---------------------------------------------------------------- quantization
+
+
+def quantize(source: Path, target: Path, quant: WeightQuant, *, threads: int | None = None) -> None:
+    """Write `source` (an F16/F32 GGUF) quantized to `quant` at `target`, with llama.cpp's quantizer."""
+    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant.value}", None)
+    if ftype is None:
+        raise ConfigurationError(f"this llama.cpp build cannot quantize to {quant.value}")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = threads or 0
+    start = LOG.mark()
+    rc = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise QuantizeError(
+            f"llama.cpp could not quantize {source.name} to {quant.value} (code {rc})",
+            log_tail=tuple(LOG.since(start)[-3:]),
+        )
+
+
+# ---------------------------------------------------------------- models
+
+
+def check_gguf_file(path: Path) -> None:
+    """Refuse, before llama.cpp sees it, a path that is missing or is not a GGUF file."""
+    if not path.exists():
+        raise ModelFileError(path, "no such file")
+    if path.is_dir():
+        raise ModelFileError(path, "is a folder, not a .gguf file")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ModelFileError(path, "not a GGUF file (its first bytes are not 'GGUF')")
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a model file is loaded."""
+
+    n_gpu_layers: int | None = None  # None: all layers on a GPU build, 0 on a CPU-only build
+    repack: bool = False  # llama.cpp's weight repacking ("extra buffer types"; AMX, AVX-512 and ARM paths)
+    use_mmap: bool = True
+    vocab_only: bool = False
+
+    def gpu_layers(self) -> int:
+        """The resolved number of layers to offload (-1 means all)."""
+        if self.n_gpu_layers is not None:
+            return self.n_gpu_layers
+        return -1 if supports_gpu_offload() else 0
+
+
+class Model:
+    """A loaded GGUF model; use as a context manager or call close()."""
+
+    def __init__(self, path: Path, options: LoadOptions = LoadOptions()) -> None:
+        check_gguf_file(path)
+        self.path = path
+        self.options = options
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = options.gpu_layers()
+        params.use_extra_bufts = options.repack
+        params.use_mmap = options.use_mmap
+        params.vocab_only = options.vocab_only
+        start = LOG.mark()
+        t0 = time.perf_counter()
+        self._ptr: llama_cpp.llama_model_p | None = llama_cpp.llama_model_load_from_file(
+            str(path).encode(), params
+        )
+        self.load_s = time.perf_counter() - t0
+        self.load_log = LOG.since(start)
+        if not self._ptr:
+            raise LlamaError(f"llama.cpp could not load {path.name}", log_tail=tuple(self.load_log[-3:]))
+        self._vocab = llama_cpp.llama_model_get_vocab(self._ptr)
+
+    @property
+    def ptr(self) -> llama_cpp.llama_model_p:
+        """The raw llama_model pointer (for Context)."""
+        if not self._ptr:
+            raise LlamaError("the model was already closed")
+        return self._ptr
+
+    def close(self) -> None:
+        """Free the model's memory."""
+        if self._ptr:
+            llama_cpp.llama_model_free(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def n_ctx_train(self) -> int:
+        """The context length the model was trained for."""
+        return int(llama_cpp.llama_model_n_ctx_train(self.ptr))
+
+    @property
+    def n_vocab(self) -> int:
+        """Number of tokens in the vocabulary."""
+        return int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+
+    @property
+    def n_params(self) -> int:
+        """Parameter count as llama.cpp counts it."""
+        return int(llama_cpp.llama_model_n_params(self.ptr))
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of all weight tensors."""
+        return int(llama_cpp.llama_model_size(self.ptr))
+
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        """Token ids of `text`; `special` parses control tokens such as `<|im_start|>`."""
+        raw = text.encode("utf-8")
+        capacity = len(raw) + 16
+        buf = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(self._vocab, raw, len(raw), buf, capacity, False, special)
+        if n < 0:
+            capacity = -n
+            buf = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(self._vocab, raw, len(raw), buf, capacity, False, special)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes one token stands for (special tokens rendered as their text)."""
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
+        return buf.raw[:n]
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """Text of a token sequence (invalid UTF-8 replaced)."""
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def is_end(self, token: int) -> bool:
+        """Whether the token ends generation (`<|im_end|>`, `<|endoftext|>`)."""
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+
+# ---------------------------------------------------------------- contexts and generation
+
+
+@dataclass(frozen=True)
+class ContextOptions:
+    """How a context (KV cache and compute buffers) is created."""
+
+    n_ctx: int = 4096
+    n_seq: int = 1  # parallel sequences sharing the context (the k votes)
+    type_k: KVType = KVType.F16
+    type_v: KVType = KVType.F16
+    flash_attn: bool = True  # required whenever V is quantized
+    n_threads: int | None = None
+    n_batch: int = 512
+    n_ubatch: int = 512
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """A sampler chain: top-k, top-p, min-p, temperature, then a seeded draw (greedy at temperature 0)."""
+
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 20
+    min_p: float = 0.0
+
+
+@dataclass
+class _Sample:
+    """One generated sample."""
+
+    tokens: list[int] = field(default_factory=list)
+    finish: str = ""  # "stop" (end token) or "length" (max_tokens reached)
+
+    @property
+    def done(self) -> bool:
+        return bool(self.finish)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The k samples of one prompt and how they were produced."""
+
+    texts: tuple[str, ...]
+    tokens: tuple[tuple[int, ...], ...]
+    finish: tuple[str, ...]
+    prompt_tokens: int
+    prompt_tokens_decoded: (
+        int  # prompt tokens sent to llama_decode (== prompt_tokens: decoded once for all k)
+    )
+    max_batch_seqs: int  # the most sequences one decode step carried
+    prompt_s: float
+    decode_s: float
+    ttft_s: float
+
+    @property
+    def generated_tokens(self) -> int:
+        """Tokens generated over all sequences."""
+        return sum(len(t) for t in self.tokens)
+
+
+class Context:
+    """A llama.cpp context on a loaded model: a KV cache of n_ctx cells shared by n_seq sequences."""
+
+    def __init__(self, model: Model, options: ContextOptions = ContextOptions()) -> None:
+        if options.type_v.quantized and not options.flash_attn:
+            raise ConfigurationError(
+                f"a {options.type_v.value} V cache needs flash attention",
+                hint="turn flash attention on, or use an f16/bf16 V cache",
+            )
+        if options.n_ctx > model.n_ctx_train:
+            raise ConfigurationError(
+                f"context {options.n_ctx} is larger than the {model.n_ctx_train} tokens "
+                f"{model.path.name} was trained for",
+                hint=f"use --ctx {model.n_ctx_train} or less",
+            )
+        self.model = model
+        self.options = options
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = options.n_ctx
+        params.n_batch = options.n_batch
+        params.n_ubatch = options.n_ubatch
+        params.n_seq_max = options.n_seq
+        threads = options.n_threads or default_threads()
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.type_k = int(options.type_k.ggml_type)
+        params.type_v = int(options.type_v.ggml_type)
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if options.flash_attn
+            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        # One KV buffer for all sequences, so the shared prompt occupies its cells once.
+        params.kv_unified = True
+        params.no_perf = True
+        start = LOG.mark()
+        self._ptr = llama_cpp.llama_init_from_model(model.ptr, params)
+        self.init_log = LOG.since(start)
+        if not self._ptr:
+            raise ConfigurationError(
+                f"llama.cpp could not create a context with K {options.type_k.value}, "
+                f"V {options.type_v.value}, {options.n_ctx} cells"
+                + (f" ({self.init_log[-1].strip()})" if self.init_log else ""),
+                hint="this build may not support these KV types (CUDA needs -DGGML_CUDA_FA_ALL_QUANTS=ON "
+                "for mixed types), or memory ran out: try f16/q8_0 or a smaller --ctx",
+            )
+        self._memory = llama_cpp.llama_get_memory(self._ptr)
+
+    def close(self) -> None:
+        """Free the KV cache and buffers."""
+        if self._ptr:
+            llama_cpp.llama_free(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def n_ctx(self) -> int:
+        """KV cells this context really has (llama.cpp pads the requested number)."""
+        return int(llama_cpp.llama_n_ctx(self._ptr))
+
+    @property
+    def n_seq(self) -> int:
+        """Sequences the context accepts."""
+        return int(llama_cpp.llama_n_seq_max(self._ptr))
+
+    def generate(
+        self,
+        prompt: Sequence[int],
+        *,
+        k: int = 1,
+        max_tokens: int = 256,
+        sampling: Sampling = Sampling(),
+        seeds: Sequence[int] = (0,),
+    ) -> Generation:
+        """k samples of `prompt`, decoded together: the prompt once, then one batch per step."""
+        if not prompt:
+            raise ValueError("an empty prompt")
+        if k < 1 or k > self.n_seq:
+            raise ConfigurationError(f"k={k} sequences, but this context holds {self.n_seq}")
+        if len(seeds) != k:
+            raise ValueError("one seed per sequence")
+        needed = len(prompt) + k * max_tokens
+        if needed > self.n_ctx:
+            raise ConfigurationError(
+                f"prompt ({len(prompt)} tokens) + {k} × {max_tokens} tokens needs {needed} KV cells, "
+                f"the context has {self.n_ctx}",
+                hint="raise --ctx or lower the token budget or k",
+            )
+        samplers = [_sampler_chain(sampling, seed) for seed in seeds]
+        batch = llama_cpp.llama_batch_init(max(self.options.n_batch, k), 0, k)
+        try:
+            return self._run(prompt, k, max_tokens, samplers, batch)
+        finally:
+            llama_cpp.llama_batch_free(batch)
+            for chain in samplers:
+                llama_cpp.llama_sampler_free(chain)
+
+    def _decode(self, batch: llama_cpp.llama_batch) -> None:
+        rc = llama_cpp.llama_decode(self._ptr, batch)
+        if rc != 0:
+            reason = {1: "no free KV slot", 2: "aborted"}.get(rc, f"error {rc}")
+            raise LlamaError(f"llama_decode failed: {reason}", log_tail=LOG.tail(3))
+
+    def _run(
+        self,
+        prompt: Sequence[int],
+        k: int,
+        max_tokens: int,
+        samplers: list[llama_cpp.llama_sampler_p],
+        batch: llama_cpp.llama_batch,
+    ) -> Generation:
+        llama_cpp.llama_memory_clear(self._memory, True)
+        t0 = time.perf_counter()
+        # The prompt is decoded once, on sequence 0, in chunks of at most n_batch tokens.
+        prompt_decoded = 0
+        chunk = self.options.n_batch
+        for start in range(0, len(prompt), chunk):
+            part = prompt[start : start + chunk]
+            _fill(batch, [(tok, start + i, 0, start + i == len(prompt) - 1) for i, tok in enumerate(part)])
+            self._decode(batch)
+            prompt_decoded += len(part)
+        # The other sequences share the prompt's cells (a unified KV cache: no copy of the data).
+        for s in range(1, k):
+            llama_cpp.llama_memory_seq_cp(self._memory, 0, s, -1, -1)
+        prompt_s = time.perf_counter() - t0
+        seqs = [_Sample() for _ in range(k)]
+        # The last prompt token's logits sit at its index within the last chunk.
+        last = (len(prompt) - 1) % chunk
+        logits_index = dict.fromkeys(range(k), last)
+        pos = len(prompt)
+        ttft = 0.0
+        max_batch = 0
+        t1 = time.perf_counter()
+        while True:
+            step: list[tuple[int, int, int, bool]] = []
+            for s, seq in enumerate(seqs):
+                if seq.done:
+                    continue
+                token = int(llama_cpp.llama_sampler_sample(samplers[s], self._ptr, logits_index[s]))
+                if self.model.is_end(token):
+                    seq.finish = "stop"
+                    continue
+                seq.tokens.append(token)
+                if len(seq.tokens) >= max_tokens:
+                    seq.finish = "length"
+                    continue
+                step.append((token, pos, s, True))
+            if not ttft:
+                ttft = time.perf_counter() - t0
+            if not step:
+                break
+            _fill(batch, step)
+            for i, (_, _, s, _) in enumerate(step):
+                logits_index[s] = i
+            max_batch = max(max_batch, len(step))
+            self._decode(batch)
+            pos += 1
+        decode_s = time.perf_counter() - t1
+        return Generation(
+            texts=tuple(self.model.detokenize(seq.tokens) for seq in seqs),
+            tokens=tuple(tuple(seq.tokens) for seq in seqs),
+            finish=tuple(seq.finish for seq in seqs),
+            prompt_tokens=len(prompt),
+            prompt_tokens_decoded=prompt_decoded,
+            max_batch_seqs=max_batch,
+            prompt_s=prompt_s,
+            decode_s=decode_s,
+            ttft_s=ttft,
+        )
+
+
+def _fill(batch: llama_cpp.llama_batch, items: Sequence[tuple[int, int, int, bool]]) -> None:
+    """Put (token, position, sequence, wants_logits) items into a llama_batch."""
+    for i, (token, pos, seq, logits) in enumerate(items):
+        batch.token[i] = token
+        # llama-cpp-python annotates pos as an array of arrays; at run time it is a flat int32 array.
+        batch.pos[i] = pos  # type: ignore[call-overload]
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = seq
+        batch.logits[i] = logits
+    batch.n_tokens = len(items)
+
+
+def _sampler_chain(sampling: Sampling, seed: int) -> llama_cpp.llama_sampler_p:
+    params = llama_cpp.llama_sampler_chain_default_params()
+    chain: llama_cpp.llama_sampler_p = llama_cpp.llama_sampler_chain_init(params)
+    if sampling.temperature <= 0:
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
+        return chain
+    if sampling.top_k > 0:
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(sampling.top_k))
+    if sampling.top_p < 1.0:
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(sampling.top_p, 1))
+    if sampling.min_p > 0.0:
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_min_p(sampling.min_p, 1))
+    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(sampling.temperature))
+    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+    return chain

@@ -1,0 +1,45 @@
+"""Shared fixtures: every test gets its own edgeval home and Hugging Face home; tiny models are built once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgeval import synth
+from edgeval.quants import WeightQuant
+
+TINY = synth.SynthSpec(name="tiny-test", n_layer=2, n_embd=256, n_head=4, n_head_kv=2, head_dim=64, n_ff=512)
+
+
+@pytest.fixture(autouse=True)
+def isolated_homes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Point EDGEVAL_HOME and HF_HOME at tmp_path so no test reads or writes the user's files."""
+    monkeypatch.setenv("EDGEVAL_HOME", str(tmp_path / "edgeval-home"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    for name in ("HF_HUB_CACHE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("EDGEVAL_DEBUG", raising=False)
+    yield
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder of tiny models for the whole session."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(model_dir: Path) -> dict[WeightQuant, Path]:
+    """The tiny Qwen3 model at F16 and each quantization the tests use, built by edgeval.synth."""
+    quants = [
+        WeightQuant.F16,
+        WeightQuant.Q8_0,
+        WeightQuant.Q6_K,
+        WeightQuant.Q5_K_M,
+        WeightQuant.Q4_K_M,
+        WeightQuant.Q4_0,
+        WeightQuant.Q2_K,
+    ]
+    return {q: synth.build(TINY, q, model_dir, threads=2) for q in quants}
