@@ -214,9 +214,7 @@ def probe_repack(timeout_s: float = 120.0, target: Callable[[str], None] = _prob
     if code == 0:
         return RepackProbe(True, True, "repacking works on this CPU: leave it on for speed")
     how = f"signal {-code}" if code < 0 else f"exit code {code}"
-    return RepackProbe(
-        True, False, f"repacking crashed a tiny model ({how}): edgeval loads with repacking off here"
-    )
+    return RepackProbe(True, False, f"repacking crashed a tiny model ({how}): edgeval loads with repacking off here")
 
 
 def examine(probe: bool = True) -> MachineReport:

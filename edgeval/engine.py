@@ -247,9 +247,7 @@ class Model:
         params.vocab_only = options.vocab_only
         start = LOG.mark()
         t0 = time.perf_counter()
-        self._ptr: llama_cpp.llama_model_p | None = llama_cpp.llama_model_load_from_file(
-            str(path).encode(), params
-        )
+        self._ptr: llama_cpp.llama_model_p | None = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         self.load_s = time.perf_counter() - t0
         self.load_log = LOG.since(start)
         if not self._ptr:
@@ -372,9 +370,7 @@ class Generation:
     tokens: tuple[tuple[int, ...], ...]
     finish: tuple[str, ...]
     prompt_tokens: int
-    prompt_tokens_decoded: (
-        int  # prompt tokens sent to llama_decode (== prompt_tokens: decoded once for all k)
-    )
+    prompt_tokens_decoded: int  # prompt tokens sent to llama_decode (== prompt_tokens: decoded once for all k)
     max_batch_seqs: int  # the most sequences one decode step carried
     prompt_s: float
     decode_s: float
@@ -395,12 +391,6 @@ class Context:
                 f"a {options.type_v.value} V cache needs flash attention",
                 hint="turn flash attention on, or use an f16/bf16 V cache",
             )
-        if options.n_ctx > model.n_ctx_train:
-            raise ConfigurationError(
-                f"context {options.n_ctx} is larger than the {model.n_ctx_train} tokens "
-                f"{model.path.name} was trained for",
-                hint=f"use --ctx {model.n_ctx_train} or less",
-            )
         self.model = model
         self.options = options
         params = llama_cpp.llama_context_default_params()
@@ -414,9 +404,7 @@ class Context:
         params.type_k = int(options.type_k.ggml_type)
         params.type_v = int(options.type_v.ggml_type)
         params.flash_attn_type = (
-            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-            if options.flash_attn
-            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if options.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         # One KV buffer for all sequences, so the shared prompt occupies its cells once.
         params.kv_unified = True
@@ -472,6 +460,12 @@ class Context:
             raise ConfigurationError(f"k={k} sequences, but this context holds {self.n_seq}")
         if len(seeds) != k:
             raise ValueError("one seed per sequence")
+        if len(prompt) + max_tokens > self.model.n_ctx_train:
+            raise ConfigurationError(
+                f"prompt ({len(prompt)} tokens) + {max_tokens} generated tokens is longer than the "
+                f"{self.model.n_ctx_train} tokens {self.model.path.name} was trained for",
+                hint="lower the token budget",
+            )
         needed = len(prompt) + k * max_tokens
         if needed > self.n_ctx:
             raise ConfigurationError(

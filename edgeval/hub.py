@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tqdm.auto import tqdm
+
+from edgeval.errors import EdgevalError
+from edgeval.units import format_bytes
+
+if TYPE_CHECKING:
+    from edgeval.catalog import ModelFile
+    from edgeval.gguf_info import GGUFInfo
 
 _TRUE = {"1", "on", "yes", "true"}
 
@@ -39,3 +52,297 @@ def token_configured() -> bool:
         return bool(token_file.read_text().strip())
     except OSError:
         return False
+
+
+# ---------------------------------------------------------------- downloads and remote headers
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+# Room left free beyond the download itself, so the disk does not fill to the last byte.
+DISK_MARGIN_BYTES = 512 * 1024 * 1024
+
+
+class HubError(EdgevalError):
+    """A Hugging Face Hub request that failed in a way the user can fix."""
+
+
+class GatedRepoError(HubError):
+    """A gated repo: the user must accept its terms on the Hub and use a token."""
+
+    def __init__(self, repo: str, token_set: bool) -> None:
+        hint = (
+            f"your token has no access yet: accept the terms at {endpoint()}/{repo} with that account"
+            if token_set
+            else f"accept the terms at {endpoint()}/{repo}, then set HF_TOKEN (or run `hf auth login`)"
+        )
+        super().__init__(f"{repo} is gated", hint=hint)
+        self.repo = repo
+
+
+class RepoNotFoundError(HubError):
+    """A repo the Hub does not show (missing, private, or gated without a token)."""
+
+    def __init__(self, repo: str, token_set: bool) -> None:
+        hint = "check the repo id in the catalog" + ("" if token_set else "; if it is private, set HF_TOKEN")
+        super().__init__(f"repository {repo} not found on the Hub", hint=hint)
+        self.repo = repo
+
+
+class FileNotOnHubError(HubError):
+    """A file name the repo does not have (at that revision)."""
+
+    def __init__(self, repo: str, filename: str, revision: str | None) -> None:
+        at = f" at revision {revision}" if revision else ""
+        super().__init__(
+            f"{repo} has no file {filename}{at}",
+            hint="check the file name in the catalog against the repo's file list",
+        )
+        self.repo, self.filename = repo, filename
+
+
+class OfflineNotCachedError(HubError):
+    """HF_HUB_OFFLINE is set and the file is not in the cache."""
+
+    def __init__(self, repo: str, filename: str) -> None:
+        super().__init__(
+            f"{repo}/{filename} is not in the Hugging Face cache and HF_HUB_OFFLINE is set",
+            hint="unset HF_HUB_OFFLINE to download it, or try `edgeval demo`, which needs no download",
+        )
+
+
+class HubUnreachableError(HubError):
+    """No answer from the Hub (no network, proxy, DNS)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"cannot reach the Hugging Face Hub at {endpoint()} ({detail})",
+            hint="check the network; set HF_HUB_OFFLINE=1 to use cached files only, or try `edgeval demo`",
+        )
+
+
+class NotEnoughDiskError(HubError):
+    """The cache's disk has too little room for a download."""
+
+    def __init__(self, what: str, needed: int, free: int, folder: Path) -> None:
+        super().__init__(
+            f"{what} needs {format_bytes(needed)} but {folder} has {format_bytes(free)} free",
+            hint="free some space, or point HF_HOME / HF_HUB_CACHE at a larger disk",
+        )
+        self.needed, self.free = needed, free
+
+
+class ChecksumError(HubError):
+    """A downloaded file whose sha256 is not the catalog's."""
+
+    def __init__(self, path: Path, expected: str, actual: str) -> None:
+        super().__init__(
+            f"{path.name}: sha256 {actual[:12]}… is not the catalog's {expected[:12]}…",
+            hint=f"delete {path} and pull again; if it persists, the catalog entry is out of date",
+        )
+
+
+def endpoint() -> str:
+    """HF_ENDPOINT (read now), else the public Hub."""
+    return (_env("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def _token() -> str | None:
+    return _env("HF_TOKEN") or _env("HUGGING_FACE_HUB_TOKEN") or None
+
+
+# Progress: (file name, bytes done, bytes total or None).
+Progress = Callable[[str, int, int | None], None]
+
+
+def _progress_bar_class(filename: str, progress: Progress | None) -> type[tqdm] | None:
+    """A silent tqdm that reports to `progress` (huggingface_hub drives tqdm; edgeval renders with rich)."""
+    if progress is None:
+        return None
+    report = progress
+
+    class _Reporting(tqdm):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+            self._done = int(kwargs.get("initial", 0) or 0)
+            self._total = kwargs.get("total")
+            report(filename, self._done, self._total)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            self._done += int(n or 0)
+            report(filename, self._done, self._total)
+            return None
+
+    return _Reporting
+
+
+def _translate(exc: Exception, repo: str, filename: str, revision: str | None) -> Exception:
+    """huggingface_hub's exceptions as edgeval's, with the next step spelled out."""
+    from huggingface_hub import errors as hf
+
+    if isinstance(exc, hf.GatedRepoError):
+        return GatedRepoError(repo, token_configured())
+    if isinstance(exc, hf.RepositoryNotFoundError):
+        return RepoNotFoundError(repo, token_configured())
+    if isinstance(exc, hf.RevisionNotFoundError | hf.RemoteEntryNotFoundError):
+        return FileNotOnHubError(repo, filename, revision)
+    if isinstance(exc, hf.LocalEntryNotFoundError | hf.OfflineModeIsEnabled):
+        return OfflineNotCachedError(repo, filename) if offline() else HubUnreachableError(str(exc).splitlines()[0])
+    if isinstance(exc, hf.HfHubHTTPError):
+        return HubError(f"the Hub answered {str(exc).splitlines()[0]}", hint="try again later")
+    if isinstance(exc, OSError | ConnectionError) or type(exc).__module__.startswith(("httpx", "httpcore")):
+        return HubUnreachableError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return exc
+
+
+def cached_file(repo: str, filename: str, revision: str | None = None) -> Path | None:
+    """The file's path in the Hugging Face cache, if it was downloaded."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, filename, cache_dir=cache_folder(), revision=revision)
+    return Path(found) if isinstance(found, str) else None
+
+
+def _incomplete_bytes(repo: str) -> int:
+    """Bytes already fetched by interrupted downloads of this repo (they resume, so they need no new room)."""
+    blobs = cache_folder() / f"models--{repo.replace('/', '--')}" / "blobs"
+    return sum(p.stat().st_size for p in blobs.glob("*.incomplete")) if blobs.exists() else 0
+
+
+def download(
+    repo: str,
+    filename: str,
+    *,
+    revision: str | None = None,
+    expected_size: int | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """One file into the Hugging Face cache with hf_hub_download (resuming a partial download), checked for room."""
+    from huggingface_hub import hf_hub_download
+
+    cached = cached_file(repo, filename, revision)
+    if cached is not None:
+        return cached
+    folder = cache_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    common: dict[str, Any] = dict(
+        repo_id=repo,
+        filename=filename,
+        revision=revision,
+        cache_dir=folder,
+        endpoint=endpoint(),
+        token=_token(),
+        local_files_only=offline(),
+    )
+    try:
+        size = expected_size
+        if size is None and not offline():
+            size = hf_hub_download(**common, dry_run=True).file_size
+        if size is not None:
+            needed = size - _incomplete_bytes(repo) + DISK_MARGIN_BYTES
+            free = shutil.disk_usage(folder).free
+            if needed > free:
+                raise NotEnoughDiskError(f"{filename} ({format_bytes(size)})", needed, free, folder)
+        return Path(hf_hub_download(**common, tqdm_class=_progress_bar_class(filename, progress)))
+    except EdgevalError:
+        raise
+    except Exception as exc:
+        raise _translate(exc, repo, filename, revision) from exc
+
+
+def sha256_of(path: Path, chunk: int = 8 << 20) -> str:
+    """The file's sha256 (the Hub's LFS object id)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_sha256(path: Path, expected: str) -> None:
+    """Raise ChecksumError unless the file hashes to `expected`."""
+    actual = sha256_of(path)
+    if actual != expected.lower():
+        raise ChecksumError(path, expected, actual)
+
+
+def remote_reader(repo: str, filename: str, revision: str | None = None) -> tuple[Callable[[int, int], bytes], int]:
+    """A range reader over a Hub file, and its size: reads a header without downloading the file."""
+    from huggingface_hub import get_hf_file_metadata, get_session, hf_hub_url, hf_raise_for_status
+    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
+
+    url = hf_hub_url(repo, filename, revision=revision, endpoint=endpoint())
+    if offline():
+        raise OfflineNotCachedError(repo, filename)
+    try:
+        meta = get_hf_file_metadata(url, token=_token(), endpoint=endpoint())
+    except Exception as exc:
+        raise _translate(exc, repo, filename, revision) from exc
+    if meta.size is None:
+        raise HubError(f"the Hub did not say how large {filename} is", hint="try again later")
+    size = int(meta.size)
+    location = meta.location or url
+    headers = build_hf_headers(token=_token())
+
+    def read_at(offset: int, n: int) -> bytes:
+        if offset >= size:
+            return b""
+        last = min(offset + n, size) - 1
+        try:
+            response = get_session().get(
+                location, headers={**headers, "Range": f"bytes={offset}-{last}"}, follow_redirects=True
+            )
+            hf_raise_for_status(response)
+        except Exception as exc:
+            raise _translate(exc, repo, filename, revision) from exc
+        if response.status_code != 206:
+            raise HubError(f"the Hub ignored a range request for {filename}", hint="try again later")
+        data: bytes = response.content
+        return data
+
+    return read_at, size
+
+
+def local_path(file: ModelFile) -> Path | None:
+    """Where a catalog file is on this machine: its own path, or its (first part's) place in the cache."""
+    if file.path is not None:
+        return file.path if file.path.exists() else None
+    if file.repo is None:
+        return None
+    paths = [cached_file(file.repo, name, file.revision) for name in file.files]
+    return paths[0] if paths and all(p is not None for p in paths) else None
+
+
+def pull(file: ModelFile, *, progress: Progress | None = None, expected_arch: str = "qwen3") -> Path:
+    """Download a catalog file (every part), then check it is a readable GGUF of the expected architecture
+    and, where the catalog has one, that its sha256 matches. Returns the path llama.cpp loads."""
+    from edgeval.gguf_info import read_local
+
+    if file.path is not None:
+        paths = [file.path]
+    else:
+        if file.repo is None or not file.files:
+            raise HubError("this catalog entry names no repo and file", hint="fix the catalog entry")
+        size = file.size if len(file.files) == 1 else None
+        paths = [
+            download(file.repo, name, revision=file.revision, expected_size=size, progress=progress)
+            for name in file.files
+        ]
+    header = read_local(paths[0]) if len(paths) == 1 else None
+    if header is not None and header.arch_name != expected_arch:
+        raise HubError(
+            f"{paths[0].name} is a '{header.arch_name}' model, not {expected_arch}",
+            hint="check the catalog entry's repo and file",
+        )
+    if file.sha256 and len(paths) == 1:
+        verify_sha256(paths[0], file.sha256)
+    return paths[0]
+
+
+def remote_header(file: ModelFile) -> GGUFInfo:
+    """The header of a catalog file on the Hub, read with a few range requests (no download)."""
+    from edgeval.gguf_info import read_header
+
+    if file.repo is None or file.file is None:
+        raise HubError("this catalog entry names no repo and file", hint="fix the catalog entry")
+    read_at, size = remote_reader(file.repo, file.files[0], file.revision)
+    return read_header(read_at, f"{endpoint()}/{file.repo}/{file.files[0]}", file_size=size)

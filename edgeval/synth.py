@@ -222,9 +222,7 @@ def write_gguf(
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     writer = gguf.GGUFWriter(str(tmp), "qwen3")
     writer.add_name(spec.name)
-    writer.add_file_type(
-        int(gguf.LlamaFileType.ALL_F32 if dtype is WeightQuant.F32 else gguf.LlamaFileType.MOSTLY_F16)
-    )
+    writer.add_file_type(int(gguf.LlamaFileType.ALL_F32 if dtype is WeightQuant.F32 else gguf.LlamaFileType.MOSTLY_F16))
     writer.add_context_length(spec.n_ctx_train)
     writer.add_embedding_length(spec.n_embd)
     writer.add_block_count(spec.n_layer)

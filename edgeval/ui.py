@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.progress import Progress as RichProgress
 from rich.table import Table
 
+from edgeval import memory
+from edgeval.catalog import ModelRef
 from edgeval.doctor import MachineReport
+from edgeval.gguf_info import GGUFInfo
+from edgeval.hub import Progress
+from edgeval.plan import Config, Plan
 from edgeval.units import format_bytes
 
 console = Console()
@@ -34,9 +51,7 @@ def render_doctor(report: MachineReport) -> None:
     table.add_row("backend", report.backend)
     table.add_row("GPU offload", _yes_no(report.gpu_offload))
     repack = report.repack
-    table.add_row(
-        "weight repacking", f"{_yes_no(repack.works)} — {repack.detail}" if repack.tested else repack.detail
-    )
+    table.add_row("weight repacking", f"{_yes_no(repack.works)} — {repack.detail}" if repack.tested else repack.detail)
     section("hardware")
     table.add_row("CPU", f"{report.cpu} ({report.cpu_cores} cores, {report.cpu_threads} threads)")
     table.add_row("CPU features", " ".join(report.cpu_features) or "[dim]none detected[/]")
@@ -60,3 +75,191 @@ def render_doctor(report: MachineReport) -> None:
         f"[bold]{format_bytes(report.suggested_budget_bytes)}[/] — {report.suggested_budget_reason}",
     )
     console.print(table)
+
+
+# ---------------------------------------------------------------- models, inspect, pull
+
+
+def model_row(ref: ModelRef) -> dict[str, object]:
+    """One catalog file as `models --json` prints it."""
+    from edgeval import hub
+
+    path = hub.local_path(ref.file)
+    arch = ref.model.arch
+    return {
+        "model": ref.label,
+        "title": ref.model.title,
+        "params": ref.model.params,
+        "weight_quant": ref.file.quant.value,
+        "source": str(ref.file.path) if ref.file.path else f"{ref.file.repo}/{ref.file.file}",
+        "size_bytes": ref.file.size,
+        "weight_bytes": ref.weight_bytes,
+        "kv_bytes_per_1k_tokens_f16": int(memory.kv_bytes_per_token(arch) * 1000),
+        "n_ctx_train": arch.n_ctx_train,
+        "downloaded": path is not None,
+        "path": str(path) if path else None,
+    }
+
+
+def render_models(refs: list[ModelRef]) -> None:
+    """The catalog as one table, a row per file."""
+    table = Table(title="edgeval models", title_justify="left")
+    for name, justify in [("model", "left"), ("params", "right"), ("size on disk", "right"), ("weights", "right"),
+                          ("KV / 1k tok (f16)", "right"), ("source", "left"), ("downloaded", "center")]:  # fmt: skip
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for ref in refs:
+        row = model_row(ref)
+        size = row["size_bytes"]
+        table.add_row(
+            ref.label,
+            f"{ref.model.params / 1e9:.2f}B",
+            format_bytes(size) if isinstance(size, int) else "?",
+            format_bytes(ref.weight_bytes),
+            format_bytes(int(row["kv_bytes_per_1k_tokens_f16"])),  # type: ignore[call-overload]
+            str(row["source"]),
+            "[green]✓[/]" if row["downloaded"] else "",
+        )
+    console.print(table)
+
+
+@contextmanager
+def download_progress(label: str) -> Iterator[Progress]:
+    """A rich progress bar fed by huggingface_hub's download callbacks."""
+    with RichProgress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+        console=err_console, transient=True,
+    ) as bar:  # fmt: skip
+        tasks: dict[str, TaskID] = {}
+
+        def update(filename: str, done: int, total: int | None) -> None:
+            if filename not in tasks:
+                tasks[filename] = bar.add_task(f"{label} {filename}", total=total)
+            bar.update(tasks[filename], completed=done, total=total)
+
+        yield update
+
+
+def inspect_row(info: GGUFInfo) -> dict[str, object]:
+    """A GGUF header's facts as `inspect --json` prints them."""
+    arch = info.architecture()
+    return {
+        "source": info.source,
+        "gguf_version": info.version,
+        "architecture": info.arch_name,
+        "name": info.get("general.name"),
+        "file_type": info.get("general.file_type"),
+        "n_layer": arch.n_layer,
+        "n_embd": arch.n_embd,
+        "n_head": arch.n_head,
+        "n_head_kv": arch.n_head_kv,
+        "key_length": arch.head_dim_k,
+        "value_length": arch.head_dim_v,
+        "n_ff": arch.n_ff,
+        "n_vocab": arch.n_vocab,
+        "n_ctx_train": arch.n_ctx_train,
+        "n_params": info.n_params,
+        "tied_embeddings": arch.tied_embeddings,
+        "weight_bytes": info.weight_bytes,
+        "bytes_by_type": dict(sorted(info.bytes_by_type.items(), key=lambda kv: -kv[1])),
+        "n_tensors": len(info.tensors),
+        "file_size": info.file_size,
+        "kv_bytes_per_1k_tokens_f16": int(memory.kv_bytes_per_token(arch) * 1000),
+    }
+
+
+def render_inspect(info: GGUFInfo) -> None:
+    """A GGUF header as a facts table and a bytes-by-type table."""
+    row = inspect_row(info)
+    facts = Table(title=f"GGUF header: {info.source}", show_header=False, title_justify="left")
+    facts.add_column("key", style="bold")
+    facts.add_column("value")
+    for key in ("architecture", "name", "n_layer", "n_embd", "n_head", "n_head_kv", "key_length", "value_length",
+                "n_ff", "n_vocab", "n_ctx_train", "tied_embeddings", "n_tensors"):  # fmt: skip
+        facts.add_row(key, str(row[key]))
+    facts.add_row("parameters", f"{info.n_params:,} ({info.n_params / 1e9:.3f}B)")
+    facts.add_row("weight bytes", f"{info.weight_bytes:,} ({format_bytes(info.weight_bytes)})")
+    if info.file_size is not None:
+        facts.add_row("file size", f"{info.file_size:,} ({format_bytes(info.file_size)})")
+    facts.add_row("KV per 1k tokens (f16)", format_bytes(int(row["kv_bytes_per_1k_tokens_f16"])))  # type: ignore[call-overload]
+    console.print(facts)
+    types = Table(title="weight bytes by tensor type", title_justify="left")
+    types.add_column("type")
+    types.add_column("bytes", justify="right")
+    types.add_column("share", justify="right")
+    for name, n in sorted(info.bytes_by_type.items(), key=lambda kv: -kv[1]):
+        types.add_row(name, format_bytes(n), f"{n / max(info.weight_bytes, 1):.1%}")
+    console.print(types)
+
+
+# ---------------------------------------------------------------- plan
+
+PLAN_ROWS_PER_BAND = 8
+
+
+def footprint_band(total: int) -> str:
+    """The band a footprint falls in: doubling steps from 0.5 GB."""
+    upper = 0.5
+    while total > upper * 1e9:
+        upper *= 2
+    return f"≤{upper:g}"
+
+
+def _share_bar(weights: int, kv: int, other: int, width: int = 12) -> str:
+    total = max(weights + kv + other, 1)
+    w = round(width * weights / total)
+    k = round(width * kv / total)
+    return f"[blue]{'█' * w}[/][magenta]{'█' * k}[/][dim]{'█' * max(width - w - k, 0)}[/]"
+
+
+def render_plan(result: Plan, *, show_all: bool = False) -> None:
+    """Fitting configurations grouped by footprint band, with what each spends on weights and on KV cache."""
+    if not result.fits:
+        err_console.print(
+            f"Nothing fits in {format_bytes(result.budget_bytes)} "
+            f"({result.considered} configurations considered): raise --budget or try smaller --ctx / --k."
+        )
+        return
+    summary = Table(title=f"Largest model per weight precision within {format_bytes(result.budget_bytes)}",
+                    title_justify="left")  # fmt: skip
+    for name in ("precision", "model", "weights", "with ctx × k", "total"):
+        summary.add_column(name, justify="right" if name in ("weights", "total") else "left")
+    for bits, c in result.largest_per_precision().items():
+        summary.add_row(f"{bits}-bit", c.ref.label, format_bytes(c.footprint.weight_bytes), f"{c.ctx} × {c.k}",
+                        format_bytes(c.footprint.total_bytes))  # fmt: skip
+    console.print(summary)
+    table = Table(
+        title=f"{len(result.fits)} of {result.considered} configurations fit, in GB "
+        f"([blue]█ weights[/] [magenta]█ KV cache[/] [dim]█ other[/])",
+        title_justify="left",
+    )
+    for name in ("band", "model", "KV", "ctx", "k", "weights", "KV cache", "other", "total", "split"):
+        table.add_column(name, justify="left" if name in ("band", "model", "KV", "split") else "right", no_wrap=True)
+    bands: dict[str, list[Config]] = {}
+    for c in result.fits:
+        bands.setdefault(footprint_band(c.footprint.total_bytes), []).append(c)
+    for band, configs in bands.items():
+        shown = configs if show_all else _spread(configs, PLAN_ROWS_PER_BAND)
+        for i, c in enumerate(shown):
+            fp = c.footprint
+            table.add_row(
+                band if i == 0 else "", c.ref.label, c.kv_type_k.value, str(c.ctx), str(c.k),
+                _gb(fp.weight_bytes), _gb(fp.kv_bytes), _gb(fp.other_bytes), f"[bold]{_gb(fp.total_bytes)}[/]",
+                _share_bar(fp.weight_bytes, fp.kv_bytes, fp.other_bytes),
+                end_section=i == len(shown) - 1,
+            )  # fmt: skip
+        if len(shown) < len(configs):
+            table.add_row("", f"[dim]… {len(configs) - len(shown)} more (--all)[/]", end_section=True)
+    console.print(table)
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f}"
+
+
+def _spread(configs: list[Config], n: int) -> list[Config]:
+    """Up to n configurations of a band, from most memory on weights to most on KV cache."""
+    ordered = sorted(configs, key=lambda c: -c.footprint.weight_bytes / max(c.footprint.total_bytes, 1))
+    if len(ordered) <= n:
+        return ordered
+    step = (len(ordered) - 1) / (n - 1)
+    return [ordered[round(i * step)] for i in range(n)]

@@ -10,6 +10,8 @@ import pytest
 from edgeval import synth
 from edgeval.quants import WeightQuant
 
+from .hub_server import FakeHub, serve
+
 TINY = synth.SynthSpec(name="tiny-test", n_layer=2, n_embd=256, n_head=4, n_head_kv=2, head_dim=64, n_ff=512)
 
 
@@ -43,3 +45,33 @@ def tiny_models(model_dir: Path) -> dict[WeightQuant, Path]:
         WeightQuant.Q2_K,
     ]
     return {q: synth.build(TINY, q, model_dir, threads=2) for q in quants}
+
+
+@pytest.fixture
+def fake_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    """A Hub-protocol server on 127.0.0.1, with HF_ENDPOINT pointing huggingface_hub at it."""
+    with serve(FakeHub()) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        yield hub
+
+
+def write_catalog(path: Path, entries: dict[str, dict[str, object]]) -> Path:
+    """A user catalog file (models.toml format) from plain dicts."""
+    lines = []
+    for name, entry in entries.items():
+        files = entry.pop("files", [])
+        lines.append(f'[models."{name}"]')
+        lines += [f"{k} = {_toml(v)}" for k, v in entry.items()]
+        for f in files:  # type: ignore[attr-defined]
+            lines.append(f'[[models."{name}".files]]')
+            lines += [f"{k} = {_toml(v)}" for k, v in f.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

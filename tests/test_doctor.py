@@ -23,9 +23,7 @@ REQUIRED_KEYS = {
 }  # fmt: skip
 
 
-def test_json_has_every_key_and_reads_the_environment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_json_has_every_key_and_reads_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_secretvalue123")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = CliRunner().invoke(cli, ["doctor", "--json", "--no-probe"])
@@ -46,15 +44,9 @@ def test_json_has_every_key_and_reads_the_environment(
 def test_token_saved_to_a_file_counts_as_configured(tmp_path: Path) -> None:
     token_file = tmp_path / "hf-home" / "token"
     token_file.parent.mkdir(parents=True)
-    assert (
-        CliRunner()
-        .invoke(cli, ["doctor", "--json", "--no-probe"])
-        .output.count('"hf_token_configured": false')
-    )
+    assert CliRunner().invoke(cli, ["doctor", "--json", "--no-probe"]).output.count('"hf_token_configured": false')
     token_file.write_text("hf_abc\n")
-    assert json.loads(CliRunner().invoke(cli, ["doctor", "--json", "--no-probe"]).output)[
-        "hf_token_configured"
-    ]
+    assert json.loads(CliRunner().invoke(cli, ["doctor", "--json", "--no-probe"]).output)["hf_token_configured"]
 
 
 def test_table_shows_the_sections_and_the_probe_verdict() -> None:

@@ -79,12 +79,14 @@ def test_quantized_v_without_flash_attention_is_refused(tiny_models: dict[Weight
         engine.Context(model, engine.ContextOptions(n_ctx=256, type_v=KVType.Q4_0, flash_attn=False))
 
 
-def test_context_longer_than_training_is_refused(tiny_models: dict[WeightQuant, Path]) -> None:
+def test_sequence_longer_than_training_is_refused(tiny_models: dict[WeightQuant, Path]) -> None:
+    # k sequences may together hold more cells than the training context; one sequence may not.
     with (
         engine.Model(tiny_models[WeightQuant.Q8_0]) as model,
+        engine.Context(model, engine.ContextOptions(n_ctx=model.n_ctx_train * 2, n_seq=2)) as ctx,
         pytest.raises(ConfigurationError, match="trained"),
     ):
-        engine.Context(model, engine.ContextOptions(n_ctx=model.n_ctx_train * 2))
+        ctx.generate(model.tokenize(CHAT), max_tokens=model.n_ctx_train)
 
 
 def test_generation_that_cannot_fit_the_context_is_refused(tiny_models: dict[WeightQuant, Path]) -> None:

@@ -38,9 +38,7 @@ def test_describe_is_one_line_with_the_facts(exc: BaseException, expected: list[
         assert part in line
 
 
-@pytest.mark.parametrize(
-    ("value", "on"), [("1", True), ("true", True), ("0", False), ("", False), ("no", False)]
-)
+@pytest.mark.parametrize(("value", "on"), [("1", True), ("true", True), ("0", False), ("", False), ("no", False)])
 def test_debug_flag(value: str, on: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGEVAL_DEBUG", value)
     assert debug_enabled() is on

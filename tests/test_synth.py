@@ -135,9 +135,7 @@ def test_builds_are_deterministic_and_cached(tmp_path: Path, model_dir: Path) ->
     mtime = first.stat().st_mtime_ns
     assert synth.build(spec, WeightQuant.Q8_0, tmp_path / "a") == first
     assert first.stat().st_mtime_ns == mtime
-    other_seed = synth.build(
-        synth.SynthSpec(name="det", n_layer=1, n_ff=256, seed=1), WeightQuant.Q8_0, tmp_path / "a"
-    )
+    other_seed = synth.build(synth.SynthSpec(name="det", n_layer=1, n_ff=256, seed=1), WeightQuant.Q8_0, tmp_path / "a")
     assert other_seed != first
 
 

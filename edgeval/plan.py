@@ -1,0 +1,132 @@
+"""Which configurations fit a memory budget, predicted from catalog facts alone (no download, no network)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from edgeval.catalog import ModelRef
+from edgeval.memory import Footprint, Setting, cells_for, predict
+from edgeval.quants import KVType, WeightQuant
+
+# Defaults for each axis (documented in the README): the KV types the study compares, per-sample contexts from
+# a short answer to Qwen3's native 32k, and the vote counts where majority voting starts to pay.
+DEFAULT_KV = (KVType.F16, KVType.Q8_0, KVType.Q4_0)
+DEFAULT_CTX = (2048, 4096, 8192, 16384, 32768)
+DEFAULT_K = (1, 4, 8)
+DEFAULT_PROMPT_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class Axes:
+    """The grid a plan spans. `ctx` is the tokens one sample sees (prompt + token budget)."""
+
+    kv: tuple[KVType, ...] = DEFAULT_KV
+    ctx: tuple[int, ...] = DEFAULT_CTX
+    k: tuple[int, ...] = DEFAULT_K
+    prompt_tokens: int = DEFAULT_PROMPT_TOKENS
+    n_ubatch: int = 512
+    gpu_layers: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    """One configuration and its predicted footprint."""
+
+    ref: ModelRef
+    kv_type_k: KVType
+    kv_type_v: KVType
+    ctx: int
+    k: int
+    prompt_tokens: int
+    footprint: Footprint
+
+    @property
+    def budget_tokens(self) -> int:
+        """Tokens each sample may generate."""
+        return self.ctx - self.prompt_tokens
+
+    def to_json(self) -> dict[str, object]:
+        """The row as `plan --json` prints it."""
+        fp = self.footprint
+        return {
+            "model": self.ref.label,
+            "title": self.ref.model.title,
+            "params": self.ref.model.params,
+            "weight_quant": self.ref.file.quant.value,
+            "weight_bits": self.ref.file.quant.bits,
+            "kv_type_k": self.kv_type_k.value,
+            "kv_type_v": self.kv_type_v.value,
+            "ctx": self.ctx,
+            "k": self.k,
+            "budget_tokens": self.budget_tokens,
+            "kv_cells": fp.kv_cells,
+            "weight_bytes": fp.weight_bytes,
+            "kv_bytes": fp.kv_bytes,
+            "other_bytes": fp.other_bytes,
+            "total_bytes": fp.total_bytes,
+            "device_bytes": fp.device_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Configurations that fit, smallest footprint first, and how many were considered."""
+
+    budget_bytes: int
+    fits: tuple[Config, ...]
+    considered: int
+
+    def largest_per_precision(self) -> dict[int, Config]:
+        """For each weight precision (bits), the fitting configuration with the most parameters."""
+        best: dict[int, Config] = {}
+        for c in self.fits:
+            bits = c.ref.file.quant.bits
+            held = best.get(bits)
+            if held is None or (c.ref.model.params, -c.footprint.total_bytes) > (
+                held.ref.model.params,
+                -held.footprint.total_bytes,
+            ):
+                best[bits] = c
+        return dict(sorted(best.items(), reverse=True))
+
+
+def configurations(refs: Sequence[ModelRef], axes: Axes) -> list[Config]:
+    """Every model × KV type × context × k on the grid that the model can run, with its footprint."""
+    out = []
+    for ref in refs:
+        arch = ref.model.arch
+        weights, embd = ref.weight_bytes, ref.embd_bytes
+        for kv in axes.kv:
+            for ctx in axes.ctx:
+                if ctx > arch.n_ctx_train or ctx <= axes.prompt_tokens:
+                    continue
+                for k in axes.k:
+                    cells = cells_for(axes.prompt_tokens, k, ctx - axes.prompt_tokens)
+                    setting = Setting(
+                        n_ctx=cells,
+                        n_seq=k,
+                        type_k=kv,
+                        type_v=kv,
+                        n_ubatch=axes.n_ubatch,
+                        prompt_tokens=axes.prompt_tokens,
+                        gpu_layers=axes.gpu_layers,
+                    )
+                    footprint = predict(arch, weights, setting, embd_bytes=embd)
+                    out.append(Config(ref, kv, kv, ctx, k, axes.prompt_tokens, footprint))
+    return out
+
+
+def plan(refs: Sequence[ModelRef], axes: Axes, budget_bytes: int) -> Plan:
+    """The configurations whose predicted footprint fits `budget_bytes`, smallest first."""
+    every = configurations(refs, axes)
+    fits = sorted(
+        (c for c in every if c.footprint.total_bytes <= budget_bytes),
+        key=lambda c: (c.footprint.total_bytes, c.ref.label, c.kv_type_k.value, c.ctx, c.k),
+    )
+    return Plan(budget_bytes, tuple(fits), len(every))
+
+
+def precision_label(quant: WeightQuant) -> str:
+    """`4-bit`, `8-bit`, `16-bit`."""
+    return f"{quant.bits}-bit"
