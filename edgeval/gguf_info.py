@@ -259,6 +259,8 @@ def read_local(path: Path) -> GGUFInfo:
     """The header of a local GGUF file, checked against the file's size."""
     if not path.is_file():
         raise ModelFileError(path, "no such file" if not path.exists() else "is not a file")
+    if path.stat().st_size == 0:
+        raise GGUFFormatError(path, "empty file (0 bytes)")
     with path.open("rb") as f:
 
         def read_at(offset: int, n: int) -> bytes:

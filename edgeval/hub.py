@@ -15,6 +15,8 @@ from edgeval.errors import EdgevalError
 from edgeval.units import format_bytes
 
 if TYPE_CHECKING:
+    from huggingface_hub import HfFileMetadata
+
     from edgeval.catalog import ModelFile
     from edgeval.gguf_info import GGUFInfo
 
@@ -234,19 +236,63 @@ def download(
         local_files_only=offline(),
     )
     try:
-        size = expected_size
-        if size is None and not offline():
-            size = hf_hub_download(**common, dry_run=True).file_size
+        meta = None if offline() else _metadata(repo, filename, revision)
+        size = expected_size if expected_size is not None else (meta.size if meta else None)
         if size is not None:
             needed = size - _incomplete_bytes(repo) + DISK_MARGIN_BYTES
             free = shutil.disk_usage(folder).free
             if needed > free:
                 raise NotEnoughDiskError(f"{filename} ({format_bytes(size)})", needed, free, folder)
+        if meta is not None:
+            _finish_partial_download(repo, meta, progress, filename)
         return Path(hf_hub_download(**common, tqdm_class=_progress_bar_class(filename, progress)))
     except EdgevalError:
         raise
     except Exception as exc:
         raise _translate(exc, repo, filename, revision) from exc
+
+
+def _metadata(repo: str, filename: str, revision: str | None) -> HfFileMetadata:
+    """One HEAD request for the file's size, etag and content location; no retries, so an offline
+    machine hears so at once instead of after huggingface_hub's minute of backoff."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    url = hf_hub_url(repo, filename, revision=revision, endpoint=endpoint())
+    return get_hf_file_metadata(url, token=_token(), endpoint=endpoint(), retry_on_errors=False)
+
+
+def _finish_partial_download(repo: str, meta: HfFileMetadata, progress: Progress | None, filename: str) -> None:
+    """Complete the bytes an interrupted download left in the cache, so hf_hub_download finds the whole blob.
+
+    huggingface_hub resumes within one call (on a dropped connection) but writes each call to a fresh
+    `<etag>.<random>.incomplete` file, so a killed `pull` would start again from zero. edgeval picks up the
+    largest such file, fetches only the missing range, and moves it to `blobs/<etag>` — where hf_hub_download
+    then links it into the snapshot as if it had downloaded it.
+    """
+    from huggingface_hub import get_session
+    from huggingface_hub.file_download import repo_folder_name
+
+    blobs = cache_folder() / repo_folder_name(repo_id=repo, repo_type="model") / "blobs"
+    if not blobs.exists() or meta.etag is None or meta.size is None or (blobs / meta.etag).exists():
+        return
+    partials = sorted(blobs.glob(f"{meta.etag}*.incomplete"), key=lambda p: p.stat().st_size)
+    if not partials or partials[-1].stat().st_size >= meta.size:
+        return
+    partial, done = partials[-1], partials[-1].stat().st_size
+    headers = {"Range": f"bytes={done}-", "Accept-Encoding": "identity"}
+    with get_session().stream("GET", meta.location, headers=headers, follow_redirects=True) as response:
+        if response.status_code != 206:
+            return  # the server will not resume: let hf_hub_download start afresh
+        with partial.open("ab") as out:
+            for chunk in response.iter_bytes(1 << 20):
+                out.write(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(filename, done, meta.size)
+    if partial.stat().st_size == meta.size:
+        partial.replace(blobs / meta.etag)
+        for stale in partials[:-1]:
+            stale.unlink(missing_ok=True)
 
 
 def sha256_of(path: Path, chunk: int = 8 << 20) -> str:
@@ -267,14 +313,14 @@ def verify_sha256(path: Path, expected: str) -> None:
 
 def remote_reader(repo: str, filename: str, revision: str | None = None) -> tuple[Callable[[int, int], bytes], int]:
     """A range reader over a Hub file, and its size: reads a header without downloading the file."""
-    from huggingface_hub import get_hf_file_metadata, get_session, hf_hub_url, hf_raise_for_status
+    from huggingface_hub import get_session, hf_hub_url, hf_raise_for_status
     from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
     url = hf_hub_url(repo, filename, revision=revision, endpoint=endpoint())
     if offline():
         raise OfflineNotCachedError(repo, filename)
     try:
-        meta = get_hf_file_metadata(url, token=_token(), endpoint=endpoint())
+        meta = _metadata(repo, filename, revision)
     except Exception as exc:
         raise _translate(exc, repo, filename, revision) from exc
     if meta.size is None:

@@ -104,9 +104,11 @@ def model_row(ref: ModelRef) -> dict[str, object]:
 def render_models(refs: list[ModelRef]) -> None:
     """The catalog as one table, a row per file."""
     table = Table(title="edgeval models", title_justify="left")
-    for name, justify in [("model", "left"), ("params", "right"), ("size on disk", "right"), ("weights", "right"),
-                          ("KV / 1k tok (f16)", "right"), ("source", "left"), ("downloaded", "center")]:  # fmt: skip
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    table.add_column("model", no_wrap=True)
+    for name in ("params", "size on disk", "weights", "KV/1k tok f16"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("source", overflow="ellipsis", max_width=40)
+    table.add_column("downloaded", justify="center", no_wrap=True)
     for ref in refs:
         row = model_row(ref)
         size = row["size_bytes"]

@@ -157,7 +157,7 @@ def serve(hub: FakeHub) -> Iterator[FakeHub]:
     server.daemon_threads = True
     hub.url = f"http://127.0.0.1:{server.server_address[1]}"
     hub.cdn_url = f"http://localhost:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield hub

@@ -1,0 +1,113 @@
+"""The catalog: built-in entries, references, user catalogs, local files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgeval.catalog import Catalog, CatalogError, UnknownModelError
+from edgeval.cli import cli
+from edgeval.quants import WeightQuant
+
+from .conftest import TINY, write_catalog
+
+SIZES = ["qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b", "qwen3-14b", "qwen3-32b"]
+
+
+def test_builtin_catalog_has_every_size_with_4_8_and_16_bit_files() -> None:
+    book = Catalog.load()
+    assert set(SIZES) <= book.models.keys()
+    for name in SIZES:
+        quants = {f.quant for f in book.models[name].files}
+        assert {WeightQuant.Q4_K_M, WeightQuant.Q8_0} <= quants, name
+        assert quants & {WeightQuant.F16, WeightQuant.BF16}, name
+        for f in book.models[name].files:
+            assert f.repo and f.file and f.size and f.size > 0
+            assert f.file.endswith(".gguf") and f.quant.value in f.file
+            assert f.sha256 is None or len(f.sha256) == 64
+
+
+def test_catalog_sizes_agree_with_the_architecture() -> None:
+    # An 8-bit file holds about 8.5 bits per parameter; a 16-bit one 16.
+    for model in Catalog.load().models.values():
+        for f in model.files:
+            assert f.size is not None
+            bits = 8 * f.size / model.params
+            if f.quant == WeightQuant.Q8_0:
+                assert 8.4 < bits < 8.7, (model.name, bits)
+            if f.quant == WeightQuant.BF16:
+                assert 15.9 < bits < 16.2, (model.name, bits)
+
+
+def test_references_resolve_one_file_all_files_or_a_path(tiny_models: dict[WeightQuant, Path]) -> None:
+    book = Catalog.load()
+    (one,) = book.resolve("qwen3-8b:Q4_K_M")
+    assert one.label == "qwen3-8b:Q4_K_M" and one.file.file == "Qwen3-8B-Q4_K_M.gguf"
+    assert book.resolve("QWEN3-8B:q4_k_m")[0].label == one.label
+    assert len(book.resolve("qwen3-8b")) == len(book.models["qwen3-8b"].files)
+    (local,) = book.resolve(str(tiny_models[WeightQuant.Q8_0]))
+    assert local.file.quant == WeightQuant.Q8_0
+    assert local.model.arch.n_layer == TINY.n_layer
+    assert local.weight_bytes == local.header.weight_bytes if local.header else False
+
+
+@pytest.mark.parametrize(("ref", "near"), [("qwen3-9b:Q4_K_M", "qwen3-8b:Q4_K_M"), ("qwen3-8b:Q9_K", "qwen3-8b")])
+def test_unknown_reference_lists_closest_matches(ref: str, near: str) -> None:
+    with pytest.raises(UnknownModelError) as caught:
+        Catalog.load().resolve(ref)
+    assert any(near in s for s in caught.value.suggestions)
+    result = CliRunner().invoke(cli, ["plan", "--budget", "8GB", "--models", ref])
+    assert result.exit_code == 1
+    assert near in result.output and "edgeval models" in result.output
+
+
+def test_user_catalog_adds_and_overrides(tmp_path: Path, tiny_models: dict[WeightQuant, Path]) -> None:
+    home = tmp_path / "edgeval-home"
+    home.mkdir(parents=True, exist_ok=True)
+    write_catalog(
+        home / "models.toml",
+        {
+            "tiny": {"files": [{"quant": "Q8_0", "path": str(tiny_models[WeightQuant.Q8_0])},
+                               {"quant": "Q4_K_M", "path": str(tiny_models[WeightQuant.Q4_K_M])}]},
+            "qwen3-8b": {"title": "override", "params": 8, "n_layer": 1, "n_embd": 64, "n_head": 1, "n_ff": 64,
+                         "n_vocab": 300, "n_ctx_train": 512,
+                         "files": [{"quant": "Q8_0", "repo": "me/x", "file": "x.gguf", "size": 100}]},
+        },
+    )  # fmt: skip
+    book = Catalog.load()
+    assert [r.label for r in book.resolve("tiny")] == ["tiny:Q8_0", "tiny:Q4_K_M"]
+    assert book.models["tiny"].arch.n_embd == TINY.n_embd  # read from the local file's header
+    assert book.models["qwen3-8b"].title == "override"
+    assert "qwen3-4b" in book.models  # built-ins stay
+
+
+def test_broken_catalogs_are_clear_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[models.x\n")
+    with pytest.raises(CatalogError, match="not valid TOML"):
+        Catalog.load([bad])
+    write_catalog(bad, {"x": {"params": 1, "files": [{"quant": "Q4_K_M", "repo": "a/b"}]}})
+    with pytest.raises(CatalogError, match="repo` and `file`"):
+        Catalog.load([bad])
+    write_catalog(bad, {"x": {"files": [{"quant": "Q7_Z", "repo": "a/b", "file": "c.gguf"}]}})
+    with pytest.raises(CatalogError, match="unknown quantization 'Q7_Z'"):
+        Catalog.load([bad])
+    result = CliRunner().invoke(cli, ["models", "--catalog", str(tmp_path / "missing.toml")])
+    assert result.exit_code == 1 and "does not exist" in result.output
+
+
+def test_models_json_marks_local_files_downloaded(tmp_path: Path, tiny_models: dict[WeightQuant, Path]) -> None:
+    extra = write_catalog(
+        tmp_path / "c.toml", {"tiny": {"files": [{"quant": "F16", "path": str(tiny_models[WeightQuant.F16])}]}}
+    )
+    result = CliRunner().invoke(cli, ["models", "--json", "--catalog", str(extra)])
+    assert result.exit_code == 0, result.output
+    rows = {r["model"]: r for r in json.loads(result.output)}
+    assert rows["tiny:F16"]["downloaded"] is True
+    assert rows["qwen3-8b:Q4_K_M"]["downloaded"] is False
+    assert rows["qwen3-8b:Q4_K_M"]["kv_bytes_per_1k_tokens_f16"] == 144 * 1024 * 1000
+    table = CliRunner().invoke(cli, ["models", "--catalog", str(extra)])
+    assert "qwen3-32b:Q8_0" in table.output
