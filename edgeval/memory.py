@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -248,3 +249,44 @@ def parse_llama_log(lines: Iterable[str]) -> Reported:
         compute_bytes=round(compute * MIB),
         kv_cells=cells,
     )
+
+
+# ---------------------------------------------------------------- measurement
+
+
+class PeakRSS:
+    """Samples a process's resident memory from outside, in a thread, and keeps the peak.
+
+    Use as a context manager around the child's lifetime; `peak_bytes` is the highest RSS seen (sampled every
+    `interval_s`; a child's own `ru_maxrss`, where available, is the kernel's exact figure to compare with).
+    """
+
+    def __init__(self, pid: int, interval_s: float = 0.01) -> None:
+        import psutil
+
+        self._process = psutil.Process(pid)
+        self._interval = interval_s
+        self.peak_bytes = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                rss = int(self._process.memory_info().rss)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                return
+            self.peak_bytes = max(self.peak_bytes, rss)
+            self.samples += 1
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
