@@ -2,4 +2,6 @@
 
 from edgeval.cli import main
 
-main()
+# Guarded: worker processes are spawned, and spawn re-imports the main module in each child.
+if __name__ == "__main__":
+    main()

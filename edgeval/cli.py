@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -250,6 +251,101 @@ def plan(
         click.echo(json.dumps([c.to_json() for c in result.fits], indent=2))
     else:
         ui.render_plan(result, show_all=show_all)
+
+
+@cli.command()
+@click.argument("model_ref", metavar="REF|PATH")
+@click.option(
+    "--task",
+    "task_name",
+    required=True,
+    help="aime25, math500, gpqa-diamond, gsm8k, arith[:DIFFICULTY[:SEED]], or a .jsonl file.",
+)
+@click.option("--kv", type=click.Choice([t.value for t in KVType]), help="KV-cache type for K and V.")
+@click.option("--kv-k", type=click.Choice([t.value for t in KVType]), help="K-cache type (overrides --kv).")
+@click.option("--kv-v", type=click.Choice([t.value for t in KVType]), help="V-cache type (overrides --kv).")
+@click.option(
+    "--ctx",
+    type=CommaList("N", _tokens),
+    help="Tokens one sample may see (prompt + budget + forced answer); default: what it needs.",
+)
+@click.option(
+    "--budget-tokens",
+    type=click.IntRange(1),
+    default=2048,
+    show_default=True,
+    help="Tokens each sample may generate before its answer is forced.",
+)
+@click.option(
+    "--k",
+    "votes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Samples per question, decoded together and majority-voted.",
+)
+@click.option("--limit", type=click.IntRange(1), help="Only the first N questions (in the task's fixed order).")
+@click.option("--thinking/--no-thinking", default=True, show_default=True, help="Qwen3's reasoning mode.")
+@click.option("--temperature", type=float, help="Override the mode's recommended temperature.")
+@click.option("--top-p", type=float, help="Override the recommended top-p.")
+@click.option("--top-k", type=int, help="Override the recommended top-k.")
+@click.option("--min-p", type=float, help="Override the recommended min-p.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same samples.")
+@click.option("--threads", type=click.IntRange(1), help="CPU threads (default: physical cores).")
+@click.option("--gpu-layers", type=int, help="Layers on the GPU (default: all on a GPU build, 0 on CPU).")
+@click.option(
+    "--repack/--no-repack",
+    default=None,
+    help="llama.cpp weight repacking (default: on where the doctor probe says it works).",
+)
+@click.option(
+    "--db", type=click.Path(dir_okay=False, path_type=Path), help="Results database (default: EDGEVAL_HOME/edgeval.db)."
+)
+@catalog_option
+@json_option
+def run(
+    model_ref: str, task_name: str, kv: str | None, kv_k: str | None, kv_v: str | None, ctx: tuple[int, ...] | None,
+    budget_tokens: int, votes: int, limit: int | None, thinking: bool, temperature: float | None, top_p: float | None,
+    top_k: int | None, min_p: float | None, seed: int, threads: int | None, gpu_layers: int | None,
+    repack: bool | None, db: Path | None, catalogs: tuple[Path, ...], as_json: bool,
+) -> None:  # fmt: skip
+    """Run one configuration over a task: k votes per question, graded, with memory and speed measured.
+
+    Each configuration runs in its own process; every finished question is stored at once, so an interrupted
+    run resumes where it stopped. Prints a result table (or --json).
+    """
+    from edgeval import doctor, hub, prompts, sweep, ui
+    from edgeval.catalog import Catalog
+    from edgeval.engine import Sampling
+    from edgeval.store import Store
+
+    refs = Catalog.load(catalogs).resolve(model_ref)
+    if len(refs) != 1:
+        raise click.UsageError(f"'{model_ref}' names {len(refs)} files; name one, e.g. {refs[0].label}")
+    ref = refs[0]
+    path = hub.local_path(ref.file) or hub.pull(ref.file)
+    base = prompts.recommended_sampling(thinking)
+    sampling = Sampling(
+        temperature=base.temperature if temperature is None else temperature,
+        top_p=base.top_p if top_p is None else top_p,
+        top_k=base.top_k if top_k is None else top_k,
+        min_p=base.min_p if min_p is None else min_p,
+    )
+    spec = sweep.RunSpec(
+        model_path=path, model_label=ref.label, task=task_name,
+        kv_type_k=KVType(kv_k or kv or "f16"), kv_type_v=KVType(kv_v or kv or "f16"),
+        budget_tokens=budget_tokens, ctx=ctx[0] if ctx else None, k=votes, thinking=thinking,
+        sampling=None if sampling == base else sampling, seed=seed, limit=limit, threads=threads,
+        repack=doctor.repack_default() if repack is None else repack, gpu_layers=gpu_layers,
+    )  # fmt: skip
+    with Store(db) as store, ui.run_progress(ref.label, task_name, votes, quiet=as_json) as progress:
+        result = sweep.run(spec, store, progress, command=" ".join(sys.argv))
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        ui.render_run(result)
+    if result.status != "done":
+        raise click.exceptions.Exit(1)
 
 
 def main() -> None:

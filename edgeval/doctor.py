@@ -217,13 +217,38 @@ def probe_repack(timeout_s: float = 120.0, target: Callable[[str], None] = _prob
     return RepackProbe(True, False, f"repacking crashed a tiny model ({how}): edgeval loads with repacking off here")
 
 
+def _probe_cache() -> Path:
+    return edgeval_home() / "repack-probe.json"
+
+
+def _probe_key() -> str:
+    return f"{engine.build_version()}|{engine.LLAMA_CPP_PYTHON_VERSION}|{cpu_model()}|{' '.join(cpu_features())}"
+
+
+def repack_default() -> bool:
+    """Whether to load with weight repacking: what the probe found for this llama.cpp build and CPU (probed once)."""
+    try:
+        cached = json.loads(_probe_cache().read_text())
+        if cached.get("key") == _probe_key():
+            return bool(cached["works"])
+    except (OSError, ValueError, KeyError):
+        pass
+    return bool(_remember(probe_repack()).works)
+
+
+def _remember(result: RepackProbe) -> RepackProbe:
+    if result.tested:
+        _probe_cache().write_text(json.dumps({"key": _probe_key(), "works": result.works, "detail": result.detail}))
+    return result
+
+
 def examine(probe: bool = True) -> MachineReport:
     """Gather the machine report (runs the repacking probe unless `probe` is False)."""
     memory = psutil.virtual_memory()
     offload = engine.supports_gpu_offload()
     gpus = find_gpus(memory.total)
     budget, reason = suggest_budget(memory.total, memory.available, gpus, offload)
-    repack = probe_repack() if probe else RepackProbe(False, None, "not tested (--no-probe)")
+    repack = _remember(probe_repack()) if probe else RepackProbe(False, None, "not tested (--no-probe)")
     return MachineReport(
         python=f"{platform.python_implementation()} {platform.python_version()}",
         platform=platform.platform(),

@@ -11,10 +11,11 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import llama_cpp
 
@@ -33,6 +34,7 @@ class _LogCapture:
         self._appended = 0  # lines ever logged; marks are positions in this count
         self._lock = threading.Lock()
         self._echo = False
+        self._file: IO[str] | None = None
         # llama.cpp calls back through this object: it must stay referenced while installed.
         self._callback = llama_cpp.llama_log_callback(self._on_log)
         llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
@@ -41,6 +43,9 @@ class _LogCapture:
         chunk = (text or b"").decode("utf-8", errors="replace")
         if self._echo:
             os.write(2, chunk.encode())
+        if self._file is not None:
+            self._file.write(chunk)
+            self._file.flush()
         with self._lock:
             parts = (self._partial + chunk).split("\n")
             self._partial = parts.pop()
@@ -50,6 +55,12 @@ class _LogCapture:
     def set_echo(self, echo: bool) -> None:
         """Also copy llama.cpp's log to stderr (`--verbose`)."""
         self._echo = echo
+
+    def tee(self, path: Path | None) -> None:
+        """Also append the log to a file (flushed per line: a crash leaves its last lines there); None stops."""
+        if self._file is not None:
+            self._file.close()
+        self._file = path.open("a", encoding="utf-8") if path is not None else None
 
     def mark(self) -> int:
         """A position in the log; `since(mark)` returns what was logged after it."""
@@ -350,16 +361,28 @@ class Sampling:
     min_p: float = 0.0
 
 
+@dataclass(frozen=True)
+class Forcing:
+    """Budget forcing: a sample still reasoning at its budget gets `tokens` (close the reasoning, start the answer)
+    appended, then may write `answer_tokens` more."""
+
+    think_close: int  # the `</think>` token: once generated, the sample is answering
+    tokens: tuple[int, ...]
+    answer_tokens: int = 32
+    starts_reasoning: bool = True  # thinking mode: the sample reasons until it writes `</think>`
+
+
 @dataclass
 class _Sample:
-    """One generated sample."""
+    """One sample being generated."""
 
+    pos: int
+    reasoning: bool
     tokens: list[int] = field(default_factory=list)
-    finish: str = ""  # "stop" (end token) or "length" (max_tokens reached)
-
-    @property
-    def done(self) -> bool:
-        return bool(self.finish)
+    generated: int = 0  # tokens the model wrote (forced tokens excluded)
+    forced: bool = False
+    answer_left: int = 0
+    finish: str = ""  # "stop" (end token), "length" (budget reached while answering) or "forced"
 
 
 @dataclass(frozen=True)
@@ -368,18 +391,27 @@ class Generation:
 
     texts: tuple[str, ...]
     tokens: tuple[tuple[int, ...], ...]
+    generated: tuple[int, ...]  # tokens each sample's model wrote (forced tokens excluded)
+    forced: tuple[bool, ...]
     finish: tuple[str, ...]
     prompt_tokens: int
     prompt_tokens_decoded: int  # prompt tokens sent to llama_decode (== prompt_tokens: decoded once for all k)
     max_batch_seqs: int  # the most sequences one decode step carried
+    decode_steps: int
     prompt_s: float
     decode_s: float
     ttft_s: float
 
     @property
     def generated_tokens(self) -> int:
-        """Tokens generated over all sequences."""
-        return sum(len(t) for t in self.tokens)
+        """Tokens generated over all sequences (forced tokens excluded)."""
+        return sum(self.generated)
+
+
+def cells_needed(prompt_tokens: int, k: int, max_tokens: int, forcing: Forcing | None = None) -> int:
+    """KV cells a generation needs: the shared prompt, then each sample's budget (and its forced answer)."""
+    extra = len(forcing.tokens) + forcing.answer_tokens if forcing else 0
+    return prompt_tokens + k * (max_tokens + extra)
 
 
 class Context:
@@ -452,31 +484,39 @@ class Context:
         max_tokens: int = 256,
         sampling: Sampling = Sampling(),
         seeds: Sequence[int] = (0,),
+        forcing: Forcing | None = None,
+        on_step: Callable[[int], None] | None = None,
     ) -> Generation:
-        """k samples of `prompt`, decoded together: the prompt once, then one batch per step."""
+        """k samples of `prompt`, decoded together: the prompt once, then one batch per step.
+
+        `max_tokens` caps what each sample writes; with `forcing`, a sample still reasoning at the cap has its
+        reasoning closed and may write `forcing.answer_tokens` more. `on_step` hears the tokens each step made.
+        """
         if not prompt:
             raise ValueError("an empty prompt")
         if k < 1 or k > self.n_seq:
             raise ConfigurationError(f"k={k} sequences, but this context holds {self.n_seq}")
         if len(seeds) != k:
             raise ValueError("one seed per sequence")
-        if len(prompt) + max_tokens > self.model.n_ctx_train:
+        extra = len(forcing.tokens) + forcing.answer_tokens if forcing else 0
+        if len(prompt) + max_tokens + extra > self.model.n_ctx_train:
             raise ConfigurationError(
-                f"prompt ({len(prompt)} tokens) + {max_tokens} generated tokens is longer than the "
+                f"prompt ({len(prompt)} tokens) + {max_tokens + extra} generated tokens is longer than the "
                 f"{self.model.n_ctx_train} tokens {self.model.path.name} was trained for",
                 hint="lower the token budget",
             )
-        needed = len(prompt) + k * max_tokens
+        needed = cells_needed(len(prompt), k, max_tokens, forcing)
         if needed > self.n_ctx:
             raise ConfigurationError(
-                f"prompt ({len(prompt)} tokens) + {k} × {max_tokens} tokens needs {needed} KV cells, "
+                f"prompt ({len(prompt)} tokens) + {k} × {max_tokens + extra} tokens needs {needed} KV cells, "
                 f"the context has {self.n_ctx}",
                 hint="raise --ctx or lower the token budget or k",
             )
         samplers = [_sampler_chain(sampling, seed) for seed in seeds]
-        batch = llama_cpp.llama_batch_init(max(self.options.n_batch, k), 0, k)
+        capacity = max(self.options.n_batch, k * (1 + (len(forcing.tokens) if forcing else 0)))
+        batch = llama_cpp.llama_batch_init(capacity, 0, k)
         try:
-            return self._run(prompt, k, max_tokens, samplers, batch)
+            return self._run(prompt, k, max_tokens, samplers, batch, forcing, on_step)
         finally:
             llama_cpp.llama_batch_free(batch)
             for chain in samplers:
@@ -488,6 +528,15 @@ class Context:
             reason = {1: "no free KV slot", 2: "aborted"}.get(rc, f"error {rc}")
             raise LlamaError(f"llama_decode failed: {reason}", log_tail=LOG.tail(3))
 
+    def _decode_prompt(self, prompt: Sequence[int], batch: llama_cpp.llama_batch) -> int:
+        """Decode the prompt once on sequence 0, in chunks of n_batch; returns the last logits' batch index."""
+        chunk = self.options.n_batch
+        for start in range(0, len(prompt), chunk):
+            part = prompt[start : start + chunk]
+            _fill(batch, [(tok, start + i, 0, start + i == len(prompt) - 1) for i, tok in enumerate(part)])
+            self._decode(batch)
+        return (len(prompt) - 1) % chunk
+
     def _run(
         self,
         prompt: Sequence[int],
@@ -495,65 +544,93 @@ class Context:
         max_tokens: int,
         samplers: list[llama_cpp.llama_sampler_p],
         batch: llama_cpp.llama_batch,
+        forcing: Forcing | None,
+        on_step: Callable[[int], None] | None,
     ) -> Generation:
         llama_cpp.llama_memory_clear(self._memory, True)
         t0 = time.perf_counter()
-        # The prompt is decoded once, on sequence 0, in chunks of at most n_batch tokens.
-        prompt_decoded = 0
-        chunk = self.options.n_batch
-        for start in range(0, len(prompt), chunk):
-            part = prompt[start : start + chunk]
-            _fill(batch, [(tok, start + i, 0, start + i == len(prompt) - 1) for i, tok in enumerate(part)])
-            self._decode(batch)
-            prompt_decoded += len(part)
+        last = self._decode_prompt(prompt, batch)
         # The other sequences share the prompt's cells (a unified KV cache: no copy of the data).
         for s in range(1, k):
             llama_cpp.llama_memory_seq_cp(self._memory, 0, s, -1, -1)
         prompt_s = time.perf_counter() - t0
-        seqs = [_Sample() for _ in range(k)]
-        # The last prompt token's logits sit at its index within the last chunk.
-        last = (len(prompt) - 1) % chunk
+        reasoning = forcing.starts_reasoning if forcing else False
+        seqs = [_Sample(pos=len(prompt), reasoning=reasoning) for _ in range(k)]
         logits_index = dict.fromkeys(range(k), last)
-        pos = len(prompt)
         ttft = 0.0
-        max_batch = 0
+        max_batch = steps = 0
         t1 = time.perf_counter()
         while True:
             step: list[tuple[int, int, int, bool]] = []
             for s, seq in enumerate(seqs):
-                if seq.done:
-                    continue
-                token = int(llama_cpp.llama_sampler_sample(samplers[s], self._ptr, logits_index[s]))
-                if self.model.is_end(token):
-                    seq.finish = "stop"
-                    continue
-                seq.tokens.append(token)
-                if len(seq.tokens) >= max_tokens:
-                    seq.finish = "length"
-                    continue
-                step.append((token, pos, s, True))
+                if not seq.finish:
+                    step += self._advance(seq, s, samplers[s], logits_index[s], max_tokens, forcing)
             if not ttft:
                 ttft = time.perf_counter() - t0
             if not step:
                 break
             _fill(batch, step)
-            for i, (_, _, s, _) in enumerate(step):
-                logits_index[s] = i
-            max_batch = max(max_batch, len(step))
+            for i, (_, _, s, wants_logits) in enumerate(step):
+                if wants_logits:
+                    logits_index[s] = i
+            max_batch = max(max_batch, len({s for _, _, s, _ in step}))
             self._decode(batch)
-            pos += 1
+            steps += 1
+            if on_step is not None:
+                on_step(len(step))
         decode_s = time.perf_counter() - t1
         return Generation(
             texts=tuple(self.model.detokenize(seq.tokens) for seq in seqs),
             tokens=tuple(tuple(seq.tokens) for seq in seqs),
+            generated=tuple(seq.generated for seq in seqs),
+            forced=tuple(seq.forced for seq in seqs),
             finish=tuple(seq.finish for seq in seqs),
             prompt_tokens=len(prompt),
-            prompt_tokens_decoded=prompt_decoded,
+            prompt_tokens_decoded=len(prompt),
             max_batch_seqs=max_batch,
+            decode_steps=steps,
             prompt_s=prompt_s,
             decode_s=decode_s,
             ttft_s=ttft,
         )
+
+    def _advance(
+        self,
+        seq: _Sample,
+        s: int,
+        sampler: llama_cpp.llama_sampler_p,
+        logits_at: int,
+        max_tokens: int,
+        forcing: Forcing | None,
+    ) -> list[tuple[int, int, int, bool]]:
+        """Sample one token for sequence s; return what to feed the next decode (nothing when it finished)."""
+        token = int(llama_cpp.llama_sampler_sample(sampler, self._ptr, logits_at))
+        if self.model.is_end(token):
+            seq.finish = "forced" if seq.forced else "stop"
+            return []
+        seq.tokens.append(token)
+        seq.generated += 1
+        if forcing is not None and token == forcing.think_close:
+            seq.reasoning = False
+        if seq.forced:
+            seq.answer_left -= 1
+            if seq.answer_left <= 0:
+                seq.finish = "forced"
+                return []
+        elif seq.generated >= max_tokens:
+            if forcing is None or not seq.reasoning:
+                seq.finish = "length"
+                return []
+            # Budget forcing: close the reasoning and start the answer; only the last forced token needs logits.
+            seq.forced, seq.reasoning, seq.answer_left = True, False, forcing.answer_tokens
+            feed = [token, *forcing.tokens]
+            seq.tokens.extend(forcing.tokens)
+            items = [(t, seq.pos + i, s, i == len(feed) - 1) for i, t in enumerate(feed)]
+            seq.pos += len(feed)
+            return items
+        item = (token, seq.pos, s, True)
+        seq.pos += 1
+        return [item]
 
 
 def _fill(batch: llama_cpp.llama_batch, items: Sequence[tuple[int, int, int, bool]]) -> None:

@@ -392,3 +392,18 @@ def remote_header(file: ModelFile) -> GGUFInfo:
         raise HubError("this catalog entry names no repo and file", hint="fix the catalog entry")
     read_at, size = remote_reader(file.repo, file.files[0], file.revision)
     return read_header(read_at, f"{endpoint()}/{file.repo}/{file.files[0]}", file_size=size)
+
+
+def download_dataset_file(repo: str, filename: str, revision: str | None = None) -> Path:
+    """A dataset file through hf_hub_download (repo_type="dataset"), cached; gated sets need the user's token."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(
+            hf_hub_download(
+                repo_id=repo, filename=filename, repo_type="dataset", revision=revision, cache_dir=cache_folder(),
+                endpoint=endpoint(), token=_token(), local_files_only=offline(),
+            )
+        )  # fmt: skip
+    except Exception as exc:
+        raise _translate(exc, repo, filename, revision) from exc

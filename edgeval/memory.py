@@ -15,15 +15,16 @@ import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from edgeval.quants import KVType
 
 MIB = 1 << 20
 # llama.cpp rounds the KV cache's cell count up to a multiple of this.
 KV_CELL_PADDING = 256
-# Measured here (Linux, CPython 3.11): RSS of a process that imported edgeval and llama-cpp-python
-# (48.5 MiB), plus what loading any model adds besides its tensors (3 MiB).
-RUNTIME_BASE_BYTES = 51 * MIB + MIB // 2
+# Measured here (Linux, CPython 3.11): RSS of edgeval's worker process once it has imported edgeval, llama-cpp-python
+# and huggingface_hub (52 MiB), plus what loading any model adds besides its tensors (3 MiB).
+RUNTIME_BASE_BYTES = 55 * MIB
 # llama.cpp's vocabulary tables (token strings, maps, piece cache) per vocabulary entry; measured on
 # Qwen3's 151,936-entry vocabulary (43.5 MiB).
 RUNTIME_BYTES_PER_VOCAB_ENTRY = 300
@@ -267,7 +268,9 @@ class PeakRSS:
         self._process = psutil.Process(pid)
         self._interval = interval_s
         self.peak_bytes = 0
+        self.peak_vram_bytes: int | None = None
         self.samples = 0
+        self._nvml = _nvml_handles()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -280,6 +283,9 @@ class PeakRSS:
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 return
             self.peak_bytes = max(self.peak_bytes, rss)
+            if self._nvml:
+                vram = _process_vram(self._nvml, self._process.pid)
+                self.peak_vram_bytes = max(self.peak_vram_bytes or 0, vram)
             self.samples += 1
             self._stop.wait(self._interval)
 
@@ -290,3 +296,29 @@ class PeakRSS:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def _nvml_handles() -> list[Any]:
+    """NVML device handles when nvidia-ml-py is installed and a driver answers; else empty."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+    except Exception:  # no package, no driver, no device: no VRAM figures
+        return []
+
+
+def _process_vram(handles: list[Any], pid: int) -> int:
+    """GPU memory a process holds across devices (NVML's per-process accounting)."""
+    import pynvml
+
+    used = 0
+    for handle in handles:
+        try:
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if proc.pid == pid and proc.usedGpuMemory:
+                    used += int(proc.usedGpuMemory)
+        except Exception:  # a device that stops answering keeps the figure seen so far
+            continue
+    return used

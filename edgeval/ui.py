@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     TaskID,
     TextColumn,
+    TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
@@ -23,6 +25,8 @@ from edgeval.doctor import MachineReport
 from edgeval.gguf_info import GGUFInfo
 from edgeval.hub import Progress
 from edgeval.plan import Config, Plan
+from edgeval.results import ConfigResult
+from edgeval.sweep import Progress as SweepProgress
 from edgeval.units import format_bytes
 
 console = Console()
@@ -265,3 +269,63 @@ def _spread(configs: list[Config], n: int) -> list[Config]:
         return ordered
     step = (len(ordered) - 1) / (n - 1)
     return [ordered[round(i * step)] for i in range(n)]
+
+
+# ---------------------------------------------------------------- run
+
+
+@contextmanager
+def run_progress(label: str, task: str, k: int, *, quiet: bool = False) -> Iterator[Callable[[SweepProgress], None]]:
+    """A progress bar over questions × votes with live decode tokens/s (on stderr; silent when quiet)."""
+    if quiet:
+        yield lambda state: None
+        return
+    columns = (
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[speed]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(),
+    )  # fmt: skip
+    with RichProgress(*columns, console=err_console, transient=True) as bar:
+        task_id = bar.add_task(f"{label} · {task} · k={k}", total=None, speed="")
+
+        def update(state: SweepProgress) -> None:
+            speed = f"{state.tokens / state.decode_s:.1f} tok/s" if state.decode_s > 0 else ""
+            bar.update(task_id, completed=state.items_done * k, total=state.items_total * k, speed=speed)
+
+        yield update
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def render_run(result: ConfigResult) -> None:
+    """One configuration's accuracy, memory and speed."""
+    table = Table(title=f"{result.model} on {result.task}", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    status = "[green]done[/]" if result.status == "done" else f"[red]{result.status}[/] — {result.message or ''}"
+    table.add_row("status", status)
+    table.add_row("configuration", f"KV {result.kv_type_k}/{result.kv_type_v}, budget {result.budget_tokens} tokens, "
+                  f"ctx {result.ctx}, k={result.k}")  # fmt: skip
+    table.add_row("questions", f"{result.n_done} of {result.n_items}")
+    low, high = result.ci95
+    table.add_row(
+        f"maj@{result.k}", f"[bold]{_pct(result.accuracy_maj)}[/]  (95% CI {_pct(low)}–{_pct(high)}, n={result.n_done})"
+    )
+    table.add_row("avg@k (pass@1)", _pct(result.accuracy_avg))
+    if result.k > 1:
+        table.add_row(f"pass@{result.k}", _pct(result.pass_at_k))
+        table.add_row("maj@j", "  ".join(f"@{j}: {_pct(v)}" for j, v in result.maj_at.items()))
+    table.add_row(
+        "answers forced", f"{_pct(result.forced_share)} of samples; {result.mean_tokens:.0f} tokens each on average"
+    )
+    measured = format_bytes(result.peak_rss_bytes) if result.peak_rss_bytes else "—"
+    table.add_row("memory", f"predicted {format_bytes(result.predicted_bytes)}, measured peak RSS {measured}")
+    if result.peak_vram_bytes:
+        table.add_row("GPU memory", f"peak {format_bytes(result.peak_vram_bytes)}")
+    if result.decode_tokens_per_s:
+        table.add_row("speed", f"prompt {result.prompt_tokens_per_s or 0:.0f} tok/s, decode {result.decode_tokens_per_s:.1f} "
+                      f"tok/s (all {result.k} sequences), first token {1000 * (result.ttft_s or 0):.0f} ms")  # fmt: skip
+    if result.wall_s is not None:
+        table.add_row("time", f"load {result.load_s or 0:.2f} s, wall {result.wall_s:.1f} s")
+    console.print(table)

@@ -1,0 +1,112 @@
+"""Accuracy and speed of a stored configuration, computed from its samples (pure over the store's rows)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import defaultdict
+from dataclasses import dataclass
+
+from edgeval import vote
+from edgeval.store import ItemTiming, SampleRow
+
+
+@dataclass(frozen=True)
+class ConfigResult:
+    """What `edgeval run` reports for one configuration."""
+
+    config_id: int
+    model: str
+    task: str
+    kv_type_k: str
+    kv_type_v: str
+    ctx: int
+    budget_tokens: int
+    k: int
+    n_items: int
+    n_done: int
+    accuracy_maj: float
+    accuracy_avg: float
+    ci95: tuple[float, float]
+    pass_at_k: float
+    maj_at: dict[int, float]  # maj@j for j = 1..k
+    forced_share: float
+    mean_tokens: float
+    peak_rss_bytes: int | None
+    peak_vram_bytes: int | None
+    predicted_bytes: int
+    load_s: float | None
+    prompt_tokens_per_s: float | None
+    decode_tokens_per_s: float | None
+    ttft_s: float | None
+    wall_s: float | None
+    status: str
+    message: str | None
+
+    def to_json(self) -> dict[str, object]:
+        """The `--json` object."""
+        out = dict(self.__dict__)
+        out["ci95"] = list(self.ci95)
+        out["maj_at"] = {str(j): v for j, v in self.maj_at.items()}
+        return out
+
+
+def summarize(row: sqlite3.Row, samples: list[SampleRow]) -> ConfigResult:
+    """Estimators over items: maj@k (tie rule in vote.py), avg@k, pass@k, maj@j, and a 95% CI of maj@k."""
+    k = int(row["k"])
+    by_item: dict[int, list[SampleRow]] = defaultdict(list)
+    for s in samples:
+        by_item[s.item_index].append(s)
+    complete = [group for group in by_item.values() if len(group) >= k]
+    maj_scores, avg_scores, pass_scores = [], [], []
+    maj_j: dict[int, list[float]] = {j: [] for j in range(1, k + 1)}
+    for group in complete:
+        answers = [s.answer for s in group]
+        correct: list[bool | None] = [s.correct for s in group]
+        maj_scores.append(vote.majority_score(answers, correct))
+        avg_scores.append(vote.avg_at(correct))
+        pass_scores.append(vote.pass_at(len(group), sum(1 for c in correct if c), k))
+        for j in maj_j:
+            maj_j[j].append(vote.maj_at(answers, correct, j))
+    estimate = vote.mean_ci(maj_scores)
+    n = len(complete)
+    flat = [s for group in complete for s in group]
+    return ConfigResult(
+        config_id=int(row["id"]),
+        model=str(row["model"]),
+        task=str(row["task"]),
+        kv_type_k=str(row["kv_type_k"]),
+        kv_type_v=str(row["kv_type_v"]),
+        ctx=int(row["ctx"]),
+        budget_tokens=int(row["budget_tokens"]),
+        k=k,
+        n_items=int(row["n_items"]),
+        n_done=n,
+        accuracy_maj=estimate.mean,
+        accuracy_avg=sum(avg_scores) / n if n else 0.0,
+        ci95=(estimate.low, estimate.high),
+        pass_at_k=sum(pass_scores) / n if n else 0.0,
+        maj_at={j: (sum(v) / n if n else 0.0) for j, v in maj_j.items()},
+        forced_share=sum(s.forced for s in flat) / len(flat) if flat else 0.0,
+        mean_tokens=sum(s.tokens for s in flat) / len(flat) if flat else 0.0,
+        peak_rss_bytes=row["peak_rss_bytes"],
+        peak_vram_bytes=row["peak_vram_bytes"],
+        predicted_bytes=int(row["predicted_bytes"]),
+        load_s=row["load_s"],
+        prompt_tokens_per_s=row["prompt_tokens_per_s"],
+        decode_tokens_per_s=row["decode_tokens_per_s"],
+        ttft_s=row["ttft_s"],
+        wall_s=row["wall_s"],
+        status=str(row["status"]),
+        message=row["message"],
+    )
+
+
+def speed(timings: list[ItemTiming]) -> tuple[float | None, float | None, float | None]:
+    """Prompt tokens/s, aggregate decode tokens/s over the k sequences, and mean time to first token."""
+    if not timings:
+        return None, None, None
+    prompt_s = sum(t.prompt_s for t in timings)
+    decode_s = sum(t.decode_s for t in timings)
+    prompt_tps = sum(t.prompt_tokens for t in timings) / prompt_s if prompt_s > 0 else None
+    decode_tps = sum(t.generated_tokens for t in timings) / decode_s if decode_s > 0 else None
+    return prompt_tps, decode_tps, sum(t.ttft_s for t in timings) / len(timings)

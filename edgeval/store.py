@@ -1,0 +1,294 @@
+"""The results store: one SQLite file, its schema under numbered migrations, and the queries edgeval needs.
+
+Every finished question (its k samples) is committed in one transaction, so a killed run loses at most the
+question in flight and a rerun skips what is stored: (configuration, item, sample) is a primary key.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from edgeval.errors import EdgevalError
+from edgeval.paths import edgeval_home
+
+
+class StoreError(EdgevalError):
+    """The results database cannot be opened or is not edgeval's."""
+
+    hint = "check the --db path, or move the file aside to start a fresh store"
+
+
+def default_db_path() -> Path:
+    """EDGEVAL_HOME/edgeval.db."""
+    return edgeval_home() / "edgeval.db"
+
+
+M1_INITIAL = """
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            started_at TEXT NOT NULL,
+            edgeval_version TEXT NOT NULL,
+            llama_cpp_python TEXT NOT NULL,
+            llama_cpp_build TEXT,
+            backend TEXT NOT NULL,
+            hardware TEXT NOT NULL,      -- JSON: cpu, cores, ram, gpus
+            command TEXT NOT NULL
+        );
+        CREATE TABLE configs (
+            id INTEGER PRIMARY KEY,
+            key TEXT NOT NULL UNIQUE,    -- hash of everything that decides the samples
+            run_id INTEGER REFERENCES runs(id),
+            model TEXT NOT NULL,
+            model_path TEXT NOT NULL,
+            model_sha256 TEXT NOT NULL,
+            weight_quant TEXT NOT NULL,
+            params INTEGER NOT NULL,
+            task TEXT NOT NULL,
+            task_fingerprint TEXT NOT NULL,
+            kv_type_k TEXT NOT NULL,
+            kv_type_v TEXT NOT NULL,
+            ctx INTEGER NOT NULL,
+            budget_tokens INTEGER NOT NULL,
+            k INTEGER NOT NULL,
+            thinking INTEGER NOT NULL,
+            sampling TEXT NOT NULL,      -- JSON
+            seed INTEGER NOT NULL,
+            n_items INTEGER NOT NULL,
+            kv_cells INTEGER NOT NULL,
+            predicted_bytes INTEGER NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending',  -- pending, running, done, failed, crashed, killed
+            message TEXT,
+            log_tail TEXT,
+            peak_rss_bytes INTEGER,
+            peak_vram_bytes INTEGER,
+            load_s REAL,
+            prompt_tokens_per_s REAL,
+            decode_tokens_per_s REAL,
+            ttft_s REAL,
+            wall_s REAL,
+            backend TEXT,
+            llama_cpp_build TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE TABLE samples (
+            config_id INTEGER NOT NULL REFERENCES configs(id),
+            item_index INTEGER NOT NULL,
+            item_id TEXT NOT NULL,
+            sample_index INTEGER NOT NULL,
+            reference TEXT NOT NULL,
+            text TEXT NOT NULL,
+            answer TEXT,
+            correct INTEGER NOT NULL,
+            tokens INTEGER NOT NULL,
+            forced INTEGER NOT NULL,
+            finish TEXT NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            PRIMARY KEY (config_id, item_index, sample_index)
+        );
+        CREATE TABLE item_timings (
+            config_id INTEGER NOT NULL REFERENCES configs(id),
+            item_index INTEGER NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            prompt_s REAL NOT NULL,
+            generated_tokens INTEGER NOT NULL,
+            decode_s REAL NOT NULL,
+            ttft_s REAL NOT NULL,
+            PRIMARY KEY (config_id, item_index)
+        );
+        CREATE TABLE file_hashes (
+            path TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL,
+            PRIMARY KEY (path, size, mtime_ns)
+        );
+"""
+
+# SQL scripts applied in order, each in its own transaction; PRAGMA user_version records how many ran.
+# Append, never edit.
+MIGRATIONS: list[str] = [M1_INITIAL]
+
+
+@dataclass(frozen=True)
+class SampleRow:
+    """One stored sample."""
+
+    item_index: int
+    item_id: str
+    sample_index: int
+    reference: str
+    text: str
+    answer: str | None
+    correct: bool
+    tokens: int
+    forced: bool
+    finish: str
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class ItemTiming:
+    """How long one question's prompt and generation took."""
+
+    item_index: int
+    prompt_tokens: int
+    prompt_s: float
+    generated_tokens: int
+    decode_s: float
+    ttft_s: float
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class Store:
+    """A connection to the results database (created and migrated on open)."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or default_db_path()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: not a usable SQLite database ({exc})") from None
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        if version > len(MIGRATIONS):
+            raise StoreError(f"{self.path} was written by a newer edgeval (schema {version})", hint="upgrade edgeval")
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            self.db.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT (ROLLBACK on error)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # ---------------------------------------------------------------- runs and configurations
+
+    def add_run(self, provenance: dict[str, object], command: str) -> int:
+        """Record an invocation and where it ran."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO runs (started_at, edgeval_version, llama_cpp_python, llama_cpp_build, backend, hardware,"
+                " command) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (_now(), provenance["edgeval"], provenance["llama_cpp_python"], provenance.get("llama_cpp_build"),
+                 provenance["backend"], json.dumps(provenance.get("hardware", {})), command),
+            )  # fmt: skip
+            return int(cur.lastrowid or 0)
+
+    def upsert_config(self, key: str, fields: dict[str, object]) -> int:
+        """The configuration's id, inserting it the first time its key is seen."""
+        row = self.db.execute("SELECT id FROM configs WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            return int(row["id"])
+        names = ["key", *fields, "created_at", "updated_at"]
+        values = [key, *fields.values(), _now(), _now()]
+        with self.transaction() as db:
+            cur = db.execute(f"INSERT INTO configs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})", values)
+            return int(cur.lastrowid or 0)
+
+    def update_config(self, config_id: int, **fields: object) -> None:
+        """Set status, message, measurements… on a configuration."""
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        with self.transaction() as db:
+            db.execute(
+                f"UPDATE configs SET {assignments}, updated_at = ? WHERE id = ?", [*fields.values(), _now(), config_id]
+            )
+
+    def config(self, config_id: int) -> sqlite3.Row:
+        """One configuration row."""
+        row = self.db.execute("SELECT * FROM configs WHERE id = ?", (config_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no configuration {config_id} in {self.path}")
+        return row  # type: ignore[no-any-return]
+
+    def configs(self, where: str = "1", params: Sequence[object] = ()) -> list[sqlite3.Row]:
+        """Configuration rows matching a SQL condition."""
+        return list(self.db.execute(f"SELECT * FROM configs WHERE {where} ORDER BY id", params))
+
+    # ---------------------------------------------------------------- samples
+
+    def add_item(self, config_id: int, samples: Sequence[SampleRow], timing: ItemTiming) -> None:
+        """Store one finished question — all its samples and its timing — in one transaction."""
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO samples (config_id, item_index, item_id, sample_index, reference, text, answer,"
+                " correct, tokens, forced, finish, prompt_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(config_id, s.item_index, s.item_id, s.sample_index, s.reference, s.text, s.answer, int(s.correct),
+                  s.tokens, int(s.forced), s.finish, s.prompt_tokens) for s in samples],
+            )  # fmt: skip
+            t = asdict(timing)
+            db.execute(
+                "INSERT OR IGNORE INTO item_timings (config_id, item_index, prompt_tokens, prompt_s, generated_tokens,"
+                " decode_s, ttft_s) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (config_id, t["item_index"], t["prompt_tokens"], t["prompt_s"], t["generated_tokens"], t["decode_s"],
+                 t["ttft_s"]),
+            )  # fmt: skip
+
+    def done_items(self, config_id: int, k: int) -> set[int]:
+        """Item indexes whose k samples are all stored."""
+        rows = self.db.execute(
+            "SELECT item_index FROM samples WHERE config_id = ? GROUP BY item_index HAVING COUNT(*) >= ?",
+            (config_id, k),
+        )
+        return {int(r[0]) for r in rows}
+
+    def samples(self, config_id: int) -> list[SampleRow]:
+        """Every stored sample of a configuration, by item then sample."""
+        rows = self.db.execute(
+            "SELECT * FROM samples WHERE config_id = ? ORDER BY item_index, sample_index", (config_id,)
+        )
+        return [
+            SampleRow(r["item_index"], r["item_id"], r["sample_index"], r["reference"], r["text"], r["answer"],
+                      bool(r["correct"]), r["tokens"], bool(r["forced"]), r["finish"], r["prompt_tokens"])
+            for r in rows
+        ]  # fmt: skip
+
+    def timings(self, config_id: int) -> list[ItemTiming]:
+        """Per-question timings of a configuration."""
+        rows = self.db.execute("SELECT * FROM item_timings WHERE config_id = ? ORDER BY item_index", (config_id,))
+        return [
+            ItemTiming(r["item_index"], r["prompt_tokens"], r["prompt_s"], r["generated_tokens"], r["decode_s"],
+                       r["ttft_s"])
+            for r in rows
+        ]  # fmt: skip
+
+    # ---------------------------------------------------------------- model file hashes
+
+    def file_sha256(self, path: Path, compute: Callable[[Path], str]) -> str:
+        """A model file's sha256, computed once per (path, size, mtime)."""
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        row = self.db.execute("SELECT sha256 FROM file_hashes WHERE path=? AND size=? AND mtime_ns=?", key).fetchone()
+        if row is not None:
+            return str(row[0])
+        digest = compute(path)
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?)", (*key, digest))
+        return digest

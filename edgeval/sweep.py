@@ -1,0 +1,352 @@
+"""Running configurations: each in its own worker process, measured from outside, resumable through the store.
+
+The parent prepares a configuration (task, prompt lengths, KV cells, predicted memory, its row in the store),
+spawns a worker that loads the model once and answers the pending questions — committing each question's k
+samples as it finishes — and samples the worker's resident memory meanwhile. A worker that crashes or is killed
+is recorded with its status and llama.cpp's last log lines; the caller goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import platform
+import queue
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import edgeval
+from edgeval import engine, gguf_info, grading, hub, memory, prompts, results, tasks
+from edgeval.errors import ConfigurationError, describe
+from edgeval.paths import cache_dir
+from edgeval.quants import KVType
+from edgeval.store import ItemTiming, SampleRow, Store
+
+DEFAULT_BUDGET_TOKENS = 2048
+ANSWER_TOKENS = 32  # what a forced sample may still write after its reasoning is closed
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that decides one configuration's samples, plus how to run it."""
+
+    model_path: Path
+    model_label: str
+    task: str
+    kv_type_k: KVType = KVType.F16
+    kv_type_v: KVType = KVType.F16
+    budget_tokens: int = DEFAULT_BUDGET_TOKENS
+    ctx: int | None = None  # tokens one sample may see (prompt + budget + forced answer); None: what it needs
+    k: int = 1
+    thinking: bool = True
+    sampling: engine.Sampling | None = None  # None: Qwen's recommendation for the mode
+    seed: int = 0
+    limit: int | None = None
+    threads: int | None = None
+    repack: bool = False
+    gpu_layers: int | None = None
+    answer_tokens: int = ANSWER_TOKENS
+
+    @property
+    def effective_sampling(self) -> engine.Sampling:
+        """The sampler settings used."""
+        return self.sampling or prompts.recommended_sampling(self.thinking)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A configuration ready to run: its task items, sizes, prediction and store row."""
+
+    spec: RunSpec
+    task: tasks.Task
+    items: tuple[tasks.Item, ...]
+    prompt_tokens: tuple[int, ...]
+    n_ctx: int
+    predicted: memory.Footprint
+    config_id: int
+
+
+@dataclass
+class Progress:
+    """What the worker reported so far."""
+
+    items_done: int = 0
+    items_total: int = 0
+    tokens: int = 0
+    decode_s: float = 0.0
+    events: list[str] = field(default_factory=list)
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def provenance() -> dict[str, object]:
+    """Where results come from: versions, backend, hardware."""
+    import psutil
+
+    from edgeval import doctor
+
+    return {
+        "edgeval": edgeval.__version__,
+        "llama_cpp_python": engine.LLAMA_CPP_PYTHON_VERSION,
+        "llama_cpp_build": engine.build_version(),
+        "backend": engine.backend_name(),
+        "hardware": {
+            "cpu": doctor.cpu_model(),
+            "cores": psutil.cpu_count(logical=False),
+            "ram_bytes": psutil.virtual_memory().total,
+            "platform": platform.platform(),
+            "gpus": [d.description for d in engine.gpu_devices()],
+        },
+    }
+
+
+def _config_key(spec: RunSpec, task: tasks.Task, model_sha: str) -> str:
+    decisive = {
+        "model_sha256": model_sha,
+        "task": task.fingerprint,
+        "kv": [spec.kv_type_k.value, spec.kv_type_v.value],
+        "budget": spec.budget_tokens,
+        "answer_tokens": spec.answer_tokens,
+        "k": spec.k,
+        "thinking": spec.thinking,
+        "sampling": asdict(spec.effective_sampling),
+        "seed": spec.seed,
+        "limit": spec.limit,
+    }
+    return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
+    """Load the task, measure prompts with the model's tokenizer, size the KV cache, predict memory, find or
+    create the configuration's row."""
+    header = gguf_info.read_local(spec.model_path)
+    task = tasks.load_task(spec.task)
+    items = task.take(spec.limit)
+    if not items:
+        raise ConfigurationError(f"task {task.name} has no items", hint="check --limit and the task file")
+    with engine.Model(spec.model_path, engine.LoadOptions(vocab_only=True)) as vocab:
+        forced = vocab.tokenize(prompts.forced_answer(task.answer_prefix))
+        lengths = tuple(len(vocab.tokenize(_prompt(task, item, spec.thinking))) for item in items)
+    per_sample = max(lengths) + spec.budget_tokens + len(forced) + spec.answer_tokens
+    if spec.ctx is not None and spec.ctx < per_sample:
+        raise ConfigurationError(
+            f"--ctx {spec.ctx} cannot hold the longest prompt ({max(lengths)} tokens) + the token budget "
+            f"({spec.budget_tokens}) + a forced answer ({len(forced) + spec.answer_tokens})",
+            hint=f"use --ctx {per_sample} or more, or a smaller --budget-tokens",
+        )
+    arch = header.architecture()
+    if per_sample > arch.n_ctx_train:
+        raise ConfigurationError(
+            f"a sample needs {per_sample} tokens but {spec.model_path.name} was trained for {arch.n_ctx_train}",
+            hint="lower --budget-tokens",
+        )
+    n_ctx = engine.cells_needed(max(lengths), spec.k, spec.budget_tokens + len(forced) + spec.answer_tokens)
+    gpu_layers = engine.LoadOptions(n_gpu_layers=spec.gpu_layers).gpu_layers()
+    setting = memory.Setting(
+        n_ctx=n_ctx, n_seq=spec.k, type_k=spec.kv_type_k, type_v=spec.kv_type_v, prompt_tokens=max(lengths),
+        gpu_layers=gpu_layers,
+    )  # fmt: skip
+    predicted = memory.predict(arch, header.weight_bytes, setting, embd_bytes=header.embd_bytes)
+    model_sha = store.file_sha256(spec.model_path, hub.sha256_of)
+    fields: dict[str, object] = {
+        "run_id": run_id, "model": spec.model_label, "model_path": str(spec.model_path), "model_sha256": model_sha,
+        "weight_quant": _quant_name(header), "params": header.n_params, "task": task.name,
+        "task_fingerprint": task.fingerprint, "kv_type_k": spec.kv_type_k.value, "kv_type_v": spec.kv_type_v.value,
+        "ctx": spec.ctx or per_sample, "budget_tokens": spec.budget_tokens, "k": spec.k, "thinking": int(spec.thinking),
+        "sampling": json.dumps(asdict(spec.effective_sampling)), "seed": spec.seed, "n_items": len(items),
+        "kv_cells": memory.padded_cells(n_ctx), "predicted_bytes": predicted.total_bytes,
+    }  # fmt: skip
+    config_id = store.upsert_config(_config_key(spec, task, model_sha), fields)
+    return Prepared(spec, task, items, lengths, n_ctx, predicted, config_id)
+
+
+def _quant_name(header: gguf_info.GGUFInfo) -> str:
+    from edgeval.catalog import quant_of
+
+    return quant_of(header).value
+
+
+def _prompt(task: tasks.Task, item: tasks.Item, thinking: bool) -> str:
+    return prompts.chat_prompt(item.question, task.instruction, thinking=thinking)
+
+
+def item_seeds(seed: int, item_id: str, k: int) -> list[int]:
+    """One sampler seed per vote, fixed by the run's seed and the question's id (not its position)."""
+    base = int(hashlib.sha256(f"{seed}:{item_id}".encode()).hexdigest()[:8], 16)
+    return [(base + 7919 * j) & 0xFFFFFFFF for j in range(k)]
+
+
+# ---------------------------------------------------------------- the worker process
+
+
+def _worker(payload: dict[str, Any], events: Any) -> None:
+    """Runs in a fresh process: load once, answer every pending question, commit each as it finishes.
+
+    A Python failure is written to the log as one `edgeval:` line and the process exits with code 1;
+    a crash inside llama.cpp kills the process, and the parent reads the log's last lines.
+    """
+    engine.LOG.tee(Path(payload["log_path"]))
+    try:
+        _work(payload, events)
+    except BaseException as exc:
+        with Path(payload["log_path"]).open("a", encoding="utf-8") as log:
+            log.write(f"\nedgeval: {describe(exc)}\n")
+        raise SystemExit(1) from None
+
+
+def _work(payload: dict[str, Any], events: Any) -> None:
+    raw = payload["spec"]
+    sampling = engine.Sampling(**raw["sampling"]) if raw["sampling"] else None
+    spec = RunSpec(**{
+        **raw, "model_path": Path(raw["model_path"]), "kv_type_k": KVType(raw["kv_type_k"]),
+        "kv_type_v": KVType(raw["kv_type_v"]), "sampling": sampling,
+    })  # fmt: skip
+    task = tasks.load_task(spec.task)
+    items = task.take(spec.limit)
+    pending = payload["pending"]
+    with Store(Path(payload["db_path"])) as store:
+        t0 = time.perf_counter()
+        load = engine.LoadOptions(n_gpu_layers=spec.gpu_layers, repack=spec.repack)
+        with engine.Model(spec.model_path, load) as model:
+            options = engine.ContextOptions(
+                n_ctx=payload["n_ctx"], n_seq=spec.k, type_k=spec.kv_type_k, type_v=spec.kv_type_v,
+                n_threads=spec.threads,
+            )  # fmt: skip
+            with engine.Context(model, options) as ctx:
+                events.put(("loaded", time.perf_counter() - t0))
+                forcing = engine.Forcing(
+                    think_close=model.tokenize(prompts.THINK_CLOSE)[0],
+                    tokens=tuple(model.tokenize(prompts.forced_answer(task.answer_prefix))),
+                    answer_tokens=spec.answer_tokens,
+                    starts_reasoning=spec.thinking,
+                )
+                for index in pending:
+                    _answer(store, payload["config_id"], task, index, items[index], model, ctx, spec, forcing, events)
+    events.put(("finished", None))
+
+
+def _answer(
+    store: Store,
+    config_id: int,
+    task: tasks.Task,
+    index: int,
+    item: tasks.Item,
+    model: engine.Model,
+    ctx: engine.Context,
+    spec: RunSpec,
+    forcing: engine.Forcing,
+    events: Any,
+) -> None:
+    prompt = model.tokenize(_prompt(task, item, spec.thinking))
+    out = ctx.generate(
+        prompt, k=spec.k, max_tokens=spec.budget_tokens, sampling=spec.effective_sampling,
+        seeds=item_seeds(spec.seed, item.id, spec.k), forcing=forcing,
+    )  # fmt: skip
+    rows = []
+    for j in range(spec.k):
+        answer = grading.extract(out.texts[j], task.kind)
+        rows.append(
+            SampleRow(index, item.id, j, item.answer, out.texts[j], answer,
+                      grading.is_correct(answer, item.answer, task.kind), out.generated[j], out.forced[j],
+                      out.finish[j], out.prompt_tokens)
+        )  # fmt: skip
+    timing = ItemTiming(index, out.prompt_tokens, out.prompt_s, out.generated_tokens, out.decode_s, out.ttft_s)
+    store.add_item(config_id, rows, timing)
+    events.put(("item", (index, out.generated_tokens, out.decode_s)))
+
+
+# ---------------------------------------------------------------- the parent
+
+
+def _log_tail(path: Path, n: int = 5) -> str:
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+def _exit_status(code: int | None) -> tuple[str, str]:
+    if code is None:
+        return "killed", "the worker did not exit"
+    if code < 0:
+        name = signal.Signals(-code).name
+        status = "killed" if -code in (signal.SIGKILL, signal.SIGTERM) else "crashed"
+        why = " (the system may have run out of memory)" if -code == signal.SIGKILL else ""
+        return status, f"the worker died from {name}{why}"
+    return "failed", f"the worker exited with code {code}"
+
+
+def execute(prepared: Prepared, store: Store, progress: ProgressCallback | None = None) -> results.ConfigResult:
+    """Run the configuration's pending questions in a worker process; record measurements or the failure."""
+    spec = prepared.spec
+    done = store.done_items(prepared.config_id, spec.k)
+    pending = [i for i in range(len(prepared.items)) if i not in done]
+    state = Progress(items_done=len(done), items_total=len(prepared.items))
+    row = store.config(prepared.config_id)
+    if not pending and row["status"] == "done":
+        return results.summarize(row, store.samples(prepared.config_id))
+    log_path = cache_dir("logs") / f"config-{prepared.config_id}.log"
+    log_path.write_text("")
+    payload = {
+        "spec": {**asdict(spec), "model_path": str(spec.model_path), "kv_type_k": spec.kv_type_k.value,
+                 "kv_type_v": spec.kv_type_v.value},
+        "db_path": str(store.path), "config_id": prepared.config_id, "n_ctx": prepared.n_ctx, "pending": pending,
+        "log_path": str(log_path),
+    }  # fmt: skip
+    store.update_config(prepared.config_id, status="running", message=None, log_tail=None)
+    spawn = multiprocessing.get_context("spawn")
+    events = spawn.Queue()
+    worker = spawn.Process(target=_worker, args=(payload, events), daemon=True)
+    started = time.perf_counter()
+    load_s = None
+    worker.start()
+    with memory.PeakRSS(worker.pid or 0) as sampler:
+        while worker.is_alive() or not events.empty():
+            try:
+                kind, value = events.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if kind == "loaded":
+                load_s = value
+            elif kind == "item":
+                state.items_done += 1
+                state.tokens += value[1]
+                state.decode_s += value[2]
+            if progress is not None:
+                progress(state)
+        worker.join()
+    wall = time.perf_counter() - started
+    prompt_tps, decode_tps, ttft = results.speed(store.timings(prepared.config_id))
+    previous_peak = row["peak_rss_bytes"] or 0
+    measured: dict[str, object] = {
+        "peak_rss_bytes": max(previous_peak, sampler.peak_bytes) or None,
+        "peak_vram_bytes": sampler.peak_vram_bytes,
+        "prompt_tokens_per_s": prompt_tps, "decode_tokens_per_s": decode_tps, "ttft_s": ttft,
+        "wall_s": (row["wall_s"] or 0.0) + wall, "backend": engine.backend_name(),
+        "llama_cpp_build": engine.build_version(),
+    }  # fmt: skip
+    if load_s is not None:
+        measured["load_s"] = load_s
+    if worker.exitcode == 0 and store.done_items(prepared.config_id, spec.k) >= set(range(len(prepared.items))):
+        store.update_config(prepared.config_id, status="done", **measured)
+    else:
+        status, message = _exit_status(worker.exitcode)
+        tail = _log_tail(log_path)
+        error_line = next((line for line in reversed(tail.splitlines()) if line.startswith("edgeval:")), None)
+        store.update_config(prepared.config_id, status=status, message=error_line or message, log_tail=tail, **measured)
+    return results.summarize(store.config(prepared.config_id), store.samples(prepared.config_id))
+
+
+def run(
+    spec: RunSpec, store: Store, progress: ProgressCallback | None = None, command: str = ""
+) -> results.ConfigResult:
+    """Prepare and execute one configuration (the library call behind `edgeval run`)."""
+    run_id = store.add_run(provenance(), command)
+    return execute(prepare(spec, store, run_id), store, progress)
