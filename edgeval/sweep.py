@@ -77,6 +77,7 @@ class Progress:
 
     items_done: int = 0
     items_total: int = 0
+    worker_pid: int | None = None
     tokens: int = 0
     decode_s: float = 0.0
     events: list[str] = field(default_factory=list)
@@ -307,6 +308,7 @@ def execute(prepared: Prepared, store: Store, progress: ProgressCallback | None 
     started = time.perf_counter()
     load_s = None
     worker.start()
+    state.worker_pid = worker.pid
     with memory.PeakRSS(worker.pid or 0) as sampler:
         while worker.is_alive() or not events.empty():
             try:

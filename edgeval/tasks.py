@@ -72,7 +72,8 @@ def _dataset_file(repo: str, filename: str) -> Path:
     return hub.download_dataset_file(repo, filename)
 
 
-def _jsonl(path: Path, source: str) -> list[dict[str, object]]:
+def _jsonl_lines(path: Path, source: str) -> list[tuple[int, dict[str, object]]]:
+    """(line number, object) for every non-blank line; a malformed line is an error naming it."""
     rows = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -83,8 +84,12 @@ def _jsonl(path: Path, source: str) -> list[dict[str, object]]:
             raise TaskError(f"{source} line {number}: not valid JSON ({exc.msg})", hint="fix that line") from None
         if not isinstance(row, dict):
             raise TaskError(f"{source} line {number}: expected a JSON object", hint="fix that line")
-        rows.append(row)
+        rows.append((number, row))
     return rows
+
+
+def _jsonl(path: Path, source: str) -> list[dict[str, object]]:
+    return [row for _, row in _jsonl_lines(path, source)]
 
 
 def load_aime25() -> Task:
@@ -179,9 +184,9 @@ def load_jsonl(path: Path) -> Task:
     if not path.is_file():
         raise TaskError(f"task file {path} does not exist", hint="check the path")
     items = []
-    rows = _jsonl(path, str(path))
-    has_choices = any("choices" in r for r in rows)
-    for number, row in enumerate(rows, start=1):
+    rows = _jsonl_lines(path, str(path))
+    has_choices = any("choices" in r for _, r in rows)
+    for number, row in rows:
         if "question" not in row or "answer" not in row:
             raise TaskError(f"{path} line {number}: needs `question` and `answer`", hint="fix that line")
         choices = tuple(str(c) for c in row.get("choices", []))  # type: ignore[attr-defined]

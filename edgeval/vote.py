@@ -92,7 +92,8 @@ def mean_ci(scores: Sequence[float], z: float = 1.96) -> Estimate:
     if all(s in (0.0, 1.0) for s in scores):
         centre = (mean + z * z / (2 * n)) / (1 + z * z / n)
         half = z * math.sqrt(mean * (1 - mean) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-        return Estimate(mean, max(0.0, centre - half), min(1.0, centre + half), n)
+        # Floating point can put an end a hair inside the mean at 0% or 100%; the mean is always inside.
+        return Estimate(mean, max(0.0, min(mean, centre - half)), min(1.0, max(mean, centre + half)), n)
     sd = math.sqrt(sum((s - mean) ** 2 for s in scores) / (n - 1)) if n > 1 else 0.0
     half = z * sd / math.sqrt(n)
     return Estimate(mean, max(0.0, mean - half), min(1.0, mean + half), n)

@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 ALLOWED_TOKEN = "hf_granted_test_token"
-_RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
+# Model repos at /{org}/{name}, dataset repos at /datasets/{org}/{name} (stored here under "datasets/{org}/{name}").
+_RESOLVE = re.compile(r"^/(?P<repo>(?:datasets/)?[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
 _CDN = re.compile(r"^/cdn/(?P<sha>[0-9a-f]{64})$")
 
 
@@ -47,6 +47,14 @@ class FakeHub:
         """Serve `data` as repo/filename; returns its sha256."""
         self.files[(repo, filename)] = data
         return hashlib.sha256(data).hexdigest()
+
+    def commit(self, repo: str) -> str:
+        """The repo's current commit: it changes whenever any of its files does, as on the Hub."""
+        digest = hashlib.sha1(repo.encode())
+        for (r, name), data in sorted(self.files.items()):
+            if r == repo:
+                digest.update(name.encode() + hashlib.sha256(data).digest())
+        return digest.hexdigest()
 
     def _blob(self, sha: str) -> bytes | None:
         return next((d for d in self.files.values() if hashlib.sha256(d).hexdigest() == sha), None)
@@ -89,7 +97,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if repo in hub.gated and not self._authorized():
                 self._error(401, "GatedRepo", f"Access to model {repo} is restricted. You must have access to it.")
                 return
-            if revision not in ("main", COMMIT):
+            if revision not in ("main", hub.commit(repo)):
                 self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
                 return
             data = hub.files.get((repo, filename))
@@ -99,7 +107,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             sha = hashlib.sha256(data).hexdigest()
             # Large files live in LFS: the Hub answers with a redirect to the content and its real size and hash.
             self.send_response(302)
-            self.send_header("X-Repo-Commit", COMMIT)
+            self.send_header("X-Repo-Commit", hub.commit(repo))
             self.send_header("X-Linked-Etag", f'"{sha}"')
             self.send_header("X-Linked-Size", str(len(data)))
             self.send_header("ETag", '"pointer-etag"')

@@ -1,0 +1,204 @@
+"""`edgeval run`: one configuration end to end — worker process, store, resume, crashes, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from click.testing import CliRunner
+
+from edgeval import engine, prompts, sweep
+from edgeval.cli import cli
+from edgeval.quants import KVType, WeightQuant
+from edgeval.store import Store
+
+JSON_KEYS = {"model", "task", "kv_type_k", "kv_type_v", "ctx", "budget_tokens", "k", "n_items", "accuracy_maj",
+             "accuracy_avg", "ci95", "peak_rss_bytes", "predicted_bytes", "prompt_tokens_per_s", "decode_tokens_per_s",
+             "ttft_s", "wall_s", "status"}  # fmt: skip
+
+
+def _run(model: Path, db: Path, *extra: str) -> list[str]:
+    return ["run", str(model), "--task", "arith", "--no-repack", "--db", str(db), *extra]
+
+
+def test_run_prints_a_table_and_json_with_every_key(tiny_models: dict[WeightQuant, Path], tmp_path: Path) -> None:
+    args = _run(tiny_models[WeightQuant.Q8_0], tmp_path / "r.db", "--k", "4", "--kv", "q8_0", "--limit", "3",
+                "--budget-tokens", "24")  # fmt: skip
+    table = CliRunner().invoke(cli, args)
+    assert table.exit_code == 0, table.output
+    for label in ("maj@4", "avg@k", "memory", "speed", "answers forced"):
+        assert label in table.output
+    result = CliRunner().invoke(cli, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data.keys() >= JSON_KEYS
+    assert data["status"] == "done" and data["n_items"] == 3 and data["k"] == 4
+    assert data["kv_type_k"] == data["kv_type_v"] == "q8_0"
+    assert 0.0 <= data["ci95"][0] <= data["accuracy_maj"] <= data["ci95"][1] <= 1.0
+    assert data["peak_rss_bytes"] > 0 and data["predicted_bytes"] > 0
+    assert data["decode_tokens_per_s"] > 0
+    with sqlite3.connect(tmp_path / "r.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 3 * 4  # the second call ran nothing new
+        run = db.execute("SELECT edgeval_version, llama_cpp_python, backend, hardware FROM runs").fetchone()
+        assert run[0] and run[1] and run[2] and json.loads(run[3])["cpu"]
+        assert len(db.execute("SELECT model_sha256 FROM configs").fetchone()[0]) == 64
+
+
+def test_budget_forcing_closes_the_reasoning_and_forces_an_answer(tiny_models: dict[WeightQuant, Path]) -> None:
+    with (
+        engine.Model(tiny_models[WeightQuant.Q8_0]) as model,
+        engine.Context(model, engine.ContextOptions(n_ctx=1024, n_seq=3)) as ctx,
+    ):
+        forced_tokens = tuple(model.tokenize(prompts.forced_answer("The final answer is $\\boxed{")))
+        forcing = engine.Forcing(model.tokenize("</think>")[0], forced_tokens, answer_tokens=5)
+        prompt = model.tokenize(prompts.chat_prompt("What is 2 + 2?", "Think.", thinking=True))
+        out = ctx.generate(prompt, k=3, max_tokens=20, seeds=(1, 2, 3), forcing=forcing)
+        plain = ctx.generate(prompt, k=3, max_tokens=20, seeds=(1, 2, 3))
+    for text, forced, finish, generated in zip(out.texts, out.forced, out.finish, out.generated, strict=True):
+        if forced:  # a random model almost never closes its reasoning by itself
+            assert "</think>\n\nThe final answer is $\\boxed{" in text
+            assert finish == "forced" and generated <= 20 + 5
+    assert any(out.forced)
+    assert not any(plain.forced) and set(plain.finish) <= {"length", "stop"}
+
+
+def test_same_seed_same_samples(tiny_models: dict[WeightQuant, Path], tmp_path: Path) -> None:
+    def texts(db: Path, seed: int) -> list[str]:
+        spec = sweep.RunSpec(
+            tiny_models[WeightQuant.Q4_K_M], "tiny", "arith", k=2, budget_tokens=12, limit=2, seed=seed
+        )
+        with Store(db) as store:
+            sweep.run(spec, store)
+            return [s.text for s in store.samples(1)]
+
+    first, second = texts(tmp_path / "a.db", 5), texts(tmp_path / "b.db", 5)
+    assert first == second and len(first) == 4
+    assert texts(tmp_path / "c.db", 6) != first
+
+
+def test_a_killed_run_resumes_without_redoing_or_duplicating(
+    tiny_models: dict[WeightQuant, Path], tmp_path: Path
+) -> None:
+    db = tmp_path / "kill.db"
+    args = _run(tiny_models[WeightQuant.Q8_0], db, "--k", "2", "--limit", "30", "--budget-tokens", "400")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    child = subprocess.Popen([sys.executable, "-m", "edgeval", *args], env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    stored = 0
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and stored < 3:
+        time.sleep(0.05)
+        if db.exists():
+            try:
+                with sqlite3.connect(db, timeout=1) as conn:
+                    stored = conn.execute("SELECT COUNT(DISTINCT item_index) FROM samples").fetchone()[0]
+            except sqlite3.OperationalError:
+                pass
+    os.killpg(child.pid, signal.SIGKILL)  # the CLI and its worker, at once
+    child.wait()
+    with sqlite3.connect(db) as conn:
+        before = conn.execute("SELECT COUNT(DISTINCT item_index) FROM samples").fetchone()[0]
+        kept = conn.execute("SELECT item_index, sample_index, text FROM samples ORDER BY 1, 2").fetchall()
+    assert 1 <= before < 30, "the run was killed mid-way"
+    result = CliRunner().invoke(cli, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT item_index, sample_index, text FROM samples ORDER BY 1, 2").fetchall()
+        timings = conn.execute("SELECT COUNT(*) FROM item_timings").fetchone()[0]
+    assert len(rows) == 30 * 2 == len(set((r[0], r[1]) for r in rows))
+    assert rows[: len(kept)] == kept  # nothing finished was redone
+    assert timings == 30
+    assert json.loads(result.output)["n_done"] == 30
+
+
+def test_a_crash_inside_the_worker_is_recorded_and_the_caller_goes_on(
+    tiny_models: dict[WeightQuant, Path], tmp_path: Path
+) -> None:
+    spec = sweep.RunSpec(tiny_models[WeightQuant.Q8_0], "tiny", "arith", k=2, budget_tokens=300, limit=10)
+    outcome: dict[str, object] = {}
+    seen = threading.Event()
+    pids: list[int] = []
+
+    def progress(state: sweep.Progress) -> None:
+        if state.items_done >= 1 and state.worker_pid:
+            pids.append(state.worker_pid)
+            seen.set()
+
+    def target() -> None:
+        with Store(tmp_path / "crash.db") as store:
+            outcome["result"] = sweep.run(spec, store, progress)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    assert seen.wait(60)
+    worker = psutil.Process(pids[0])
+    assert worker.ppid() == os.getpid()
+    worker.send_signal(signal.SIGSEGV)  # what a segfault inside llama.cpp does to the process
+    thread.join(60)
+    result = outcome["result"]
+    assert result.status == "crashed"  # type: ignore[attr-defined]
+    assert "SIGSEGV" in result.message  # type: ignore[attr-defined]
+    with Store(tmp_path / "crash.db") as store:
+        row = store.config(1)
+        assert row["log_tail"]  # llama.cpp's last lines, kept for the user
+        again = sweep.run(spec, store)
+    assert again.status == "done" and again.n_done == 10
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--task", "aime24"], "unknown task 'aime24'"),
+        (["--task", "arith", "--ctx", "64"], "--ctx 64 cannot hold"),
+        (["--task", "arith", "--budget-tokens", "5000"], "trained for"),
+    ],
+)
+def test_bad_run_settings_are_one_line_errors(
+    extra: list[str], message: str, tiny_models: dict[WeightQuant, Path], tmp_path: Path
+) -> None:
+    args = ["run", str(tiny_models[WeightQuant.Q8_0]), "--no-repack", "--db", str(tmp_path / "x.db"), *extra]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert result.output.strip().count("\n") == 0
+
+
+def test_malformed_task_file_names_the_line(tiny_models: dict[WeightQuant, Path], tmp_path: Path) -> None:
+    task = tmp_path / "mine.jsonl"
+    task.write_text('{"question": "1+1?", "answer": "2"}\n{"question": oops}\n')
+    result = CliRunner().invoke(cli, ["run", str(tiny_models[WeightQuant.Q8_0]), "--task", str(task), "--no-repack",
+                                      "--db", str(tmp_path / "x.db")])  # fmt: skip
+    assert result.exit_code == 1 and "line 2" in result.output
+
+
+def test_bad_model_files_are_caught_before_llama_cpp(tiny_models: dict[WeightQuant, Path], tmp_path: Path) -> None:
+    truncated = tmp_path / "cut.gguf"
+    truncated.write_bytes(tiny_models[WeightQuant.Q8_0].read_bytes()[:50_000])
+    html = tmp_path / "page.gguf"
+    html.write_text("<html>Not Found</html>")
+    for path, message in [(tmp_path / "none.gguf", "no such file"), (truncated, "truncated"), (html, "not a GGUF")]:
+        result = CliRunner().invoke(cli, ["run", str(path), "--task", "arith", "--db", str(tmp_path / "x.db")])
+        assert result.exit_code == 1, result.output
+        assert message in result.output and "Traceback" not in result.output
+
+
+def test_kv_type_choices_are_usage_errors(tiny_models: dict[WeightQuant, Path]) -> None:
+    result = CliRunner().invoke(cli, ["run", str(tiny_models[WeightQuant.Q8_0]), "--task", "arith", "--kv", "q3_k"])
+    assert result.exit_code == 2
+
+
+def test_mixed_kv_types_run(tiny_models: dict[WeightQuant, Path], tmp_path: Path) -> None:
+    args = _run(tiny_models[WeightQuant.Q8_0], tmp_path / "m.db", "--kv-k", "q8_0", "--kv-v", "q4_0", "--limit", "2",
+                "--budget-tokens", "8", "--json")  # fmt: skip
+    data = json.loads(CliRunner().invoke(cli, args).output)
+    assert (data["kv_type_k"], data["kv_type_v"], data["status"]) == ("q8_0", "q4_0", "done")
+    assert KVType(data["kv_type_v"]).quantized

@@ -1,0 +1,124 @@
+"""The task registry: Hub datasets through huggingface_hub (served locally), built-in arith, JSONL files."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from edgeval import tasks
+from edgeval.grading import AnswerKind
+
+from .hub_server import ALLOWED_TOKEN, FakeHub
+
+
+def test_arith_is_deterministic_from_its_seed_with_a_difficulty_knob() -> None:
+    a, b = tasks.load_task("arith"), tasks.load_task("arith")
+    assert a.items == b.items and a.fingerprint == b.fingerprint
+    other_seed = tasks.load_task("arith:2:1")
+    assert other_seed.items != a.items and other_seed.fingerprint != a.fingerprint
+    hard = tasks.load_task("arith:4")
+    assert max(len(str(abs(int(i.answer)))) for i in hard.items) > max(len(str(abs(int(i.answer)))) for i in a.items)
+    for item in a.items[:50]:
+        x, op, y = item.question.removeprefix("What is ").removesuffix("?").split()
+        assert int(item.answer) == {"+": int(x) + int(y), "-": int(x) - int(y), "*": int(x) * int(y)}[op]
+    assert [i.id for i in a.take(3)] == [i.id for i in a.items[:3]]
+
+
+def test_unknown_tasks_and_bad_arith_specs() -> None:
+    with pytest.raises(tasks.TaskError, match=r"unknown task 'aime24'.*aime25"):
+        tasks.load_task("aime24")
+    with pytest.raises(tasks.TaskError, match="arith:DIFFICULTY"):
+        tasks.load_task("arith:hard")
+    with pytest.raises(tasks.TaskError, match="out of range"):
+        tasks.load_task("arith:12")
+
+
+def test_jsonl_tasks_and_malformed_lines(tmp_path: Path) -> None:
+    good = tmp_path / "mine.jsonl"
+    good.write_text('{"question": "2+2?", "answer": "4", "id": "q1"}\n\n{"question": "3+3?", "answer": "6"}\n')
+    task = tasks.load_task(str(good))
+    assert task.name == "mine" and task.kind is AnswerKind.NUMBER
+    assert [i.id for i in task.items] == ["q1", "3"]
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text(json.dumps({"question": "Pick", "answer": "B", "choices": ["x", "y"]}) + "\n")
+    choice = tasks.load_task(str(mc))
+    assert choice.kind is AnswerKind.CHOICE and "(B) y" in choice.items[0].question
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "a", "answer": "1"}\n{"question": "b", "answer": \n')
+    with pytest.raises(tasks.TaskError, match="line 2"):
+        tasks.load_task(str(bad))
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text('{"question": "a"}\n')
+    with pytest.raises(tasks.TaskError, match="line 1: needs `question` and `answer`"):
+        tasks.load_task(str(missing))
+
+
+def test_aime25_and_math500_come_through_the_hub(fake_hub: FakeHub) -> None:
+    fake_hub.add(
+        "datasets/opencompass/AIME2025",
+        "aime2025-I.jsonl",
+        b'{"question": "Find x.", "answer": "70"}\n{"question": "Find y.", "answer": "588"}\n',
+    )
+    fake_hub.add("datasets/opencompass/AIME2025", "aime2025-II.jsonl", b'{"question": "Find z.", "answer": "16"}\n')
+    fake_hub.add("datasets/HuggingFaceH4/MATH-500", "test.jsonl",
+                 b'{"problem": "Half of 1?", "solution": "...", "answer": "\\\\frac{1}{2}", "unique_id": "test/a.json"}\n')  # fmt: skip
+    aime = tasks.load_task("aime25")
+    assert [i.id for i in aime.items] == ["aime2025-I-1", "aime2025-I-2", "aime2025-II-1"]
+    assert aime.kind is AnswerKind.INTEGER and aime.items[1].answer == "588"
+    math = tasks.load_task("math500")
+    assert math.items[0].id == "test/a.json" and math.items[0].answer == "\\frac{1}{2}"
+    cached = len(fake_hub.requests)
+    tasks.load_task("aime25")
+    assert not [r for r in fake_hub.requests[cached:] if r.path.startswith("/cdn/")]  # served from the cache
+
+
+def _gpqa_csv(rows: int) -> bytes:
+    out = io.StringIO()
+    out.write("Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3,Record ID\n")
+    for i in range(rows):
+        out.write(f"Secret question {i}?,right{i},wrong{i}a,wrong{i}b,wrong{i}c,rec{i:03d}\n")
+    return out.getvalue().encode()
+
+
+def test_gpqa_is_gated_shuffled_by_id_and_private(fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_hub.add("datasets/Idavidrein/gpqa", "gpqa_diamond.csv", _gpqa_csv(12))
+    fake_hub.gated.add("datasets/Idavidrein/gpqa")
+    with pytest.raises(Exception, match="gated"):
+        tasks.load_task("gpqa-diamond")
+    monkeypatch.setenv("HF_TOKEN", ALLOWED_TOKEN)
+    task = tasks.load_task("gpqa-diamond")
+    assert task.private and task.kind is AnswerKind.CHOICE and len(task.items) == 12
+    letters = {item.answer for item in task.items}
+    assert len(letters) > 1  # the right answer is not always in the same place
+    for item in task.items:
+        assert item.choices["ABCD".index(item.answer)] == f"right{int(item.id[3:])}"
+    # The order depends on the question's id, not on where it sits in the file.
+    header, *lines = _gpqa_csv(12).decode().splitlines()
+    fake_hub.add("datasets/Idavidrein/gpqa", "gpqa_diamond.csv", "\n".join([header, *lines[::-1]]).encode() + b"\n")
+    reordered = tasks.load_task("gpqa-diamond")
+    assert [i.id for i in reordered.items] == [i.id for i in task.items][::-1]
+    assert {i.id: i.choices for i in reordered.items} == {i.id: i.choices for i in task.items}
+
+
+def test_gsm8k_reads_the_parquet_split(fake_hub: FakeHub) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {"question": ["Tom has 3 apples...", "A shop sells..."], "answer": ["...\n#### 7", "x\n#### 1,250"]}
+    )
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    fake_hub.add("datasets/openai/gsm8k", "main/test-00000-of-00001.parquet", sink.getvalue())
+    task = tasks.load_task("gsm8k")
+    assert [i.answer for i in task.items] == ["7", "1,250"]
+    assert task.kind is AnswerKind.NUMBER
+
+
+def test_offline_task_without_cache_names_the_way_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(Exception, match="HF_HUB_OFFLINE"):
+        tasks.load_task("math500")
