@@ -23,6 +23,8 @@ GENERATED = 16
 
 
 def _child(path: str, n_ctx: int, k: int, kv: str) -> None:
+    import edgeval.sweep  # noqa: F401  (the same modules edgeval's worker process has loaded)
+
     options = engine.ContextOptions(n_ctx=n_ctx, n_seq=k, type_k=KVType(kv), type_v=KVType(kv))
     with engine.Model(Path(path)) as model, engine.Context(model, options) as ctx:
         prompt = model.tokenize("<|im_start|>user\n" + " hello" * 400)[: PROMPT_TOKENS - 2]

@@ -56,6 +56,11 @@ class _LogCapture:
         """Also copy llama.cpp's log to stderr (`--verbose`)."""
         self._echo = echo
 
+    @property
+    def echo(self) -> bool:
+        """Whether the log is copied to stderr."""
+        return self._echo
+
     def tee(self, path: Path | None) -> None:
         """Also append the log to a file (flushed per line: a crash leaves its last lines there); None stops."""
         if self._file is not None:

@@ -193,6 +193,7 @@ def _worker(payload: dict[str, Any], events: Any) -> None:
     a crash inside llama.cpp kills the process, and the parent reads the log's last lines.
     """
     engine.LOG.tee(Path(payload["log_path"]))
+    engine.LOG.set_echo(payload["verbose"])
     try:
         _work(payload, events)
     except BaseException as exc:
@@ -299,7 +300,7 @@ def execute(prepared: Prepared, store: Store, progress: ProgressCallback | None 
         "spec": {**asdict(spec), "model_path": str(spec.model_path), "kv_type_k": spec.kv_type_k.value,
                  "kv_type_v": spec.kv_type_v.value},
         "db_path": str(store.path), "config_id": prepared.config_id, "n_ctx": prepared.n_ctx, "pending": pending,
-        "log_path": str(log_path),
+        "log_path": str(log_path), "verbose": engine.LOG.echo,
     }  # fmt: skip
     store.update_config(prepared.config_id, status="running", message=None, log_tail=None)
     spawn = multiprocessing.get_context("spawn")
