@@ -323,7 +323,10 @@ def run(
     if len(refs) != 1:
         raise click.UsageError(f"'{model_ref}' names {len(refs)} files; name one, e.g. {refs[0].label}")
     ref = refs[0]
-    path = hub.local_path(ref.file) or hub.pull(ref.file)
+    path = hub.local_path(ref.file)
+    if path is None:
+        with ui.download_progress(ref.label) as pulled:
+            path = hub.pull(ref.file, progress=pulled)
     base = prompts.recommended_sampling(thinking)
     sampling = Sampling(
         temperature=base.temperature if temperature is None else temperature,
