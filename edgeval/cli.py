@@ -351,6 +351,140 @@ def run(
         raise click.exceptions.Exit(1)
 
 
+def _compare_request(
+    budget: int, task_names: tuple[str, ...], model_refs: tuple[str, ...], kv: tuple[KVType, ...] | None,
+    ctx: tuple[int, ...] | None, votes: tuple[int, ...] | None, limit: int | None, seed: int, threads: int | None,
+    repack: bool | None, catalogs: tuple[Path, ...],
+) -> Any:  # fmt: skip
+    from edgeval import compare, doctor
+
+    names = tuple(n.strip() for ref in model_refs for n in ref.split(",") if n.strip())
+    return compare.Request(
+        budget_bytes=budget, tasks=task_names or (compare.DEFAULT_TASK,), models=names,
+        kv=kv or compare.DEFAULT_KV, ctx=ctx or compare.DEFAULT_CTX, k=votes or compare.DEFAULT_K,
+        limit=limit or compare.DEFAULT_LIMIT, seed=seed, threads=threads,
+        repack=doctor.repack_default() if repack is None else repack, catalogs=catalogs,
+    )  # fmt: skip
+
+
+def _run_compare(request: Any, db: Path | None, as_json: bool, dry_run: bool) -> list[Any]:
+    from edgeval import compare, ui
+    from edgeval.store import Store
+
+    if dry_run:
+        planned = [compare.grid(request, t) for t in request.tasks]
+        if as_json:
+            click.echo(json.dumps([[ui.planned_row(p) for p in grid] for grid in planned], indent=2))
+        else:
+            ui.render_dry_run(request, planned)
+        return []
+    with Store(db) as store, ui.compare_progress(quiet=as_json) as progress:
+        comparisons = compare.run(request, store, progress, command=" ".join(sys.argv))
+    if as_json:
+        click.echo(json.dumps([ui.comparison_json(c) for c in comparisons], indent=2))
+    else:
+        ui.render_compare(comparisons)
+    return comparisons
+
+
+@cli.command(name="compare")
+@click.option("--budget", required=True, type=ByteSize(), help="Memory budget: 8GB, 7.5GB (10^n) or 8GiB (2^n).")
+@click.option("--task", "task_names", multiple=True, help="Task(s) to compare on (repeatable); default: math500.")
+@click.option(
+    "--models",
+    "model_refs",
+    multiple=True,
+    help="Models (repeatable or comma-separated); default: every catalog size at Q4_K_M, Q8_0 and 16-bit that fits.",
+)
+@click.option("--kv", type=CommaList("KV,...", _kv), help="KV-cache types; default: f16,q8_0.")
+@click.option(
+    "--ctx",
+    type=CommaList("N,...", _tokens),
+    help="Tokens per sample (256-token prompt + budget); default: 1280,4352 (budgets 1k and 4k).",
+)
+@click.option("--k", "votes", type=CommaList("K,...", _count), help="Votes per question; default: 1,4.")
+@click.option("--limit", type=click.IntRange(1), help="Questions per configuration; default: 20.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--threads", type=click.IntRange(1), help="CPU threads (default: physical cores).")
+@click.option(
+    "--repack/--no-repack", default=None, help="llama.cpp weight repacking (default: where the probe says it works)."
+)
+@click.option("--dry-run", is_flag=True, help="Show the grid, predicted memory and an estimated time; run nothing.")
+@click.option(
+    "--db", type=click.Path(dir_okay=False, path_type=Path), help="Results database (default: EDGEVAL_HOME/edgeval.db)."
+)
+@catalog_option
+@json_option
+def compare_command(
+    budget: int, task_names: tuple[str, ...], model_refs: tuple[str, ...], kv: tuple[KVType, ...] | None,
+    ctx: tuple[int, ...] | None, votes: tuple[int, ...] | None, limit: int | None, seed: int, threads: int | None,
+    repack: bool | None, dry_run: bool, db: Path | None, catalogs: tuple[Path, ...], as_json: bool,
+) -> None:  # fmt: skip
+    """Compare every configuration that fits the budget at equal footprint: run what the store lacks, mark the
+    Pareto frontier, and recommend one.
+
+    Downloads missing models and datasets; one configuration failing does not stop the others; rerunning runs
+    nothing new.
+    """
+    request = _compare_request(budget, task_names, model_refs, kv, ctx, votes, limit, seed, threads, repack, catalogs)
+    _run_compare(request, db, as_json, dry_run)
+
+
+@cli.command()
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("reports"),
+    show_default=True,
+    help="Folder for the markdown and its plot.",
+)
+@click.option("--task", "task_name", help="Only this task (default: one report per stored task).")
+@click.option("--budget", type=ByteSize(), help="Only configurations within this footprint.")
+@click.option("--name", help="File name stem (default: TASK-BUDGET).")
+@click.option(
+    "--db", type=click.Path(dir_okay=False, path_type=Path), help="Results database (default: EDGEVAL_HOME/edgeval.db)."
+)
+def report(out: Path, task_name: str | None, budget: int | None, name: str | None, db: Path | None) -> None:
+    """Write markdown reports with a memory-against-accuracy plot from the stored results (same results, same bytes)."""
+    from edgeval import compare, ui
+    from edgeval import report as reporting
+    from edgeval.store import Store
+
+    with Store(db) as store:
+        comparisons = compare.from_store(store, task_name, budget)
+        if not any(c.rows for c in comparisons):
+            raise click.ClickException("no stored results to report — run `edgeval compare` or `edgeval demo` first")
+        for comparison in comparisons:
+            written = reporting.write(store, comparison, out, name if len(comparisons) == 1 else None)
+            ui.console.print(f"[green]✓[/] {written.markdown}" + (f" and {written.plot}" if written.plot else ""))
+
+
+@cli.command()
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("reports"),
+    show_default=True,
+    help="Folder for the report.",
+)
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="Questions per configuration.")
+@json_option
+def demo(out: Path, limit: int, as_json: bool) -> None:
+    """Try edgeval with no downloads: build tiny Qwen3-architecture models, compare them on arith, write a report."""
+    from edgeval import demo as demo_mod
+    from edgeval import report as reporting
+    from edgeval import ui
+    from edgeval.store import Store
+
+    setup = demo_mod.build_family()
+    comparisons = _run_compare(demo_mod.request(setup, limit=limit), setup.db, as_json, dry_run=False)
+    with Store(setup.db) as store:
+        for comparison in comparisons:
+            written = reporting.write(store, comparison, out, "edgeval-demo")
+            if not as_json:
+                ui.console.print(f"[green]✓[/] report: {written.markdown}")
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="edgeval")

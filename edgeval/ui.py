@@ -21,6 +21,8 @@ from rich.table import Table
 
 from edgeval import memory
 from edgeval.catalog import ModelRef
+from edgeval.compare import Comparison, Planned, Request
+from edgeval.compare import SweepProgress as CompareProgress
 from edgeval.doctor import MachineReport
 from edgeval.gguf_info import GGUFInfo
 from edgeval.hub import Progress
@@ -329,3 +331,106 @@ def render_run(result: ConfigResult) -> None:
     if result.wall_s is not None:
         table.add_row("time", f"load {result.load_s or 0:.2f} s, wall {result.wall_s:.1f} s")
     console.print(table)
+
+
+# ---------------------------------------------------------------- compare
+
+
+def planned_row(p: Planned) -> dict[str, object]:
+    """One configuration of a dry run, as JSON."""
+    return {**p.config.to_json(), "task": p.task, "estimated_s": round(p.estimated_s, 1)}
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def render_dry_run(request: Request, grids: list[list[Planned]]) -> None:
+    """The grid each task would run, its predicted memory and a rough time."""
+    for grid in grids:
+        if not grid:
+            err_console.print(f"Nothing fits in {format_bytes(request.budget_bytes)}.")
+            continue
+        table = Table(title=f"compare --dry-run: {grid[0].task}, {len(grid)} configurations within "
+                      f"{format_bytes(request.budget_bytes)}, {request.limit} questions each", title_justify="left")  # fmt: skip
+        for name in ("model", "KV", "ctx", "budget", "k", "predicted", "est. time"):
+            table.add_column(name, justify="left" if name in ("model", "KV") else "right", no_wrap=True)
+        for p in grid:
+            c = p.config
+            table.add_row(c.ref.label, c.kv_type_k.value, str(c.ctx), str(c.budget_tokens), str(c.k),
+                          format_bytes(c.footprint.total_bytes), _duration(p.estimated_s))  # fmt: skip
+        console.print(table)
+        total = sum(p.estimated_s for p in grid)
+        console.print(f"Estimated time: about {_duration(total)} on a CPU (rough: assumes memory-bound decoding and "
+                      "samples using half their budget).")  # fmt: skip
+
+
+@contextmanager
+def compare_progress(*, quiet: bool = False) -> Iterator[Callable[[CompareProgress], None]]:
+    """Two bars on stderr: configurations done (with ETA) and the current one's questions."""
+    if quiet:
+        yield lambda state: None
+        return
+    with RichProgress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        console=err_console, transient=True,
+    ) as bar:  # fmt: skip
+        sweep_id = bar.add_task("configurations", total=None, info="")
+        item_id = bar.add_task("questions", total=None, info="")
+
+        def update(state: CompareProgress) -> None:
+            eta = f"~{_duration(state.eta_s)} left" if state.eta_s else ""
+            bar.update(sweep_id, completed=state.done, total=state.total, info=eta)
+            inner = state.inner
+            speed = f"{inner.tokens / inner.decode_s:.1f} tok/s" if inner.decode_s > 0 else ""
+            bar.update(item_id, description=state.current[:48], completed=inner.items_done,
+                       total=inner.items_total or None, info=speed)  # fmt: skip
+
+        yield update
+
+
+def comparison_json(c: Comparison) -> dict[str, object]:
+    """A comparison as `compare --json` prints it: rows, frontier, recommendation."""
+    return {
+        "task": c.task,
+        "budget_bytes": c.budget_bytes,
+        "rows": [r.to_json() for r in c.rows],
+        "frontier": [r.result.config_id for r in c.frontier],
+        "recommendation": list(c.recommendation),
+        "failures": list(c.failures),
+    }
+
+
+def render_compare(comparisons: list[Comparison]) -> None:
+    """Equal-footprint tables: bands of memory, the frontier starred, then the recommendation."""
+    for c in comparisons:
+        table = Table(title=f"{c.task}: configurations within {format_bytes(c.budget_bytes)} (★ Pareto frontier)",
+                      title_justify="left")  # fmt: skip
+        for name in ("band", "model", "KV", "budget", "k", "pred.", "meas.", "maj@k (95% CI)", "avg", "tok/s",
+                     "wall", "★"):  # fmt: skip
+            table.add_column(name, justify="left" if name in ("band", "model", "KV", "maj@k (95% CI)") else "right",
+                             no_wrap=name != "maj@k (95% CI)")  # fmt: skip
+        last_band = None
+        for r in c.rows:
+            res = r.result
+            if res.status == "done":
+                accuracy = f"{_pct(res.accuracy_maj)} ({_pct(res.ci95[0])}–{_pct(res.ci95[1])}, n={res.n_done})"
+            else:
+                accuracy = f"[red]{res.status}[/]"
+            table.add_row(
+                r.band if r.band != last_band else "", r.model, f"{res.kv_type_k}/{res.kv_type_v}",
+                str(res.budget_tokens), str(res.k), format_bytes(res.predicted_bytes),
+                format_bytes(res.peak_rss_bytes) if res.peak_rss_bytes else "—", accuracy, _pct(res.accuracy_avg),
+                f"{res.decode_tokens_per_s:.0f}" if res.decode_tokens_per_s else "—",
+                f"{res.wall_s:.0f}s" if res.wall_s is not None else "—", "[yellow]★[/]" if r.pareto else "",
+            )  # fmt: skip
+            last_band = r.band
+        console.print(table)
+        for line in c.recommendation:
+            console.print(f"• {line}")
+        for failure in c.failures:
+            err_console.print(f"[red]failed[/] {failure}")

@@ -1,0 +1,222 @@
+"""Markdown reports with a memory-against-accuracy plot, rendered from stored results only.
+
+The same stored results always give the same bytes: rows are sorted, the date is the newest result's, and the
+plot is written without a timestamp or software tag. Items of private tasks (GPQA) never appear: a report holds
+configurations and scores, not questions.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeval.compare import Comparison
+from edgeval.store import Store
+from edgeval.units import format_bytes
+
+
+@dataclass(frozen=True)
+class Written:
+    """Files a report wrote."""
+
+    markdown: Path
+    plot: Path | None
+
+
+def report_name(task: str, budget: int | None) -> str:
+    """`arith-1GB`: a file-system-safe name from the task and budget."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(task).stem if task.endswith(".jsonl") else task).strip("-")
+    return f"{stem}-{budget / 1e9:g}GB" if budget else stem
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    def cell(value: str) -> str:
+        return value.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def _provenance(store: Store, comparison: Comparison) -> tuple[list[str], str]:
+    ids = [r.result.config_id for r in comparison.rows]
+    if not ids:
+        return [], "no results"
+    marks = ",".join("?" * len(ids))
+    configs = store.db.execute(f"SELECT * FROM configs WHERE id IN ({marks}) ORDER BY id", ids).fetchall()
+    run_ids = sorted({c["run_id"] for c in configs if c["run_id"] is not None})
+    runs = store.db.execute(
+        f"SELECT * FROM runs WHERE id IN ({','.join('?' * len(run_ids))}) ORDER BY id", run_ids
+    ).fetchall()
+    date = max(str(c["updated_at"]) for c in configs)
+    lines: list[str] = []
+    seen = set()
+    rows = []
+    for run in runs:
+        hardware = json.loads(run["hardware"])
+        key = (
+            hardware.get("cpu"),
+            run["backend"],
+            run["edgeval_version"],
+            run["llama_cpp_python"],
+            run["llama_cpp_build"],
+        )
+        if key in seen:
+            continue
+        seen.add(key)
+        ram = hardware.get("ram_bytes")
+        machine = f"{hardware.get('cpu')} ({hardware.get('cores')} cores, {format_bytes(ram) if ram else '?'} RAM)"
+        rows.append([machine, str(run["backend"]), str(run["edgeval_version"]), str(run["llama_cpp_python"]),
+                     str(run["llama_cpp_build"])])  # fmt: skip
+    lines += _table(["hardware", "backend", "edgeval", "llama-cpp-python", "llama.cpp build"], rows)
+    seeds = sorted({int(c["seed"]) for c in configs})
+    lines += ["", f"Seed{'s' if len(seeds) > 1 else ''}: {', '.join(map(str, seeds))}. "
+              f"Sampling: {configs[0]['sampling']}. Thinking: {'on' if configs[0]['thinking'] else 'off'}."]  # fmt: skip
+    models = sorted({(str(c["model"]), str(c["model_sha256"]), Path(str(c["model_path"])).name) for c in configs})
+    lines += ["", *_table(["model", "file", "sha256"], [[m, f, f"`{h[:16]}…`"] for m, h, f in models])]
+    return lines, date
+
+
+def _grid(comparison: Comparison) -> list[str]:
+    rows = comparison.rows
+    quants = sorted({r.weight_quant for r in rows})
+    kv = sorted({f"{r.result.kv_type_k}/{r.result.kv_type_v}" for r in rows})
+    budgets = sorted({r.result.budget_tokens for r in rows})
+    ks = sorted({r.result.k for r in rows})
+    models = sorted({r.model.split(":")[0] for r in rows})
+    n_items = sorted({r.result.n_items for r in rows})
+    return [
+        f"- models: {', '.join(models)}",
+        f"- weight quantizations: {', '.join(quants)}",
+        f"- KV cache (K/V): {', '.join(kv)}",
+        f"- token budgets: {', '.join(map(str, budgets))}",
+        f"- votes k: {', '.join(map(str, ks))}",
+        f"- questions per configuration: {', '.join(map(str, n_items))}",
+        f"- configurations: {len(rows)}",
+    ]
+
+
+def _results(comparison: Comparison) -> list[str]:
+    header = ["band", "model", "KV", "budget", "k", "predicted", "measured", "maj@k (95% CI)", "avg@k", "decode tok/s",
+              "wall", "Pareto"]  # fmt: skip
+    rows = []
+    for r in comparison.rows:
+        res = r.result
+        measured = format_bytes(res.peak_rss_bytes) if res.peak_rss_bytes else "—"
+        accuracy = f"{_pct(res.accuracy_maj)} ({_pct(res.ci95[0])}–{_pct(res.ci95[1])}, n={res.n_done})"
+        if res.status != "done":
+            accuracy = f"{res.status}: {res.message or ''}"
+        rows.append([
+            r.band, r.model, f"{res.kv_type_k}/{res.kv_type_v}", str(res.budget_tokens), str(res.k),
+            format_bytes(res.predicted_bytes), measured, accuracy, _pct(res.accuracy_avg),
+            f"{res.decode_tokens_per_s:.1f}" if res.decode_tokens_per_s else "—",
+            f"{res.wall_s:.1f} s" if res.wall_s is not None else "—", "★" if r.pareto else "",
+        ])  # fmt: skip
+    return _table(header, rows)
+
+
+def _speed(comparison: Comparison) -> list[str]:
+    rows = []
+    for r in comparison.rows:
+        res = r.result
+        if res.status != "done":
+            continue
+        rows.append([r.model, f"{res.kv_type_k}/{res.kv_type_v}", str(res.k),
+                     f"{res.prompt_tokens_per_s:.0f}" if res.prompt_tokens_per_s else "—",
+                     f"{res.decode_tokens_per_s:.1f}" if res.decode_tokens_per_s else "—",
+                     f"{1000 * res.ttft_s:.0f} ms" if res.ttft_s is not None else "—",
+                     f"{res.load_s:.2f} s" if res.load_s is not None else "—"])  # fmt: skip
+    return _table(["model", "KV", "k", "prompt tok/s", "decode tok/s (all k)", "first token", "load"], rows)
+
+
+def plot(comparison: Comparison, path: Path) -> Path | None:
+    """Total memory (log scale) against accuracy, in the style of the study's figure; None when nothing finished."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter
+
+    done = [r for r in comparison.rows if r.result.status == "done"]
+    if not done:
+        return None
+    sizes = sorted({r.params for r in done})
+    colours = plt.get_cmap("viridis")
+    markers = {16: "s", 8: "o", 6: "P", 5: "p", 4: "^", 3: "v", 2: "x", 32: "D"}
+    budgets = sorted({r.result.budget_tokens for r in done})
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    for r in done:
+        colour = colours(sizes.index(r.params) / max(len(sizes) - 1, 1))
+        size = 30 + 90 * budgets.index(r.result.budget_tokens) / max(len(budgets) - 1, 1)
+        ax.scatter(r.memory_bytes / 1e9, 100 * r.result.accuracy_maj, s=size, color=colour,
+                   marker=markers.get(r.bits, "o"), alpha=0.8, edgecolors="black", linewidths=0.4)  # fmt: skip
+    frontier = [r for r in done if r.pareto]
+    if frontier:
+        xs = [r.memory_bytes / 1e9 for r in frontier]
+        ys = [100 * r.result.accuracy_maj for r in frontier]
+        ax.step(xs, ys, where="post", color="crimson", linewidth=1.2, label="Pareto frontier")
+        ax.scatter(xs, ys, s=160, facecolors="none", edgecolors="crimson", linewidths=1.2)
+    ax.set_xscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_ylim(-3, 103)
+    ax.set_xlabel("total memory (GB, log scale)")
+    ax.set_ylabel(f"maj@k accuracy on {comparison.task} (%)")
+    ax.set_title(f"{comparison.task}: accuracy against memory")
+    ax.grid(True, which="both", alpha=0.3)
+    handles = [Line2D([], [], color=colours(i / max(len(sizes) - 1, 1)), marker="o", linestyle="",
+                          label=f"{p / 1e9:.3g}B params" if p >= 1e8 else f"{p / 1e6:.3g}M params")
+               for i, p in enumerate(sizes)]  # fmt: skip
+    handles += [Line2D([], [], color="grey", marker=markers.get(b, "o"), linestyle="", label=f"{b}-bit")
+                for b in sorted({r.bits for r in done}, reverse=True)]  # fmt: skip
+    if frontier:
+        handles.append(Line2D([], [], color="crimson", label="Pareto frontier"))
+    ax.legend(handles=handles, fontsize=8, loc="best", title="marker size: token budget", title_fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def render(store: Store, comparison: Comparison, name: str, plot_file: str | None) -> str:
+    """The report's markdown text."""
+    provenance, date = _provenance(store, comparison)
+    lines = [f"# edgeval report: {comparison.task}" + (f" within {comparison.budget_bytes / 1e9:g} GB" if comparison.budget_bytes else ""),
+             "", f"Results as of {date}, from {len(comparison.rows)} stored configurations. Every figure below was "
+             "measured on the machine named here; memory is the peak resident set of each configuration's own "
+             "process, beside edgeval's prediction.", "", "## Provenance", "", *provenance, "", "## Grid", "",
+             *_grid(comparison), "", "## Results at equal footprint", "",
+             "Rows are grouped into footprint bands; ★ marks the Pareto frontier (no other row is both smaller and "
+             "more accurate).", "", *_results(comparison), "", "## Recommendation", ""]  # fmt: skip
+    lines += [f"- {line}" for line in comparison.recommendation]
+    frontier = comparison.frontier
+    lines += ["", "## Pareto frontier", ""]
+    lines += [f"{i}. {r.model}, KV {r.result.kv_type_k}/{r.result.kv_type_v}, budget {r.result.budget_tokens}, "
+              f"k={r.result.k}: {_pct(r.result.accuracy_maj)} at {format_bytes(r.memory_bytes)}"
+              for i, r in enumerate(frontier, start=1)] or ["(no finished configuration)"]  # fmt: skip
+    if plot_file:
+        lines += ["", "## Memory against accuracy", "", f"![{comparison.task}: accuracy against memory]({plot_file})",
+                  "", "Colour: model size; marker: weight precision; marker size: token budget; "
+                  "memory on a log scale."]  # fmt: skip
+    lines += ["", "## Speed", "", *_speed(comparison), ""]
+    return "\n".join(lines)
+
+
+def write(store: Store, comparison: Comparison, out: Path, name: str | None = None) -> Written:
+    """Write `out/<name>.md` and its plot `out/<name>.png`."""
+    out.mkdir(parents=True, exist_ok=True)
+    stem = name or report_name(comparison.task, comparison.budget_bytes or None)
+    image = plot(comparison, out / f"{stem}.png")
+    markdown = out / f"{stem}.md"
+    markdown.write_text(render(store, comparison, stem, image.name if image else None), encoding="utf-8")
+    return Written(markdown, image)
