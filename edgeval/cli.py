@@ -403,7 +403,7 @@ def _run_compare(request: Any, db: Path | None, as_json: bool, dry_run: bool) ->
     help="Tokens per sample (256-token prompt + budget); default: 1280,4352 (budgets 1k and 4k).",
 )
 @click.option("--k", "votes", type=CommaList("K,...", _count), help="Votes per question; default: 1,4.")
-@click.option("--limit", type=click.IntRange(1), help="Questions per configuration; default: 20.")
+@click.option("--limit", type=click.IntRange(1), help="Questions per configuration; default: 10.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.option("--threads", type=click.IntRange(1), help="CPU threads (default: physical cores).")
 @click.option(

@@ -17,12 +17,12 @@ from edgeval.results import ConfigResult
 from edgeval.store import Store
 
 # The default grid (documented in the README): the study's 4- and 8-bit weights plus 16-bit where it fits, two KV
-# types, two token budgets, one vote and four; twenty questions. Sized for an evening on a laptop, not a week.
+# types, two token budgets (512 and 2,048), one vote and four, ten questions: a night on a laptop, not a week.
 DEFAULT_QUANTS = (WeightQuant.Q4_K_M, WeightQuant.Q8_0, WeightQuant.BF16, WeightQuant.F16)
 DEFAULT_KV = (KVType.F16, KVType.Q8_0)
-DEFAULT_CTX = (1280, 4352)  # 256-token prompt + budgets of 1,024 and 4,096 tokens
+DEFAULT_CTX = (768, 2304)  # 256-token prompt + budgets of 512 and 2,048 tokens
 DEFAULT_K = (1, 4)
-DEFAULT_LIMIT = 20
+DEFAULT_LIMIT = 10
 DEFAULT_TASK = "math500"
 # Rough single-sequence decode speed on a CPU, scaled by weight bytes (memory-bound): 27 tok/s at 0.39 GB measured
 # here for Qwen3-0.6B Q4_K_M; k sequences together about twice as fast in aggregate.
