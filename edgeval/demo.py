@@ -1,24 +1,21 @@
-"""`edgeval demo`: a comparison with no downloads — a family of tiny Qwen3-architecture models built here, the
-built-in `arith` task, and a report."""
+"""`edgeval demo`: a comparison with no downloads — edgeval's own tiny Qwen3-architecture family, trained on
+`arith` and shipped in the package (F16), quantized here by llama.cpp — then a report."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeval import compare, synth
+from edgeval import compare, engine, gguf_info
+from edgeval.errors import EdgevalError
 from edgeval.paths import edgeval_home
 from edgeval.quants import KVType, WeightQuant
 
-# Three sizes at three precisions: enough to see memory traded between weights, tokens and votes.
-FAMILY = (
-    synth.SynthSpec(name="edgeval-tiny-s", n_layer=2, n_embd=256, n_head=4, n_head_kv=2, head_dim=64, n_ff=512),
-    synth.SynthSpec(name="edgeval-tiny-m", n_layer=4, n_embd=256, n_head=4, n_head_kv=2, head_dim=64, n_ff=768),
-    synth.SynthSpec(name="edgeval-tiny-l", n_layer=6, n_embd=256, n_head=4, n_head_kv=2, head_dim=64, n_ff=1024),
-)
-QUANTS = (WeightQuant.F16, WeightQuant.Q8_0, WeightQuant.Q4_K_M)
-PROMPT_TOKENS = 64  # arith prompts are about 50 tokens with this tokenizer
-BUDGETS = (32, 128)
+FAMILY_DIR = Path(__file__).with_name("family")
+# Precisions from 16 bits down to 2: enough to see quantization cost the small models accuracy.
+QUANTS = (WeightQuant.F16, WeightQuant.Q8_0, WeightQuant.Q4_K_M, WeightQuant.Q2_K)
+PROMPT_TOKENS = 96  # arith prompts are about 75 tokens with the family's tokenizer
+BUDGETS = (8, 48)  # shorter than the reasoning (answers forced), and enough for it
 BUDGET_BYTES = 1_000_000_000
 
 
@@ -31,25 +28,51 @@ class DemoSetup:
     db: Path
 
 
+def family_sources() -> list[Path]:
+    """The shipped F16 models, smallest first."""
+    sources = sorted(FAMILY_DIR.glob("edgeval-tiny-*.gguf"), key=lambda p: p.stat().st_size)
+    if not sources:
+        raise EdgevalError(
+            f"the tiny model family is missing from {FAMILY_DIR}",
+            hint="reinstall edgeval, or train it with `python -m tools.train_tiny` in a clone",
+        )
+    return sources
+
+
 def build_family(folder: Path | None = None, threads: int | None = None) -> DemoSetup:
-    """Build (or reuse) the family and write a catalog naming each model file."""
+    """Quantize the shipped family (once) and write a catalog naming every file."""
     folder = folder or edgeval_home() / "demo"
     models = folder / "models"
-    lines = ["# Written by `edgeval demo`: tiny Qwen3-architecture models built on this machine.", ""]
-    for spec in FAMILY:
-        lines += [f'[models."{spec.name}"]', f'title = "{spec.name}"', f"params = {spec.n_params}", ""]
+    models.mkdir(parents=True, exist_ok=True)
+    lines = ["# Written by `edgeval demo`: edgeval's tiny Qwen3-architecture family, trained on arith.", ""]
+    for source in family_sources():
+        header = gguf_info.read_local(source)
+        name = source.stem
+        lines += [f'[models."{name}"]', f'title = "{name}"', f"params = {header.n_params}", ""]
         for quant in QUANTS:
-            path = synth.build(spec, quant, models, threads=threads)
-            lines += [f'[[models."{spec.name}".files]]', f'quant = "{quant.value}"', f'path = "{path}"', ""]
+            path = source if quant is WeightQuant.F16 else quantized(source, quant, models, threads)
+            lines += [f'[[models."{name}".files]]', f'quant = "{quant.value}"', f'path = "{path}"', ""]
     catalog = folder / "models.toml"
     catalog.write_text("\n".join(lines), encoding="utf-8")
     return DemoSetup(folder, catalog, folder / "demo.db")
 
 
+def quantized(source: Path, quant: WeightQuant, folder: Path, threads: int | None = None) -> Path:
+    """A quantization of a shipped model, made once by llama.cpp's quantizer and kept in `folder`."""
+    stat = source.stat()
+    target = folder / f"{source.stem}-{stat.st_size}-{int(stat.st_mtime)}-{quant.value}.gguf"
+    if not target.exists():
+        partial = target.with_name(target.name + ".tmp")
+        engine.quantize(source, partial, quant, threads=threads)
+        partial.replace(target)
+    return target
+
+
 def request(setup: DemoSetup, *, limit: int = 20, repack: bool = False) -> compare.Request:
-    """The demo's comparison: every family member × two KV types × two budgets × k of 1 and 4 on arith."""
+    """The demo's comparison: every family member at every precision × two budgets × k of 1 and 4 on arith."""
+    names = tuple(p.stem for p in family_sources())
     return compare.Request(
-        budget_bytes=BUDGET_BYTES, tasks=("arith",), models=tuple(s.name for s in FAMILY),
-        kv=(KVType.F16, KVType.Q8_0), ctx=tuple(PROMPT_TOKENS + b for b in BUDGETS), k=(1, 4), limit=limit,
-        catalogs=(setup.catalog,), prompt_tokens=PROMPT_TOKENS, repack=repack,
+        budget_bytes=BUDGET_BYTES, tasks=("arith",), models=names, kv=(KVType.F16,),
+        ctx=tuple(PROMPT_TOKENS + b for b in BUDGETS), k=(1, 4), limit=limit, catalogs=(setup.catalog,),
+        prompt_tokens=PROMPT_TOKENS, repack=repack,
     )  # fmt: skip

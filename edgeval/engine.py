@@ -527,6 +527,17 @@ class Context:
             for chain in samplers:
                 llama_cpp.llama_sampler_free(chain)
 
+    def last_logits(self, prompt: Sequence[int]) -> list[float]:
+        """The next-token logits after `prompt` (a fresh decode on sequence 0), for checking a model's numbers."""
+        llama_cpp.llama_memory_clear(self._memory, True)
+        batch = llama_cpp.llama_batch_init(max(self.options.n_batch, 1), 0, 1)
+        try:
+            last = self._decode_prompt(prompt, batch)
+            row = llama_cpp.llama_get_logits_ith(self._ptr, last)
+            return [float(row[i]) for i in range(self.model.n_vocab)]
+        finally:
+            llama_cpp.llama_batch_free(batch)
+
     def _decode(self, batch: llama_cpp.llama_batch) -> None:
         rc = llama_cpp.llama_decode(self._ptr, batch)
         if rc != 0:

@@ -150,7 +150,7 @@ def plot(comparison: Comparison, path: Path) -> Path | None:
         return None
     sizes = sorted({r.params for r in done})
     colours = plt.get_cmap("viridis")
-    markers = {16: "s", 8: "o", 6: "P", 5: "p", 4: "^", 3: "v", 2: "x", 32: "D"}
+    markers = {16: "s", 8: "o", 6: "P", 5: "p", 4: "^", 3: "v", 2: "X", 32: "D"}
     budgets = sorted({r.result.budget_tokens for r in done})
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
     for r in done:

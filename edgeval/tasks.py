@@ -154,19 +154,18 @@ def load_gsm8k() -> Task:
 
 
 def arith_items(difficulty: int = 2, seed: int = 0, count: int = 200) -> tuple[Item, ...]:
-    """Arithmetic questions from a seed: `difficulty` digits per operand; +, − and × (× on one digit fewer)."""
+    """Arithmetic questions from a seed: +, − and × on `difficulty`-digit operands (× by a single digit)."""
     if not 1 <= difficulty <= 9:
         raise TaskError(f"arith difficulty {difficulty} is out of range", hint="use arith:1 … arith:9")
     rng = random.Random(f"arith:{difficulty}:{seed}")
+    low = 10 ** (difficulty - 1) if difficulty > 1 else 0
     items = []
     for i in range(count):
         op = rng.choice("+-*")
-        digits = max(1, difficulty - 1) if op == "*" else difficulty
-        a = rng.randint(10 ** (digits - 1) if digits > 1 else 0, 10**digits - 1)
-        b = rng.randint(10 ** (digits - 1) if digits > 1 else 0, 10**digits - 1)
+        a = rng.randint(low, 10**difficulty - 1)
+        b = rng.randint(0, 9) if op == "*" else rng.randint(low, 10**difficulty - 1)
         value = {"+": a + b, "-": a - b, "*": a * b}[op]
-        symbol = {"+": "+", "-": "-", "*": "*"}[op]
-        items.append(Item(f"arith-d{difficulty}-s{seed}-{i}", f"What is {a} {symbol} {b}?", str(value)))
+        items.append(Item(f"arith-d{difficulty}-s{seed}-{i}", f"What is {a} {op} {b}?", str(value)))
     return tuple(items)
 
 

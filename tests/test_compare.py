@@ -211,8 +211,10 @@ def test_demo_family_and_grid(tmp_path: Path) -> None:
     setup = demo.build_family(tmp_path / "demo", threads=2)
     request = demo.request(setup, limit=3)
     planned = compare.grid(request, "arith")
-    assert len(planned) == len(demo.FAMILY) * len(demo.QUANTS) * 2 * len(demo.BUDGETS) * 2
-    assert len({p.config.ref.model.params for p in planned}) == len(demo.FAMILY)
+    family = demo.family_sources()
+    assert len(family) >= 3
+    assert len(planned) == len(family) * len(demo.QUANTS) * len(demo.BUDGETS) * 2
+    assert len({p.config.ref.model.params for p in planned}) == len(family)
 
 
 @pytest.mark.slow
