@@ -4,7 +4,6 @@ frontier of memory against accuracy, and a recommendation in words."""
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,6 +14,7 @@ from edgeval.errors import EdgevalError, describe
 from edgeval.quants import KVType, WeightQuant
 from edgeval.results import ConfigResult
 from edgeval.store import Store
+from edgeval.units import format_bytes
 
 # The default grid (documented in the README): the study's 4- and 8-bit weights plus 16-bit where it fits, two KV
 # types, two token budgets (512 and 2,048), one vote and four, ten questions: a night on a laptop, not a week.
@@ -275,17 +275,21 @@ def recommend(rows: Sequence[Row], budget: int) -> list[str]:
     if len(ranked) > 1:
         lines.append(f"Runner-up: {_describe_row(ranked[1])}.")
     frontier = [r for r in done if r.pareto]
-    gains: dict[str, float] = {}
+    # For each kind of change along the frontier, the step that bought the most accuracy per byte.
+    gains: dict[str, tuple[float, float, int]] = {}
     for a, b in itertools.pairwise(frontier):
-        gb = max((b.memory_bytes - a.memory_bytes) / 1e9, 1e-3)
+        extra = max(b.memory_bytes - a.memory_bytes, 1)
+        points = (b.result.accuracy_maj - a.result.accuracy_maj) * 100
         kind = _change(a, b)
-        gains[kind] = max(gains.get(kind, -math.inf), (b.result.accuracy_maj - a.result.accuracy_maj) * 100 / gb)
+        if kind not in gains or points / extra > gains[kind][0]:
+            gains[kind] = (points / extra, points, extra)
     if gains:
-        kind, rate = max(gains.items(), key=lambda kv: kv[1])
+        kind, (_, points, extra) = max(gains.items(), key=lambda kv: kv[1][0])
         spend = {"weights": "a bigger or more precise model", "tokens": "a longer token budget",
                  "votes": "more votes", "KV precision": "a more precise KV cache"}[kind]  # fmt: skip
         lines.append(
-            f"Along the frontier, memory is best spent on {spend} here: up to {rate:+.1f} points per extra GB."
+            f"Along the frontier, memory is best spent on {spend} here: {points:+.1f} points for "
+            f"{format_bytes(extra)} more."
         )
     elif ranked[0].result.accuracy_maj == 0:
         lines.append("Every configuration scored 0%: the task is beyond these models at these budgets.")
