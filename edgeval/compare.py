@@ -254,15 +254,22 @@ def _describe_row(r: Row) -> str:
             f"({100 * res.accuracy_maj:.1f}% maj@{res.k}, {r.memory_bytes / 1e9:.2f} GB)")  # fmt: skip
 
 
+_SPEND = {"weights": "a bigger or more precise model", "tokens": "a longer token budget", "votes": "more votes",
+          "KV precision": "a more precise KV cache"}  # fmt: skip
+
+
 def _change(a: Row, b: Row) -> str:
-    """What grew from frontier point a to the next, b: weights, tokens or votes."""
-    if (b.params, b.bits) != (a.params, a.bits):
-        return "weights"
+    """What changed from frontier point a to the next, b: weights, tokens, votes, KV precision (several may)."""
+    kinds = []
     if b.result.budget_tokens != a.result.budget_tokens:
-        return "tokens"
+        kinds.append("tokens")
+    if (b.params, b.bits) != (a.params, a.bits):
+        kinds.append("weights")
     if b.result.k != a.result.k:
-        return "votes"
-    return "KV precision"
+        kinds.append("votes")
+    if (b.result.kv_type_k, b.result.kv_type_v) != (a.result.kv_type_k, a.result.kv_type_v):
+        kinds.append("KV precision")
+    return " and ".join(_SPEND[k] for k in kinds) or "the same configuration"
 
 
 def recommend(rows: Sequence[Row], budget: int) -> list[str]:
@@ -284,9 +291,7 @@ def recommend(rows: Sequence[Row], budget: int) -> list[str]:
         if kind not in gains or points / extra > gains[kind][0]:
             gains[kind] = (points / extra, points, extra)
     if gains:
-        kind, (_, points, extra) = max(gains.items(), key=lambda kv: kv[1][0])
-        spend = {"weights": "a bigger or more precise model", "tokens": "a longer token budget",
-                 "votes": "more votes", "KV precision": "a more precise KV cache"}[kind]  # fmt: skip
+        spend, (_, points, extra) = max(gains.items(), key=lambda kv: kv[1][0])
         lines.append(
             f"Along the frontier, memory is best spent on {spend} here: {points:+.1f} points for "
             f"{format_bytes(extra)} more."
