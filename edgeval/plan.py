@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from edgeval.catalog import ModelRef
 from edgeval.memory import Footprint, Setting, cells_for, predict
-from edgeval.quants import KVType, WeightQuant
+from edgeval.quants import KVType
 
 # Defaults for each axis (documented in the README): the KV types the study compares, per-sample contexts from
 # a short answer to Qwen3's native 32k, and the vote counts where majority voting starts to pay.
@@ -125,8 +125,3 @@ def plan(refs: Sequence[ModelRef], axes: Axes, budget_bytes: int) -> Plan:
         key=lambda c: (c.footprint.total_bytes, c.ref.label, c.kv_type_k.value, c.ctx, c.k),
     )
     return Plan(budget_bytes, tuple(fits), len(every))
-
-
-def precision_label(quant: WeightQuant) -> str:
-    """`4-bit`, `8-bit`, `16-bit`."""
-    return f"{quant.bits}-bit"

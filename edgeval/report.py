@@ -188,7 +188,7 @@ def plot(comparison: Comparison, path: Path) -> Path | None:
     return path
 
 
-def render(store: Store, comparison: Comparison, name: str, plot_file: str | None) -> str:
+def render(store: Store, comparison: Comparison, plot_file: str | None) -> str:
     """The report's markdown text."""
     provenance, date = _provenance(store, comparison)
     lines = [f"# edgeval report: {comparison.task}" + (f" within {comparison.budget_bytes / 1e9:g} GB" if comparison.budget_bytes else ""),
@@ -218,5 +218,5 @@ def write(store: Store, comparison: Comparison, out: Path, name: str | None = No
     stem = name or report_name(comparison.task, comparison.budget_bytes or None)
     image = plot(comparison, out / f"{stem}.png")
     markdown = out / f"{stem}.md"
-    markdown.write_text(render(store, comparison, stem, image.name if image else None), encoding="utf-8")
+    markdown.write_text(render(store, comparison, image.name if image else None), encoding="utf-8")
     return Written(markdown, image)
