@@ -135,7 +135,7 @@ def download_progress(label: str) -> Iterator[Progress]:
     """A rich progress bar fed by huggingface_hub's download callbacks."""
     with RichProgress(
         TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-        console=err_console, transient=True,
+        console=err_console, transient=True, disable=not err_console.is_terminal,
     ) as bar:  # fmt: skip
         tasks: dict[str, TaskID] = {}
 
@@ -286,7 +286,7 @@ def run_progress(label: str, task: str, k: int, *, quiet: bool = False) -> Itera
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[speed]}"),
         TimeElapsedColumn(), TimeRemainingColumn(),
     )  # fmt: skip
-    with RichProgress(*columns, console=err_console, transient=True) as bar:
+    with RichProgress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
         task_id = bar.add_task(f"{label} · {task} · k={k}", total=None, speed="")
 
         def update(state: SweepProgress) -> None:
@@ -377,7 +377,7 @@ def compare_progress(*, quiet: bool = False) -> Iterator[Callable[[CompareProgre
         return
     with RichProgress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        console=err_console, transient=True,
+        console=err_console, transient=True, disable=not err_console.is_terminal,
     ) as bar:  # fmt: skip
         sweep_id = bar.add_task("configurations", total=None, info="")
         item_id = bar.add_task("questions", total=None, info="")
