@@ -68,7 +68,6 @@ class Row:
     """A configuration's outcome, placed for comparison."""
 
     model: str
-    title: str
     params: int
     weight_quant: str
     bits: int
@@ -214,7 +213,7 @@ def row_of(model: str, params: int, quant: WeightQuant, result: ConfigResult) ->
     """A result placed for comparison: its memory is the measured peak when the run finished, else the prediction."""
     measured = result.peak_rss_bytes if result.status == "done" and result.peak_rss_bytes else None
     memory = measured or result.predicted_bytes
-    return Row(model, model, params, quant.value, quant.bits, result, memory, band_of(memory))
+    return Row(model, params, quant.value, quant.bits, result, memory, band_of(memory))
 
 
 def compare(rows_in: Sequence[Row], budget: int, task: str, failures: Sequence[str] = ()) -> Comparison:

@@ -60,12 +60,11 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A configuration ready to run: its task items, sizes, prediction and store row."""
+    """A configuration ready to run: its task items, KV cells, prediction and store row."""
 
     spec: RunSpec
     task: tasks.Task
     items: tuple[tasks.Item, ...]
-    prompt_tokens: tuple[int, ...]
     n_ctx: int
     predicted: memory.Footprint
     config_id: int
@@ -164,7 +163,7 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
         "kv_cells": memory.padded_cells(n_ctx), "predicted_bytes": predicted.total_bytes,
     }  # fmt: skip
     config_id = store.upsert_config(_config_key(spec, task, model_sha), fields)
-    return Prepared(spec, task, items, lengths, n_ctx, predicted, config_id)
+    return Prepared(spec, task, items, n_ctx, predicted, config_id)
 
 
 def _quant_name(header: gguf_info.GGUFInfo) -> str:
