@@ -197,14 +197,17 @@ def tensor_shapes(spec: SynthSpec) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+INIT_STD = 0.02  # GPT-2's initialisation, and the scale of random (untrained) test models
+
+
 def random_weights(spec: SynthSpec, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Deterministic weights for one tensor: norms are ones, matrices N(0, 0.02²)."""
+    """Deterministic weights for one tensor: norms are ones, matrices N(0, INIT_STD²)."""
     if len(shape) == 1:
         return np.ones(shape, dtype=np.float32)
     seed = int.from_bytes(hashlib.sha256(f"{spec.seed}:{name}".encode()).digest()[:8], "little")
     rng = np.random.default_rng(seed)
     weights: np.ndarray = rng.standard_normal(shape, dtype=np.float32)
-    weights *= np.float32(0.02)
+    weights *= np.float32(INIT_STD)
     return weights
 
 

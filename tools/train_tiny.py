@@ -6,7 +6,12 @@ edgeval's own prompt format: a Qwen3 chat turn, digit-by-digit reasoning inside 
 as budget forcing would write it. Held-out: no training question is one of the built-in `arith` task's items.
 The trained weights are written as F16 GGUF by edgeval's own writer (edgeval.synth) into edgeval/family/.
 
-Run: pip install torch==2.13.0 && python -m tools.train_tiny [--size s|m|l|all] [--steps N]
+Run: pip install torch==2.13.0 && python -m tools.train_tiny [--size s|m|l|all] [--steps N] [--check-only]
+
+After training, each model is quantized by llama.cpp and its weights read back (dequantized by the gguf package)
+into the PyTorch model, which reports per precision what fraction of the held-out questions it completes with
+every reasoning token its top choice, and the mean probability of the whole reply at temperature 0.6 (which
+predicts what `python -m benchmarks.family` then measures through llama.cpp, to a point or two).
 """
 
 from __future__ import annotations
@@ -14,17 +19,20 @@ from __future__ import annotations
 import argparse
 import math
 import random
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import gguf
 import numpy as np
 import torch
 import torch.nn.functional as F
+from gguf.quants import dequantize
 from torch import nn
 
-from edgeval import engine, prompts, synth, tasks
+from edgeval import demo, engine, prompts, synth, tasks
 from edgeval.quants import WeightQuant
 
 FAMILY_DIR = Path(__file__).resolve().parent.parent / "edgeval" / "family"
@@ -172,13 +180,13 @@ def batches(
 
 
 SIZES = {
-    "s": synth.SynthSpec(name="edgeval-tiny-s", n_layer=1, n_embd=256, n_head=4, n_head_kv=2, head_dim=64, n_ff=512, n_vocab=1024, n_ctx_train=2048, seed=11),
+    "s": synth.SynthSpec(name="edgeval-tiny-s", n_layer=1, n_embd=256, n_head=4, n_head_kv=2, head_dim=64, n_ff=256, n_vocab=1024, n_ctx_train=2048, seed=11),
     "m": synth.SynthSpec(name="edgeval-tiny-m", n_layer=2, n_embd=256, n_head=4, n_head_kv=2, head_dim=64, n_ff=512, n_vocab=1024, n_ctx_train=2048, seed=12),
     "l": synth.SynthSpec(name="edgeval-tiny-l", n_layer=3, n_embd=256, n_head=4, n_head_kv=2, head_dim=64, n_ff=768, n_vocab=1024, n_ctx_train=2048, seed=13),
 }  # fmt: skip
 
 
-STEPS = {"s": 1500, "m": 2000, "l": 1800}
+STEPS = {"s": 800, "m": 2000, "l": 1800}
 
 
 def train(spec: synth.SynthSpec, steps: int, batch_size: int = 32, lr: float = 3e-3, seed: int = 0) -> Qwen3Tiny:
@@ -191,6 +199,10 @@ def train(spec: synth.SynthSpec, steps: int, batch_size: int = 32, lr: float = 3
         data = encode(vocab, training_items(40_000, seed), task.instruction)
         pad = vocab.tokenize("<|endoftext|>")[0]
     model = Qwen3Tiny(spec)
+    with torch.no_grad():  # fan-in initialisation: matrices N(0, 1/n_embd) rather than synth's N(0, 0.02²)
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.mul_(1 / math.sqrt(spec.n_embd) / synth.INIT_STD)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     warmup = max(steps // 20, 1)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -212,24 +224,69 @@ def train(spec: synth.SynthSpec, steps: int, batch_size: int = 32, lr: float = 3
     return model
 
 
+# ---------------------------------------------------------------- what quantization costs each model
+
+CHECK_QUANTS = (WeightQuant.F16, WeightQuant.Q8_0, WeightQuant.Q4_K_M, WeightQuant.Q3_K_M, WeightQuant.Q2_K)
+
+
+def load_gguf(model: Qwen3Tiny, path: Path) -> None:
+    """Copy a GGUF file's weights (dequantized if quantized) into `model`."""
+    with torch.no_grad():
+        for tensor in gguf.GGUFReader(path).tensors:
+            shape = tuple(int(d) for d in reversed(tensor.shape))
+            values = dequantize(tensor.data, tensor.tensor_type).astype(np.float32).reshape(shape)
+            model.w(tensor.name).copy_(torch.from_numpy(values))
+
+
+def replies(model: Qwen3Tiny, data: list[tuple[list[int], int]], temperature: float = 0.6) -> tuple[float, float]:
+    """(share of replies whose every token is the top choice, mean probability of the reply at `temperature`)."""
+    greedy, probability = 0, 0.0
+    with torch.no_grad():
+        for tokens, prompt_len in data:
+            sequence = torch.tensor([tokens])
+            logits = model(sequence[:, :-1])[0, prompt_len - 1 :]
+            targets = sequence[0, prompt_len:]
+            greedy += int(bool((logits.argmax(-1) == targets).all()))
+            log_p = F.log_softmax(logits / temperature, -1).gather(1, targets[:, None]).sum()
+            probability += math.exp(log_p.item())
+    return greedy / len(data), probability / len(data)
+
+
+def check(spec: synth.SynthSpec, path: Path, questions: int = 200) -> None:
+    """Print what each precision does to the model at `path` on the first held-out `arith` questions."""
+    task = tasks.load_task("arith")
+    with engine.Model(path, engine.LoadOptions(vocab_only=True)) as vocab:
+        data = encode(vocab, list(task.items[:questions]), task.instruction)
+    model = Qwen3Tiny(spec)
+    cells = []
+    with tempfile.TemporaryDirectory() as folder:
+        for quant in CHECK_QUANTS:
+            load_gguf(model, path if quant is WeightQuant.F16 else demo.quantized(path, quant, Path(folder)))
+            greedy, sampled = replies(model, data)
+            cells.append(f"{quant.value} {100 * greedy:.1f}% / {100 * sampled:.1f}%")
+    print(f"{spec.name} (greedy / at 0.6): " + " | ".join(cells), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="all", choices=[*SIZES, "all"])
     parser.add_argument(
-        "--steps", type=int, default=0, help="training steps (default: 1,500 / 2,000 / 2,500 for s / m / l)"
+        "--steps", type=int, default=0, help="training steps (default: 800 / 2,000 / 1,800 for s / m / l)"
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--check-only", action="store_true", help="check the shipped files; train nothing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # subnormal floats slow CPU training tenfold
     FAMILY_DIR.mkdir(parents=True, exist_ok=True)
     for key in SIZES if args.size == "all" else [args.size]:
         spec = SIZES[key]
-        model = train(spec, args.steps or STEPS[key])
-        path = synth.write_gguf(
-            spec, FAMILY_DIR / f"{spec.name}.gguf", dtype=WeightQuant.F16, weights=model.gguf_weights()
-        )
-        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+        path = FAMILY_DIR / f"{spec.name}.gguf"
+        if not args.check_only:
+            model = train(spec, args.steps or STEPS[key])
+            synth.write_gguf(spec, path, dtype=WeightQuant.F16, weights=model.gguf_weights())
+            print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+        check(spec, path)
 
 
 if __name__ == "__main__":
