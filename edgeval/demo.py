@@ -62,7 +62,6 @@ def quantized(source: Path, quant: WeightQuant, folder: Path, threads: int | Non
     stat = source.stat()
     target = folder / f"{source.stem}-{stat.st_size}-{int(stat.st_mtime)}-{quant.value}.gguf"
     if not target.exists():
-        folder.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".tmp")
         engine.quantize(source, partial, quant, threads=threads)
         partial.replace(target)

@@ -202,13 +202,15 @@ def default_threads() -> int:
 
 
 def quantize(source: Path, target: Path, quant: WeightQuant, *, threads: int | None = None) -> None:
-    """Write `source` (an F16/F32 GGUF) quantized to `quant` at `target`, with llama.cpp's quantizer."""
+    """Write `source` (an F16/F32 GGUF) quantized to `quant` at `target` (its folder made if missing), with
+    llama.cpp's quantizer."""
     ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant.value}", None)
     if ftype is None:
         raise ConfigurationError(f"this llama.cpp build cannot quantize to {quant.value}")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = threads or 0
+    target.parent.mkdir(parents=True, exist_ok=True)  # llama.cpp reports a missing folder as "iostream error"
     start = LOG.mark()
     rc = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
     if rc != 0:

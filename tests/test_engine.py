@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeval import engine
+from edgeval import demo, engine, gguf_info
 from edgeval.errors import ConfigurationError, ModelFileError, QuantizeError
 from edgeval.quants import KVType, WeightQuant
 
@@ -116,6 +116,13 @@ def test_quantizing_a_non_gguf_fails_cleanly(tmp_path: Path) -> None:
     src.write_bytes(b"GGUF" + b"\0" * 64)
     with pytest.raises(QuantizeError):
         engine.quantize(src, tmp_path / "out.gguf", WeightQuant.Q8_0)
+
+
+def test_quantizing_into_a_missing_folder_makes_it(tmp_path: Path) -> None:
+    source = demo.family_sources()[0]
+    target = tmp_path / "not" / "yet" / "there.gguf"
+    engine.quantize(source, target, WeightQuant.Q8_0)
+    assert gguf_info.read_local(target).n_params == gguf_info.read_local(source).n_params
 
 
 def test_build_facts() -> None:

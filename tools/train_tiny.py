@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from gguf.quants import dequantize
 from torch import nn
 
+from benchmarks import family
 from edgeval import demo, engine, prompts, synth, tasks
 from edgeval.quants import WeightQuant
 
@@ -226,8 +227,6 @@ def train(spec: synth.SynthSpec, steps: int, batch_size: int = 32, lr: float = 3
 
 # ---------------------------------------------------------------- what quantization costs each model
 
-CHECK_QUANTS = (WeightQuant.F16, WeightQuant.Q8_0, WeightQuant.Q4_K_M, WeightQuant.Q3_K_M, WeightQuant.Q2_K)
-
 
 def load_gguf(model: Qwen3Tiny, path: Path) -> None:
     """Copy a GGUF file's weights (dequantized if quantized) into `model`."""
@@ -260,7 +259,7 @@ def check(spec: synth.SynthSpec, path: Path, questions: int = 200) -> None:
     model = Qwen3Tiny(spec)
     cells = []
     with tempfile.TemporaryDirectory() as folder:
-        for quant in CHECK_QUANTS:
+        for quant in family.QUANTS:  # the precisions the benchmark measures
             load_gguf(model, path if quant is WeightQuant.F16 else demo.quantized(path, quant, Path(folder)))
             greedy, sampled = replies(model, data)
             cells.append(f"{quant.value} {100 * greedy:.1f}% / {100 * sampled:.1f}%")
