@@ -271,10 +271,11 @@ def plan(
 )
 @click.option(
     "--budget-tokens",
-    type=click.IntRange(1),
-    default=2048,
+    type=CommaList("N,...", _tokens),
+    default="2048",
     show_default=True,
-    help="Tokens each sample may generate before its answer is forced.",
+    help="Tokens each sample may generate before its answer is forced; a ladder (8,24,48) answers every budget "
+    "from one generation.",
 )
 @click.option(
     "--k",
@@ -305,7 +306,7 @@ def plan(
 @json_option
 def run(
     model_ref: str, task_name: str, kv: str | None, kv_k: str | None, kv_v: str | None, ctx: tuple[int, ...] | None,
-    budget_tokens: int, votes: int, limit: int | None, thinking: bool, temperature: float | None, top_p: float | None,
+    budget_tokens: tuple[int, ...], votes: int, limit: int | None, thinking: bool, temperature: float | None, top_p: float | None,
     top_k: int | None, min_p: float | None, seed: int, threads: int | None, gpu_layers: int | None,
     repack: bool | None, db: Path | None, catalogs: tuple[Path, ...], as_json: bool,
 ) -> None:  # fmt: skip
@@ -337,17 +338,20 @@ def run(
     spec = sweep.RunSpec(
         model_path=path, model_label=ref.label, task=task_name,
         kv_type_k=KVType(kv_k or kv or "f16"), kv_type_v=KVType(kv_v or kv or "f16"),
-        budget_tokens=budget_tokens, ctx=ctx[0] if ctx else None, k=votes, thinking=thinking,
+        budget_tokens=max(budget_tokens), ladder=tuple(sorted(set(budget_tokens)))[:-1], ctx=ctx[0] if ctx else None,
+        k=votes, thinking=thinking,
         sampling=None if sampling == base else sampling, seed=seed, limit=limit, threads=threads,
         repack=doctor.repack_default() if repack is None else repack, gpu_layers=gpu_layers,
     )  # fmt: skip
     with Store(db) as store, ui.run_progress(ref.label, task_name, votes, quiet=as_json) as progress:
-        result = sweep.run(spec, store, progress, command=" ".join(sys.argv))
+        rungs = sweep.run_ladder(spec, store, progress, command=" ".join(sys.argv))
     if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
+        shown = [r.to_json() for r in rungs.values()]
+        click.echo(json.dumps(shown if len(shown) > 1 else shown[0], indent=2))
     else:
-        ui.render_run(result)
-    if result.status != "done":
+        for result in rungs.values():
+            ui.render_run(result)
+    if any(result.status != "done" for result in rungs.values()):
         raise click.exceptions.Exit(1)
 
 

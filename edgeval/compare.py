@@ -1,14 +1,21 @@
-"""Equal-footprint comparison: which configurations fit a budget, running what the store lacks, the Pareto
-frontier of memory against accuracy, and a recommendation in words."""
+"""Equal-footprint comparison as an anytime race: which configurations fit a budget, the runs that answer them
+(one generation per model × KV type answers every token budget and vote count), rounds of questions that drop a
+configuration as soon as a cheaper one is better by a paired interval, and an answer that says how sure it is.
+
+The statistics are in `racing` (pure); this module plans the arms, runs them round by round within the time given,
+and builds the comparison from the store.
+"""
 
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from edgeval import hub, plan, sweep
+from edgeval import hub, plan, racing, results, sweep
 from edgeval.catalog import Catalog, ModelRef
 from edgeval.errors import EdgevalError, describe
 from edgeval.quants import KVType, WeightQuant
@@ -16,14 +23,21 @@ from edgeval.results import ConfigResult
 from edgeval.store import Store
 from edgeval.units import format_bytes
 
-# The default grid (documented in the README): the study's 4- and 8-bit weights plus 16-bit where it fits, two KV
-# types, two token budgets (512 and 2,048), one vote and four, ten questions: a night on a laptop, not a week.
-DEFAULT_QUANTS = (WeightQuant.Q4_K_M, WeightQuant.Q8_0, WeightQuant.BF16, WeightQuant.F16)
+# The defaults (documented in the README). Qwen3 in thinking mode writes thousands of tokens on MATH-500, so the
+# ladder runs from 1k to 8k tokens (capped to what the model's context holds); votes up to 8, compared at 1, 4 and
+# 8 (maj@2 equals avg@1 under the tie rule, so it is never compared); 4- and 8-bit weights of the two largest sizes
+# that fit — the study's question is whether memory buys a bigger model or more precision, tokens and votes — and
+# an hour, which the race spends where the decision is still open.
+DEFAULT_QUANTS = (WeightQuant.Q4_K_M, WeightQuant.Q8_0)
+DEFAULT_SIZES = 2
 DEFAULT_KV = (KVType.F16, KVType.Q8_0)
-DEFAULT_CTX = (768, 2304)  # 256-token prompt + budgets of 512 and 2,048 tokens
-DEFAULT_K = (1, 4)
-DEFAULT_LIMIT = 10
+DEFAULT_BUDGETS = (1024, 2048, 4096, 8192)
+DEFAULT_VOTES = (1, 4, 8)
+DEFAULT_TIME_S = 3600.0
+DEFAULT_EXHAUSTIVE_LIMIT = 10
 DEFAULT_TASK = "math500"
+FIRST_ROUND = 10  # questions every configuration answers before the first look
+ROUND_GROWTH = 3  # each round asks for this many times the questions of the one before
 # Rough single-sequence decode speed on a CPU, scaled by weight bytes (memory-bound): 27 tok/s at 0.39 GB measured
 # here for Qwen3-0.6B Q4_K_M; k sequences together about twice as fast in aggregate.
 _TOKENS_PER_S_AT_1GB = 27 * 0.39
@@ -37,155 +51,450 @@ class Request:
     tasks: tuple[str, ...] = (DEFAULT_TASK,)
     models: tuple[str, ...] = ()
     kv: tuple[KVType, ...] = DEFAULT_KV
-    ctx: tuple[int, ...] = DEFAULT_CTX
-    k: tuple[int, ...] = DEFAULT_K
-    limit: int | None = DEFAULT_LIMIT
+    budgets: tuple[int, ...] = DEFAULT_BUDGETS  # the token-budget ladder
+    votes: tuple[int, ...] = DEFAULT_VOTES
+    limit: int | None = None  # questions per configuration at most (None: the whole task)
+    time_s: float | None = DEFAULT_TIME_S  # wall-time cap (None: no cap)
+    exhaustive: bool = False  # every configuration on every question up to `limit`, nothing dropped
     thinking: bool = True
     seed: int = 0
     threads: int | None = None
     repack: bool = False
     catalogs: tuple[Path, ...] = ()
     prompt_tokens: int = plan.DEFAULT_PROMPT_TOKENS
+    alpha: float = racing.ALPHA
+
+    @property
+    def question_limit(self) -> int | None:
+        """The questions each configuration may answer (exhaustive: ten unless --limit says otherwise)."""
+        return self.limit or (DEFAULT_EXHAUSTIVE_LIMIT if self.exhaustive else None)
 
 
 @dataclass(frozen=True)
-class Planned:
-    """One configuration of the grid, before it runs."""
+class Arm:
+    """One run: a model file and KV type, generating k votes once up to the largest budget of its ladder. It
+    answers every (budget, j ≤ k votes) configuration of the ladder."""
 
-    config: plan.Config
-    task: str
-    estimated_s: float
+    ref: ModelRef
+    kv: KVType
+    budgets: tuple[int, ...]
+    k: int
+    votes: tuple[int, ...]  # the vote counts compared, each ≤ k
+    predicted: dict[tuple[int, int], int]  # (budget, votes) -> predicted bytes of a separate run
+    estimated_s: float  # per question
 
     @property
     def label(self) -> str:
-        """`qwen3-8b:Q4_K_M kv q8_0 budget 1024 k=4`."""
-        c = self.config
-        return f"{c.ref.label} kv {c.kv_type_k.value} budget {c.budget_tokens} k={c.k}"
+        """`qwen3-8b:Q4_K_M kv q8_0 budgets 1024–8192 k=8`."""
+        ladder = "–".join(str(b) for b in (self.budgets[0], self.budgets[-1])) if len(self.budgets) > 1 else ""
+        return f"{self.ref.label} kv {self.kv.value} budget {ladder or self.budgets[0]} k={self.k}"
+
+    @property
+    def configurations(self) -> int:
+        """How many compared configurations this run answers."""
+        return len(self.budgets) * len(self.votes)
+
+
+def arms(request: Request, task: str, catalog: Catalog | None = None) -> list[Arm]:
+    """The runs that answer every configuration fitting the budget.
+
+    For each model file and KV type, each budget of the ladder can afford some largest number of votes K(b) in the
+    budget (K falls as b grows); budgets with the same K are one run with K votes, which answers (b, j) for every
+    j ≤ K in the votes axis. Memory is predicted from the catalog's facts, as `edgeval plan` does."""
+    book = catalog or Catalog.load(request.catalogs)
+    refs = book.resolve_all(request.models) if request.models else default_refs(book, request)
+    votes = tuple(sorted(set(request.votes)))
+    axes = plan.Axes(kv=request.kv, ctx=tuple(request.prompt_tokens + b for b in request.budgets), k=votes,
+                     prompt_tokens=request.prompt_tokens)  # fmt: skip
+    fitting: dict[tuple[str, KVType], dict[int, dict[int, int]]] = {}
+    refs_by_label = {r.label: r for r in refs}
+    for c in plan.configurations(refs, axes):
+        if c.footprint.total_bytes <= request.budget_bytes:
+            per_budget = fitting.setdefault((c.ref.label, c.kv_type_k), {})
+            per_budget.setdefault(c.budget_tokens, {})[c.k] = c.footprint.total_bytes
+    out = []
+    for (label, kv), per_budget in fitting.items():
+        by_k: dict[int, list[int]] = {}
+        for budget, ks in per_budget.items():
+            by_k.setdefault(max(ks), []).append(budget)
+        for k, budgets in sorted(by_k.items()):
+            ladder = tuple(sorted(budgets))
+            compared = tuple(j for j in votes if j <= k)
+            predicted = {(b, j): per_budget[b][j] for b in ladder for j in compared}
+            ref = refs_by_label[label]
+            out.append(Arm(ref, kv, ladder, k, compared, predicted, _estimate_s(ref, ladder[-1], k)))
+    return sorted(out, key=lambda a: (a.ref.weight_bytes, a.kv.value, a.k))
+
+
+def default_refs(book: Catalog, request: Request) -> list[ModelRef]:
+    """The default models: 4- and 8-bit files of the largest sizes whose 4-bit file fits with room to think."""
+    candidates = [r for r in book.everything() if r.file.quant in DEFAULT_QUANTS]
+    smallest_run = plan.Axes(kv=(KVType.Q8_0,), ctx=(request.prompt_tokens + min(request.budgets),), k=(1,),
+                             prompt_tokens=request.prompt_tokens)  # fmt: skip
+    fits = {c.ref.label for c in plan.configurations(candidates, smallest_run)
+            if c.footprint.total_bytes <= request.budget_bytes}  # fmt: skip
+    sizes = sorted({r.model.params for r in candidates if r.label in fits}, reverse=True)[:DEFAULT_SIZES]
+    return [r for r in candidates if r.model.params in sizes and r.label in fits]
+
+
+def _estimate_s(ref: ModelRef, budget: int, k: int) -> float:
+    """A rough time per question: every sample uses half its budget, decode is memory-bound, k sequences go twice
+    as fast."""
+    rate = _TOKENS_PER_S_AT_1GB / max(ref.weight_bytes / 1e9, 0.05)
+    if k > 1:
+        rate *= 2
+    return k * budget * 0.5 / rate
+
+
+# ---------------------------------------------------------------- the outcome
 
 
 @dataclass(frozen=True)
 class Row:
     """A configuration's outcome, placed for comparison."""
 
+    key: str  # `config_id:votes`
     model: str
     params: int
     weight_quant: str
     bits: int
     result: ConfigResult
-    memory_bytes: int  # measured peak RSS when the run finished, else the prediction
+    memory_bytes: int
+    memory_source: str  # measured, calibrated or predicted
     band: str
+    status: str  # done, eliminated, running, failed
+    scores: dict[int, float] = field(default_factory=dict, repr=False)  # maj@j per question index
     pareto: bool = False
+    eliminated_by: str | None = None
+
+    @property
+    def label(self) -> str:
+        """`edgeval-tiny-l:Q8_0, kv f16, budget 48, k=4`."""
+        res = self.result
+        kv = res.kv_type_k if res.kv_type_k == res.kv_type_v else f"{res.kv_type_k}/{res.kv_type_v}"
+        return f"{self.model}, kv {kv}, budget {res.budget_tokens}, k={res.k}"
 
     def to_json(self) -> dict[str, object]:
         """The row as `compare --json` prints it."""
-        return {"model": self.model, "params": self.params, "weight_quant": self.weight_quant, "bits": self.bits,
-                "memory_bytes": self.memory_bytes, "band": self.band, "pareto": self.pareto,
-                **self.result.to_json()}  # fmt: skip
+        res = self.result
+        return {"key": self.key, "model": self.model, "params": self.params, "weight_quant": self.weight_quant,
+                "bits": self.bits, "kv_type_k": res.kv_type_k, "kv_type_v": res.kv_type_v,
+                "budget_tokens": res.budget_tokens, "k": res.k, "n_done": res.n_done, "accuracy_maj": res.accuracy_maj,
+                "accuracy_avg": res.accuracy_avg, "ci95": list(res.ci95), "memory_bytes": self.memory_bytes,
+                "memory_source": self.memory_source, "status": self.status, "eliminated_by": self.eliminated_by,
+                "pareto": self.pareto, "band": self.band, "forced_share": res.forced_share,
+                "decode_tokens_per_s": res.decode_tokens_per_s, "config_id": res.config_id}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Statement:
+    """A paired comparison behind a sentence of the recommendation: a − b."""
+
+    a: str
+    b: str
+    difference: racing.Difference
+    about: str  # "tied", "margin", "eliminated", or the frontier change ("a bigger model", …)
+
+    def to_json(self) -> dict[str, object]:
+        """As `compare --json` prints it."""
+        return {"a": self.a, "b": self.b, "about": self.about, **self.difference.to_json()}
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """The compared rows (footprint order), the frontier, and the recommendation."""
+    """The compared rows (footprint order), the set tied with the best, the paired statements, the recommendation."""
 
     budget_bytes: int
     task: str
     rows: tuple[Row, ...]
     recommendation: tuple[str, ...]
     failures: tuple[str, ...] = ()
+    best: str | None = None
+    tied: tuple[str, ...] = ()
+    recommended: str | None = None
+    statements: tuple[Statement, ...] = ()
+    alpha: float = racing.ALPHA
+    time_s: float = 0.0
+    tokens_decoded: int = 0
+    stopped: str = ""  # why the race ended: settled, time, questions, interrupted, exhaustive, stored
 
     @property
     def frontier(self) -> tuple[Row, ...]:
-        """Pareto-optimal rows: no other row is both smaller and more accurate."""
+        """Pareto-optimal rows: no other row is both smaller and more accurate (point estimates)."""
         return tuple(r for r in self.rows if r.pareto)
+
+    def row(self, key: str | None) -> Row | None:
+        """The row with this key."""
+        return next((r for r in self.rows if r.key == key), None)
+
+
+# ---------------------------------------------------------------- running the race
 
 
 @dataclass
-class SweepProgress:
-    """Where a sweep is: configurations done, the one running, an estimate of the time left."""
+class RaceProgress:
+    """Where a compare is: the round, the run in progress, the leader, how many are still in the race, time left."""
 
-    done: int = 0
-    total: int = 0
+    round: int = 0
+    done: int = 0  # runs finished in this round
+    total: int = 0  # runs in this round
     current: str = ""
+    leader: str = ""
+    in_race: int = 0
+    configurations: int = 0
+    time_left_s: float | None = None
+    questions: int = 0  # what this round asks of each configuration
     inner: sweep.Progress = field(default_factory=sweep.Progress)
-    eta_s: float | None = None
 
 
-def grid(request: Request, task: str, catalog: Catalog | None = None) -> list[Planned]:
-    """The configurations to compare: the plan's fitting grid, with a rough time estimate for each."""
-    book = catalog or Catalog.load(request.catalogs)
-    refs = book.resolve_all(request.models) if request.models else _default_refs(book)
-    axes = plan.Axes(kv=request.kv, ctx=request.ctx, k=request.k, prompt_tokens=request.prompt_tokens)
-    fitting = plan.plan(refs, axes, request.budget_bytes).fits
-    items = request.limit or DEFAULT_LIMIT
-    return [Planned(c, task, _estimate_s(c, items)) for c in fitting]
+@dataclass
+class _Race:
+    """The mutable state of one task's race."""
 
+    request: Request
+    task: str
+    arms: list[Arm]
+    run_id: int
+    started: float
+    deadline: float | None
+    failed: dict[int, str] = field(default_factory=dict)  # arm index -> message
+    config_ids: dict[int, dict[int, int]] = field(default_factory=dict)  # arm index -> budget -> config id
+    eliminated: dict[str, racing.Elimination] = field(default_factory=dict)
+    tokens: int = 0
+    n_questions: int = 0  # the task's questions within --limit
 
-def _default_refs(book: Catalog) -> list[ModelRef]:
-    return [r for r in book.everything() if r.file.quant in DEFAULT_QUANTS]
-
-
-def _estimate_s(config: plan.Config, items: int) -> float:
-    """A rough time: every sample uses half its budget, decode is memory-bound, k sequences go twice as fast."""
-    rate = _TOKENS_PER_S_AT_1GB / max(config.footprint.weight_bytes / 1e9, 0.05)
-    if config.k > 1:
-        rate *= 2
-    return items * config.k * config.budget_tokens * 0.5 / rate
-
-
-def _spec(planned: Planned, path: Path, request: Request) -> sweep.RunSpec:
-    c = planned.config
-    return sweep.RunSpec(
-        model_path=path, model_label=c.ref.label, task=planned.task, kv_type_k=c.kv_type_k, kv_type_v=c.kv_type_v,
-        budget_tokens=c.budget_tokens, k=c.k, thinking=request.thinking, seed=request.seed, limit=request.limit,
-        threads=request.threads, repack=request.repack,
-    )  # fmt: skip
+    def time_left(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.time()
 
 
 def run(
-    request: Request, store: Store, progress: Callable[[SweepProgress], None] | None = None, command: str = ""
+    request: Request,
+    store: Store,
+    progress: Callable[[RaceProgress], None] | None = None,
+    command: str = "",
 ) -> list[Comparison]:
-    """For each task: run every fitting configuration the store lacks (one failing does not stop the others)."""
+    """For each task: race the configurations that fit within the time given; return what the data support.
+
+    Ctrl-C ends the race where it is: the comparison so far is returned with `stopped="interrupted"`."""
+    from edgeval import tasks as tasks_mod
+
     book = Catalog.load(request.catalogs)
     run_id = store.add_run(sweep.provenance(), command or "edgeval compare")
-    comparisons = []
+    started = time.time()
+    deadline = started + request.time_s if request.time_s and not request.exhaustive else None
+    out = []
     for task in request.tasks:
-        planned = grid(request, task, book)
-        state = SweepProgress(total=len(planned))
-        results: list[tuple[Planned, ConfigResult]] = []
-        failures: list[str] = []
-        unreachable: list[EdgevalError] = []
-        remaining = sum(p.estimated_s for p in planned)
-        for item in planned:
-            state.current, state.eta_s = item.label, remaining
+        planned = arms(request, task, book)
+        n_task = len(tasks_mod.load_task(task).items)
+        race = _Race(request, task, planned, run_id, started, deadline)
+        race.n_questions = min(n_task, request.question_limit or n_task)
+        try:
+            stopped = _race(race, store, progress)
+        except KeyboardInterrupt:
+            stopped = "interrupted"
+        out.append(_comparison(race, store, stopped))
+        if stopped == "interrupted":
+            break
+    return out
+
+
+def _race(race: _Race, store: Store, progress: Callable[[RaceProgress], None] | None) -> str:
+    """Rounds of questions until the time is up, the questions run out or the best is settled."""
+    if not race.arms:
+        return "settled"
+    state = RaceProgress(configurations=sum(a.configurations for a in race.arms))
+    asked = 0
+    unreachable: list[EdgevalError] = []
+    with ThreadPoolExecutor(max_workers=1) as downloads:
+        while True:
+            left = race.time_left()
+            if left is not None and left <= 0:
+                return "time"
+            if asked >= race.n_questions:
+                return "questions"
+            asked = race.n_questions if race.request.exhaustive else _next_round(asked, race.n_questions)
+            live = _live_arms(race, store)
+            if not live:
+                return "settled"
+            state.round += 1
+            state.done, state.total, state.questions = 0, len(live), asked
+            prefetch: Future[Path] | None = None
+            for position, index in enumerate(live):
+                arm = race.arms[index]
+                nxt = race.arms[live[position + 1]] if position + 1 < len(live) else None
+                if nxt is not None and hub.local_path(nxt.ref.file) is None and not unreachable:
+                    prefetch = downloads.submit(hub.pull, nxt.ref.file)  # the next download overlaps this run
+                _run_arm(race, index, asked, store, state, progress, unreachable, len(live) - position)
+                state.done += 1
+                _look(race, store, state)
+                if progress is not None:
+                    progress(state)
+                left = race.time_left()
+                if left is not None and left <= 0:
+                    return "time"
+            if prefetch is not None:
+                prefetch.exception()  # a failed prefetch is reported when its arm runs
+            if not race.request.exhaustive and _settled(race, store):
+                return "settled"
+            if unreachable and not race.config_ids:
+                raise unreachable[0]  # nothing could run: the one-line error names the way out (edgeval demo)
+
+
+def _next_round(asked: int, total: int) -> int:
+    return min(total, FIRST_ROUND if asked == 0 else asked * ROUND_GROWTH)
+
+
+def _run_arm(
+    race: _Race, index: int, asked: int, store: Store, state: RaceProgress,
+    progress: Callable[[RaceProgress], None] | None, unreachable: list[EdgevalError], runs_left: int,
+) -> None:  # fmt: skip
+    """Run one arm up to `asked` questions, within its share of the time left; a failure is recorded, not raised."""
+    arm = race.arms[index]
+    request = race.request
+    left = race.time_left()
+    deadline = None if left is None else time.time() + left / max(1, runs_left)
+    state.current = arm.label
+    try:
+        path = hub.local_path(arm.ref.file)
+        if path is None and unreachable:
+            raise unreachable[0]  # the Hub did not answer once already: do not wait on it again
+        path = path or hub.pull(arm.ref.file)
+        spec = sweep.RunSpec(
+            model_path=path, model_label=arm.ref.label, task=race.task, kv_type_k=arm.kv, kv_type_v=arm.kv,
+            budget_tokens=arm.budgets[-1], ladder=arm.budgets[:-1], k=arm.k, thinking=request.thinking,
+            seed=request.seed, limit=asked, threads=request.threads, repack=request.repack, deadline=deadline,
+        )  # fmt: skip
+        prepared = sweep.prepare(spec, store, race.run_id)
+        race.config_ids[index] = prepared.config_ids
+
+        def inner(p: sweep.Progress) -> None:
+            state.inner = p
             if progress is not None:
                 progress(state)
-            try:
-                path = hub.local_path(item.config.ref.file)
-                if path is None and unreachable:
-                    raise unreachable[0]  # the Hub did not answer once already: do not wait on it again
-                path = path or hub.pull(item.config.ref.file)
-                prepared = sweep.prepare(_spec(item, path, request), store, run_id)
 
-                def inner(p: sweep.Progress, state: SweepProgress = state) -> None:
-                    state.inner = p
-                    if progress is not None:
-                        progress(state)
+        before = sum(t.generated_tokens for t in store.timings(prepared.config_id))
+        out = sweep.execute_ladder(prepared, store, inner)
+        race.tokens += sum(t.generated_tokens for t in store.timings(prepared.config_id)) - before
+        top = out[arm.budgets[-1]]
+        if top.status not in ("done", "partial"):
+            race.failed[index] = f"{arm.label}: {top.status} — {top.message or ''}"
+    except (hub.HubUnreachableError, hub.OfflineNotCachedError) as exc:
+        unreachable.append(exc)  # other configurations may have their files already
+        race.failed[index] = f"{arm.label}: {describe(exc)}"
+    except EdgevalError as exc:
+        race.failed[index] = f"{arm.label}: {describe(exc)}"
 
-                results.append((item, sweep.execute(prepared, store, inner)))
-            except (hub.HubUnreachableError, hub.OfflineNotCachedError) as exc:
-                unreachable.append(exc)  # other configurations may have their files already
-                failures.append(f"{item.label}: {describe(exc)}")
-            except EdgevalError as exc:
-                failures.append(f"{item.label}: {describe(exc)}")
-            remaining -= item.estimated_s
-            state.done += 1
-        if progress is not None:
-            progress(state)
-        if unreachable and not results:
-            raise unreachable[0]  # nothing could run: the one-line error names the way out (edgeval demo)
-        rows = [row_of(p.config.ref.label, p.config.ref.model.params, p.config.ref.file.quant, r) for p, r in results]
-        comparisons.append(compare(rows, request.budget_bytes, task, failures))
-    return comparisons
+
+def _live_arms(race: _Race, store: Store) -> list[int]:
+    """Arms with a configuration still in the race: those holding a configuration tied with the best first (the
+    decision is open there), then by memory."""
+    rows = _rows(race, store)
+    verdict = _verdict(race, rows)
+    tied = set(verdict.tied) if verdict else set()
+    live = []
+    for index, arm in enumerate(race.arms):
+        if index in race.failed:
+            continue
+        keys = [r.key for r in rows if r.status != "failed" and _arm_of(race, r) == index]
+        if index not in race.config_ids or any(k not in race.eliminated for k in keys):
+            live.append((0 if tied & set(keys) else 1, arm.ref.weight_bytes, index))
+    return [index for *_, index in sorted(live)]
+
+
+def _arm_of(race: _Race, row: Row) -> int | None:
+    for index, ids in race.config_ids.items():
+        if row.result.config_id in ids.values():
+            return index
+    return None
+
+
+def _contenders(rows: Sequence[Row]) -> list[racing.Contender]:
+    return [racing.Contender(r.key, r.scores, r.memory_bytes) for r in rows if r.status != "failed" and r.scores]
+
+
+def _alpha(race: _Race) -> float:
+    return racing.pairs_alpha(sum(a.configurations for a in race.arms), race.request.alpha)
+
+
+def _verdict(race: _Race, rows: Sequence[Row]) -> racing.Verdict | None:
+    alive = [c for c in _contenders(rows) if c.key not in race.eliminated]
+    return racing.verdict(alive, _alpha(race))
+
+
+def _look(race: _Race, store: Store, state: RaceProgress) -> None:
+    """After a run: drop what a cheaper configuration now beats, and update the leader."""
+    rows = _rows(race, store)
+    if not race.request.exhaustive:
+        for e in racing.eliminate(_contenders(rows), _alpha(race), tuple(race.eliminated)):
+            race.eliminated[e.loser] = e
+    verdict = _verdict(race, rows)
+    best = next((r for r in rows if verdict and r.key == verdict.best), None)
+    state.leader = f"{best.label} {100 * best.result.accuracy_maj:.1f}%" if best else ""
+    state.in_race = sum(1 for r in rows if r.key not in race.eliminated and r.status != "failed")
+    state.time_left_s = race.time_left()
+
+
+def _settled(race: _Race, store: Store) -> bool:
+    """The best is settled when no configuration still in the race is tied with it."""
+    verdict = _verdict(race, _rows(race, store))
+    return verdict is not None and len(verdict.tied) == 1
+
+
+def _rows(race: _Race, store: Store) -> list[Row]:
+    """Every configuration of the race as it stands in the store."""
+    rows = []
+    for index, arm in enumerate(race.arms):
+        ids = race.config_ids.get(index)
+        if ids is None:
+            continue
+        for budget in arm.budgets:
+            config = store.config(ids[budget])
+            samples = store.samples(ids[budget])
+            for j in arm.votes:
+                result = results.summarize(config, samples, votes=j)
+                key = f"{result.config_id}:{j}"
+                status = _status(race, index, key, result)
+                scores = results.item_scores(samples, arm.k, j)
+                rows.append(_row(key, arm.ref, result, status, scores))
+    return rows
+
+
+def _status(race: _Race, index: int, key: str, result: ConfigResult) -> str:
+    if index in race.failed and result.n_done == 0:
+        return "failed"
+    if key in race.eliminated:
+        return "eliminated"
+    return "done" if result.n_done >= race.n_questions else "running"
+
+
+def _row(key: str, ref: ModelRef, result: ConfigResult, status: str, scores: dict[int, float]) -> Row:
+    quant = ref.file.quant
+    return Row(key, ref.label, ref.model.params, quant.value, quant.bits, result, result.memory_bytes,
+               result.memory_source, band_of(result.memory_bytes), status, scores)  # fmt: skip
+
+
+def _comparison(race: _Race, store: Store, stopped: str) -> Comparison:
+    rows = _rows(race, store)
+    if race.request.exhaustive and stopped != "interrupted":
+        stopped = "exhaustive"
+    failures = tuple(race.failed.values())
+    return build(rows, race.request.budget_bytes, race.task, alpha=_alpha(race), eliminated=race.eliminated,
+                 failures=failures, time_s=time.time() - race.started, tokens=race.tokens, stopped=stopped,
+                 seconds_per_question=_seconds_per_question(race, store))  # fmt: skip
+
+
+def _seconds_per_question(race: _Race, store: Store) -> dict[str, float]:
+    """Measured seconds per question of each configuration's run (for "how much more time would settle it")."""
+    out = {}
+    for index, ids in race.config_ids.items():
+        timings = store.timings(next(iter(ids.values())))
+        if not timings:
+            continue
+        per = sum(t.prompt_s + t.decode_s for t in timings) / len(timings)
+        for budget_id in ids.values():
+            for j in race.arms[index].votes:
+                out[f"{budget_id}:{j}"] = per
+    return out
 
 
 # ---------------------------------------------------------------- the comparison itself (pure)
@@ -209,48 +518,46 @@ def pareto(points: Sequence[tuple[int, float]]) -> list[bool]:
     return marks
 
 
-def row_of(model: str, params: int, quant: WeightQuant, result: ConfigResult) -> Row:
-    """A result placed for comparison: its memory is the measured peak when the run finished, else the prediction."""
-    measured = result.peak_rss_bytes if result.status == "done" and result.peak_rss_bytes else None
-    memory = measured or result.predicted_bytes
-    return Row(model, params, quant.value, quant.bits, result, memory, band_of(memory))
+def build(
+    rows_in: Sequence[Row], budget: int, task: str, *, alpha: float,
+    eliminated: dict[str, racing.Elimination] | None = None, failures: Sequence[str] = (), time_s: float = 0.0,
+    tokens: int = 0, stopped: str = "", seconds_per_question: dict[str, float] | None = None,
+) -> Comparison:  # fmt: skip
+    """Rows in footprint order with bands and Pareto marks, the verdict and the recommendation in words."""
+    gone = eliminated or {}
+    rows = sorted(rows_in, key=lambda r: (r.memory_bytes, -r.result.accuracy_maj, r.model, r.result.kv_type_k,
+                                          r.result.budget_tokens, r.result.k))  # fmt: skip
+    scored = [r for r in rows if r.status != "failed" and r.result.n_done > 0 and r.memory_bytes <= budget]
+    marks = pareto([(r.memory_bytes, r.result.accuracy_maj) for r in scored])
+    on_frontier = {r.key for r, mark in zip(scored, marks, strict=True) if mark}
+    rows = [replace(r, pareto=r.key in on_frontier, eliminated_by=gone[r.key].winner if r.key in gone else None)
+            for r in rows]  # fmt: skip
+    alive = [r for r in rows if r.status != "failed" and r.scores and r.key not in gone and r.memory_bytes <= budget]
+    verdict = racing.verdict(_contenders(alive), alpha)
+    statements = _statements(rows, verdict, gone, alpha)
+    words = _recommend(rows, budget, verdict, statements, stopped, seconds_per_question or {})
+    return Comparison(
+        budget, task, tuple(rows), tuple(words), tuple(failures), best=verdict.best if verdict else None,
+        tied=verdict.tied if verdict else (), recommended=verdict.recommended if verdict else None,
+        statements=tuple(statements), alpha=alpha, time_s=time_s, tokens_decoded=tokens, stopped=stopped,
+    )  # fmt: skip
 
 
-def compare(rows_in: Sequence[Row], budget: int, task: str, failures: Sequence[str] = ()) -> Comparison:
-    """Rows in footprint order with bands, Pareto marks and the recommendation."""
-    rows = list(rows_in)
-    rows.sort(key=lambda r: (r.memory_bytes, -r.result.accuracy_maj, r.model, r.result.kv_type_k, r.result.k))
-    done = [r for r in rows if r.result.status == "done"]
-    marks = pareto([(r.memory_bytes, r.result.accuracy_maj) for r in done])
-    on_frontier = {id(r) for r, mark in zip(done, marks, strict=True) if mark}
-    rows = [replace(r, pareto=id(r) in on_frontier) for r in rows]
-    return Comparison(budget, task, tuple(rows), tuple(recommend(rows, budget)), tuple(failures))
-
-
-def from_store(store: Store, task: str | None = None, budget: int | None = None) -> list[Comparison]:
-    """Comparisons rebuilt from every stored configuration (per task; within `budget` when given)."""
-    from edgeval import results as results_mod
-
-    configs = store.configs("status != 'pending'")
-    names = sorted({str(c["task"]) for c in configs}) if task is None else [task]
+def _statements(
+    rows: Sequence[Row], verdict: racing.Verdict | None, gone: dict[str, racing.Elimination], alpha: float
+) -> list[Statement]:
+    """The paired differences behind the recommendation: best against every other configuration still in the
+    race, each elimination, and each kind of change along the frontier."""
     out = []
-    for name in names:
-        rows = []
-        for c in configs:
-            if c["task"] != name:
-                continue
-            result = results_mod.summarize(c, store.samples(int(c["id"])))
-            rows.append(row_of(str(c["model"]), int(c["params"]), WeightQuant(str(c["weight_quant"])), result))
-        limit = budget if budget is not None else max((r.memory_bytes for r in rows), default=0)
-        kept = [r for r in rows if budget is None or r.memory_bytes <= budget]
-        out.append(compare(kept, limit, name))
+    if verdict is not None:
+        for key, d in verdict.against_best.items():
+            out.append(Statement(verdict.best, key, d, "tied" if key in verdict.tied else "behind the best"))
+    for e in gone.values():
+        out.append(Statement(e.winner, e.loser, e.difference, "eliminated"))
+    frontier = [r for r in rows if r.pareto]
+    for a, b in itertools.pairwise(frontier):
+        out.append(Statement(b.key, a.key, racing.difference(b.scores, a.scores, alpha), _change(a, b)))
     return out
-
-
-def _describe_row(r: Row) -> str:
-    res = r.result
-    return (f"{r.model} with KV {res.kv_type_k}, a {res.budget_tokens}-token budget and k={res.k} "
-            f"({100 * res.accuracy_maj:.1f}% maj@{res.k}, {r.memory_bytes / 1e9:.2f} GB)")  # fmt: skip
 
 
 _SPEND = {"weights": "a bigger or more precise model", "tokens": "a longer token budget", "votes": "more votes",
@@ -271,32 +578,119 @@ def _change(a: Row, b: Row) -> str:
     return " and ".join(_SPEND[k] for k in kinds) or "the same configuration"
 
 
-def recommend(rows: Sequence[Row], budget: int) -> list[str]:
-    """The best configuration under the budget, the runner-up, and what the frontier says memory is best spent on."""
-    done = [r for r in rows if r.result.status == "done" and r.memory_bytes <= budget]
-    if not done:
-        return ["No configuration finished within the budget: raise --budget, or check the failures listed above."]
-    ranked = sorted(done, key=lambda r: (-r.result.accuracy_maj, r.memory_bytes, r.model))
-    lines = [f"Best under {budget / 1e9:g} GB: {_describe_row(ranked[0])}."]
-    if len(ranked) > 1:
-        lines.append(f"Runner-up: {_describe_row(ranked[1])}.")
-    frontier = [r for r in done if r.pareto]
-    # For each kind of change along the frontier, the step that bought the most accuracy per byte.
-    gains: dict[str, tuple[float, float, int]] = {}
-    for a, b in itertools.pairwise(frontier):
-        extra = max(b.memory_bytes - a.memory_bytes, 1)
-        points = (b.result.accuracy_maj - a.result.accuracy_maj) * 100
-        kind = _change(a, b)
-        if kind not in gains or points / extra > gains[kind][0]:
-            gains[kind] = (points / extra, points, extra)
-    if gains:
-        spend, (_, points, extra) = max(gains.items(), key=lambda kv: kv[1][0])
-        lines.append(
-            f"Along the frontier, memory is best spent on {spend} here: {points:+.1f} points for "
-            f"{format_bytes(extra)} more."
-        )
-    elif ranked[0].result.accuracy_maj == 0:
-        lines.append("Every configuration scored 0%: the task is beyond these models at these budgets.")
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _points(d: racing.Difference) -> str:
+    return f"{100 * d.mean:+.1f} points ({100 * d.low:+.1f} to {100 * d.high:+.1f}, n={d.n})"
+
+
+def _describe(r: Row) -> str:
+    res = r.result
+    return (f"{r.label} — {_pct(res.accuracy_maj)} maj@{res.k} ({_pct(res.ci95[0])}–{_pct(res.ci95[1])}, "
+            f"n={res.n_done}), {format_bytes(r.memory_bytes)} {r.memory_source}")  # fmt: skip
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _recommend(
+    rows: Sequence[Row], budget: int, verdict: racing.Verdict | None, statements: Sequence[Statement], stopped: str,
+    seconds_per_question: dict[str, float],
+) -> list[str]:  # fmt: skip
+    """The answer in words: the best, those tied with it, the recommendation and its margin, what the frontier
+    says memory is best spent on (only with its paired interval), and why the race stopped."""
+    by_key = {r.key: r for r in rows}
+    if verdict is None:
+        return [f"No configuration within {format_bytes(budget)} answered a question: raise --budget or --time, "
+                "or check the failures listed above."]  # fmt: skip
+    best, chosen = by_key[verdict.best], by_key[verdict.recommended]
+    lines = [f"Best under {format_bytes(budget)}: {_describe(best)}."]
+    others = [by_key[k] for k in verdict.tied if k != verdict.best]
+    if others:
+        shown = ", ".join(r.label for r in others[:6]) + (f" and {len(others) - 6} more" if len(others) > 6 else "")
+        lines.append(f"Statistically tied with it (paired interval includes 0): {shown}.")
     else:
-        lines.append("One configuration dominates all others: it is both the smallest and the most accurate.")
+        lines.append("Every other configuration still in the race is behind it by a paired interval that excludes 0.")
+    if chosen.key != best.key:
+        margin = verdict.against_best[chosen.key]
+        lines.append(f"Recommended: {_describe(chosen)} — the least memory among those tied; the best is "
+                     f"{_points(margin)} ahead of it.")  # fmt: skip
+    else:
+        lines.append(f"Recommended: {chosen.label}.")
+    lines += _frontier_lines(statements, by_key, seconds_per_question)
+    lines.append(_stop_line(stopped, rows))
     return lines
+
+
+def _frontier_lines(
+    statements: Sequence[Statement], by_key: dict[str, Row], seconds_per_question: dict[str, float]
+) -> list[str]:
+    """For each kind of change along the frontier, its best step per byte — said only with its paired interval."""
+    best_step: dict[str, Statement] = {}
+    for s in statements:
+        if s.about in ("tied", "behind the best", "eliminated", "the same configuration"):
+            continue
+        extra = max(by_key[s.a].memory_bytes - by_key[s.b].memory_bytes, 1)
+        held = best_step.get(s.about)
+        if held is None or s.difference.mean / extra > held.difference.mean / max(
+            by_key[held.a].memory_bytes - by_key[held.b].memory_bytes, 1
+        ):
+            best_step[s.about] = s
+    lines = []
+    for about, s in best_step.items():
+        extra = format_bytes(max(by_key[s.a].memory_bytes - by_key[s.b].memory_bytes, 0))
+        d = s.difference
+        if d.low > 0:
+            lines.append(f"Memory is best spent on {about} here: {_points(d)} for {extra} more.")
+            continue
+        need = racing.questions_to_settle(d)
+        per = seconds_per_question.get(s.a, 0.0) + seconds_per_question.get(s.b, 0.0)
+        more = f"; about {need - d.n} more questions (~{_duration((need - d.n) * per)}) would settle it" if (
+            need and per) else ""  # fmt: skip
+        lines.append(f"Cannot tell yet whether {about} pays: {_points(d)} for {extra} more{more}.")
+    return lines
+
+
+def _stop_line(stopped: str, rows: Sequence[Row]) -> str:
+    running = sum(1 for r in rows if r.status == "running")
+    return {
+        "settled": "The race is settled: the best is ahead of every other configuration still in it.",
+        "time": f"Stopped at the time limit with {running} configurations still in the race: run the same command "
+                "again to add questions (nothing is redone), or give more --time.",
+        "interrupted": "Interrupted: this is the answer so far; run the same command again to continue.",
+        "questions": "Every question within --limit was answered.",
+        "exhaustive": "Every configuration answered every question (--exhaustive): nothing was dropped.",
+    }.get(stopped, "From the stored results.")  # fmt: skip
+
+
+def from_store(store: Store, task: str | None = None, budget: int | None = None) -> list[Comparison]:
+    """Comparisons rebuilt from every stored configuration (per task; within `budget` when given): every stored
+    rung at every vote count its samples allow (1, 4 and 8 up to k)."""
+    configs = [c for c in store.configs() if c["status"] != "pending" or c["n_items"]]
+    names = sorted({str(c["task"]) for c in configs}) if task is None else [task]
+    out = []
+    for name in names:
+        rows = []
+        for c in configs:
+            if c["task"] != name:
+                continue
+            samples = store.samples(int(c["id"]))
+            quant = WeightQuant(str(c["weight_quant"]))
+            for j in sorted({1, *(v for v in DEFAULT_VOTES if v <= int(c["k"])), int(c["k"])}):
+                result = results.summarize(c, samples, votes=j)
+                status = "failed" if result.n_done == 0 and c["status"] not in ("done", "partial") else "done"
+                row = Row(f"{c['id']}:{j}", str(c["model"]), int(c["params"]), quant.value, quant.bits, result,
+                          result.memory_bytes, result.memory_source, band_of(result.memory_bytes), status,
+                          results.item_scores(samples, int(c["k"]), j))  # fmt: skip
+                rows.append(row)
+        limit = budget if budget is not None else max((r.memory_bytes for r in rows), default=0)
+        kept = [r for r in rows if budget is None or r.memory_bytes <= budget]
+        out.append(build(kept, limit, name, alpha=racing.pairs_alpha(len(kept)), stopped="stored"))
+    return out

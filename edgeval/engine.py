@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import llama_cpp
 
@@ -381,20 +381,24 @@ class Forcing:
 
 @dataclass
 class _Sample:
-    """One sample being generated."""
+    """One sequence being generated: a vote, or a fork of a vote at a smaller rung of the budget ladder."""
 
+    seq: int  # its sequence id in the KV cache
     pos: int
     reasoning: bool
+    sampler: Any
     tokens: list[int] = field(default_factory=list)
     generated: int = 0  # tokens the model wrote (forced tokens excluded)
     forced: bool = False
     answer_left: int = 0
     finish: str = ""  # "stop" (end token), "length" (budget reached while answering) or "forced"
+    vote: int = 0  # which of the k votes it is (a fork: the vote it was forked from)
+    rung: int | None = None  # a fork: the budget it answers for
 
 
 @dataclass(frozen=True)
 class Generation:
-    """The k samples of one prompt and how they were produced."""
+    """The k samples of one prompt at one token budget, and how they were produced."""
 
     texts: tuple[str, ...]
     tokens: tuple[tuple[int, ...], ...]
@@ -408,6 +412,7 @@ class Generation:
     prompt_s: float
     decode_s: float
     ttft_s: float
+    decoded_tokens: int = 0  # tokens the whole generation decoded (every rung's forks included)
 
     @property
     def generated_tokens(self) -> int:
@@ -415,10 +420,29 @@ class Generation:
         return sum(self.generated)
 
 
-def cells_needed(prompt_tokens: int, k: int, max_tokens: int, forcing: Forcing | None = None) -> int:
-    """KV cells a generation needs: the shared prompt, then each sample's budget (and its forced answer)."""
+def fork_cells(k: int, n_rungs: int, forcing: Forcing | None) -> int:
+    """KV cells the forks of a budget ladder may hold at once: at every smaller rung, each vote still reasoning is
+    forked for its forced answer (its last token, the forcing text and the answer)."""
+    if forcing is None or not forcing.starts_reasoning or n_rungs <= 1:
+        return 0
+    return k * (n_rungs - 1) * (1 + len(forcing.tokens) + forcing.answer_tokens)
+
+
+def cells_needed(
+    prompt_tokens: int, k: int, max_tokens: int, forcing: Forcing | None = None, *, n_rungs: int = 1
+) -> int:
+    """KV cells a generation needs: the shared prompt, each sample's budget (and its forced answer), and the
+    forks of a budget ladder's smaller rungs."""
     extra = len(forcing.tokens) + forcing.answer_tokens if forcing else 0
-    return prompt_tokens + k * (max_tokens + extra)
+    return prompt_tokens + k * (max_tokens + extra) + fork_cells(k, n_rungs, forcing)
+
+
+def ladder_sequences(k: int, n_rungs: int, forcing: Forcing | None = None) -> int:
+    """Sequences a ladder generation may use at once: the k votes and up to k forks per smaller rung (forks only
+    where samples reason and are forced)."""
+    if forcing is None or not forcing.starts_reasoning:
+        return k
+    return k * max(1, n_rungs)
 
 
 class Context:
@@ -499,35 +523,65 @@ class Context:
         `max_tokens` caps what each sample writes; with `forcing`, a sample still reasoning at the cap has its
         reasoning closed and may write `forcing.answer_tokens` more. `on_step` hears the tokens each step made.
         """
+        ladder = self.generate_ladder(
+            prompt, k=k, budgets=(max_tokens,), sampling=sampling, seeds=seeds, forcing=forcing, on_step=on_step
+        )
+        return ladder[max_tokens]
+
+    def generate_ladder(
+        self,
+        prompt: Sequence[int],
+        *,
+        k: int = 1,
+        budgets: Sequence[int] = (256,),
+        sampling: Sampling = Sampling(),
+        seeds: Sequence[int] = (0,),
+        forcing: Forcing | None = None,
+        on_step: Callable[[int], None] | None = None,
+    ) -> dict[int, Generation]:
+        """k samples of `prompt` at every token budget of a ladder, from one generation up to the largest.
+
+        Each vote is generated once, to the largest budget. When a vote still reasoning reaches a smaller rung,
+        it is forked: the fork shares its KV cells, gets a clone of its sampler chain (the random state carries
+        on), and writes the forced answer a run at that budget would have written, while the vote goes on
+        untouched. A vote that stopped, or that was answering, before a rung gives that rung what a run at that
+        budget would have given. So each rung's samples equal a separate run at that budget.
+        """
+        rungs = sorted(set(budgets))
         if not prompt:
             raise ValueError("an empty prompt")
-        if k < 1 or k > self.n_seq:
-            raise ConfigurationError(f"k={k} sequences, but this context holds {self.n_seq}")
+        if not rungs or rungs[0] < 1:
+            raise ValueError("token budgets must be positive")
+        if k < 1 or ladder_sequences(k, len(rungs), forcing) > self.n_seq:
+            raise ConfigurationError(
+                f"k={k} sequences over {len(rungs)} budgets, but this context holds {self.n_seq} sequences"
+            )
         if len(seeds) != k:
             raise ValueError("one seed per sequence")
+        top = rungs[-1]
         extra = len(forcing.tokens) + forcing.answer_tokens if forcing else 0
-        if len(prompt) + max_tokens + extra > self.model.n_ctx_train:
+        if len(prompt) + top + extra > self.model.n_ctx_train:
             raise ConfigurationError(
-                f"prompt ({len(prompt)} tokens) + {max_tokens + extra} generated tokens is longer than the "
+                f"prompt ({len(prompt)} tokens) + {top + extra} generated tokens is longer than the "
                 f"{self.model.n_ctx_train} tokens {self.model.path.name} was trained for",
                 hint="lower the token budget",
             )
-        needed = cells_needed(len(prompt), k, max_tokens, forcing)
+        needed = cells_needed(len(prompt), k, top, forcing, n_rungs=len(rungs))
         if needed > self.n_ctx:
             raise ConfigurationError(
-                f"prompt ({len(prompt)} tokens) + {k} × {max_tokens + extra} tokens needs {needed} KV cells, "
+                f"prompt ({len(prompt)} tokens) + {k} × {top + extra} tokens needs {needed} KV cells, "
                 f"the context has {self.n_ctx}",
                 hint="raise --ctx or lower the token budget or k",
             )
+        run = _LadderRun(self, prompt, k, rungs, forcing)
         samplers = [_sampler_chain(sampling, seed) for seed in seeds]
-        capacity = max(self.options.n_batch, k * (1 + (len(forcing.tokens) if forcing else 0)))
-        batch = llama_cpp.llama_batch_init(capacity, 0, k)
+        capacity = max(self.options.n_batch, self.n_seq * (2 + (len(forcing.tokens) if forcing else 0)))
+        batch = llama_cpp.llama_batch_init(capacity, 0, self.n_seq)
         try:
-            return self._run(prompt, k, max_tokens, samplers, batch, forcing, on_step)
+            return run.go(samplers, batch, on_step)
         finally:
             llama_cpp.llama_batch_free(batch)
-            for chain in samplers:
-                llama_cpp.llama_sampler_free(chain)
+            run.free_samplers()
 
     def last_logits(self, prompt: Sequence[int]) -> list[float]:
         """The next-token logits after `prompt` (a fresh decode on sequence 0), for checking a model's numbers."""
@@ -555,34 +609,54 @@ class Context:
             self._decode(batch)
         return (len(prompt) - 1) % chunk
 
-    def _run(
-        self,
-        prompt: Sequence[int],
-        k: int,
-        max_tokens: int,
-        samplers: list[llama_cpp.llama_sampler_p],
-        batch: llama_cpp.llama_batch,
-        forcing: Forcing | None,
-        on_step: Callable[[int], None] | None,
-    ) -> Generation:
-        llama_cpp.llama_memory_clear(self._memory, True)
+
+_Item = tuple[int, int, int, bool]  # (token, position, sequence, wants_logits)
+
+
+class _LadderRun:
+    """The state of one ladder generation: the votes, their forks, and each rung's finished samples."""
+
+    def __init__(
+        self, ctx: Context, prompt: Sequence[int], k: int, rungs: list[int], forcing: Forcing | None
+    ) -> None:
+        self.ctx, self.prompt, self.k, self.rungs, self.forcing = ctx, prompt, k, rungs, forcing
+        self.top = rungs[-1]
+        self.live: list[_Sample] = []
+        self.free_seqs = list(range(ctx.n_seq - 1, k - 1, -1))  # fork ids, smallest popped first
+        # rung -> vote -> (tokens, generated, forced, finish)
+        self.results: dict[int, dict[int, tuple[list[int], int, bool, str]]] = {b: {} for b in rungs}
+        self.decoded = 0
+
+    def free_samplers(self) -> None:
+        for seq in self.live:
+            llama_cpp.llama_sampler_free(seq.sampler)
+        self.live = []
+
+    def go(
+        self, samplers: list[Any], batch: llama_cpp.llama_batch, on_step: Callable[[int], None] | None
+    ) -> dict[int, Generation]:
+        ctx, memory = self.ctx, self.ctx._memory
+        reasoning = self.forcing.starts_reasoning if self.forcing else False
+        self.live = [
+            _Sample(seq=s, pos=len(self.prompt), reasoning=reasoning, sampler=samplers[s], vote=s)
+            for s in range(self.k)
+        ]
+        llama_cpp.llama_memory_clear(memory, True)
         t0 = time.perf_counter()
-        last = self._decode_prompt(prompt, batch)
-        # The other sequences share the prompt's cells (a unified KV cache: no copy of the data).
-        for s in range(1, k):
-            llama_cpp.llama_memory_seq_cp(self._memory, 0, s, -1, -1)
+        last = ctx._decode_prompt(self.prompt, batch)
+        # The other votes share the prompt's cells (a unified KV cache: no copy of the data).
+        for s in range(1, self.k):
+            llama_cpp.llama_memory_seq_cp(memory, 0, s, -1, -1)
         prompt_s = time.perf_counter() - t0
-        reasoning = forcing.starts_reasoning if forcing else False
-        seqs = [_Sample(pos=len(prompt), reasoning=reasoning) for _ in range(k)]
-        logits_index = dict.fromkeys(range(k), last)
+        logits_at = dict.fromkeys(range(self.k), last)
         ttft = 0.0
         max_batch = steps = 0
         t1 = time.perf_counter()
         while True:
-            step: list[tuple[int, int, int, bool]] = []
-            for s, seq in enumerate(seqs):
-                if not seq.finish:
-                    step += self._advance(seq, s, samplers[s], logits_index[s], max_tokens, forcing)
+            step: list[_Item] = []
+            for seq in list(self.live):
+                step += self._advance(seq, logits_at[seq.seq])
+            self._retire()
             if not ttft:
                 ttft = time.perf_counter() - t0
             if not step:
@@ -590,41 +664,78 @@ class Context:
             _fill(batch, step)
             for i, (_, _, s, wants_logits) in enumerate(step):
                 if wants_logits:
-                    logits_index[s] = i
+                    logits_at[s] = i
             max_batch = max(max_batch, len({s for _, _, s, _ in step}))
-            self._decode(batch)
+            ctx._decode(batch)
+            self.decoded += len(step)
             steps += 1
             if on_step is not None:
                 on_step(len(step))
         decode_s = time.perf_counter() - t1
-        return Generation(
-            texts=tuple(self.model.detokenize(seq.tokens) for seq in seqs),
-            tokens=tuple(tuple(seq.tokens) for seq in seqs),
-            generated=tuple(seq.generated for seq in seqs),
-            forced=tuple(seq.forced for seq in seqs),
-            finish=tuple(seq.finish for seq in seqs),
-            prompt_tokens=len(prompt),
-            prompt_tokens_decoded=len(prompt),
-            max_batch_seqs=max_batch,
-            decode_steps=steps,
-            prompt_s=prompt_s,
-            decode_s=decode_s,
-            ttft_s=ttft,
-        )
+        out = {}
+        for b in self.rungs:
+            got = [self.results[b][v] for v in range(self.k)]
+            out[b] = Generation(
+                texts=tuple(ctx.model.detokenize(tokens) for tokens, _, _, _ in got),
+                tokens=tuple(tuple(tokens) for tokens, _, _, _ in got),
+                generated=tuple(g for _, g, _, _ in got),
+                forced=tuple(f for _, _, f, _ in got),
+                finish=tuple(why for _, _, _, why in got),
+                prompt_tokens=len(self.prompt), prompt_tokens_decoded=len(self.prompt), max_batch_seqs=max_batch,
+                decode_steps=steps, prompt_s=prompt_s, decode_s=decode_s, ttft_s=ttft, decoded_tokens=self.decoded,
+            )  # fmt: skip
+        return out
 
-    def _advance(
-        self,
-        seq: _Sample,
-        s: int,
-        sampler: llama_cpp.llama_sampler_p,
-        logits_at: int,
-        max_tokens: int,
-        forcing: Forcing | None,
-    ) -> list[tuple[int, int, int, bool]]:
-        """Sample one token for sequence s; return what to feed the next decode (nothing when it finished)."""
-        token = int(llama_cpp.llama_sampler_sample(sampler, self._ptr, logits_at))
-        if self.model.is_end(token):
-            seq.finish = "forced" if seq.forced else "stop"
+    def _record(self, rung: int, seq: _Sample, finish: str) -> None:
+        self.results[rung][seq.vote] = (list(seq.tokens), seq.generated, seq.forced, finish)
+
+    def _finish(self, seq: _Sample, finish: str) -> None:
+        """A sequence is done: a vote gives its result to the top rung and to every rung it never reached."""
+        seq.finish = finish
+        if seq.rung is not None:
+            self._record(seq.rung, seq, finish)
+            return
+        for b in self.rungs:
+            if b not in self.results or seq.vote not in self.results[b]:
+                if b == self.top or seq.generated < b:
+                    self._record(b, seq, finish)
+
+    def _retire(self) -> None:
+        """Drop finished sequences; a finished fork's cells and sequence id are freed for the next fork."""
+        for seq in [s for s in self.live if s.finish]:
+            self.live.remove(seq)
+            if seq.rung is not None:
+                llama_cpp.llama_memory_seq_rm(self.ctx._memory, seq.seq, -1, -1)
+                self.free_seqs.append(seq.seq)
+            llama_cpp.llama_sampler_free(seq.sampler)
+
+    def _force(self, seq: _Sample, token: int) -> list[_Item]:
+        """Close the reasoning and start the answer; only the last forced token needs logits."""
+        assert self.forcing is not None
+        seq.forced, seq.reasoning, seq.answer_left = True, False, self.forcing.answer_tokens
+        feed = [token, *self.forcing.tokens]
+        seq.tokens.extend(self.forcing.tokens)
+        items = [(t, seq.pos + i, seq.seq, i == len(feed) - 1) for i, t in enumerate(feed)]
+        seq.pos += len(feed)
+        return items
+
+    def _fork(self, vote: _Sample, token: int, rung: int) -> list[_Item]:
+        """A copy of a reasoning vote at a smaller rung, forced to answer as a run at that budget would be."""
+        seq_id = self.free_seqs.pop()
+        llama_cpp.llama_memory_seq_cp(self.ctx._memory, vote.seq, seq_id, -1, -1)
+        fork = _Sample(
+            seq=seq_id, pos=vote.pos, reasoning=False, sampler=llama_cpp.llama_sampler_clone(vote.sampler),
+            tokens=list(vote.tokens), generated=vote.generated, vote=vote.vote, rung=rung,
+        )  # fmt: skip
+        self.live.append(fork)
+        return self._force(fork, token)
+
+    def _advance(self, seq: _Sample, logits_at: int) -> list[_Item]:
+        """Sample one token for a sequence; return what to feed the next decode (nothing when it finished)."""
+        forcing = self.forcing
+        token = int(llama_cpp.llama_sampler_sample(seq.sampler, self.ctx._ptr, logits_at))
+        if self.ctx.model.is_end(token):
+            self._finish(seq, "forced" if seq.forced else "stop")
             return []
         seq.tokens.append(token)
         seq.generated += 1
@@ -633,20 +744,25 @@ class Context:
         if seq.forced:
             seq.answer_left -= 1
             if seq.answer_left <= 0:
-                seq.finish = "forced"
+                self._finish(seq, "forced")
                 return []
-        elif seq.generated >= max_tokens:
-            if forcing is None or not seq.reasoning:
-                seq.finish = "length"
-                return []
-            # Budget forcing: close the reasoning and start the answer; only the last forced token needs logits.
-            seq.forced, seq.reasoning, seq.answer_left = True, False, forcing.answer_tokens
-            feed = [token, *forcing.tokens]
-            seq.tokens.extend(forcing.tokens)
-            items = [(t, seq.pos + i, s, i == len(feed) - 1) for i, t in enumerate(feed)]
-            seq.pos += len(feed)
-            return items
-        item = (token, seq.pos, s, True)
+            return self._step(seq, token)
+        if seq.generated < self.top:
+            if seq.generated not in self.results:
+                return self._step(seq, token)
+            # A smaller rung: what a run at this budget would do now.
+            if forcing is not None and seq.reasoning:
+                return [*self._fork(seq, token, seq.generated), *self._step(seq, token)]
+            self._record(seq.generated, seq, "length")
+            return self._step(seq, token)
+        if forcing is None or not seq.reasoning:
+            self._finish(seq, "length")
+            return []
+        return self._force(seq, token)
+
+    @staticmethod
+    def _step(seq: _Sample, token: int) -> list[_Item]:
+        item = (token, seq.pos, seq.seq, True)
         seq.pos += 1
         return [item]
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edgeval import vote
@@ -41,6 +43,8 @@ class ConfigResult:
     wall_s: float | None
     status: str
     message: str | None
+    memory_bytes: int = 0  # what this configuration takes: measured, calibrated or predicted (memory_source)
+    memory_source: str = "predicted"
 
     def to_json(self) -> dict[str, object]:
         """The `--json` object."""
@@ -50,26 +54,63 @@ class ConfigResult:
         return out
 
 
-def summarize(row: sqlite3.Row, samples: list[SampleRow]) -> ConfigResult:
-    """Estimators over items: maj@k (tie rule in vote.py), avg@k, pass@k, maj@j, and a 95% CI of maj@k."""
+def memory_of(row: sqlite3.Row, votes: int | None = None) -> tuple[int, str]:
+    """What a configuration takes with `votes` ≤ k votes, and where the figure comes from.
+
+    `measured`: the peak RSS of a run of exactly this configuration. `calibrated`: the prediction for a separate
+    run of this budget and vote count, corrected by how far the run that produced the samples (a budget ladder,
+    or more votes) was from its own prediction. `predicted`: nothing was measured yet.
+    """
     k = int(row["k"])
+    votes = votes or k
+    by_votes = json.loads(row["predicted_by_votes"]) if row["predicted_by_votes"] else {}
+    predicted = int(by_votes.get(str(votes), row["predicted_bytes"]))
+    peak, arm = row["peak_rss_bytes"], row["arm_predicted_bytes"]
+    if not peak:
+        return predicted, "predicted"
+    if votes == k and (arm is None or arm == row["predicted_bytes"]):
+        return int(peak), "measured"
+    return max(1, predicted + int(peak) - int(arm or row["predicted_bytes"])), "calibrated"
+
+
+def item_scores(samples: Sequence[SampleRow], k: int, votes: int) -> dict[int, float]:
+    """maj@votes of every question whose k samples are stored (the tie rule and subset average in vote.py)."""
+    by_item: dict[int, list[SampleRow]] = defaultdict(list)
+    for s in samples:
+        by_item[s.item_index].append(s)
+    return {
+        i: vote.maj_at([s.answer for s in group], [s.correct for s in group], votes)
+        for i, group in sorted(by_item.items())
+        if len(group) >= k
+    }
+
+
+def summarize(row: sqlite3.Row, samples: list[SampleRow], votes: int | None = None) -> ConfigResult:
+    """Estimators over items: maj@k (tie rule in vote.py), avg@k, pass@k, maj@j, and a 95% CI of maj@k.
+
+    With `votes` = j < k, the result is the configuration with j votes, estimated from the same samples: maj@j
+    averaged over j-subsets, pass@j, and the memory of j votes."""
+    k = int(row["k"])
+    j = votes or k
     by_item: dict[int, list[SampleRow]] = defaultdict(list)
     for s in samples:
         by_item[s.item_index].append(s)
     complete = [group for group in by_item.values() if len(group) >= k]
     maj_scores, avg_scores, pass_scores = [], [], []
-    maj_j: dict[int, list[float]] = {j: [] for j in range(1, k + 1)}
+    maj_j: dict[int, list[float]] = {i: [] for i in range(1, j + 1)}
     for group in complete:
         answers = [s.answer for s in group]
         correct: list[bool | None] = [s.correct for s in group]
-        maj_scores.append(vote.majority_score(answers, correct))
         avg_scores.append(vote.avg_at(correct))
-        pass_scores.append(vote.pass_at(len(group), sum(1 for c in correct if c), k))
-        for j in maj_j:
-            maj_j[j].append(vote.maj_at(answers, correct, j))
+        pass_scores.append(vote.pass_at(len(group), sum(1 for c in correct if c), j))
+        for i in maj_j:
+            maj_j[i].append(vote.maj_at(answers, correct, i))
+        maj_scores.append(maj_j[j][-1])
     estimate = vote.mean_ci(maj_scores)
     n = len(complete)
     flat = [s for group in complete for s in group]
+    memory_bytes, source = memory_of(row, j)
+    by_votes = json.loads(row["predicted_by_votes"]) if row["predicted_by_votes"] else {}
     return ConfigResult(
         config_id=int(row["id"]),
         model=str(row["model"]),
@@ -78,19 +119,19 @@ def summarize(row: sqlite3.Row, samples: list[SampleRow]) -> ConfigResult:
         kv_type_v=str(row["kv_type_v"]),
         ctx=int(row["ctx"]),
         budget_tokens=int(row["budget_tokens"]),
-        k=k,
+        k=j,
         n_items=int(row["n_items"]),
         n_done=n,
         accuracy_maj=estimate.mean,
         accuracy_avg=sum(avg_scores) / n if n else 0.0,
         ci95=(estimate.low, estimate.high),
         pass_at_k=sum(pass_scores) / n if n else 0.0,
-        maj_at={j: (sum(v) / n if n else 0.0) for j, v in maj_j.items()},
+        maj_at={i: (sum(v) / n if n else 0.0) for i, v in maj_j.items()},
         forced_share=sum(s.forced for s in flat) / len(flat) if flat else 0.0,
         mean_tokens=sum(s.tokens for s in flat) / len(flat) if flat else 0.0,
-        peak_rss_bytes=row["peak_rss_bytes"],
+        peak_rss_bytes=row["peak_rss_bytes"] if source == "measured" else None,
         peak_vram_bytes=row["peak_vram_bytes"],
-        predicted_bytes=int(row["predicted_bytes"]),
+        predicted_bytes=int(by_votes.get(str(j), row["predicted_bytes"])),
         load_s=row["load_s"],
         prompt_tokens_per_s=row["prompt_tokens_per_s"],
         decode_tokens_per_s=row["decode_tokens_per_s"],
@@ -98,6 +139,8 @@ def summarize(row: sqlite3.Row, samples: list[SampleRow]) -> ConfigResult:
         wall_s=row["wall_s"],
         status=str(row["status"]),
         message=row["message"],
+        memory_bytes=memory_bytes,
+        memory_source=source,
     )
 
 

@@ -108,9 +108,18 @@ M1_INITIAL = """
         );
 """
 
+M2_LADDER = """
+        -- The rows one generation fills (every rung of a budget ladder), what that generation was predicted to
+        -- take (its measured peak calibrates the rungs' predictions), and each rung's prediction for j ≤ k votes.
+        ALTER TABLE configs ADD COLUMN arm TEXT;
+        ALTER TABLE configs ADD COLUMN arm_predicted_bytes INTEGER;
+        ALTER TABLE configs ADD COLUMN predicted_by_votes TEXT;  -- JSON {j: bytes}
+        CREATE INDEX configs_arm ON configs(arm);
+"""
+
 # SQL scripts applied in order, each in its own transaction; PRAGMA user_version records how many ran.
 # Append, never edit.
-MIGRATIONS: list[str] = [M1_INITIAL]
+MIGRATIONS: list[str] = [M1_INITIAL, M2_LADDER]
 
 
 @dataclass(frozen=True)
@@ -237,19 +246,35 @@ class Store:
     def add_item(self, config_id: int, samples: Sequence[SampleRow], timing: ItemTiming) -> None:
         """Store one finished question — all its samples and its timing — in one transaction."""
         with self.transaction() as db:
-            db.executemany(
-                "INSERT OR IGNORE INTO samples (config_id, item_index, item_id, sample_index, reference, text, answer,"
-                " correct, tokens, forced, finish, prompt_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(config_id, s.item_index, s.item_id, s.sample_index, s.reference, s.text, s.answer, int(s.correct),
-                  s.tokens, int(s.forced), s.finish, s.prompt_tokens) for s in samples],
-            )  # fmt: skip
-            t = asdict(timing)
-            db.execute(
-                "INSERT OR IGNORE INTO item_timings (config_id, item_index, prompt_tokens, prompt_s, generated_tokens,"
-                " decode_s, ttft_s) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (config_id, t["item_index"], t["prompt_tokens"], t["prompt_s"], t["generated_tokens"], t["decode_s"],
-                 t["ttft_s"]),
-            )  # fmt: skip
+            self._insert_item(db, config_id, samples, timing)
+
+    @staticmethod
+    def _insert_item(db: sqlite3.Connection, config_id: int, samples: Sequence[SampleRow], timing: ItemTiming) -> None:
+        db.executemany(
+            "INSERT OR IGNORE INTO samples (config_id, item_index, item_id, sample_index, reference, text, answer,"
+            " correct, tokens, forced, finish, prompt_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(config_id, s.item_index, s.item_id, s.sample_index, s.reference, s.text, s.answer, int(s.correct),
+              s.tokens, int(s.forced), s.finish, s.prompt_tokens) for s in samples],
+        )  # fmt: skip
+        t = asdict(timing)
+        db.execute(
+            "INSERT OR IGNORE INTO item_timings (config_id, item_index, prompt_tokens, prompt_s, generated_tokens,"
+            " decode_s, ttft_s) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (config_id, t["item_index"], t["prompt_tokens"], t["prompt_s"], t["generated_tokens"], t["decode_s"],
+             t["ttft_s"]),
+        )  # fmt: skip
+
+    def add_items(self, samples: dict[int, Sequence[SampleRow]], timing: ItemTiming) -> None:
+        """Store one question answered for several configurations at once (the rungs of a budget ladder), in one
+        transaction: a killed run keeps every rung of a question or none."""
+        with self.transaction() as db:
+            for config_id, rows in samples.items():
+                self._insert_item(db, config_id, rows, timing)
+
+    def raise_items(self, config_id: int, n_items: int) -> None:
+        """Ask a configuration for at least n_items questions (a later run may add questions, never drop them)."""
+        with self.transaction() as db:
+            db.execute("UPDATE configs SET n_items = MAX(n_items, ?) WHERE id = ?", (n_items, config_id))
 
     def done_items(self, config_id: int, k: int) -> set[int]:
         """Item indexes whose k samples are all stored."""

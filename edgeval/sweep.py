@@ -51,6 +51,13 @@ class RunSpec:
     repack: bool = False
     gpu_layers: int | None = None
     answer_tokens: int = ANSWER_TOKENS
+    ladder: tuple[int, ...] = ()  # smaller token budgets answered by the same generation (the budget ladder)
+    deadline: float | None = None  # wall-clock time (time.time()) after which no new question is started
+
+    @property
+    def rungs(self) -> tuple[int, ...]:
+        """Every token budget this run answers for, smallest first (the largest is `budget_tokens`)."""
+        return tuple(sorted({*self.ladder, self.budget_tokens}))
 
     @property
     def effective_sampling(self) -> engine.Sampling:
@@ -60,14 +67,20 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A configuration ready to run: its task items, KV cells, prediction and store row."""
+    """A configuration ready to run: its task items, KV cells, prediction and store rows (one per rung of the
+    budget ladder; the samples of each rung equal a separate run at that budget)."""
 
     spec: RunSpec
     task: tasks.Task
     items: tuple[tasks.Item, ...]
     n_ctx: int
-    predicted: memory.Footprint
-    config_id: int
+    predicted: memory.Footprint  # the whole run: the largest budget, k votes and the ladder's forks
+    config_ids: dict[int, int]  # token budget -> its configuration row
+
+    @property
+    def config_id(self) -> int:
+        """The row of the largest budget."""
+        return self.config_ids[self.spec.budget_tokens]
 
 
 @dataclass
@@ -106,20 +119,26 @@ def provenance() -> dict[str, object]:
     }
 
 
-def _config_key(spec: RunSpec, task: tasks.Task, model_sha: str) -> str:
+def _config_key(spec: RunSpec, task: tasks.Task, model_sha: str, budget: int) -> str:
+    """What decides a configuration's samples. Not the number of questions: a later run with a higher --limit adds
+    questions to the same configuration; not the ladder: a rung's samples equal a separate run at its budget."""
     decisive = {
         "model_sha256": model_sha,
         "task": task.fingerprint,
         "kv": [spec.kv_type_k.value, spec.kv_type_v.value],
-        "budget": spec.budget_tokens,
+        "budget": budget,
         "answer_tokens": spec.answer_tokens,
         "k": spec.k,
         "thinking": spec.thinking,
         "sampling": asdict(spec.effective_sampling),
         "seed": spec.seed,
-        "limit": spec.limit,
     }
     return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _arm_key(spec: RunSpec, task: tasks.Task, model_sha: str) -> str:
+    """The rows one generation fills: the same configuration at every rung of the ladder."""
+    return _config_key(spec, task, model_sha, 0)
 
 
 def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
@@ -146,24 +165,41 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
             f"a sample needs {per_sample} tokens but {spec.model_path.name} was trained for {arch.n_ctx_train}",
             hint="lower --budget-tokens",
         )
-    n_ctx = engine.cells_needed(max(lengths), spec.k, spec.budget_tokens + len(forced) + spec.answer_tokens)
+    answer_cells = len(forced) + spec.answer_tokens
+    n_rungs = len(spec.rungs)
+    n_ctx = max(lengths) + spec.k * (spec.budget_tokens + answer_cells)
+    n_ctx += spec.k * (n_rungs - 1) * (1 + answer_cells) if spec.thinking else 0  # the ladder's forks
+    n_seq = spec.k * n_rungs if spec.thinking else spec.k
     gpu_layers = engine.LoadOptions(n_gpu_layers=spec.gpu_layers).gpu_layers()
-    setting = memory.Setting(
-        n_ctx=n_ctx, n_seq=spec.k, type_k=spec.kv_type_k, type_v=spec.kv_type_v, prompt_tokens=max(lengths),
-        gpu_layers=gpu_layers,
-    )  # fmt: skip
-    predicted = memory.predict(arch, header.weight_bytes, setting, embd_bytes=header.embd_bytes)
+
+    def footprint(cells: int, seqs: int) -> memory.Footprint:
+        setting = memory.Setting(
+            n_ctx=cells, n_seq=seqs, type_k=spec.kv_type_k, type_v=spec.kv_type_v, prompt_tokens=max(lengths),
+            gpu_layers=gpu_layers,
+        )  # fmt: skip
+        return memory.predict(arch, header.weight_bytes, setting, embd_bytes=header.embd_bytes)
+
+    predicted = footprint(n_ctx, n_seq)
     model_sha = store.file_sha256(spec.model_path, hub.sha256_of)
-    fields: dict[str, object] = {
-        "run_id": run_id, "model": spec.model_label, "model_path": str(spec.model_path), "model_sha256": model_sha,
-        "weight_quant": _quant_name(header), "params": header.n_params, "task": task.name,
-        "task_fingerprint": task.fingerprint, "kv_type_k": spec.kv_type_k.value, "kv_type_v": spec.kv_type_v.value,
-        "ctx": spec.ctx or per_sample, "budget_tokens": spec.budget_tokens, "k": spec.k, "thinking": int(spec.thinking),
-        "sampling": json.dumps(asdict(spec.effective_sampling)), "seed": spec.seed, "n_items": len(items),
-        "kv_cells": memory.padded_cells(n_ctx), "predicted_bytes": predicted.total_bytes,
-    }  # fmt: skip
-    config_id = store.upsert_config(_config_key(spec, task, model_sha), fields)
-    return Prepared(spec, task, items, n_ctx, predicted, config_id)
+    arm = _arm_key(spec, task, model_sha)
+    config_ids = {}
+    for budget in spec.rungs:
+        # What a separate run at this budget with j ≤ k votes would take (the rung's memory is that, calibrated by
+        # what this run measures).
+        by_votes = {j: footprint(max(lengths) + j * (budget + answer_cells), j).total_bytes for j in range(1, spec.k + 1)}
+        fields: dict[str, object] = {
+            "run_id": run_id, "model": spec.model_label, "model_path": str(spec.model_path), "model_sha256": model_sha,
+            "weight_quant": _quant_name(header), "params": header.n_params, "task": task.name,
+            "task_fingerprint": task.fingerprint, "kv_type_k": spec.kv_type_k.value, "kv_type_v": spec.kv_type_v.value,
+            "ctx": max(lengths) + budget + answer_cells if budget != spec.budget_tokens or spec.ctx is None else spec.ctx,
+            "budget_tokens": budget, "k": spec.k, "thinking": int(spec.thinking),
+            "sampling": json.dumps(asdict(spec.effective_sampling)), "seed": spec.seed, "n_items": len(items),
+            "kv_cells": memory.padded_cells(n_ctx), "predicted_bytes": by_votes[spec.k],
+            "predicted_by_votes": json.dumps(by_votes), "arm": arm, "arm_predicted_bytes": predicted.total_bytes,
+        }  # fmt: skip
+        config_ids[budget] = store.upsert_config(_config_key(spec, task, model_sha, budget), fields)
+        store.raise_items(config_ids[budget], len(items))
+    return Prepared(spec, task, items, n_ctx, predicted, config_ids)
 
 
 def _quant_name(header: gguf_info.GGUFInfo) -> str:
@@ -206,17 +242,18 @@ def _work(payload: dict[str, Any], events: Any) -> None:
     sampling = engine.Sampling(**raw["sampling"]) if raw["sampling"] else None
     spec = RunSpec(**{
         **raw, "model_path": Path(raw["model_path"]), "kv_type_k": KVType(raw["kv_type_k"]),
-        "kv_type_v": KVType(raw["kv_type_v"]), "sampling": sampling,
+        "kv_type_v": KVType(raw["kv_type_v"]), "sampling": sampling, "ladder": tuple(raw["ladder"]),
     })  # fmt: skip
     task = tasks.load_task(spec.task)
     items = task.take(spec.limit)
     pending = payload["pending"]
+    config_ids = {int(b): int(c) for b, c in payload["config_ids"].items()}
     with Store(Path(payload["db_path"])) as store:
         t0 = time.perf_counter()
         load = engine.LoadOptions(n_gpu_layers=spec.gpu_layers, repack=spec.repack)
         with engine.Model(spec.model_path, load) as model:
             options = engine.ContextOptions(
-                n_ctx=payload["n_ctx"], n_seq=spec.k, type_k=spec.kv_type_k, type_v=spec.kv_type_v,
+                n_ctx=payload["n_ctx"], n_seq=payload["n_seq"], type_k=spec.kv_type_k, type_v=spec.kv_type_v,
                 n_threads=spec.threads,
             )  # fmt: skip
             with engine.Context(model, options) as ctx:
@@ -228,13 +265,16 @@ def _work(payload: dict[str, Any], events: Any) -> None:
                     starts_reasoning=spec.thinking,
                 )
                 for index in pending:
-                    _answer(store, payload["config_id"], task, index, items[index], model, ctx, spec, forcing, events)
+                    if spec.deadline is not None and time.time() >= spec.deadline:
+                        events.put(("stopped", None))
+                        break
+                    _answer(store, config_ids, task, index, items[index], model, ctx, spec, forcing, events)
     events.put(("finished", None))
 
 
 def _answer(
     store: Store,
-    config_id: int,
+    config_ids: dict[int, int],
     task: tasks.Task,
     index: int,
     item: tasks.Item,
@@ -245,21 +285,25 @@ def _answer(
     events: Any,
 ) -> None:
     prompt = model.tokenize(_prompt(task, item, spec.thinking))
-    out = ctx.generate(
-        prompt, k=spec.k, max_tokens=spec.budget_tokens, sampling=spec.effective_sampling,
+    ladder = ctx.generate_ladder(
+        prompt, k=spec.k, budgets=spec.rungs, sampling=spec.effective_sampling,
         seeds=item_seeds(spec.seed, item.id, spec.k), forcing=forcing,
     )  # fmt: skip
-    rows = []
-    for j in range(spec.k):
-        answer = grading.extract(out.texts[j], task.kind)
-        rows.append(
-            SampleRow(index, item.id, j, item.answer, out.texts[j], answer,
-                      grading.is_correct(answer, item.answer, task.kind), out.generated[j], out.forced[j],
-                      out.finish[j], out.prompt_tokens)
-        )  # fmt: skip
-    timing = ItemTiming(index, out.prompt_tokens, out.prompt_s, out.generated_tokens, out.decode_s, out.ttft_s)
-    store.add_item(config_id, rows, timing)
-    events.put(("item", (index, out.generated_tokens, out.decode_s)))
+    rows: dict[int, list[SampleRow]] = {}
+    for budget, out in ladder.items():
+        rows[config_ids[budget]] = []
+        for j in range(spec.k):
+            answer = grading.extract(out.texts[j], task.kind)
+            rows[config_ids[budget]].append(
+                SampleRow(index, item.id, j, item.answer, out.texts[j], answer,
+                          grading.is_correct(answer, item.answer, task.kind), out.generated[j], out.forced[j],
+                          out.finish[j], out.prompt_tokens)
+            )  # fmt: skip
+    out = ladder[spec.budget_tokens]
+    # Every rung's row gets the generation's timing: the rungs were produced together, by one decode.
+    timing = ItemTiming(index, out.prompt_tokens, out.prompt_s, out.decoded_tokens, out.decode_s, out.ttft_s)
+    store.add_items(rows, timing)
+    events.put(("item", (index, out.decoded_tokens, out.decode_s + out.prompt_s)))
 
 
 # ---------------------------------------------------------------- the parent
@@ -284,71 +328,114 @@ def _exit_status(code: int | None) -> tuple[str, str]:
     return "failed", f"the worker exited with code {code}"
 
 
+def _pending(prepared: Prepared, store: Store) -> list[int]:
+    """Questions not yet answered at every rung."""
+    done = set(range(len(prepared.items)))
+    for config_id in prepared.config_ids.values():
+        done &= store.done_items(config_id, prepared.spec.k)
+    return [i for i in range(len(prepared.items)) if i not in done]
+
+
 def execute(prepared: Prepared, store: Store, progress: ProgressCallback | None = None) -> results.ConfigResult:
-    """Run the configuration's pending questions in a worker process; record measurements or the failure."""
+    """Run the configuration's pending questions in a worker process; record measurements or the failure.
+
+    Returns the result at the largest budget; `execute_ladder` returns every rung's."""
+    return execute_ladder(prepared, store, progress)[prepared.spec.budget_tokens]
+
+
+def execute_ladder(
+    prepared: Prepared, store: Store, progress: ProgressCallback | None = None
+) -> dict[int, results.ConfigResult]:
+    """Run the pending questions of every rung in one worker process; record measurements or the failure."""
     spec = prepared.spec
-    done = store.done_items(prepared.config_id, spec.k)
-    pending = [i for i in range(len(prepared.items)) if i not in done]
-    state = Progress(items_done=len(done), items_total=len(prepared.items))
-    row = store.config(prepared.config_id)
-    if not pending and row["status"] == "done":
-        return results.summarize(row, store.samples(prepared.config_id))
+    pending = _pending(prepared, store)
+    state = Progress(items_done=len(prepared.items) - len(pending), items_total=len(prepared.items))
+    ids = prepared.config_ids
+    if not pending and all(store.config(i)["status"] == "done" for i in ids.values()):
+        return _results(prepared, store)
     log_path = cache_dir("logs") / f"config-{prepared.config_id}.log"
     log_path.write_text("")
     payload = {
         "spec": {**asdict(spec), "model_path": str(spec.model_path), "kv_type_k": spec.kv_type_k.value,
                  "kv_type_v": spec.kv_type_v.value},
-        "db_path": str(store.path), "config_id": prepared.config_id, "n_ctx": prepared.n_ctx, "pending": pending,
+        "db_path": str(store.path), "config_ids": {str(b): c for b, c in ids.items()}, "n_ctx": prepared.n_ctx,
+        "n_seq": spec.k * len(spec.rungs) if spec.thinking else spec.k, "pending": pending,
         "log_path": str(log_path), "verbose": engine.LOG.echo,
     }  # fmt: skip
-    store.update_config(prepared.config_id, status="running", message=None, log_tail=None)
+    for config_id in ids.values():
+        store.update_config(config_id, status="running", message=None, log_tail=None)
     spawn = multiprocessing.get_context("spawn")
     events = spawn.Queue()
     worker = spawn.Process(target=_worker, args=(payload, events), daemon=True)
     started = time.perf_counter()
     load_s = None
+    stopped = False
     worker.start()
     state.worker_pid = worker.pid
-    with memory.PeakRSS(worker.pid or 0) as sampler:
-        while worker.is_alive() or not events.empty():
-            try:
-                kind, value = events.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if kind == "loaded":
-                load_s = value
-            elif kind == "item":
-                state.items_done += 1
-                state.tokens += value[1]
-                state.decode_s += value[2]
-            if progress is not None:
-                progress(state)
-        worker.join()
+    try:
+        with memory.PeakRSS(worker.pid or 0) as sampler:
+            while worker.is_alive() or not events.empty():
+                try:
+                    kind, value = events.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if kind == "loaded":
+                    load_s = value
+                elif kind == "stopped":
+                    stopped = True
+                elif kind == "item":
+                    state.items_done += 1
+                    state.tokens += value[1]
+                    state.decode_s += value[2]
+                if progress is not None:
+                    progress(state)
+            worker.join()
+    except KeyboardInterrupt:
+        # Ctrl-C: every finished question is stored; the rows wait, resumable, for the next run.
+        worker.join(timeout=5)
+        for config_id in ids.values():
+            store.update_config(config_id, status="pending", message="interrupted")
+        raise
     wall = time.perf_counter() - started
     prompt_tps, decode_tps, ttft = results.speed(store.timings(prepared.config_id))
-    previous_peak = row["peak_rss_bytes"] or 0
-    measured: dict[str, object] = {
-        "peak_rss_bytes": max(previous_peak, sampler.peak_bytes) or None,
-        "peak_vram_bytes": sampler.peak_vram_bytes,
-        "prompt_tokens_per_s": prompt_tps, "decode_tokens_per_s": decode_tps, "ttft_s": ttft,
-        "wall_s": (row["wall_s"] or 0.0) + wall, "backend": engine.backend_name(),
-        "llama_cpp_build": engine.build_version(),
-    }  # fmt: skip
-    if load_s is not None:
-        measured["load_s"] = load_s
-    if worker.exitcode == 0 and store.done_items(prepared.config_id, spec.k) >= set(range(len(prepared.items))):
-        store.update_config(prepared.config_id, status="done", **measured)
-    else:
-        status, message = _exit_status(worker.exitcode)
-        tail = _log_tail(log_path)
-        error_line = next((line for line in reversed(tail.splitlines()) if line.startswith("edgeval:")), None)
-        store.update_config(prepared.config_id, status=status, message=error_line or message, log_tail=tail, **measured)
-    return results.summarize(store.config(prepared.config_id), store.samples(prepared.config_id))
+    unfinished = _pending(prepared, store)
+    for budget, config_id in ids.items():
+        row = store.config(config_id)
+        measured: dict[str, object] = {
+            "peak_rss_bytes": max(row["peak_rss_bytes"] or 0, sampler.peak_bytes) or None,
+            "peak_vram_bytes": sampler.peak_vram_bytes, "arm_predicted_bytes": prepared.predicted.total_bytes,
+            "prompt_tokens_per_s": prompt_tps, "decode_tokens_per_s": decode_tps, "ttft_s": ttft,
+            "wall_s": (row["wall_s"] or 0.0) + wall, "backend": engine.backend_name(),
+            "llama_cpp_build": engine.build_version(),
+        }  # fmt: skip
+        if load_s is not None:
+            measured["load_s"] = load_s
+        if worker.exitcode == 0 and not unfinished:
+            store.update_config(config_id, status="done", **measured)
+        elif worker.exitcode == 0 and stopped:
+            store.update_config(config_id, status="partial", message="stopped at the time limit", **measured)
+        else:
+            status, message = _exit_status(worker.exitcode)
+            tail = _log_tail(log_path)
+            error_line = next((line for line in reversed(tail.splitlines()) if line.startswith("edgeval:")), None)
+            store.update_config(config_id, status=status, message=error_line or message, log_tail=tail, **measured)
+    return _results(prepared, store)
+
+
+def _results(prepared: Prepared, store: Store) -> dict[int, results.ConfigResult]:
+    return {b: results.summarize(store.config(c), store.samples(c)) for b, c in prepared.config_ids.items()}
 
 
 def run(
     spec: RunSpec, store: Store, progress: ProgressCallback | None = None, command: str = ""
 ) -> results.ConfigResult:
     """Prepare and execute one configuration (the library call behind `edgeval run`)."""
+    return run_ladder(spec, store, progress, command)[spec.budget_tokens]
+
+
+def run_ladder(
+    spec: RunSpec, store: Store, progress: ProgressCallback | None = None, command: str = ""
+) -> dict[int, results.ConfigResult]:
+    """Prepare and execute one configuration at every budget of its ladder, from one generation."""
     run_id = store.add_run(provenance(), command)
-    return execute(prepare(spec, store, run_id), store, progress)
+    return execute_ladder(prepare(spec, store, run_id), store, progress)
