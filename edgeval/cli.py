@@ -355,32 +355,43 @@ def run(
         raise click.exceptions.Exit(1)
 
 
-def _compare_request(
-    budget: int, task_names: tuple[str, ...], model_refs: tuple[str, ...], kv: tuple[KVType, ...] | None,
-    ctx: tuple[int, ...] | None, votes: tuple[int, ...] | None, limit: int | None, seed: int, threads: int | None,
-    repack: bool | None, catalogs: tuple[Path, ...],
-) -> Any:  # fmt: skip
-    from edgeval import compare, doctor
+def _duration(text: str) -> float:
+    from edgeval.units import UnitError, parse_duration
 
-    names = tuple(n.strip() for ref in model_refs for n in ref.split(",") if n.strip())
-    return compare.Request(
-        budget_bytes=budget, tasks=task_names or (compare.DEFAULT_TASK,), models=names,
-        kv=kv or compare.DEFAULT_KV, ctx=ctx or compare.DEFAULT_CTX, k=votes or compare.DEFAULT_K,
-        limit=limit or compare.DEFAULT_LIMIT, seed=seed, threads=threads,
-        repack=doctor.repack_default() if repack is None else repack, catalogs=catalogs,
-    )  # fmt: skip
+    try:
+        return parse_duration(text)
+    except UnitError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class Duration(click.ParamType):  # type: ignore[type-arg]
+    """A wall time: 90s, 30m, 2h, 1h30m."""
+
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return _duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 def _run_compare(request: Any, db: Path | None, as_json: bool, dry_run: bool) -> list[Any]:
-    from edgeval import compare, ui
+    from edgeval import compare, hub, ui
     from edgeval.store import Store
 
     if dry_run:
-        planned = [compare.grid(request, t) for t in request.tasks]
+        plans = []
+        for task in request.tasks:
+            arms = compare.arms(request, task)
+            plans.append((task, arms, {a.ref.label: hub.local_path(a.ref.file) is not None for a in arms}))
         if as_json:
-            click.echo(json.dumps([[ui.planned_row(p) for p in grid] for grid in planned], indent=2))
+            click.echo(json.dumps([[ui.arm_row(a, t, cached[a.ref.label]) for a in arms] for t, arms, cached in plans],
+                                  indent=2))  # fmt: skip
         else:
-            ui.render_dry_run(request, planned)
+            ui.render_dry_run(request, plans)
         return []
     with Store(db) as store, ui.compare_progress(quiet=as_json) as progress:
         comparisons = compare.run(request, store, progress, command=" ".join(sys.argv))
@@ -388,7 +399,13 @@ def _run_compare(request: Any, db: Path | None, as_json: bool, dry_run: bool) ->
         click.echo(json.dumps([ui.comparison_json(c) for c in comparisons], indent=2))
     else:
         ui.render_compare(comparisons)
+    if any(c.stopped == "interrupted" for c in comparisons):
+        raise click.exceptions.Exit(130)
     return comparisons
+
+
+def _defaults(values: tuple[Any, ...]) -> str:
+    return ",".join(str(getattr(v, "value", v)) for v in values)
 
 
 @cli.command(name="compare")
@@ -398,22 +415,30 @@ def _run_compare(request: Any, db: Path | None, as_json: bool, dry_run: bool) ->
     "--models",
     "model_refs",
     multiple=True,
-    help="Models (repeatable or comma-separated); default: every catalog size at Q4_K_M, Q8_0 and 16-bit that fits.",
+    help="Models (repeatable or comma-separated); default: 4- and 8-bit files of the two largest sizes that fit.",
 )
 @click.option("--kv", type=CommaList("KV,...", _kv), help="KV-cache types; default: f16,q8_0.")
 @click.option(
-    "--ctx",
+    "--budget-tokens",
+    "budgets",
     type=CommaList("N,...", _tokens),
-    help="Tokens per sample (256-token prompt + budget); default: 1280,4352 (budgets 1k and 4k).",
+    help="The token-budget ladder, answered by one generation per run; default: 1k,2k,4k,8k (capped to the model's "
+    "context).",
 )
-@click.option("--k", "votes", type=CommaList("K,...", _count), help="Votes per question; default: 1,4.")
-@click.option("--limit", type=click.IntRange(1), help="Questions per configuration; default: 10.")
+@click.option("--k", "votes", type=CommaList("K,...", _count), help="Vote counts compared (k up to the largest, "
+              "generated once); default: 1,4,8.")  # fmt: skip
+@click.option("--time", "time_s", type=Duration(), help="Wall-time cap: 90s, 30m, 2h; default: 1h.")
+@click.option("--limit", type=click.IntRange(1), help="Questions per configuration at most (default: the whole task; "
+              "10 with --exhaustive).")  # fmt: skip
+@click.option(
+    "--exhaustive", is_flag=True, help="Run every configuration on every question up to --limit; drop nothing."
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.option("--threads", type=click.IntRange(1), help="CPU threads (default: physical cores).")
 @click.option(
     "--repack/--no-repack", default=None, help="llama.cpp weight repacking (default: where the probe says it works)."
 )
-@click.option("--dry-run", is_flag=True, help="Show the grid, predicted memory and an estimated time; run nothing.")
+@click.option("--dry-run", is_flag=True, help="Show the runs, the download and a time plan; run nothing.")
 @click.option(
     "--db", type=click.Path(dir_okay=False, path_type=Path), help="Results database (default: EDGEVAL_HOME/edgeval.db)."
 )
@@ -421,16 +446,26 @@ def _run_compare(request: Any, db: Path | None, as_json: bool, dry_run: bool) ->
 @json_option
 def compare_command(
     budget: int, task_names: tuple[str, ...], model_refs: tuple[str, ...], kv: tuple[KVType, ...] | None,
-    ctx: tuple[int, ...] | None, votes: tuple[int, ...] | None, limit: int | None, seed: int, threads: int | None,
-    repack: bool | None, dry_run: bool, db: Path | None, catalogs: tuple[Path, ...], as_json: bool,
+    budgets: tuple[int, ...] | None, votes: tuple[int, ...] | None, time_s: float | None, limit: int | None,
+    exhaustive: bool, seed: int, threads: int | None, repack: bool | None, dry_run: bool, db: Path | None,
+    catalogs: tuple[Path, ...], as_json: bool,
 ) -> None:  # fmt: skip
-    """Compare every configuration that fits the budget at equal footprint: run what the store lacks, mark the
-    Pareto frontier, and recommend one.
+    """Find the best configuration that fits the budget, in the time you give: a race over rounds of questions
+    that drops a configuration once a cheaper one is better by a paired interval, then says how sure it is.
 
-    Downloads missing models and datasets; one configuration failing does not stop the others; rerunning runs
-    nothing new.
+    Downloads missing models (the next overlaps the current run); one configuration failing does not stop the
+    others; the same command again continues and refines (it adds questions, never redoes one); Ctrl-C prints the
+    answer so far.
     """
-    request = _compare_request(budget, task_names, model_refs, kv, ctx, votes, limit, seed, threads, repack, catalogs)
+    from edgeval import compare, doctor
+
+    names = tuple(n.strip() for ref in model_refs for n in ref.split(",") if n.strip())
+    request = compare.Request(
+        budget_bytes=budget, tasks=task_names or (compare.DEFAULT_TASK,), models=names, kv=kv or compare.DEFAULT_KV,
+        budgets=budgets or compare.DEFAULT_BUDGETS, votes=votes or compare.DEFAULT_VOTES,
+        time_s=time_s or compare.DEFAULT_TIME_S, limit=limit, exhaustive=exhaustive, seed=seed, threads=threads,
+        repack=(doctor.repack_default() if not dry_run else False) if repack is None else repack, catalogs=catalogs,
+    )  # fmt: skip
     _run_compare(request, db, as_json, dry_run)
 
 
@@ -471,17 +506,20 @@ def report(out: Path, task_name: str | None, budget: int | None, name: str | Non
     show_default=True,
     help="Folder for the report.",
 )
-@click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="Questions per configuration.")
+@click.option("--time", "time_s", type=Duration(), help="The race's wall time (default: 75s).")
+@click.option("--limit", type=click.IntRange(1), help="Questions per configuration at most (default: all 200).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @json_option
-def demo(out: Path, limit: int, as_json: bool) -> None:
-    """Try edgeval with no downloads: build tiny Qwen3-architecture models, compare them on arith, write a report."""
+def demo(out: Path, time_s: float | None, limit: int | None, seed: int, as_json: bool) -> None:
+    """Try edgeval with no downloads: quantize edgeval's tiny trained family, race it on arith, write a report."""
     from edgeval import demo as demo_mod
     from edgeval import report as reporting
     from edgeval import ui
     from edgeval.store import Store
 
     setup = demo_mod.build_family()
-    comparisons = _run_compare(demo_mod.request(setup, limit=limit), setup.db, as_json, dry_run=False)
+    request = demo_mod.request(setup, limit=limit, time_s=time_s or demo_mod.TIME_S, seed=seed)
+    comparisons = _run_compare(request, setup.db, as_json, dry_run=False)
     with Store(setup.db) as store:
         for comparison in comparisons:
             written = reporting.write(store, comparison, out, "edgeval-demo")

@@ -21,7 +21,7 @@ from edgeval.errors import EdgevalError, describe
 from edgeval.quants import KVType, WeightQuant
 from edgeval.results import ConfigResult
 from edgeval.store import Store
-from edgeval.units import format_bytes
+from edgeval.units import format_bytes, format_duration
 
 # The defaults (documented in the README). Qwen3 in thinking mode writes thousands of tokens on MATH-500, so the
 # ladder runs from 1k to 8k tokens (capped to what the model's context holds); votes up to 8, compared at 1, 4 and
@@ -37,7 +37,7 @@ DEFAULT_TIME_S = 3600.0
 DEFAULT_EXHAUSTIVE_LIMIT = 10
 DEFAULT_TASK = "math500"
 FIRST_ROUND = 10  # questions every configuration answers before the first look
-ROUND_GROWTH = 3  # each round asks for this many times the questions of the one before
+ROUND_GROWTH = 4  # each round asks for this many times the questions of the one before
 # Rough single-sequence decode speed on a CPU, scaled by weight bytes (memory-bound): 27 tok/s at 0.39 GB measured
 # here for Qwen3-0.6B Q4_K_M; k sequences together about twice as fast in aggregate.
 _TOKENS_PER_S_AT_1GB = 27 * 0.39
@@ -262,6 +262,9 @@ class _Race:
     eliminated: dict[str, racing.Elimination] = field(default_factory=dict)
     tokens: int = 0
     n_questions: int = 0  # the task's questions within --limit
+    cache: dict[int, tuple[tuple[int, str, bool], list[tuple[ConfigResult, dict[int, float]]]]] = field(
+        default_factory=dict
+    )  # config id -> (what it was built from, its result and scores per vote count)
 
     def time_left(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.time()
@@ -320,13 +323,12 @@ def _race(race: _Race, store: Store, progress: Callable[[RaceProgress], None] | 
             state.done, state.total, state.questions = 0, len(live), asked
             prefetch: Future[Path] | None = None
             for position, index in enumerate(live):
-                arm = race.arms[index]
                 nxt = race.arms[live[position + 1]] if position + 1 < len(live) else None
                 if nxt is not None and hub.local_path(nxt.ref.file) is None and not unreachable:
                     prefetch = downloads.submit(hub.pull, nxt.ref.file)  # the next download overlaps this run
                 _run_arm(race, index, asked, store, state, progress, unreachable, len(live) - position)
                 state.done += 1
-                _look(race, store, state)
+                _look(race, store, state, drop=position + 1 == len(live))
                 if progress is not None:
                     progress(state)
                 left = race.time_left()
@@ -421,10 +423,10 @@ def _verdict(race: _Race, rows: Sequence[Row]) -> racing.Verdict | None:
     return racing.verdict(alive, _alpha(race))
 
 
-def _look(race: _Race, store: Store, state: RaceProgress) -> None:
-    """After a run: drop what a cheaper configuration now beats, and update the leader."""
+def _look(race: _Race, store: Store, state: RaceProgress, *, drop: bool) -> None:
+    """After a run: update the leader; at the end of a round, also drop what a cheaper configuration now beats."""
     rows = _rows(race, store)
-    if not race.request.exhaustive:
+    if drop and not race.request.exhaustive:
         for e in racing.eliminate(_contenders(rows), _alpha(race), tuple(race.eliminated)):
             race.eliminated[e.loser] = e
     verdict = _verdict(race, rows)
@@ -441,7 +443,7 @@ def _settled(race: _Race, store: Store) -> bool:
 
 
 def _rows(race: _Race, store: Store) -> list[Row]:
-    """Every configuration of the race as it stands in the store."""
+    """Every configuration of the race as it stands in the store (a run's rows are rebuilt only when it changed)."""
     rows = []
     for index, arm in enumerate(race.arms):
         ids = race.config_ids.get(index)
@@ -449,13 +451,18 @@ def _rows(race: _Race, store: Store) -> list[Row]:
             continue
         for budget in arm.budgets:
             config = store.config(ids[budget])
-            samples = store.samples(ids[budget])
-            for j in arm.votes:
-                result = results.summarize(config, samples, votes=j)
-                key = f"{result.config_id}:{j}"
-                status = _status(race, index, key, result)
-                scores = results.item_scores(samples, arm.k, j)
-                rows.append(_row(key, arm.ref, result, status, scores))
+            stamp = (store.sample_count(ids[budget]), str(config["status"]), index in race.failed)
+            cached = race.cache.get(ids[budget])
+            if cached is None or cached[0] != stamp:
+                samples = store.samples(ids[budget])
+                built = []
+                for j in arm.votes:
+                    result = results.summarize(config, samples, votes=j)
+                    built.append((result, results.item_scores(samples, arm.k, j)))
+                cached = race.cache[ids[budget]] = (stamp, built)
+            for result, scores in cached[1]:
+                key = f"{result.config_id}:{result.k}"
+                rows.append(_row(key, arm.ref, result, _status(race, index, key, result), scores))
     return rows
 
 
@@ -480,7 +487,7 @@ def _comparison(race: _Race, store: Store, stopped: str) -> Comparison:
     failures = tuple(race.failed.values())
     return build(rows, race.request.budget_bytes, race.task, alpha=_alpha(race), eliminated=race.eliminated,
                  failures=failures, time_s=time.time() - race.started, tokens=race.tokens, stopped=stopped,
-                 seconds_per_question=_seconds_per_question(race, store))  # fmt: skip
+                 seconds_per_question=_seconds_per_question(race, store), questions=race.n_questions)  # fmt: skip
 
 
 def _seconds_per_question(race: _Race, store: Store) -> dict[str, float]:
@@ -521,7 +528,7 @@ def pareto(points: Sequence[tuple[int, float]]) -> list[bool]:
 def build(
     rows_in: Sequence[Row], budget: int, task: str, *, alpha: float,
     eliminated: dict[str, racing.Elimination] | None = None, failures: Sequence[str] = (), time_s: float = 0.0,
-    tokens: int = 0, stopped: str = "", seconds_per_question: dict[str, float] | None = None,
+    tokens: int = 0, stopped: str = "", seconds_per_question: dict[str, float] | None = None, questions: int = 0,
 ) -> Comparison:  # fmt: skip
     """Rows in footprint order with bands and Pareto marks, the verdict and the recommendation in words."""
     gone = eliminated or {}
@@ -535,7 +542,7 @@ def build(
     alive = [r for r in rows if r.status != "failed" and r.scores and r.key not in gone and r.memory_bytes <= budget]
     verdict = racing.verdict(_contenders(alive), alpha)
     statements = _statements(rows, verdict, gone, alpha)
-    words = _recommend(rows, budget, verdict, statements, stopped, seconds_per_question or {})
+    words = _recommend(rows, budget, verdict, statements, stopped, seconds_per_question or {}, questions)
     return Comparison(
         budget, task, tuple(rows), tuple(words), tuple(failures), best=verdict.best if verdict else None,
         tied=verdict.tied if verdict else (), recommended=verdict.recommended if verdict else None,
@@ -592,17 +599,9 @@ def _describe(r: Row) -> str:
             f"n={res.n_done}), {format_bytes(r.memory_bytes)} {r.memory_source}")  # fmt: skip
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def _recommend(
     rows: Sequence[Row], budget: int, verdict: racing.Verdict | None, statements: Sequence[Statement], stopped: str,
-    seconds_per_question: dict[str, float],
+    seconds_per_question: dict[str, float], questions: int,
 ) -> list[str]:  # fmt: skip
     """The answer in words: the best, those tied with it, the recommendation and its margin, what the frontier
     says memory is best spent on (only with its paired interval), and why the race stopped."""
@@ -624,13 +623,13 @@ def _recommend(
                      f"{_points(margin)} ahead of it.")  # fmt: skip
     else:
         lines.append(f"Recommended: {chosen.label}.")
-    lines += _frontier_lines(statements, by_key, seconds_per_question)
+    lines += _frontier_lines(statements, by_key, seconds_per_question, questions)
     lines.append(_stop_line(stopped, rows))
     return lines
 
 
 def _frontier_lines(
-    statements: Sequence[Statement], by_key: dict[str, Row], seconds_per_question: dict[str, float]
+    statements: Sequence[Statement], by_key: dict[str, Row], seconds_per_question: dict[str, float], questions: int
 ) -> list[str]:
     """For each kind of change along the frontier, its best step per byte — said only with its paired interval."""
     best_step: dict[str, Statement] = {}
@@ -645,16 +644,18 @@ def _frontier_lines(
             best_step[s.about] = s
     lines = []
     for about, s in best_step.items():
-        extra = format_bytes(max(by_key[s.a].memory_bytes - by_key[s.b].memory_bytes, 0))
+        more_memory = format_bytes(max(by_key[s.a].memory_bytes - by_key[s.b].memory_bytes, 0))
         d = s.difference
         if d.low > 0:
-            lines.append(f"Memory is best spent on {about} here: {_points(d)} for {extra} more.")
+            lines.append(f"Memory is best spent on {about} here: {_points(d)} for {more_memory} more.")
             continue
         need = racing.questions_to_settle(d)
         per = seconds_per_question.get(s.a, 0.0) + seconds_per_question.get(s.b, 0.0)
-        more = f"; about {need - d.n} more questions (~{_duration((need - d.n) * per)}) would settle it" if (
-            need and per) else ""  # fmt: skip
-        lines.append(f"Cannot tell yet whether {about} pays: {_points(d)} for {extra} more{more}.")
+        if need is None or (questions and need > questions):
+            more = f"; even all {questions} questions of the task would likely not settle it" if questions else ""
+        else:
+            more = f"; about {need - d.n} more questions (~{format_duration((need - d.n) * per)}) would settle it"
+        lines.append(f"Cannot tell yet whether {about} pays: {_points(d)} for {more_memory} more{more}.")
     return lines
 
 

@@ -616,9 +616,7 @@ _Item = tuple[int, int, int, bool]  # (token, position, sequence, wants_logits)
 class _LadderRun:
     """The state of one ladder generation: the votes, their forks, and each rung's finished samples."""
 
-    def __init__(
-        self, ctx: Context, prompt: Sequence[int], k: int, rungs: list[int], forcing: Forcing | None
-    ) -> None:
+    def __init__(self, ctx: Context, prompt: Sequence[int], k: int, rungs: list[int], forcing: Forcing | None) -> None:
         self.ctx, self.prompt, self.k, self.rungs, self.forcing = ctx, prompt, k, rungs, forcing
         self.top = rungs[-1]
         self.live: list[_Sample] = []
@@ -696,9 +694,8 @@ class _LadderRun:
             self._record(seq.rung, seq, finish)
             return
         for b in self.rungs:
-            if b not in self.results or seq.vote not in self.results[b]:
-                if b == self.top or seq.generated < b:
-                    self._record(b, seq, finish)
+            if seq.vote not in self.results[b] and (b == self.top or seq.generated < b):
+                self._record(b, seq, finish)
 
     def _retire(self) -> None:
         """Drop finished sequences; a finished fork's cells and sequence id are freed for the next fork."""

@@ -104,36 +104,56 @@ def _grid(comparison: Comparison) -> list[str]:
 
 
 def _results(comparison: Comparison) -> list[str]:
-    header = ["band", "model", "KV", "budget", "k", "predicted", "measured", "maj@k (95% CI)", "avg@k", "decode tok/s",
-              "wall", "Pareto"]  # fmt: skip
+    header = ["band", "model", "KV", "budget", "k", "memory", "maj@k (95% CI, n)", "avg@k", "forced", "status",
+              "Pareto"]  # fmt: skip
+    tied = set(comparison.tied)
     rows = []
     for r in comparison.rows:
         res = r.result
-        measured = format_bytes(res.peak_rss_bytes) if res.peak_rss_bytes else "—"
         accuracy = f"{_pct(res.accuracy_maj)} ({_pct(res.ci95[0])}–{_pct(res.ci95[1])}, n={res.n_done})"
-        if res.status != "done":
+        if r.status == "failed":
             accuracy = f"{res.status}: {res.message or ''}"
+        status = "recommended" if r.key == comparison.recommended else ("tied with the best" if r.key in tied else (
+            f"dropped (behind {_short(comparison, r.eliminated_by)})" if r.eliminated_by else r.status))  # fmt: skip
         rows.append([
             r.band, r.model, f"{res.kv_type_k}/{res.kv_type_v}", str(res.budget_tokens), str(res.k),
-            format_bytes(res.predicted_bytes), measured, accuracy, _pct(res.accuracy_avg),
-            f"{res.decode_tokens_per_s:.1f}" if res.decode_tokens_per_s else "—",
-            f"{res.wall_s:.1f} s" if res.wall_s is not None else "—", "★" if r.pareto else "",
+            f"{format_bytes(r.memory_bytes)} {r.memory_source}", accuracy, _pct(res.accuracy_avg),
+            _pct(res.forced_share), status, "★" if r.pareto else "",
         ])  # fmt: skip
     return _table(header, rows)
 
 
+def _short(comparison: Comparison, key: str | None) -> str:
+    row = comparison.row(key)
+    return row.label if row else str(key)
+
+
+def _statements(comparison: Comparison) -> list[str]:
+    """The paired differences behind the recommendation, each with its simultaneous interval."""
+    rows = []
+    for s in comparison.statements:
+        d = s.difference
+        rows.append([_short(comparison, s.a), _short(comparison, s.b), s.about, f"{100 * d.mean:+.1f}",
+                     f"{100 * d.low:+.1f} to {100 * d.high:+.1f}", str(d.n),
+                     "yes" if d.decided else "no"])  # fmt: skip
+    return _table(["a", "b", "about", "a − b (points)", "interval", "n", "decided"], rows)
+
+
 def _speed(comparison: Comparison) -> list[str]:
     rows = []
+    seen = set()
     for r in comparison.rows:
         res = r.result
-        if res.status != "done":
+        if res.status == "failed" or res.config_id in seen:
             continue
-        rows.append([r.model, f"{res.kv_type_k}/{res.kv_type_v}", str(res.k),
+        seen.add(res.config_id)
+        rows.append([r.model, f"{res.kv_type_k}/{res.kv_type_v}", str(res.budget_tokens),
                      f"{res.prompt_tokens_per_s:.0f}" if res.prompt_tokens_per_s else "—",
                      f"{res.decode_tokens_per_s:.1f}" if res.decode_tokens_per_s else "—",
                      f"{1000 * res.ttft_s:.0f} ms" if res.ttft_s is not None else "—",
                      f"{res.load_s:.2f} s" if res.load_s is not None else "—"])  # fmt: skip
-    return _table(["model", "KV", "k", "prompt tok/s", "decode tok/s (all k)", "first token", "load"], rows)
+    return _table(["model", "KV", "budget", "prompt tok/s", "decode tok/s (all sequences)", "first token", "load"],
+                  rows)  # fmt: skip
 
 
 def plot(comparison: Comparison, path: Path) -> Path | None:
@@ -145,7 +165,7 @@ def plot(comparison: Comparison, path: Path) -> Path | None:
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter
 
-    done = [r for r in comparison.rows if r.result.status == "done"]
+    done = [r for r in comparison.rows if r.status != "failed" and r.result.n_done > 0]
     if not done:
         return None
     sizes = sorted({r.params for r in done})
@@ -156,8 +176,16 @@ def plot(comparison: Comparison, path: Path) -> Path | None:
     for r in done:
         colour = colours(sizes.index(r.params) / max(len(sizes) - 1, 1))
         size = 30 + 90 * budgets.index(r.result.budget_tokens) / max(len(budgets) - 1, 1)
-        ax.scatter(r.memory_bytes / 1e9, 100 * r.result.accuracy_maj, s=size, color=colour,
-                   marker=markers.get(r.bits, "o"), alpha=0.8, edgecolors="black", linewidths=0.4)  # fmt: skip
+        accuracy, (low, high) = 100 * r.result.accuracy_maj, r.result.ci95
+        faded = 0.25 if r.status == "eliminated" else 0.8
+        ax.errorbar(r.memory_bytes / 1e9, accuracy, yerr=[[accuracy - 100 * low], [100 * high - accuracy]],
+                    color=colour, alpha=faded * 0.6, linewidth=0.8, capsize=2, zorder=1)  # fmt: skip
+        ax.scatter(r.memory_bytes / 1e9, accuracy, s=size, color=colour, marker=markers.get(r.bits, "o"), alpha=faded,
+                   edgecolors="black", linewidths=0.4, zorder=2)  # fmt: skip
+    tied = [r for r in done if r.key in comparison.tied]
+    if tied:
+        ax.scatter([r.memory_bytes / 1e9 for r in tied], [100 * r.result.accuracy_maj for r in tied], s=260,
+                   facecolors="none", edgecolors="darkorange", linewidths=1.4, zorder=3)  # fmt: skip
     frontier = [r for r in done if r.pareto]
     if frontier:
         xs = [r.memory_bytes / 1e9 for r in frontier]
@@ -181,6 +209,9 @@ def plot(comparison: Comparison, path: Path) -> Path | None:
                 for b in sorted({r.bits for r in done}, reverse=True)]  # fmt: skip
     if frontier:
         handles.append(Line2D([], [], color="crimson", label="Pareto frontier"))
+    if tied:
+        handles.append(Line2D([], [], color="darkorange", marker="o", markerfacecolor="none", linestyle="",
+                              label="tied with the best"))  # fmt: skip
     ax.legend(handles=handles, fontsize=8, loc="best", title="marker size: token budget", title_fontsize=8)
     fig.tight_layout()
     fig.savefig(path, format="png", metadata={"Software": None})
@@ -192,13 +223,20 @@ def render(store: Store, comparison: Comparison, plot_file: str | None) -> str:
     """The report's markdown text."""
     provenance, date = _provenance(store, comparison)
     lines = [f"# edgeval report: {comparison.task}" + (f" within {comparison.budget_bytes / 1e9:g} GB" if comparison.budget_bytes else ""),
-             "", f"Results as of {date}, from {len(comparison.rows)} stored configurations. Every figure below was "
-             "measured on the machine named here; memory is the peak resident set of each configuration's own "
-             "process, beside edgeval's prediction.", "", "## Provenance", "", *provenance, "", "## Grid", "",
-             *_grid(comparison), "", "## Results at equal footprint", "",
-             "Rows are grouped into footprint bands; ★ marks the Pareto frontier (no other row is both smaller and "
-             "more accurate).", "", *_results(comparison), "", "## Recommendation", ""]  # fmt: skip
+             "", f"Results as of {date}, from {len(comparison.rows)} configurations. Every figure below was "
+             "measured on the machine named here. Memory is `measured` (the peak resident set of the configuration's "
+             "own run), `calibrated` (the prediction for this budget and vote count, corrected by how far the run "
+             "that produced its samples was from its own prediction) or `predicted`.", "", "## Provenance", "",
+             *provenance, "", "## Grid", "", *_grid(comparison), "", "## Recommendation", ""]  # fmt: skip
     lines += [f"- {line}" for line in comparison.recommendation]
+    lines += ["", "## Results at equal footprint", "",
+              "Rows are grouped into footprint bands; ★ marks the Pareto frontier of the point estimates (no other "
+              "row is both smaller and more accurate); n is the questions each configuration answered.", "",
+              *_results(comparison), "", "## Paired comparisons", "",
+              f"Every configuration answered the same questions in the same order with the same seeds, so each "
+              f"statement is a paired difference over the questions both answered. Its interval is an anytime-valid "
+              f"confidence sequence taken at {comparison.alpha:.2g}, so that all of them hold together with 95% "
+              "probability, however often the race looked (see the README).", "", *_statements(comparison)]  # fmt: skip
     frontier = comparison.frontier
     lines += ["", "## Pareto frontier", ""]
     lines += [f"{i}. {r.model}, KV {r.result.kv_type_k}/{r.result.kv_type_v}, budget {r.result.budget_tokens}, "
@@ -206,8 +244,8 @@ def render(store: Store, comparison: Comparison, plot_file: str | None) -> str:
               for i, r in enumerate(frontier, start=1)] or ["(no finished configuration)"]  # fmt: skip
     if plot_file:
         lines += ["", "## Memory against accuracy", "", f"![{comparison.task}: accuracy against memory]({plot_file})",
-                  "", "Colour: model size; marker: weight precision; marker size: token budget; "
-                  "memory on a log scale."]  # fmt: skip
+                  "", "Colour: model size; marker: weight precision; marker size: token budget; bars: 95% interval "
+                  "of each accuracy; orange rings: tied with the best; faded: dropped; memory on a log scale."]  # fmt: skip
     lines += ["", "## Speed", "", *_speed(comparison), ""]
     return "\n".join(lines)
 

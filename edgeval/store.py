@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -264,7 +264,7 @@ class Store:
              t["ttft_s"]),
         )  # fmt: skip
 
-    def add_items(self, samples: dict[int, Sequence[SampleRow]], timing: ItemTiming) -> None:
+    def add_items(self, samples: Mapping[int, Sequence[SampleRow]], timing: ItemTiming) -> None:
         """Store one question answered for several configurations at once (the rungs of a budget ladder), in one
         transaction: a killed run keeps every rung of a question or none."""
         with self.transaction() as db:
@@ -283,6 +283,10 @@ class Store:
             (config_id, k),
         )
         return {int(r[0]) for r in rows}
+
+    def sample_count(self, config_id: int) -> int:
+        """How many samples a configuration has stored."""
+        return int(self.db.execute("SELECT COUNT(*) FROM samples WHERE config_id = ?", (config_id,)).fetchone()[0])
 
     def samples(self, config_id: int) -> list[SampleRow]:
         """Every stored sample of a configuration, by item then sample."""

@@ -15,7 +15,7 @@ import platform
 import queue
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,7 +186,9 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
     for budget in spec.rungs:
         # What a separate run at this budget with j ≤ k votes would take (the rung's memory is that, calibrated by
         # what this run measures).
-        by_votes = {j: footprint(max(lengths) + j * (budget + answer_cells), j).total_bytes for j in range(1, spec.k + 1)}
+        by_votes = {
+            j: footprint(max(lengths) + j * (budget + answer_cells), j).total_bytes for j in range(1, spec.k + 1)
+        }
         fields: dict[str, object] = {
             "run_id": run_id, "model": spec.model_label, "model_path": str(spec.model_path), "model_sha256": model_sha,
             "weight_quant": _quant_name(header), "params": header.n_params, "task": task.name,
@@ -289,12 +291,13 @@ def _answer(
         prompt, k=spec.k, budgets=spec.rungs, sampling=spec.effective_sampling,
         seeds=item_seeds(spec.seed, item.id, spec.k), forcing=forcing,
     )  # fmt: skip
-    rows: dict[int, list[SampleRow]] = {}
+    rows: dict[int, Sequence[SampleRow]] = {}
     for budget, out in ladder.items():
-        rows[config_ids[budget]] = []
+        rung: list[SampleRow] = []
+        rows[config_ids[budget]] = rung
         for j in range(spec.k):
             answer = grading.extract(out.texts[j], task.kind)
-            rows[config_ids[budget]].append(
+            rung.append(
                 SampleRow(index, item.id, j, item.answer, out.texts[j], answer,
                           grading.is_correct(answer, item.answer, task.kind), out.generated[j], out.forced[j],
                           out.finish[j], out.prompt_tokens)
@@ -399,7 +402,7 @@ def execute_ladder(
     wall = time.perf_counter() - started
     prompt_tps, decode_tps, ttft = results.speed(store.timings(prepared.config_id))
     unfinished = _pending(prepared, store)
-    for budget, config_id in ids.items():
+    for config_id in ids.values():
         row = store.config(config_id)
         measured: dict[str, object] = {
             "peak_rss_bytes": max(row["peak_rss_bytes"] or 0, sampler.peak_bytes) or None,

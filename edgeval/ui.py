@@ -21,15 +21,14 @@ from rich.table import Table
 
 from edgeval import memory
 from edgeval.catalog import ModelRef
-from edgeval.compare import Comparison, Planned, Request
-from edgeval.compare import SweepProgress as CompareProgress
+from edgeval.compare import Arm, Comparison, RaceProgress, Request, Row
 from edgeval.doctor import MachineReport
 from edgeval.gguf_info import GGUFInfo
 from edgeval.hub import Progress
 from edgeval.plan import Config, Plan
 from edgeval.results import ConfigResult
 from edgeval.sweep import Progress as SweepProgress
-from edgeval.units import format_bytes
+from edgeval.units import format_bytes, format_duration
 
 console = Console()
 err_console = Console(stderr=True)
@@ -336,42 +335,53 @@ def render_run(result: ConfigResult) -> None:
 # ---------------------------------------------------------------- compare
 
 
-def planned_row(p: Planned) -> dict[str, object]:
-    """One configuration of a dry run, as JSON."""
-    return {**p.config.to_json(), "task": p.task, "estimated_s": round(p.estimated_s, 1)}
+def arm_row(arm: Arm, task: str, cached: bool) -> dict[str, object]:
+    """One run of a dry run, as JSON."""
+    return {"model": arm.ref.label, "task": task, "kv_type": arm.kv.value, "budgets": list(arm.budgets), "k": arm.k,
+            "votes": list(arm.votes), "configurations": arm.configurations, "file_bytes": arm.ref.file.size,
+            "cached": cached, "predicted_bytes": arm.predicted[(arm.budgets[-1], arm.votes[-1])],
+            "estimated_s_per_question": round(arm.estimated_s, 2)}  # fmt: skip
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def render_dry_run(request: Request, grids: list[list[Planned]]) -> None:
-    """The grid each task would run, its predicted memory and a rough time."""
-    for grid in grids:
-        if not grid:
+def render_dry_run(request: Request, plans: list[tuple[str, list[Arm], dict[str, bool]]]) -> None:
+    """The runs each task would make, what they answer, the download and a time plan."""
+    for task, arms, cached in plans:
+        if not arms:
             err_console.print(f"Nothing fits in {format_bytes(request.budget_bytes)}.")
             continue
-        table = Table(title=f"compare --dry-run: {grid[0].task}, {len(grid)} configurations within "
-                      f"{format_bytes(request.budget_bytes)}, {request.limit} questions each", title_justify="left")  # fmt: skip
-        for name in ("model", "KV", "ctx", "budget", "k", "predicted", "est. time"):
-            table.add_column(name, justify="left" if name in ("model", "KV") else "right", no_wrap=True)
-        for p in grid:
-            c = p.config
-            table.add_row(c.ref.label, c.kv_type_k.value, str(c.ctx), str(c.budget_tokens), str(c.k),
-                          format_bytes(c.footprint.total_bytes), _duration(p.estimated_s))  # fmt: skip
+        n_configs = sum(a.configurations for a in arms)
+        table = Table(title=f"compare --dry-run: {task}, {len(arms)} runs answering {n_configs} configurations "
+                      f"within {format_bytes(request.budget_bytes)}", title_justify="left")  # fmt: skip
+        for name in ("model", "KV", "budgets", "k", "votes", "pred.", "s/q"):
+            table.add_column(name, justify="left" if name in ("model", "KV", "budgets", "votes") else "right")
+        for a in arms:
+            table.add_row(a.ref.label + ("" if cached[a.ref.label] else " ↓"), a.kv.value,
+                          ",".join(str(b) for b in a.budgets), str(a.k), ",".join(str(j) for j in a.votes),
+                          format_bytes(a.predicted[(a.budgets[-1], a.votes[-1])]), f"{a.estimated_s:.0f}")  # fmt: skip
         console.print(table)
-        total = sum(p.estimated_s for p in grid)
-        console.print(f"Estimated time: about {_duration(total)} on a CPU (rough: assumes memory-bound decoding and "
-                      "samples using half their budget).")  # fmt: skip
+        files = {a.ref.label: a.ref.file.size or 0 for a in arms}
+        fetch = sum(size for label, size in files.items() if not cached[label])
+        have = sum(size for label, size in files.items() if cached[label])
+        console.print(f"Download: {format_bytes(fetch)} to fetch (↓), {format_bytes(have)} already cached.")
+        per_round = sum(a.estimated_s for a in arms)
+        if request.exhaustive:
+            limit = request.question_limit or 0
+            console.print(f"--exhaustive: every run on {limit} questions, about {format_duration(per_round * limit)} "
+                          "(rough: memory-bound decoding, samples using half their largest budget).")  # fmt: skip
+            continue
+        first = min(10, request.question_limit or 10)
+        budget = f"--time {format_duration(request.time_s)}" if request.time_s else "no time limit"
+        fit = int(request.time_s / per_round) if request.time_s and per_round > 0 else None
+        console.print(f"Time plan ({budget}): a question for every run takes about {format_duration(per_round)}; "
+                      f"the first round asks {first}, then ×3 for what is still in the race"
+                      + (f"; about {fit} questions each if nothing were dropped" if fit is not None else "")
+                      + " (rough: memory-bound decoding, samples using half their largest budget).")  # fmt: skip
 
 
 @contextmanager
-def compare_progress(*, quiet: bool = False) -> Iterator[Callable[[CompareProgress], None]]:
-    """Two bars on stderr: configurations done (with ETA) and the current one's questions."""
+def compare_progress(*, quiet: bool = False) -> Iterator[Callable[[RaceProgress], None]]:
+    """Two lines on stderr: the round (runs done, leader, configurations in the race, time left) and the current
+    run's questions."""
     if quiet:
         yield lambda state: None
         return
@@ -379,58 +389,76 @@ def compare_progress(*, quiet: bool = False) -> Iterator[Callable[[CompareProgre
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         console=err_console, transient=True, disable=not err_console.is_terminal,
     ) as bar:  # fmt: skip
-        sweep_id = bar.add_task("configurations", total=None, info="")
+        race_id = bar.add_task("round", total=None, info="")
         item_id = bar.add_task("questions", total=None, info="")
 
-        def update(state: CompareProgress) -> None:
-            eta = f"~{_duration(state.eta_s)} left" if state.eta_s else ""
-            bar.update(sweep_id, completed=state.done, total=state.total, info=eta)
+        def update(state: RaceProgress) -> None:
+            left = f", {format_duration(max(0.0, state.time_left_s))} left" if state.time_left_s is not None else ""
+            info = f"{state.in_race}/{state.configurations} in the race{left}; leader {state.leader or '—'}"
+            bar.update(race_id, description=f"round {state.round} ({state.questions} q)", completed=state.done,
+                       total=state.total or None, info=info)  # fmt: skip
             inner = state.inner
-            speed = f"{inner.tokens / inner.decode_s:.1f} tok/s" if inner.decode_s > 0 else ""
-            bar.update(item_id, description=state.current[:48], completed=inner.items_done,
+            speed = f"{inner.tokens / inner.decode_s:.0f} tok/s" if inner.decode_s > 0 else ""
+            bar.update(item_id, description=state.current[:40], completed=inner.items_done,
                        total=inner.items_total or None, info=speed)  # fmt: skip
 
         yield update
 
 
 def comparison_json(c: Comparison) -> dict[str, object]:
-    """A comparison as `compare --json` prints it: rows, frontier, recommendation."""
+    """A comparison as `compare --json` prints it: rows, the recommended row, the tied set, the paired
+    comparisons behind each statement, the recommendation, time and tokens."""
+    recommended = c.row(c.recommended)
     return {
         "task": c.task,
         "budget_bytes": c.budget_bytes,
         "rows": [r.to_json() for r in c.rows],
-        "frontier": [r.result.config_id for r in c.frontier],
+        "recommended": recommended.to_json() if recommended else None,
+        "tied": [r.to_json() for key in c.tied if (r := c.row(key)) is not None],
+        "comparisons": [s.to_json() for s in c.statements],
         "recommendation": list(c.recommendation),
+        "frontier": [r.key for r in c.frontier],
+        "alpha": c.alpha,
+        "stopped": c.stopped,
+        "time_s": round(c.time_s, 2),
+        "tokens_decoded": c.tokens_decoded,
         "failures": list(c.failures),
     }
 
 
+_MARKS = {"eliminated": "[dim]✗[/]", "failed": "[red]![/]", "running": "…", "done": ""}
+
+
+def _compare_cells(r: Row, tied: set[str], recommended: str | None) -> list[str]:
+    res = r.result
+    kv = res.kv_type_k if res.kv_type_k == res.kv_type_v else f"{res.kv_type_k}/{res.kv_type_v}"
+    if r.status == "failed":
+        accuracy = "[red]failed[/]"
+    else:
+        accuracy = f"{100 * res.accuracy_maj:.0f}% {100 * res.ci95[0]:.0f}–{100 * res.ci95[1]:.0f}"
+    mark = "[green]◆[/]" if r.key == recommended else ("=" if r.key in tied else _MARKS.get(r.status, ""))
+    source = {"measured": "", "calibrated": "~", "predicted": "?"}[r.memory_source]
+    return [r.model, kv, str(res.budget_tokens), str(res.k), format_bytes(r.memory_bytes) + source, accuracy,
+            str(res.n_done), mark + ("★" if r.pareto else "")]  # fmt: skip
+
+
 def render_compare(comparisons: list[Comparison]) -> None:
-    """Equal-footprint tables: bands of memory, the frontier starred, then the recommendation."""
+    """Equal-footprint tables (fits 80 columns): memory, accuracy with its interval and n, the recommended (◆),
+    those tied with the best (=), dropped (✗), the frontier (★); then the answer in words."""
     for c in comparisons:
-        table = Table(title=f"{c.task}: configurations within {format_bytes(c.budget_bytes)} (★ Pareto frontier)",
-                      title_justify="left")  # fmt: skip
-        for name in ("band", "model", "KV", "budget", "k", "pred.", "meas.", "maj@k (95% CI)", "avg", "tok/s",
-                     "wall", "★"):  # fmt: skip
-            table.add_column(name, justify="left" if name in ("band", "model", "KV", "maj@k (95% CI)") else "right",
-                             no_wrap=name != "maj@k (95% CI)")  # fmt: skip
-        last_band = None
+        table = Table(title=f"{c.task} within {format_bytes(c.budget_bytes)}: ◆ recommended, = tied with the best, "
+                      "✗ dropped, ★ frontier", title_justify="left")  # fmt: skip
+        for name in ("model", "KV", "budget", "k", "memory", "maj@k 95% CI", "n", ""):
+            table.add_column(name, justify="left" if name in ("model", "KV", "") else "right", no_wrap=True)
+        tied = set(c.tied)
         for r in c.rows:
-            res = r.result
-            if res.status == "done":
-                accuracy = f"{_pct(res.accuracy_maj)} ({_pct(res.ci95[0])}–{_pct(res.ci95[1])}, n={res.n_done})"
-            else:
-                accuracy = f"[red]{res.status}[/]"
-            table.add_row(
-                r.band if r.band != last_band else "", r.model, f"{res.kv_type_k}/{res.kv_type_v}",
-                str(res.budget_tokens), str(res.k), format_bytes(res.predicted_bytes),
-                format_bytes(res.peak_rss_bytes) if res.peak_rss_bytes else "—", accuracy, _pct(res.accuracy_avg),
-                f"{res.decode_tokens_per_s:.0f}" if res.decode_tokens_per_s else "—",
-                f"{res.wall_s:.0f}s" if res.wall_s is not None else "—", "[yellow]★[/]" if r.pareto else "",
-            )  # fmt: skip
-            last_band = r.band
+            table.add_row(*_compare_cells(r, tied, c.recommended), style="dim" if r.status == "eliminated" else None)
         console.print(table)
+        console.print("memory: measured peak RSS; ~ calibrated (predicted for this budget and k, corrected by the run "
+                      "that measured it); ? predicted", style="dim")  # fmt: skip
         for line in c.recommendation:
             console.print(f"• {line}")
+        console.print(f"[dim]{format_duration(c.time_s)}, {c.tokens_decoded:,} tokens decoded; intervals hold "
+                      f"together at 95% (each at {c.alpha:.2g})[/]")  # fmt: skip
         for failure in c.failures:
             err_console.print(f"[red]failed[/] {failure}")

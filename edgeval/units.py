@@ -62,3 +62,33 @@ def parse_tokens(text: str) -> int:
     if value < 1 or value != int(value):
         raise UnitError(f"'{text}' must be a whole, positive number of tokens")
     return int(value)
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """A wall time: `90s`, `30m`, `2h`, `1h30m`, `1.5h`; a bare number or unknown unit is refused."""
+    import re
+
+    cleaned = text.strip().lower().replace(" ", "")
+    parts = re.findall(r"(\d+(?:\.\d+)?)([a-z]+)", cleaned)
+    if not cleaned or "".join(n + u for n, u in parts) != cleaned:
+        raise UnitError(f"'{text}' is not a duration: use e.g. 90s, 30m, 2h or 1h30m")
+    total = 0.0
+    for number, unit in parts:
+        if unit not in _DURATION_UNITS:
+            raise UnitError(f"unknown unit '{unit}' in '{text}': use s, m or h")
+        total += float(number) * _DURATION_UNITS[unit]
+    if total <= 0:
+        raise UnitError(f"'{text}' must be a positive duration, e.g. 30m")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """`45 s`, `12 min`, `2.5 h`."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
