@@ -417,16 +417,16 @@ def _defaults(values: tuple[Any, ...]) -> str:
     multiple=True,
     help="Models (repeatable or comma-separated); default: 4- and 8-bit files of the two largest sizes that fit.",
 )
-@click.option("--kv", type=CommaList("KV,...", _kv), help="KV-cache types; default: f16,q8_0.")
+@click.option("--kv", type=CommaList("KV,...", _kv), help="KV-cache types; default: f16.")
 @click.option(
     "--budget-tokens",
     "budgets",
     type=CommaList("N,...", _tokens),
-    help="The token-budget ladder, answered by one generation per run; default: 1k,2k,4k,8k (capped to the model's "
+    help="The token-budget ladder, answered by one generation per run; default: 1k,2k,4k (capped to the model's "
     "context).",
 )
 @click.option("--k", "votes", type=CommaList("K,...", _count), help="Vote counts compared (k up to the largest, "
-              "generated once); default: 1,4,8.")  # fmt: skip
+              "generated once); default: 1,4.")  # fmt: skip
 @click.option("--time", "time_s", type=Duration(), help="Wall-time cap: 90s, 30m, 2h; default: 1h.")
 @click.option("--limit", type=click.IntRange(1), help="Questions per configuration at most (default: the whole task; "
               "10 with --exhaustive).")  # fmt: skip

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeval.compare import Comparison
 from edgeval.store import Store
 from edgeval.units import format_bytes
+from edgeval.verdict import Comparison
 
 
 @dataclass(frozen=True)

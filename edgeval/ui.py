@@ -21,7 +21,7 @@ from rich.table import Table
 
 from edgeval import memory
 from edgeval.catalog import ModelRef
-from edgeval.compare import Arm, Comparison, RaceProgress, Request, Row
+from edgeval.compare import FIRST_ROUND, ROUND_GROWTH, Arm, RaceProgress, Request
 from edgeval.doctor import MachineReport
 from edgeval.gguf_info import GGUFInfo
 from edgeval.hub import Progress
@@ -29,6 +29,7 @@ from edgeval.plan import Config, Plan
 from edgeval.results import ConfigResult
 from edgeval.sweep import Progress as SweepProgress
 from edgeval.units import format_bytes, format_duration
+from edgeval.verdict import Comparison, Row
 
 console = Console()
 err_console = Console(stderr=True)
@@ -369,13 +370,20 @@ def render_dry_run(request: Request, plans: list[tuple[str, list[Arm], dict[str,
             console.print(f"--exhaustive: every run on {limit} questions, about {format_duration(per_round * limit)} "
                           "(rough: memory-bound decoding, samples using half their largest budget).")  # fmt: skip
             continue
-        first = min(10, request.question_limit or 10)
+        first = min(FIRST_ROUND, request.question_limit or FIRST_ROUND)
         budget = f"--time {format_duration(request.time_s)}" if request.time_s else "no time limit"
         fit = int(request.time_s / per_round) if request.time_s and per_round > 0 else None
+        if fit is None:
+            reach = ""
+        elif fit >= 1:
+            reach = f"; about {fit} questions each if nothing were dropped"
+        else:
+            reach = ("; less than one question each fits: every run still answers one (the time is then exceeded), "
+                     "and the answer will say what more time would settle — --models, a shorter --budget-tokens "
+                     "or a GPU go further")  # fmt: skip
         console.print(f"Time plan ({budget}): a question for every run takes about {format_duration(per_round)}; "
-                      f"the first round asks {first}, then ×3 for what is still in the race"
-                      + (f"; about {fit} questions each if nothing were dropped" if fit is not None else "")
-                      + " (rough: memory-bound decoding, samples using half their largest budget).")  # fmt: skip
+                      f"the first round asks {first}, then ×{ROUND_GROWTH} for what is still in the race{reach} "
+                      "(rough: memory-bound decoding, samples using half their largest budget).")  # fmt: skip
 
 
 @contextmanager

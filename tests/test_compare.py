@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeval import compare, demo, memory, synth
+from edgeval import compare, demo, memory, synth, verdict
 from edgeval.catalog import Catalog
 from edgeval.cli import cli
 from edgeval.quants import KVType, WeightQuant
@@ -254,7 +254,7 @@ def test_an_interrupted_compare_resumes_at_the_configuration_and_question(
 
 @given(points=st.lists(st.tuples(st.integers(1, 20), st.sampled_from([0.0, 0.2, 0.5, 0.9])), min_size=1, max_size=12))
 def test_pareto_marks_match_brute_force(points: list[tuple[int, float]]) -> None:
-    marks = compare.pareto(points)
+    marks = verdict.pareto(points)
     for (m, a), mark in zip(points, marks, strict=True):
         better = [(m2, a2) for m2, a2 in points if m2 <= m and a2 >= a and (m2 < m or a2 > a)]
         assert mark is (not better)
