@@ -231,7 +231,7 @@ def _race(race: _Race, store: Store, progress: Callable[[RaceProgress], None] | 
             left = race.time_left()
             if left is not None and left <= 0:
                 return "time"
-            if asked >= race.n_questions:
+            if asked >= race.n_questions and _all_answered(race, store):
                 return "questions"
             asked = race.n_questions if race.request.exhaustive else _next_round(asked, race.n_questions)
             live = _live_arms(race, store)
@@ -258,6 +258,12 @@ def _race(race: _Race, store: Store, progress: Callable[[RaceProgress], None] | 
                 return "settled"
             if unreachable and not race.config_ids:
                 raise unreachable[0]  # nothing could run: the one-line error names the way out (edgeval demo)
+
+
+def _all_answered(race: _Race, store: Store) -> bool:
+    """Every configuration still in the race has answered every question within --limit."""
+    rows = [r for r in _rows(race, store) if r.status == "running" and _arm_of(race, r) not in race.failed]
+    return all(r.result.n_done >= race.n_questions for r in rows)
 
 
 def _next_round(asked: int, total: int) -> int:
