@@ -235,8 +235,9 @@ def render(store: Store, comparison: Comparison, plot_file: str | None) -> str:
               *_results(comparison), "", "## Paired comparisons", "",
               f"Every configuration answered the same questions in the same order with the same seeds, so each "
               f"statement is a paired difference over the questions both answered. Its interval is an anytime-valid "
-              f"confidence sequence taken at {comparison.alpha:.2g}, so that all of them hold together with 95% "
-              "probability, however often the race looked (see the README).", "", *_statements(comparison)]  # fmt: skip
+              f"confidence sequence taken at {comparison.alpha:.2g} (5% over the other configurations): the best is "
+              "wrongly dropped, or wrongly left out of the tied set, with probability at most 5%, however often the "
+              "race looked (see the README).", "", *_statements(comparison)]  # fmt: skip
     frontier = comparison.frontier
     lines += ["", "## Pareto frontier", ""]
     lines += [f"{i}. {r.model}, KV {r.result.kv_type_k}/{r.result.kv_type_v}, budget {r.result.budget_tokens}, "

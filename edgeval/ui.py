@@ -466,7 +466,7 @@ def render_compare(comparisons: list[Comparison]) -> None:
                       "that measured it); ? predicted", style="dim")  # fmt: skip
         for line in c.recommendation:
             console.print(f"• {line}")
-        console.print(f"[dim]{format_duration(c.time_s)}, {c.tokens_decoded:,} tokens decoded; intervals hold "
-                      f"together at 95% (each at {c.alpha:.2g})[/]")  # fmt: skip
+        console.print(f"[dim]{format_duration(c.time_s)}, {c.tokens_decoded:,} tokens decoded; paired intervals at "
+                      f"{c.alpha:.2g} each, anytime-valid: the best is wrongly dropped or left untied ≤ 5%[/]")  # fmt: skip
         for failure in c.failures:
             err_console.print(f"[red]failed[/] {failure}")
