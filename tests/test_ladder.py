@@ -33,7 +33,8 @@ def _prompts(model: engine.Model, n: int) -> list[list[int]]:
 def test_each_rung_equals_a_separate_run_at_its_budget(sampling: engine.Sampling) -> None:
     rungs = (4, 12, 24, 48)
     seeds = (11, 12, 13)
-    with engine.Model(demo.family_sources()[1]) as model:
+    # On the CPU: a GPU may pick other kernels for batches of another shape and flip a near-tie.
+    with engine.Model(demo.family_sources()[1], engine.LoadOptions(n_gpu_layers=0)) as model:
         forcing = _forcing(model)
         ladder_cells = engine.cells_needed(80, 3, max(rungs), forcing, n_rungs=len(rungs))
         options = engine.ContextOptions(n_ctx=ladder_cells, n_seq=engine.ladder_sequences(3, len(rungs), forcing))
