@@ -1,68 +1,115 @@
-"""Predicted footprint against measured peak RSS, each configuration in a fresh process.
+"""Predicted footprint against measured peak RSS, through `edgeval run`'s own path, repacking on and off.
 
-On a random-weight model with Qwen3-0.6B's exact shapes (built by edgeval.synth), CPU, repacking off: the child
-loads the model, creates the context, decodes a 256-token prompt and generates 16 tokens per sequence; the parent
-samples the child's RSS with psutil every 10 ms. (The kernel's ru_maxrss is no help here: on Linux a spawned
-child keeps the peak its forked parent had before exec.) Target: within 5%.
+Each cell is one `sweep.run` — the library call behind `edgeval run`: the parent predicts, spawns the worker,
+the worker loads the model as the product does (repacking on: read without mmap; off: mmapped) and answers one
+arith question, and the parent samples the worker's RSS (with its RssAnon and RssFile parts) every 10 ms.
+Models: random weights with Qwen3-0.6B's and Qwen3-1.7B's exact shapes (edgeval.synth), Q4_K_M, CPU.
 
-Run: python -m benchmarks.memory_prediction [--quant Q4_K_M] [--ctx 4096] [--k 1,8]
+Decoding a 4,096-token budget on this 2-core machine takes minutes per cell, and the resident memory does not
+depend on it: llama.cpp allocates the whole KV cache and clears it (writes every byte) when the context is made,
+and the compute buffer's touched part is set by the batch shapes, not the tokens decoded. So each cell runs with
+`--ctx` set to what budget B needs (prompt + B + forced answer per sample; k samples share the prompt: the same
+KV cells as a run with budget B) and a 16-token budget. `--check` verifies that claim by also running two cells
+with their full budgets and comparing the peaks.
+
+Run (each call a few minutes, under the shared CPU lock):
+    python -m benchmarks.memory_prediction --shape 0.6b --repack on  --out results.jsonl
+    python -m benchmarks.memory_prediction --table results.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
+import dataclasses
+import json
+import tempfile
 from pathlib import Path
 
-from edgeval import engine, gguf_info, memory, synth
+from edgeval import sweep, synth
 from edgeval.paths import cache_dir
 from edgeval.quants import KVType, WeightQuant
+from edgeval.store import Store
 
-PROMPT_TOKENS = 256
-GENERATED = 16
-
-
-def _child(path: str, n_ctx: int, k: int, kv: str) -> None:
-    import edgeval.sweep  # noqa: F401  (the same modules edgeval's worker process has loaded)
-
-    options = engine.ContextOptions(n_ctx=n_ctx, n_seq=k, type_k=KVType(kv), type_v=KVType(kv))
-    with engine.Model(Path(path)) as model, engine.Context(model, options) as ctx:
-        prompt = model.tokenize("<|im_start|>user\n" + " hello" * 400)[: PROMPT_TOKENS - 2]
-        prompt += model.tokenize("<|im_end|><|im_start|>")
-        ctx.generate(prompt, k=k, max_tokens=GENERATED, seeds=list(range(k)))
+MIB = 1 << 20
+DECODED = 16  # tokens each sample writes before its answer is forced (the run's --budget-tokens)
+BUDGETS = {1: (128, 1024, 4096), 8: (128, 512, 4096)}
+KV = (KVType.F16, KVType.Q8_0, KVType.Q4_0)
+CHECKS = ((1, 1024), (8, 512))  # (k, budget) run with the full budget too, f16
 
 
-def measure(path: Path, n_ctx: int, k: int, kv: KVType) -> int:
-    """Peak RSS of a fresh process running the configuration, sampled from outside."""
-    child = multiprocessing.get_context("spawn").Process(target=_child, args=(str(path), n_ctx, k, kv.value))
-    child.start()
-    with memory.PeakRSS(child.pid or 0) as sampler:
-        child.join()
-    if child.exitcode != 0:
-        raise SystemExit(f"the child failed with exit code {child.exitcode}")
-    return sampler.peak_bytes
+def _spec(path: Path, k: int, kv: KVType, repack: bool, budget: int, ctx: int | None) -> sweep.RunSpec:
+    return sweep.RunSpec(
+        model_path=path, model_label=path.stem, task="arith", kv_type_k=kv, kv_type_v=kv, budget_tokens=budget,
+        ctx=ctx, k=k, limit=1, repack=repack,
+    )  # fmt: skip
+
+
+def measure(path: Path, store: Store, k: int, kv: KVType, repack: bool, budget: int, full: bool) -> dict[str, object]:
+    """One `edgeval run` of a cell: KV sized for `budget`; decoding 16 tokens per sample unless `full`."""
+    sized = _spec(path, k, kv, repack, budget, None)
+    spec = sized if full else dataclasses.replace(sized, budget_tokens=DECODED, ctx=sweep.sample_tokens(sized))
+    result = sweep.run(spec, store, command="benchmarks.memory_prediction")
+    if result.status != "done":
+        raise SystemExit(f"{path.name} k={k} {kv.value} budget {budget}: {result.status} ({result.message})")
+    row = store.config(result.config_id)
+    return {
+        "model": path.stem, "k": k, "kv": kv.value, "budget": budget, "repack": repack, "full": full,
+        "cells": row["kv_cells"], "predicted": result.predicted_bytes, "peak": result.peak_rss_bytes,
+        "anon": result.peak_rss_anon_bytes, "file": result.peak_rss_file_bytes,
+        "decode_tps": result.decode_tokens_per_s, "tokens": result.mean_tokens,
+    }  # fmt: skip
+
+
+def run_cells(shape: str, repack: bool, out: Path, check: bool) -> None:
+    """Every cell of one model shape and repacking setting, appended to `out` as JSON lines."""
+    path = synth.build(synth.QWEN3_SHAPES[shape], WeightQuant.Q4_K_M, cache_dir("models"), threads=2)
+    cells = [(k, kv, b, False) for k, budgets in BUDGETS.items() for kv in KV for b in budgets]
+    if check:
+        cells += [(k, KVType.F16, b, True) for k, b in CHECKS]
+    with tempfile.TemporaryDirectory() as tmp, out.open("a") as sink:
+        for i, (k, kv, budget, full) in enumerate(cells):
+            # A store per cell: --ctx is not part of a configuration's key, so one store would run a cell once.
+            with Store(Path(tmp) / f"cell-{i}.db") as store:
+                record = measure(path, store, k, kv, repack, budget, full)
+            sink.write(json.dumps(record) + "\n")
+            sink.flush()
+            print(_line(record), flush=True)
+
+
+def _line(r: dict[str, object]) -> str:
+    predicted, peak = int(r["predicted"]), int(r["peak"])  # type: ignore[call-overload]
+    anon = f"{int(r['anon']) / MIB:.1f}" if r["anon"] is not None else "—"  # type: ignore[call-overload]
+    file = f"{int(r['file']) / MIB:.1f}" if r["file"] is not None else "—"  # type: ignore[call-overload]
+    size = str(r["model"]).removeprefix("qwen3-").split("-")[0].upper()
+    decoded = "full budget" if r["full"] else f"{DECODED} + answer"
+    return (
+        f"| {size} | {'on' if r['repack'] else 'off'} | {r['k']} | {r['kv']} | {r['budget']} | {r['cells']} | "
+        f"{decoded} | {predicted / MIB:.1f} | {peak / MIB:.1f} | {anon} | {file} | {(predicted - peak) / peak:+.1%} |"
+    )
+
+
+def table(path: Path) -> None:
+    """Print the markdown table of every recorded cell."""
+    print("| model | repack | k | KV | budget | KV cells | decoded per sample | predicted MiB | peak RSS MiB |"
+          " RssAnon MiB | RssFile MiB | error |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for line in path.read_text().splitlines():
+        print(_line(json.loads(line)))
 
 
 def main() -> None:
-    """Print a table: configuration, predicted total, measured peak, error."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quant", default="Q4_K_M")
-    parser.add_argument("--ctx", type=int, default=4096)
-    parser.add_argument("--k", default="1,8")
-    parser.add_argument("--kv", default="f16")
+    """Measure one shape × repacking setting, or print the table of what was measured."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--shape", choices=sorted(synth.QWEN3_SHAPES), default="0.6b")
+    parser.add_argument("--repack", choices=("on", "off"), default="on")
+    parser.add_argument("--check", action="store_true", help="also run two cells with their full budget")
+    parser.add_argument("--out", type=Path, default=Path("memory_prediction.jsonl"))
+    parser.add_argument("--table", type=Path, help="print the table of a results file and exit")
     args = parser.parse_args()
-    path = synth.build(synth.QWEN3_SHAPES["0.6b"], WeightQuant(args.quant), cache_dir("models"), threads=2)
-    info = gguf_info.read_local(path)
-    kv = KVType(args.kv)
-    mib = 1 << 20
-    print(f"model: {path.name} ({info.weight_bytes / mib:.1f} MiB of tensors), KV {kv.value}, CPU, 2 threads")
-    print(f"{'k':>3} {'ctx':>6} {'predicted MiB':>14} {'peak RSS MiB':>13} {'error':>7}")
-    for k in (int(x) for x in args.k.split(",")):
-        setting = memory.Setting(n_ctx=args.ctx, n_seq=k, type_k=kv, type_v=kv, prompt_tokens=PROMPT_TOKENS)
-        predicted = memory.predict(info.architecture(), info.weight_bytes, setting).total_bytes
-        measured = measure(path, args.ctx, k, kv)
-        error = (predicted - measured) / measured
-        print(f"{k:>3} {args.ctx:>6} {predicted / mib:>14.1f} {measured / mib:>13.1f} {error:>+7.1%}")
+    if args.table:
+        table(args.table)
+        return
+    run_cells(args.shape, args.repack == "on", args.out, args.check)
 
 
 if __name__ == "__main__":

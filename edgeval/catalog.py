@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -14,7 +14,7 @@ from gguf import LlamaFileType
 
 from edgeval.errors import EdgevalError
 from edgeval.gguf_info import GGUFInfo, read_local
-from edgeval.memory import Architecture
+from edgeval.memory import Architecture, Repack, RepackRule
 from edgeval.paths import edgeval_home
 from edgeval.quants import WeightQuant
 
@@ -112,6 +112,17 @@ class ModelRef:
             return self.header.embd_bytes
         share = self.model.arch.n_vocab * self.model.arch.n_embd / max(self.model.params, 1)
         return int(self.weight_bytes * share)
+
+    def repack(self, types: Mapping[str, tuple[RepackRule, ...]]) -> Repack:
+        """What llama.cpp repacks of this file (`types`: `memory.repacked_types`): exact from a read header; from
+        the catalog, the tied output copy by the quantizer's rule and, as an upper bound, every matrix weight
+        beside the embeddings when the file's main type repacks (layout overheads of a few % left out)."""
+        if self.header is not None:
+            return self.header.repack(types)
+        quant = self.file.quant
+        copy = self.embd_bytes if self.model.arch.tied_embeddings and quant.tied_output_type in types else 0
+        matrices = self.weight_bytes - self.embd_bytes if quant.main_tensor_type in types else 0
+        return Repack(repacked_bytes=matrices + copy, source_bytes=matrices, copy_bytes=copy)
 
 
 def _quant(value: object, where: str) -> WeightQuant:

@@ -219,6 +219,12 @@ def inspect(ref: str, catalogs: tuple[Path, ...], as_json: bool) -> None:
     show_default=True,
     help="Layers offloaded to a GPU (-1: all); splits the footprint into host and device.",
 )
+@click.option(
+    "--repack/--no-repack",
+    default=None,
+    help="Predict for llama.cpp weight repacking on or off (default: as `run` will load, from the doctor probe's "
+    "remembered verdict; on if never probed).",
+)
 @click.option("--all", "show_all", is_flag=True, help="List every fitting configuration, not the top of each band.")
 @catalog_option
 @json_option
@@ -230,6 +236,7 @@ def plan(
     votes: tuple[int, ...],
     prompt_tokens: int,
     gpu_layers: int,
+    repack: bool | None,
     show_all: bool,
     catalogs: tuple[Path, ...],
     as_json: bool,
@@ -245,7 +252,11 @@ def plan(
     book = catalog.Catalog.load(catalogs)
     names = [n.strip() for ref in model_refs for n in ref.split(",") if n.strip()]
     refs = book.resolve_all(names) if names else book.everything()
-    axes = planner.Axes(kv=kv, ctx=ctx, k=votes, prompt_tokens=prompt_tokens, gpu_layers=gpu_layers)
+    repacking, types = planner.repack_setting(repack)
+    axes = planner.Axes(
+        kv=kv, ctx=ctx, k=votes, prompt_tokens=prompt_tokens, gpu_layers=gpu_layers, repack=repacking,
+        repack_types=types,
+    )  # fmt: skip
     result = planner.plan(refs, axes, budget)
     if as_json:
         click.echo(json.dumps([c.to_json() for c in result.fits], indent=2))

@@ -104,8 +104,9 @@ def arms(request: Request, task: str, catalog: Catalog | None = None) -> list[Ar
     book = catalog or Catalog.load(request.catalogs)
     refs = book.resolve_all(request.models) if request.models else default_refs(book, request)
     votes = tuple(sorted(set(request.votes)))
+    repacking, types = plan.repack_setting(request.repack)
     axes = plan.Axes(kv=request.kv, ctx=tuple(request.prompt_tokens + b for b in request.budgets), k=votes,
-                     prompt_tokens=request.prompt_tokens)  # fmt: skip
+                     prompt_tokens=request.prompt_tokens, repack=repacking, repack_types=types)  # fmt: skip
     fitting: dict[tuple[str, KVType], dict[int, dict[int, int]]] = {}
     refs_by_label = {r.label: r for r in refs}
     for c in plan.configurations(refs, axes):
@@ -129,8 +130,9 @@ def arms(request: Request, task: str, catalog: Catalog | None = None) -> list[Ar
 def default_refs(book: Catalog, request: Request) -> list[ModelRef]:
     """The default models: 4- and 8-bit files of the largest sizes whose 4-bit file fits with room to think."""
     candidates = [r for r in book.everything() if r.file.quant in DEFAULT_QUANTS]
+    repacking, types = plan.repack_setting(request.repack)
     smallest_run = plan.Axes(kv=(KVType.Q8_0,), ctx=(request.prompt_tokens + min(request.budgets),), k=(1,),
-                             prompt_tokens=request.prompt_tokens)  # fmt: skip
+                             prompt_tokens=request.prompt_tokens, repack=repacking, repack_types=types)  # fmt: skip
     fits = {c.ref.label for c in plan.configurations(candidates, smallest_run)
             if c.footprint.total_bytes <= request.budget_bytes}  # fmt: skip
     sizes = sorted({r.model.params for r in candidates if r.label in fits}, reverse=True)[:DEFAULT_SIZES]

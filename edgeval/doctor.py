@@ -225,15 +225,28 @@ def _probe_key() -> str:
     return f"{engine.build_version()}|{engine.LLAMA_CPP_PYTHON_VERSION}|{cpu_model()}|{' '.join(cpu_features())}"
 
 
-def repack_default() -> bool:
-    """Whether to load with weight repacking: what the probe found for this llama.cpp build and CPU (probed once)."""
+def repack_cached() -> bool | None:
+    """The probe's remembered verdict for this llama.cpp build and CPU, without probing (None: never probed)."""
     try:
         cached = json.loads(_probe_cache().read_text())
         if cached.get("key") == _probe_key():
             return bool(cached["works"])
     except (OSError, ValueError, KeyError):
         pass
-    return bool(_remember(probe_repack()).works)
+    return None
+
+
+def repack_default() -> bool:
+    """Whether to load with weight repacking: what the probe found for this llama.cpp build and CPU (probed once)."""
+    cached = repack_cached()
+    return bool(_remember(probe_repack()).works) if cached is None else cached
+
+
+def repack_expected() -> bool:
+    """Whether a run will repack, for predictions made before any run (`plan`): the remembered verdict, else on
+    (the probe passes on the CPUs seen so far; a plan must not wait for it)."""
+    cached = repack_cached()
+    return True if cached is None else cached
 
 
 def _remember(result: RepackProbe) -> RepackProbe:

@@ -19,6 +19,7 @@ from typing import IO, Any
 
 import llama_cpp
 
+from edgeval import memory
 from edgeval.errors import ConfigurationError, LlamaError, ModelFileError, QuantizeError
 from edgeval.quants import KVType, WeightQuant
 
@@ -106,6 +107,11 @@ def captured_log() -> Iterator[list[str]]:
 def system_info() -> str:
     """llama.cpp's own summary of the CPU features and backends this build uses."""
     return bytes(llama_cpp.llama_print_system_info()).decode("utf-8", errors="replace").strip()
+
+
+def repacked_types() -> dict[str, tuple[memory.RepackRule, ...]]:
+    """The tensor types this build repacks on this CPU (with the row multiple each needs), from its system info."""
+    return memory.repacked_types(memory.system_info_features(system_info()))
 
 
 def supports_gpu_offload() -> bool:
@@ -241,8 +247,13 @@ class LoadOptions:
 
     n_gpu_layers: int | None = None  # None: all layers on a GPU build, 0 on a CPU-only build
     repack: bool = False  # llama.cpp's weight repacking ("extra buffer types"; AMX, AVX-512 and ARM paths)
-    use_mmap: bool = True
+    use_mmap: bool | None = None  # None: off when repacking, else on (memory.mmap_for says why)
     vocab_only: bool = False
+
+    @property
+    def mmap(self) -> bool:
+        """Whether the file is memory-mapped."""
+        return memory.mmap_for(self.repack) if self.use_mmap is None else self.use_mmap
 
     def gpu_layers(self) -> int:
         """The resolved number of layers to offload (-1 means all)."""
@@ -261,7 +272,7 @@ class Model:
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = options.gpu_layers()
         params.use_extra_bufts = options.repack
-        params.use_mmap = options.use_mmap
+        params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if options.mmap else llama_cpp.LLAMA_LOAD_MODE_NONE
         params.vocab_only = options.vocab_only
         start = LOG.mark()
         t0 = time.perf_counter()

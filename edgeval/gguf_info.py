@@ -8,14 +8,14 @@ takes the format's constants (value types, tensor block sizes) from the gguf pac
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from edgeval.errors import ModelFileError
-from edgeval.memory import Architecture
+from edgeval.memory import Architecture, Repack, RepackRule
 
 # A function returning up to n bytes at an offset (fewer only at the end of the file).
 ReadAt = Callable[[int, int], bytes]
@@ -117,6 +117,31 @@ class GGUFInfo:
     def embd_bytes(self) -> int:
         """Bytes of the token embedding matrix."""
         return sum(t.n_bytes for t in self.tensors if t.name == "token_embd.weight")
+
+    def repack(self, types: Mapping[str, tuple[RepackRule, ...]]) -> Repack:
+        """What llama.cpp's CPU backend repacks of this model, given its rules per type (`memory.repacked_types`).
+
+        The matrix-product weights are the 2-D tensors other than the token embeddings (looked up by row, never
+        repacked); each takes the first rule its shape fits. With tied embeddings the output projection is the
+        token-embedding tensor used for a product: when it repacks, that is a copy beside the plain embeddings.
+        """
+
+        def repacked(t: TensorInfo) -> int | None:
+            block = GGML_QUANT_SIZES[t.ggml_type][0]
+            for rule in types.get(t.ggml_type.name, ()):
+                if len(t.shape) == 2 and t.shape[1] % rule.rows == 0 and t.shape[0] % rule.cols == 0:
+                    return t.n_bytes + t.n_elements // block * rule.extra_per_block
+            return None
+
+        sizes = [(t, repacked(t)) for t in self.tensors if t.name != "token_embd.weight"]
+        moved = [(t.n_bytes, size) for t, size in sizes if size is not None]
+        embd = next((t for t in self.tensors if t.name == "token_embd.weight"), None)
+        copy = repacked(embd) if self.tied_embeddings and embd is not None else None
+        return Repack(
+            repacked_bytes=sum(size for _, size in moved) + (copy or 0),
+            source_bytes=sum(n for n, _ in moved),
+            copy_bytes=copy or 0,
+        )
 
     def architecture(self) -> Architecture:
         """The numbers the memory model needs."""

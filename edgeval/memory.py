@@ -1,6 +1,6 @@
 """The memory equation (pure functions) and the parser of what llama.cpp reports about its own buffers.
 
-footprint = weights (exact tensor bytes)
+footprint = weights (exact tensor bytes, plus any copy weight repacking adds)
           + KV cache (cells × layers × KV heads × head dim × bytes per element, K and V types apart)
           + output buffer (logits for every sequence)
           + compute buffer (the graph of one micro-batch, an envelope fitted on llama.cpp's graphs)
@@ -15,6 +15,7 @@ import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from edgeval.quants import KVType
@@ -69,6 +70,7 @@ class Footprint:
     overhead_bytes: int
     kv_cells: int
     device_bytes: int = 0
+    repack_bytes: int = 0  # of weight_bytes, what sits in llama.cpp's extra buffers (AMX, CPU_REPACK)
 
     @property
     def other_bytes(self) -> int:
@@ -160,6 +162,125 @@ def overhead_bytes(arch: Architecture, n_seq: int = 1) -> int:
     )
 
 
+# ---------------------------------------------------------------- weight repacking
+
+
+@dataclass(frozen=True)
+class RepackRule:
+    """Where llama.cpp's CPU backend moves a weight of one type, and what that costs.
+
+    A 2-D matrix-product weight goes to `buffer` when its row count (ne1) is a multiple of `rows` and its row
+    length (ne0) a multiple of `cols`; there it takes its own bytes plus `extra_per_block` per quant block.
+    """
+
+    buffer: str  # "AMX" or "CPU_REPACK", as llama.cpp names the extra buffer type
+    rows: int
+    cols: int = 1
+    extra_per_block: int = 0
+
+
+# llama.cpp's extra buffer types, in the order it tries them, by the CPU features the build was compiled for; read
+# from the llama.cpp that llama-cpp-python 0.3.36 vendors. AMX (ggml-cpu/amx: qtype_has_amx_kernels, supports_op,
+# get_row_size) comes first and stores K-quant and Q8_0 blocks with a few bytes of scales beside them; CPU_REPACK
+# (ggml-cpu/repack.cpp: ggml_repack_get_optimal_repack_type, first matching feature set wins) interleaves rows at
+# the same size. Feature names are llama.cpp's system-info names (`AVX2 = 1`); /proc/cpuinfo's are mapped.
+_AMX_RULES: dict[str, RepackRule] = {
+    "Q4_0": RepackRule("AMX", 32, 32),
+    "Q4_1": RepackRule("AMX", 32, 32),
+    "Q8_0": RepackRule("AMX", 32, 32, 4),
+    "Q4_K": RepackRule("AMX", 32, 256, 4),
+    "Q5_K": RepackRule("AMX", 32, 256, 4),
+    "Q6_K": RepackRule("AMX", 32, 256),
+    "IQ4_XS": RepackRule("AMX", 32, 256, 2),
+    "F16": RepackRule("AMX", 32, 16),  # accepted, stored as is
+}
+_REPACK_RULES: tuple[tuple[frozenset[str], str, int], ...] = (
+    (frozenset({"AVX2"}), "Q4_0", 8),
+    (frozenset({"AVX2"}), "Q4_K", 8),
+    (frozenset({"AVX2"}), "IQ4_NL", 8),
+    (frozenset({"AVX2"}), "MXFP4", 8),
+    (frozenset({"AVX512"}), "Q2_K", 8),
+    (frozenset({"SVE", "MATMUL_INT8"}), "Q4_0", 8),
+    (frozenset({"NEON", "MATMUL_INT8"}), "Q4_0", 4),
+    (frozenset({"NEON", "MATMUL_INT8"}), "Q4_K", 8),
+    (frozenset({"NEON", "MATMUL_INT8"}), "Q5_K", 8),
+    (frozenset({"NEON", "MATMUL_INT8"}), "Q6_K", 8),
+    (frozenset({"NEON", "MATMUL_INT8"}), "Q8_0", 4),
+    (frozenset({"NEON", "DOTPROD"}), "Q4_0", 4),
+    (frozenset({"NEON", "DOTPROD"}), "Q4_K", 8),
+    (frozenset({"NEON", "DOTPROD"}), "Q5_K", 8),
+    (frozenset({"NEON", "DOTPROD"}), "Q6_K", 8),
+    (frozenset({"NEON", "DOTPROD"}), "IQ4_NL", 4),
+    (frozenset({"NEON", "DOTPROD"}), "MXFP4", 4),
+    (frozenset({"NEON", "DOTPROD"}), "Q8_0", 4),
+)
+_FEATURE_ALIASES = {"AVX512F": "AVX512", "AMX_INT8": "AMX_INT8", "avx512_vnni": "AVX512_VNNI"}
+EXTRA_BUFFERS = frozenset({"AMX", "CPU_REPACK"})
+
+
+def repacked_types(features: Iterable[str]) -> dict[str, tuple[RepackRule, ...]]:
+    """For each tensor type llama.cpp repacks on a CPU with these features, its rules in the order tried.
+
+    `features` are names as llama.cpp's system info prints them (AVX2, AVX512, AVX512_VNNI, AMX_INT8, NEON,
+    DOTPROD, MATMUL_INT8, SVE; /proc/cpuinfo's AVX512F is accepted too). Empty when the build has no repacking.
+    """
+    have = {_FEATURE_ALIASES.get(f, f) for f in features}
+    if "REPACK_OFF" in have:
+        return {}
+    found: dict[str, list[RepackRule]] = {}
+    if {"AMX_INT8", "AVX512_VNNI"} <= have:
+        for ggml_type, rule in _AMX_RULES.items():
+            found[ggml_type] = [rule]
+    taken: set[str] = set()
+    for needs, ggml_type, rows in _REPACK_RULES:
+        if needs <= have and ggml_type not in taken:
+            taken.add(ggml_type)
+            found.setdefault(ggml_type, []).append(RepackRule("CPU_REPACK", rows))
+    return {t: tuple(rules) for t, rules in found.items()}
+
+
+def system_info_features(text: str) -> list[str]:
+    """The features llama.cpp's system info string turns on (`AVX2 = 1 | ...`); `REPACK = 0` becomes REPACK_OFF."""
+    on = [name for name, value in re.findall(r"(\w+) = (\d+)", text) if value != "0"]
+    if re.search(r"\bREPACK = 0\b", text):
+        on.append("REPACK_OFF")
+    return on
+
+
+@dataclass(frozen=True)
+class Repack:
+    """How a model's weights divide under repacking (CPU layers only).
+
+    `repacked_bytes`: what llama.cpp's extra buffers (AMX, CPU_REPACK) hold, in their own layouts;
+    `source_bytes`: the file bytes of those tensors; `copy_bytes`: the part of `repacked_bytes` that is an extra
+    copy — with tied embeddings whose type repacks, the
+    output projection is repacked beside the token embeddings, which stay plain for row lookups.
+    """
+
+    repacked_bytes: int = 0
+    source_bytes: int = 0
+    copy_bytes: int = 0
+
+
+def mmap_for(repack: bool) -> bool:
+    """Whether edgeval memory-maps the model file: not when repacking.
+
+    With the file mapped, llama.cpp copies each repacked tensor into its anonymous CPU_REPACK buffer but the
+    mapping's pages of that tensor stay resident (they lie between tensors still used from the mapping), so the
+    repacked weights would be held twice. Read without mmap, every weight is held once and decodes as fast.
+    """
+    return not repack
+
+
+def resident_weight_bytes(weight_bytes: int, repack: Repack | None, mmap: bool) -> int:
+    """Weight bytes resident on the host: each tensor once, plus what repacking adds."""
+    if repack is None:
+        return weight_bytes
+    if mmap:
+        return weight_bytes + repack.repacked_bytes  # the whole file mapped and touched, and the repacked copy
+    return weight_bytes - repack.source_bytes + repack.repacked_bytes
+
+
 @dataclass(frozen=True)
 class Setting:
     """What a context is created with (the memory-relevant part of a configuration)."""
@@ -171,16 +292,34 @@ class Setting:
     n_ubatch: int = 512
     prompt_tokens: int = 256  # the longest prompt decoded (sets how much of the compute buffer is touched)
     gpu_layers: int = 0  # layers offloaded (-1: all)
+    repack: bool = False  # llama.cpp's weight repacking (CPU layers)
+    mmap: bool | None = None  # None: as edgeval loads (`mmap_for(repack)`)
 
 
-def predict(arch: Architecture, weight_bytes: int, setting: Setting, *, embd_bytes: int = 0) -> Footprint:
+def _offloaded_share(arch: Architecture, gpu_layers: int) -> float:
+    if gpu_layers == 0:
+        return 0.0
+    return 1.0 if gpu_layers < 0 else min(gpu_layers, arch.n_layer) / arch.n_layer
+
+
+def predict(
+    arch: Architecture, weight_bytes: int, setting: Setting, *, embd_bytes: int = 0, repack: Repack = Repack()
+) -> Footprint:
     """The predicted peak footprint of a model with `weight_bytes` of tensors under `setting`.
 
-    On the CPU this is what becomes resident: all weights (touched by the first forward pass), the whole KV
-    cache (llama.cpp clears it when the context is made), and the touched part of the compute buffer. With
-    GPU offload, the offloaded layers' weights and KV cells and the whole reserved compute buffer go to the
-    device; the token embeddings (`embd_bytes`) stay on the host, as llama.cpp keeps its input layer there.
+    On the CPU this is what becomes resident: all weights (touched by the first forward pass) plus what
+    repacking adds (`repack`, used when `setting.repack`), the whole KV cache (llama.cpp clears it when the
+    context is made), and the touched part of the compute buffer. With GPU offload, the offloaded layers' weights
+    and KV cells and the whole reserved compute buffer go to the device; the token embeddings (`embd_bytes`) stay
+    on the host, as llama.cpp keeps its input layer there; repacking applies to the host's share.
     """
+    share = _offloaded_share(arch, setting.gpu_layers)
+    host = 1 - share
+    host_repack = Repack(
+        int(repack.repacked_bytes * host), int(repack.source_bytes * host), int(repack.copy_bytes * host)
+    )
+    mmap = mmap_for(setting.repack) if setting.mmap is None else setting.mmap
+    weights = resident_weight_bytes(weight_bytes, host_repack if setting.repack else None, mmap)
     cells = padded_cells(setting.n_ctx)
     k, v = kv_bytes(arch, cells, setting.type_k, setting.type_v)
     quantized = setting.type_k.quantized or setting.type_v.quantized
@@ -189,16 +328,16 @@ def predict(arch: Architecture, weight_bytes: int, setting: Setting, *, embd_byt
     else:
         compute = compute_reserved_bytes(arch, cells, setting.n_ubatch, setting.n_seq, quantized)
     footprint = Footprint(
-        weight_bytes=weight_bytes,
+        weight_bytes=weights,
         kv_bytes=k + v,
         output_bytes=output_bytes(arch, setting.n_seq),
         compute_bytes=compute,
         overhead_bytes=overhead_bytes(arch, setting.n_seq),
         kv_cells=cells,
+        repack_bytes=host_repack.repacked_bytes if setting.repack else 0,
     )
     if setting.gpu_layers == 0:
         return footprint
-    share = 1.0 if setting.gpu_layers < 0 else min(setting.gpu_layers, arch.n_layer) / arch.n_layer
     device = int((weight_bytes - embd_bytes) * share + (k + v) * share) + compute
     return dataclasses.replace(footprint, device_bytes=device)
 
@@ -210,16 +349,18 @@ def predict(arch: Architecture, weight_bytes: int, setting: Setting, *, embd_byt
 class Reported:
     """Buffer sizes llama.cpp printed in its log, in bytes (MiB figures with two decimals)."""
 
-    model_bytes: int
+    model_bytes: int  # every model buffer (CPU, CPU_Mapped, CPU_REPACK, devices)
     kv_bytes: int
     k_bytes: int
     v_bytes: int
     output_bytes: int
     compute_bytes: int
     kv_cells: int
+    repack_bytes: int = 0  # the extra model buffers, AMX and CPU_REPACK (part of model_bytes)
+    mapped_bytes: int = 0  # the CPU_Mapped model buffer: the span of the file mapped in place (part of model_bytes)
 
 
-_MODEL = re.compile(r"model buffer size =\s*([\d.]+) MiB")
+_MODEL = re.compile(r"(\S+) model buffer size =\s*([\d.]+) MiB")
 _KV = re.compile(
     r"llama_kv_cache: size =\s*([\d.]+) MiB \(\s*(\d+) cells"
     r".*K \(\w+\):\s*([\d.]+) MiB, V \(\w+\):\s*([\d.]+) MiB"
@@ -230,11 +371,13 @@ _COMPUTE = re.compile(r"^sched_reserve:\s+\S+ compute buffer size =\s*([\d.]+) M
 
 def parse_llama_log(lines: Iterable[str]) -> Reported:
     """Sum the buffers llama.cpp reports while loading a model and creating a context."""
-    model = kv = k = v = output = compute = 0.0
+    model = kv = k = v = output = compute = repack = mapped = 0.0
     cells = 0
     for line in lines:
         if m := _MODEL.search(line):
-            model += float(m.group(1))
+            model += float(m.group(2))
+            repack += float(m.group(2)) if m.group(1) in EXTRA_BUFFERS else 0.0
+            mapped += float(m.group(2)) if m.group(1) == "CPU_Mapped" else 0.0
         elif m := _KV.search(line):
             kv, cells, k, v = float(m.group(1)), int(m.group(2)), float(m.group(3)), float(m.group(4))
         elif m := _OUTPUT.search(line):
@@ -249,17 +392,50 @@ def parse_llama_log(lines: Iterable[str]) -> Reported:
         output_bytes=round(output * MIB),
         compute_bytes=round(compute * MIB),
         kv_cells=cells,
+        repack_bytes=round(repack * MIB),
+        mapped_bytes=round(mapped * MIB),
     )
 
 
 # ---------------------------------------------------------------- measurement
 
 
+@dataclass(frozen=True)
+class RSS:
+    """A process's resident memory: the total and, where the OS tells, its anonymous and file-backed parts."""
+
+    total: int
+    anon: int | None = None  # heap, llama.cpp's buffers, repacked weights: only swap can free them
+    file: int | None = None  # mapped files (a memory-mapped model, shared libraries): the kernel can drop them
+
+
+def _status_rss(pid: int) -> RSS | None:
+    """RSS from Linux's /proc/<pid>/status (VmRSS = RssAnon + RssFile + RssShmem, in kB); None elsewhere."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    fields = dict(re.findall(r"^(VmRSS|RssAnon|RssFile):\s+(\d+) kB", text, re.MULTILINE))
+    if "VmRSS" not in fields:
+        return RSS(0, 0, 0)  # a zombie: its memory is gone
+    kb = 1024
+    return RSS(int(fields["VmRSS"]) * kb, int(fields.get("RssAnon", 0)) * kb, int(fields.get("RssFile", 0)) * kb)
+
+
+def read_rss(process: Any) -> RSS:
+    """A psutil.Process's resident memory now: /proc/<pid>/status on Linux, psutil's figures elsewhere."""
+    status = _status_rss(process.pid)
+    if status is not None:
+        return status
+    info = process.memory_info()
+    return RSS(int(info.rss))
+
+
 class PeakRSS:
     """Samples a process's resident memory from outside, in a thread, and keeps the peak.
 
-    Use as a context manager around the child's lifetime; `peak_bytes` is the highest RSS seen (sampled every
-    `interval_s`; a child's own `ru_maxrss`, where available, is the kernel's exact figure to compare with).
+    Use as a context manager around the child's lifetime; `peak` is the sample with the highest RSS seen
+    (sampled every `interval_s`), with its anonymous and file-backed parts at that moment.
     """
 
     def __init__(self, pid: int, interval_s: float = 0.01) -> None:
@@ -267,22 +443,28 @@ class PeakRSS:
 
         self._process = psutil.Process(pid)
         self._interval = interval_s
-        self.peak_bytes = 0
+        self.peak = RSS(0)
         self.peak_vram_bytes: int | None = None
         self.samples = 0
         self._nvml = _nvml_handles()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    @property
+    def peak_bytes(self) -> int:
+        """The highest RSS seen."""
+        return self.peak.total
+
     def _run(self) -> None:
         import psutil
 
         while not self._stop.is_set():
             try:
-                rss = int(self._process.memory_info().rss)
+                rss = read_rss(self._process)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 return
-            self.peak_bytes = max(self.peak_bytes, rss)
+            if rss.total > self.peak.total:
+                self.peak = rss
             if self._nvml:
                 vram = _process_vram(self._nvml, self._process.pid)
                 self.peak_vram_bytes = max(self.peak_vram_bytes or 0, vram)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from edgeval.catalog import ModelRef
-from edgeval.memory import Footprint, Setting, cells_for, predict
+from edgeval.memory import Footprint, Repack, RepackRule, Setting, cells_for, predict
 from edgeval.quants import KVType
 
 # Defaults for each axis (documented in the README): the KV types the study compares, per-sample contexts from
@@ -27,6 +27,10 @@ class Axes:
     prompt_tokens: int = DEFAULT_PROMPT_TOKENS
     n_ubatch: int = 512
     gpu_layers: int = 0
+    repack: bool = False  # llama.cpp's weight repacking, as `edgeval run` would load
+    repack_types: Mapping[str, tuple[RepackRule, ...]] = field(
+        default_factory=dict
+    )  # what repacks on this CPU (memory.repacked_types)
 
 
 @dataclass(frozen=True)
@@ -91,12 +95,27 @@ class Plan:
         return dict(sorted(best.items(), reverse=True))
 
 
+def repack_setting(repack: bool | None) -> tuple[bool, Mapping[str, tuple[RepackRule, ...]]]:
+    """Whether a plan predicts for repacking, and the types this build repacks on this CPU: `repack` as given, or
+    as `edgeval run` will load (the probe's remembered verdict; never the probe itself)."""
+    if repack is None:
+        from edgeval import doctor
+
+        repack = doctor.repack_expected()
+    if not repack:
+        return False, {}
+    from edgeval import engine
+
+    return True, engine.repacked_types()
+
+
 def configurations(refs: Sequence[ModelRef], axes: Axes) -> list[Config]:
     """Every model × KV type × context × k on the grid that the model can run, with its footprint."""
     out = []
     for ref in refs:
         arch = ref.model.arch
         weights, embd = ref.weight_bytes, ref.embd_bytes
+        repack = ref.repack(axes.repack_types) if axes.repack else Repack()
         for kv in axes.kv:
             for ctx in axes.ctx:
                 if ctx > arch.n_ctx_train or ctx <= axes.prompt_tokens:
@@ -111,8 +130,9 @@ def configurations(refs: Sequence[ModelRef], axes: Axes) -> list[Config]:
                         n_ubatch=axes.n_ubatch,
                         prompt_tokens=axes.prompt_tokens,
                         gpu_layers=axes.gpu_layers,
+                        repack=axes.repack,
                     )
-                    footprint = predict(arch, weights, setting, embd_bytes=embd)
+                    footprint = predict(arch, weights, setting, embd_bytes=embd, repack=repack)
                     out.append(Config(ref, kv, kv, ctx, k, axes.prompt_tokens, footprint))
     return out
 

@@ -33,6 +33,17 @@ class WeightQuant(str, Enum):
         """Nominal precision class (16, 8, 6, 5, 4, 3 or 2 bits), the axis the study plots."""
         return _NOMINAL_BITS[self]
 
+    @property
+    def main_tensor_type(self) -> str:
+        """The GGML type most of the file's matrix weights have (mixes like Q4_K_M keep some at a higher type)."""
+        return _MAIN_TYPE.get(self, self.value)
+
+    @property
+    def tied_output_type(self) -> str:
+        """The GGML type llama.cpp's quantizer gives tied token embeddings (they are also the output projection):
+        Q6_K below 8 bits, Q8_0 at Q8_0, unchanged at 16/32 bits."""
+        return self.value if self.bits >= 8 else "Q6_K"
+
 
 _NOMINAL_BITS = {
     WeightQuant.F32: 32,
@@ -52,6 +63,16 @@ _NOMINAL_BITS = {
     WeightQuant.Q3_K_M: 3,
     WeightQuant.Q3_K_S: 3,
     WeightQuant.Q2_K: 2,
+}
+
+_MAIN_TYPE = {
+    WeightQuant.Q5_K_M: "Q5_K",
+    WeightQuant.Q5_K_S: "Q5_K",
+    WeightQuant.Q4_K_M: "Q4_K",
+    WeightQuant.Q4_K_S: "Q4_K",
+    WeightQuant.Q3_K_L: "Q3_K",
+    WeightQuant.Q3_K_M: "Q3_K",
+    WeightQuant.Q3_K_S: "Q3_K",
 }
 
 

@@ -34,6 +34,8 @@ class ConfigResult:
     forced_share: float
     mean_tokens: float
     peak_rss_bytes: int | None
+    peak_rss_anon_bytes: int | None  # the peak's anonymous part (Linux RssAnon)
+    peak_rss_file_bytes: int | None  # the peak's file-backed part (Linux RssFile: a mapped model, libraries)
     peak_vram_bytes: int | None
     predicted_bytes: int
     load_s: float | None
@@ -45,6 +47,7 @@ class ConfigResult:
     message: str | None
     memory_bytes: int = 0  # what this configuration takes: measured, calibrated or predicted (memory_source)
     memory_source: str = "predicted"
+    repack: bool | None = None  # whether the run loaded with weight repacking (None: not recorded)
 
     def to_json(self) -> dict[str, object]:
         """The `--json` object."""
@@ -130,6 +133,8 @@ def summarize(row: sqlite3.Row, samples: list[SampleRow], votes: int | None = No
         forced_share=sum(s.forced for s in flat) / len(flat) if flat else 0.0,
         mean_tokens=sum(s.tokens for s in flat) / len(flat) if flat else 0.0,
         peak_rss_bytes=row["peak_rss_bytes"] if source == "measured" else None,
+        peak_rss_anon_bytes=row["peak_rss_anon_bytes"] if source == "measured" else None,
+        peak_rss_file_bytes=row["peak_rss_file_bytes"] if source == "measured" else None,
         peak_vram_bytes=row["peak_vram_bytes"],
         predicted_bytes=int(by_votes.get(str(j), row["predicted_bytes"])),
         load_s=row["load_s"],
@@ -141,6 +146,7 @@ def summarize(row: sqlite3.Row, samples: list[SampleRow], votes: int | None = No
         message=row["message"],
         memory_bytes=memory_bytes,
         memory_source=source,
+        repack=None if row["repack"] is None else bool(row["repack"]),
     )
 
 

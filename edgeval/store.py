@@ -117,9 +117,21 @@ M2_LADDER = """
         CREATE INDEX configs_arm ON configs(arm);
 """
 
+# The peak RSS's anonymous and file-backed parts (Linux RssAnon/RssFile at the peak sample; NULL where the OS does
+# not tell), and whether the run loaded with weight repacking (NULL for rows stored before this was recorded).
+M3_RSS_PARTS = """
+        ALTER TABLE configs ADD COLUMN peak_rss_anon_bytes INTEGER;
+        ALTER TABLE configs ADD COLUMN peak_rss_file_bytes INTEGER;
+        ALTER TABLE configs ADD COLUMN repack INTEGER;
+"""
+
 # SQL scripts applied in order, each in its own transaction; PRAGMA user_version records how many ran.
 # Append, never edit.
-MIGRATIONS: list[str] = [M1_INITIAL, M2_LADDER]
+MIGRATIONS: list[str] = [
+    M1_INITIAL,
+    M2_LADDER,
+    M3_RSS_PARTS,
+]
 
 
 @dataclass(frozen=True)

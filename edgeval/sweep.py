@@ -152,14 +152,11 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
     items = task.take(spec.limit)
     if not items:
         raise ConfigurationError(f"task {task.name} has no items", hint="check --limit and the task file")
-    with engine.Model(spec.model_path, engine.LoadOptions(vocab_only=True)) as vocab:
-        forced = vocab.tokenize(prompts.forced_answer(task.answer_prefix))
-        lengths = tuple(len(vocab.tokenize(_prompt(task, item, spec.thinking))) for item in items)
-    per_sample = max(lengths) + spec.budget_tokens + len(forced) + spec.answer_tokens
+    longest, per_sample = _sample_tokens(spec, task, items)
     if spec.ctx is not None and spec.ctx < per_sample:
         raise ConfigurationError(
-            f"--ctx {spec.ctx} cannot hold the longest prompt ({max(lengths)} tokens) + the token budget "
-            f"({spec.budget_tokens}) + a forced answer ({len(forced) + spec.answer_tokens})",
+            f"--ctx {spec.ctx} cannot hold the longest prompt ({longest} tokens) + the token budget "
+            f"({spec.budget_tokens}) + a forced answer ({per_sample - longest - spec.budget_tokens})",
             hint=f"use --ctx {per_sample} or more, or a smaller --budget-tokens",
         )
     arch = header.architecture()
@@ -168,19 +165,21 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
             f"a sample needs {per_sample} tokens but {spec.model_path.name} was trained for {arch.n_ctx_train}",
             hint="lower --budget-tokens",
         )
-    answer_cells = len(forced) + spec.answer_tokens
+    answer_cells = per_sample - longest - spec.budget_tokens
     n_rungs = len(spec.rungs)
-    n_ctx = max(lengths) + spec.k * (spec.budget_tokens + answer_cells)
+    # Each sample may see --ctx tokens (what it needs by default); the k samples share the prompt's cells.
+    n_ctx = engine.cells_needed(longest, spec.k, (spec.ctx or per_sample) - longest)
     n_ctx += spec.k * (n_rungs - 1) * (1 + answer_cells) if spec.thinking else 0  # the ladder's forks
     n_seq = spec.k * n_rungs if spec.thinking else spec.k
     gpu_layers = engine.LoadOptions(n_gpu_layers=spec.gpu_layers).gpu_layers()
+    repack = header.repack(engine.repacked_types()) if spec.repack else memory.Repack()
 
     def footprint(cells: int, seqs: int) -> memory.Footprint:
         setting = memory.Setting(
-            n_ctx=cells, n_seq=seqs, type_k=spec.kv_type_k, type_v=spec.kv_type_v, prompt_tokens=max(lengths),
-            gpu_layers=gpu_layers,
+            n_ctx=cells, n_seq=seqs, type_k=spec.kv_type_k, type_v=spec.kv_type_v, prompt_tokens=longest,
+            gpu_layers=gpu_layers, repack=spec.repack,
         )  # fmt: skip
-        return memory.predict(arch, header.weight_bytes, setting, embd_bytes=header.embd_bytes)
+        return memory.predict(arch, header.weight_bytes, setting, embd_bytes=header.embd_bytes, repack=repack)
 
     predicted = footprint(n_ctx, n_seq)
     model_sha = store.file_sha256(spec.model_path, hub.sha256_of)
@@ -190,13 +189,13 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
         # What a separate run at this budget with j ≤ k votes would take (the rung's memory is that, calibrated by
         # what this run measures).
         by_votes = {
-            j: footprint(max(lengths) + j * (budget + answer_cells), j).total_bytes for j in range(1, spec.k + 1)
+            j: footprint(longest + j * (budget + answer_cells), j).total_bytes for j in range(1, spec.k + 1)
         }
         fields: dict[str, object] = {
             "run_id": run_id, "model": spec.model_label, "model_path": str(spec.model_path), "model_sha256": model_sha,
             "weight_quant": _quant_name(header), "params": header.n_params, "task": task.name,
             "task_fingerprint": task.fingerprint, "kv_type_k": spec.kv_type_k.value, "kv_type_v": spec.kv_type_v.value,
-            "ctx": max(lengths) + budget + answer_cells if budget != spec.budget_tokens or spec.ctx is None else spec.ctx,
+            "ctx": longest + budget + answer_cells if budget != spec.budget_tokens or spec.ctx is None else spec.ctx,
             "budget_tokens": budget, "k": spec.k, "thinking": int(spec.thinking),
             "sampling": json.dumps(asdict(spec.effective_sampling)), "seed": spec.seed, "n_items": len(items),
             "kv_cells": memory.padded_cells(n_ctx), "predicted_bytes": by_votes[spec.k],
@@ -205,6 +204,20 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
         config_ids[budget] = store.upsert_config(_config_key(spec, task, model_sha, budget), fields)
         store.raise_items(config_ids[budget], len(items))
     return Prepared(spec, task, items, n_ctx, predicted, config_ids)
+
+
+def _sample_tokens(spec: RunSpec, task: tasks.Task, items: tuple[tasks.Item, ...]) -> tuple[int, int]:
+    """The longest prompt, and the tokens one sample needs: that prompt + the budget + a forced answer."""
+    with engine.Model(spec.model_path, engine.LoadOptions(vocab_only=True)) as vocab:
+        forced = vocab.tokenize(prompts.forced_answer(task.answer_prefix))
+        longest = max(len(vocab.tokenize(_prompt(task, item, spec.thinking))) for item in items)
+    return longest, longest + spec.budget_tokens + len(forced) + spec.answer_tokens
+
+
+def sample_tokens(spec: RunSpec) -> int:
+    """The context one sample of `spec` needs (what `--ctx` defaults to)."""
+    task = tasks.load_task(spec.task)
+    return _sample_tokens(spec, task, task.take(spec.limit))[1]
 
 
 def _quant_name(header: gguf_info.GGUFInfo) -> str:
@@ -369,7 +382,7 @@ def execute_ladder(
         "log_path": str(log_path), "verbose": engine.LOG.echo,
     }  # fmt: skip
     for config_id in ids.values():
-        store.update_config(config_id, status="running", message=None, log_tail=None)
+        store.update_config(config_id, status="running", message=None, log_tail=None, repack=int(spec.repack))
     spawn = multiprocessing.get_context("spawn")
     events = spawn.Queue()
     worker = spawn.Process(target=_worker, args=(payload, events), daemon=True)
@@ -408,7 +421,7 @@ def execute_ladder(
     for config_id in ids.values():
         row = store.config(config_id)
         measured: dict[str, object] = {
-            "peak_rss_bytes": max(row["peak_rss_bytes"] or 0, sampler.peak_bytes) or None,
+            **_peak_fields(row, sampler.peak),
             "peak_vram_bytes": sampler.peak_vram_bytes, "arm_predicted_bytes": prepared.predicted.total_bytes,
             "prompt_tokens_per_s": prompt_tps, "decode_tokens_per_s": decode_tps, "ttft_s": ttft,
             "wall_s": (row["wall_s"] or 0.0) + wall, "backend": engine.backend_name(),
@@ -430,6 +443,14 @@ def execute_ladder(
 
 def _results(prepared: Prepared, store: Store) -> dict[int, results.ConfigResult]:
     return {b: results.summarize(store.config(c), store.samples(c)) for b, c in prepared.config_ids.items()}
+
+
+def _peak_fields(row: Any, peak: memory.RSS) -> dict[str, object]:
+    """The peak RSS and its anonymous and file-backed parts: this run's, or the stored one if a resumed run's
+    earlier part peaked higher."""
+    if (row["peak_rss_bytes"] or 0) >= peak.total and row["peak_rss_bytes"]:
+        return {name: row[name] for name in ("peak_rss_bytes", "peak_rss_anon_bytes", "peak_rss_file_bytes")}
+    return {"peak_rss_bytes": peak.total or None, "peak_rss_anon_bytes": peak.anon, "peak_rss_file_bytes": peak.file}
 
 
 def run(

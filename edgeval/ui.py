@@ -322,7 +322,13 @@ def render_run(result: ConfigResult) -> None:
         "answers forced", f"{_pct(result.forced_share)} of samples; {result.mean_tokens:.0f} tokens each on average"
     )
     measured = format_bytes(result.peak_rss_bytes) if result.peak_rss_bytes else "—"
-    table.add_row("memory", f"predicted {format_bytes(result.predicted_bytes)}, measured peak RSS {measured}")
+    if result.peak_rss_anon_bytes is not None and result.peak_rss_file_bytes is not None:
+        measured += (f" ({format_bytes(result.peak_rss_anon_bytes)} anonymous, "
+                     f"{format_bytes(result.peak_rss_file_bytes)} file-backed)")  # fmt: skip
+    repacking = "" if result.repack is None else f"; weight repacking {'on' if result.repack else 'off'}"
+    table.add_row(
+        "memory", f"predicted {format_bytes(result.predicted_bytes)}, measured peak RSS {measured}{repacking}"
+    )
     if result.peak_vram_bytes:
         table.add_row("GPU memory", f"peak {format_bytes(result.peak_vram_bytes)}")
     if result.decode_tokens_per_s:

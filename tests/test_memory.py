@@ -116,3 +116,71 @@ def test_predicted_buffers_equal_what_llama_cpp_reports(
         assert reported.output_bytes == pytest.approx(memory.output_bytes(arch, 2), abs=0.005 * MIB), where
         compute = memory.compute_reserved_bytes(arch, cells, 512, 2, kv.quantized)
         assert abs(compute - reported.compute_bytes) < MIB, where
+
+
+# ---------------------------------------------------------------- weight repacking
+
+
+def test_repacked_types_follow_llama_cpp_rules_by_cpu_feature() -> None:
+    assert memory.repacked_types([]) == {}
+    x86 = memory.repacked_types(["AVX", "AVX2", "FMA"])
+    assert set(x86) == {"Q4_0", "Q4_K", "IQ4_NL", "MXFP4"}
+    assert set(memory.repacked_types(["AVX2", "AVX512F"])) == set(x86) | {"Q2_K"}  # /proc/cpuinfo's name too
+    arm = memory.repacked_types(["NEON", "DOTPROD"])
+    assert {"Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0"} <= set(arm) and arm["Q4_0"][0].rows == 4
+    assert memory.repacked_types(["AVX2", "REPACK_OFF"]) == {}
+    amx = memory.repacked_types(["AVX2", "AVX512", "AVX512_VNNI", "AMX_INT8"])
+    assert [r.buffer for r in amx["Q4_K"]] == ["AMX", "CPU_REPACK"]  # AMX is tried first
+    assert [r.buffer for r in amx["Q6_K"]] == ["AMX"] and amx["Q4_K"][0].extra_per_block == 4
+
+
+def test_system_info_features_reads_what_the_build_turned_on() -> None:
+    text = "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | AVX512 = 1 | AVX512_VNNI = 0 | REPACK = 1 |"
+    assert memory.system_info_features(text) == ["SSE3", "AVX", "AVX2", "AVX512", "REPACK"]
+    assert "REPACK_OFF" in memory.system_info_features("CPU : AVX2 = 1 | REPACK = 0 |")
+
+
+def test_repacking_adds_the_repacked_copy_only_when_the_file_stays_mapped() -> None:
+    arch = Catalog.load().models["qwen3-0.6b"].arch
+    split = memory.Repack(repacked_bytes=210 * MIB, source_bytes=200 * MIB, copy_bytes=10 * MIB)
+    base = memory.predict(arch, 400 * MIB, memory.Setting(n_ctx=4096))
+    read = memory.predict(arch, 400 * MIB, memory.Setting(n_ctx=4096, repack=True), repack=split)
+    mapped = memory.predict(arch, 400 * MIB, memory.Setting(n_ctx=4096, repack=True, mmap=True), repack=split)
+    assert memory.mmap_for(True) is False and memory.mmap_for(False) is True
+    assert read.weight_bytes == base.weight_bytes + 10 * MIB and read.repack_bytes == 210 * MIB
+    assert mapped.weight_bytes == base.weight_bytes + 210 * MIB
+    offloaded = memory.predict(arch, 400 * MIB, memory.Setting(n_ctx=4096, repack=True, gpu_layers=-1), repack=split)
+    assert offloaded.weight_bytes == base.weight_bytes and offloaded.repack_bytes == 0
+
+
+def test_catalog_estimate_of_repacking_follows_the_quantizer() -> None:
+    ref = Catalog.load().resolve("qwen3-0.6b:Q4_K_M")[0]  # tied embeddings
+    x86 = memory.repacked_types(["AVX2"])
+    arm = memory.repacked_types(["NEON", "DOTPROD"])
+    assert ref.repack(x86).copy_bytes == 0  # the tied output is Q6_K: not repacked on x86
+    assert ref.repack(x86).repacked_bytes == ref.weight_bytes - ref.embd_bytes  # an upper bound
+    assert ref.repack(arm).copy_bytes == ref.embd_bytes  # ARM repacks Q6_K: the output gets its own copy
+    assert ref.repack(memory.repacked_types([])) == memory.Repack()
+
+
+@pytest.mark.parametrize("repack", [False, True])
+def test_predicted_weights_equal_llama_cpp_model_buffers_with_repacking(
+    repack: bool, tiny_models: dict[WeightQuant, Path]
+) -> None:
+    types = engine.repacked_types()
+    any_repacked = False
+    for quant, path in tiny_models.items():
+        info = gguf_info.read_local(path)
+        split = info.repack(types)
+        setting = memory.Setting(n_ctx=256, repack=repack)
+        predicted = memory.predict(info.architecture(), info.weight_bytes, setting, repack=split)
+        with engine.captured_log() as lines, engine.Model(path, engine.LoadOptions(repack=repack, n_gpu_layers=0)):
+            pass
+        reported = memory.parse_llama_log(lines)
+        where = f"{quant.value} repack {repack}"
+        assert reported.model_bytes == pytest.approx(predicted.weight_bytes, abs=0.01 * MIB), where
+        assert reported.repack_bytes == pytest.approx(predicted.repack_bytes, abs=0.005 * MIB), where
+        # The loading edgeval chooses: the file mapped in place only without repacking.
+        assert (reported.mapped_bytes > 0) == (not repack), where
+        any_repacked |= reported.repack_bytes > 0
+    assert any_repacked == (repack and bool(types))

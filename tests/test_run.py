@@ -22,8 +22,8 @@ from edgeval.quants import KVType, WeightQuant
 from edgeval.store import Store
 
 JSON_KEYS = {"model", "task", "kv_type_k", "kv_type_v", "ctx", "budget_tokens", "k", "n_items", "accuracy_maj",
-             "accuracy_avg", "ci95", "peak_rss_bytes", "predicted_bytes", "prompt_tokens_per_s", "decode_tokens_per_s",
-             "ttft_s", "wall_s", "status"}  # fmt: skip
+             "accuracy_avg", "ci95", "peak_rss_bytes", "peak_rss_anon_bytes", "peak_rss_file_bytes", "predicted_bytes",
+             "prompt_tokens_per_s", "decode_tokens_per_s", "ttft_s", "wall_s", "status", "repack"}  # fmt: skip
 
 
 def _run(model: Path, db: Path, *extra: str) -> list[str]:
@@ -51,6 +51,25 @@ def test_run_prints_a_table_and_json_with_every_key(tiny_models: dict[WeightQuan
         run = db.execute("SELECT edgeval_version, llama_cpp_python, backend, hardware FROM runs").fetchone()
         assert run[0] and run[1] and run[2] and json.loads(run[3])["cpu"]
         assert len(db.execute("SELECT model_sha256 FROM configs").fetchone()[0]) == 64
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="RssAnon/RssFile are Linux's")
+@pytest.mark.parametrize("repack", ["--no-repack"])  # repacking crashes on some CPUs (see the doctor probe)
+def test_run_records_the_peak_as_anonymous_and_file_backed_parts(
+    repack: str, tiny_models: dict[WeightQuant, Path], tmp_path: Path
+) -> None:
+    args = [a for a in _run(tiny_models[WeightQuant.Q4_K_M], tmp_path / "r.db", "--limit", "1", "--budget-tokens", "8")
+            if a != "--no-repack"]  # fmt: skip
+    result = CliRunner().invoke(cli, [*args, repack, "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    anon, file, peak = data["peak_rss_anon_bytes"], data["peak_rss_file_bytes"], data["peak_rss_bytes"]
+    assert anon > 0 and file > 0
+    assert 0.95 * peak <= anon + file <= peak  # the rest is shared memory (RssShmem)
+    assert data["repack"] is (repack == "--repack")
+    with sqlite3.connect(tmp_path / "r.db") as db:
+        stored = db.execute("SELECT peak_rss_anon_bytes, peak_rss_file_bytes, repack FROM configs").fetchone()
+    assert stored == (anon, file, int(repack == "--repack"))
 
 
 def test_budget_forcing_closes_the_reasoning_and_forces_an_answer(tiny_models: dict[WeightQuant, Path]) -> None:
