@@ -188,9 +188,7 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
     for budget in spec.rungs:
         # What a separate run at this budget with j ≤ k votes would take (the rung's memory is that, calibrated by
         # what this run measures).
-        by_votes = {
-            j: footprint(longest + j * (budget + answer_cells), j).total_bytes for j in range(1, spec.k + 1)
-        }
+        by_votes = {j: footprint(longest + j * (budget + answer_cells), j).total_bytes for j in range(1, spec.k + 1)}
         fields: dict[str, object] = {
             "run_id": run_id, "model": spec.model_label, "model_path": str(spec.model_path), "model_sha256": model_sha,
             "weight_quant": _quant_name(header), "params": header.n_params, "task": task.name,
