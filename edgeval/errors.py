@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
+
+from edgeval.units import format_bytes
 
 
 class EdgevalError(Exception):
@@ -52,6 +55,36 @@ class ConfigurationError(EdgevalError):
     hint = "change the settings named in the message"
 
 
+class DiskFullError(EdgevalError):
+    """A write that failed because the disk (or the user's quota on it) is full."""
+
+    hint = "free some space on that disk, or point edgeval at another (EDGEVAL_HOME, --db, --out)"
+
+    def __init__(self, path: Path | None, *, hint: str | None = None) -> None:
+        super().__init__(f"{path}: the disk is full" if path else "the disk is full", hint=hint)
+        self.path = path
+
+
+class NotEnoughMemoryError(EdgevalError):
+    """A configuration predicted to need more memory than is available (refused before loading)."""
+
+    hint = "choose a smaller model, token budget, k or KV type, or free memory; `edgeval run --force` tries anyway"
+
+    def __init__(self, what: str, where: str, needed: int, available: int) -> None:
+        super().__init__(
+            f"{what} is predicted to need {format_bytes(needed)} of {where} but {format_bytes(available)} is available"
+        )
+        self.where, self.needed, self.available = where, needed, available
+
+
+def is_disk_full(exc: OSError) -> bool:
+    """Whether a failed write means the disk is full: ENOSPC or EDQUOT, or the short write numpy reports without
+    an errno ("131072 requested and 96464 written")."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return exc.errno is None and "requested and" in str(exc) and "written" in str(exc)
+
+
 def debug_enabled() -> bool:
     """Whether EDGEVAL_DEBUG asks for full tracebacks."""
     return os.environ.get("EDGEVAL_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
@@ -63,6 +96,8 @@ def describe(exc: BaseException) -> str:
         return f"{exc.message} — {exc.hint}" if exc.hint else exc.message
     if isinstance(exc, MemoryError):
         return "out of memory — choose a smaller model, context or k, or lower --budget"
+    if isinstance(exc, OSError) and is_disk_full(exc):
+        return describe(DiskFullError(Path(str(exc.filename)) if exc.filename else None))
     if isinstance(exc, OSError):
         where = f": {exc.filename}" if exc.filename else ""
         what = exc.strerror or str(exc)

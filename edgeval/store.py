@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from edgeval.errors import EdgevalError
+from edgeval.errors import DiskFullError, EdgevalError
 from edgeval.paths import edgeval_home
 
 
@@ -22,6 +22,23 @@ class StoreError(EdgevalError):
     """The results database cannot be opened or is not edgeval's."""
 
     hint = "check the --db path, or move the file aside to start a fresh store"
+
+
+# How long a process waits for another's write to finish before giving up (writes are short: one question).
+BUSY_TIMEOUT_S = 60
+
+
+def _operational(path: Path, exc: sqlite3.OperationalError) -> EdgevalError:
+    """SQLite's operational failures in words: a full disk, a store another process holds too long, the rest."""
+    text = str(exc)
+    if "disk is full" in text:
+        return DiskFullError(path)
+    if "locked" in text or "busy" in text:
+        return StoreError(
+            f"{path}: another edgeval process held the store for over {BUSY_TIMEOUT_S} s",
+            hint="try again when it finishes",
+        )
+    return StoreError(f"{path}: {text}")
 
 
 def default_db_path() -> Path:
@@ -125,12 +142,22 @@ M3_RSS_PARTS = """
         ALTER TABLE configs ADD COLUMN repack INTEGER;
 """
 
-# SQL scripts applied in order, each in its own transaction; PRAGMA user_version records how many ran.
+# Which process is running a configuration now: its pid and host, when that process started (a pid the system
+# reused for another process is not the claimant) and the last time it said it was alive.
+M4_CLAIMS = """
+        ALTER TABLE configs ADD COLUMN claim_pid INTEGER;
+        ALTER TABLE configs ADD COLUMN claim_host TEXT;
+        ALTER TABLE configs ADD COLUMN claim_started REAL;
+        ALTER TABLE configs ADD COLUMN claim_heartbeat REAL;
+"""
+
+# SQL scripts applied in order, all under one write lock; PRAGMA user_version records how many ran.
 # Append, never edit.
 MIGRATIONS: list[str] = [
     M1_INITIAL,
     M2_LADDER,
     M3_RSS_PARTS,
+    M4_CLAIMS,
 ]
 
 
@@ -163,8 +190,30 @@ class ItemTiming:
     ttft_s: float
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A process running a configuration: pid and host, the process's start time, and its last heartbeat."""
+
+    pid: int
+    host: str
+    started: float
+    heartbeat: float
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a SQL script, one at a time (sqlite3 decides where each ends)."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending
+            pending = ""
+    if pending.strip():
+        yield pending
 
 
 class Store:
@@ -174,11 +223,14 @@ class Store:
         self.path = path or default_db_path()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
+            self._wal()
             self.db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
+        except sqlite3.OperationalError as exc:
+            raise _operational(self.path, exc) from None
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: not a usable SQLite database ({exc})") from None
 
@@ -192,23 +244,51 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _wal(self) -> None:
+        """Write-ahead logging, so readers never wait for writers. Switching a fresh file can answer "locked"
+        without waiting while another process switches it too: try again until the busy timeout."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
     def _migrate(self) -> None:
-        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
-        if version > len(MIGRATIONS):
-            raise StoreError(f"{self.path} was written by a newer edgeval (schema {version})", hint="upgrade edgeval")
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            self.db.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+        """Bring the schema up to date. The version is read under the write lock, so of several processes opening
+        a fresh store at once, one applies each migration and the others find it applied."""
+        if int(self.db.execute("PRAGMA user_version").fetchone()[0]) == len(MIGRATIONS):
+            return  # the common case, without taking the write lock
+        with self.transaction() as db:
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if version > len(MIGRATIONS):
+                raise StoreError(
+                    f"{self.path} was written by a newer edgeval (schema {version})", hint="upgrade edgeval"
+                )
+            for script in MIGRATIONS[version:]:
+                for statement in _statements(script):
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE … COMMIT (ROLLBACK on error)."""
-        self.db.execute("BEGIN IMMEDIATE")
+        """BEGIN IMMEDIATE … COMMIT (ROLLBACK on error); waits up to BUSY_TIMEOUT_S for another writer."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise _operational(self.path, exc) from None
         try:
             yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
+            self.db.execute("COMMIT")
+        except BaseException as exc:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError):
+                raise _operational(self.path, exc) from None
             raise
-        self.db.execute("COMMIT")
 
     # ---------------------------------------------------------------- runs and configurations
 
@@ -224,15 +304,17 @@ class Store:
             return int(cur.lastrowid or 0)
 
     def upsert_config(self, key: str, fields: dict[str, object]) -> int:
-        """The configuration's id, inserting it the first time its key is seen."""
+        """The configuration's id, inserting it the first time its key is seen (by any process)."""
         row = self.db.execute("SELECT id FROM configs WHERE key = ?", (key,)).fetchone()
         if row is not None:
             return int(row["id"])
         names = ["key", *fields, "created_at", "updated_at"]
         values = [key, *fields.values(), _now(), _now()]
         with self.transaction() as db:
-            cur = db.execute(f"INSERT INTO configs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})", values)
-            return int(cur.lastrowid or 0)
+            db.execute(
+                f"INSERT OR IGNORE INTO configs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})", values
+            )
+            return int(db.execute("SELECT id FROM configs WHERE key = ?", (key,)).fetchone()["id"])
 
     def update_config(self, config_id: int, **fields: object) -> None:
         """Set status, message, measurements… on a configuration."""
@@ -252,6 +334,42 @@ class Store:
     def configs(self, where: str = "1", params: Sequence[object] = ()) -> list[sqlite3.Row]:
         """Configuration rows matching a SQL condition."""
         return list(self.db.execute(f"SELECT * FROM configs WHERE {where} ORDER BY id", params))
+
+    # ---------------------------------------------------------------- claims: one process per configuration
+
+    def claim(self, config_id: int, me: Claim, alive: Callable[[Claim], bool]) -> Claim | None:
+        """Claim the configuration for `me`; None when claimed, else the live claim another process holds.
+        A claim whose holder `alive` says is gone is taken over."""
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT claim_pid, claim_host, claim_started, claim_heartbeat FROM configs WHERE id = ?", (config_id,)
+            ).fetchone()
+            if row is not None and row["claim_pid"] is not None:
+                holder = Claim(row["claim_pid"], row["claim_host"], row["claim_started"], row["claim_heartbeat"])
+                if (holder.pid, holder.host) != (me.pid, me.host) and alive(holder):
+                    return holder
+            db.execute(
+                "UPDATE configs SET claim_pid = ?, claim_host = ?, claim_started = ?, claim_heartbeat = ? WHERE id = ?",
+                (me.pid, me.host, me.started, me.heartbeat, config_id),
+            )
+        return None
+
+    def heartbeat(self, config_id: int, me: Claim, at: float) -> None:
+        """Say that `me` still runs the configuration."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE configs SET claim_heartbeat = ? WHERE id = ? AND claim_pid = ? AND claim_host = ?",
+                (at, config_id, me.pid, me.host),
+            )
+
+    def release(self, config_id: int, me: Claim) -> None:
+        """Give up `me`'s claim (a claim another process took over is left alone)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE configs SET claim_pid = NULL, claim_host = NULL, claim_started = NULL, claim_heartbeat = NULL"
+                " WHERE id = ? AND claim_pid = ? AND claim_host = ?",
+                (config_id, me.pid, me.host),
+            )
 
     # ---------------------------------------------------------------- samples
 
