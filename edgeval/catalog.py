@@ -12,7 +12,7 @@ from typing import Any
 
 from gguf import LlamaFileType
 
-from edgeval.errors import EdgevalError
+from edgeval.errors import EdgevalError, ModelFileError
 from edgeval.gguf_info import GGUFInfo, read_local
 from edgeval.memory import Architecture, Repack, RepackRule
 from edgeval.paths import edgeval_home
@@ -276,6 +276,8 @@ class Catalog:
             file = model.file(wanted) if wanted else None
             if file is not None:
                 return [self._ref(model, file)]
+        if path.is_dir():
+            raise ModelFileError(path, "is a folder, not a .gguf file", hint="name the .gguf file inside it")
         close = difflib.get_close_matches(ref, [*self.models, *self.labels], n=3, cutoff=0.5)
         raise UnknownModelError(ref, close)
 

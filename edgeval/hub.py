@@ -133,13 +133,17 @@ class NotEnoughDiskError(HubError):
 
 
 class ChecksumError(HubError):
-    """A downloaded file whose sha256 is not the catalog's."""
+    """A model file whose sha256 is not the catalog's: it is never evaluated (and leaves the cache)."""
 
-    def __init__(self, path: Path, expected: str, actual: str) -> None:
-        super().__init__(
-            f"{path.name}: sha256 {actual[:12]}… is not the catalog's {expected[:12]}…",
-            hint=f"delete {path} and pull again; if it persists, the catalog entry is out of date",
+    def __init__(self, path: Path, expected: str, actual: str, *, removed: bool) -> None:
+        hint = (
+            "it was removed from the Hugging Face cache; pull again, and if it happens again the catalog entry "
+            "(or the Hub file) is out of date"
+            if removed
+            else "check that the file is the one the catalog entry means, or correct the entry's sha256"
         )
+        super().__init__(f"{path.name}: sha256 {actual[:12]}… is not the catalog's {expected[:12]}…", hint=hint)
+        self.path, self.expected, self.actual, self.removed = path, expected, actual, removed
 
 
 def endpoint() -> str:
@@ -252,12 +256,12 @@ def download(
         raise _translate(exc, repo, filename, revision) from exc
 
 
-def _metadata(repo: str, filename: str, revision: str | None) -> HfFileMetadata:
+def _metadata(repo: str, filename: str, revision: str | None, repo_type: str | None = None) -> HfFileMetadata:
     """One HEAD request for the file's size, etag and content location; no retries, so an offline
     machine hears so at once instead of after huggingface_hub's minute of backoff."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
-    url = hf_hub_url(repo, filename, revision=revision, endpoint=endpoint())
+    url = hf_hub_url(repo, filename, revision=revision, endpoint=endpoint(), repo_type=repo_type)
     return get_hf_file_metadata(url, token=_token(), endpoint=endpoint(), retry_on_errors=False)
 
 
@@ -304,11 +308,25 @@ def sha256_of(path: Path, chunk: int = 8 << 20) -> str:
     return digest.hexdigest()
 
 
-def verify_sha256(path: Path, expected: str) -> None:
-    """Raise ChecksumError unless the file hashes to `expected`."""
-    actual = sha256_of(path)
+def verify_sha256(path: Path, expected: str, sha256: Callable[[Path], str] = sha256_of) -> None:
+    """Raise ChecksumError (after taking the file out of the cache) unless the file hashes to `expected`."""
+    actual = sha256(path)
     if actual != expected.lower():
-        raise ChecksumError(path, expected, actual)
+        raise reject(path, expected, actual)
+
+
+def reject(path: Path, expected: str, actual: str) -> ChecksumError:
+    """The error for a file that failed its check, with the file taken out of the Hugging Face cache (its
+    snapshot link and its blob) so nothing loads it; a file outside the cache is the user's and stays."""
+    cache = Path(os.path.abspath(cache_folder()))
+    where = Path(os.path.abspath(path))
+    if not where.is_relative_to(cache):
+        return ChecksumError(path, expected, actual, removed=False)
+    blob = where.resolve()
+    where.unlink(missing_ok=True)
+    if blob != where and blob.is_relative_to(cache.resolve()):
+        blob.unlink(missing_ok=True)
+    return ChecksumError(path, expected, actual, removed=True)
 
 
 def remote_reader(repo: str, filename: str, revision: str | None = None) -> tuple[Callable[[int, int], bytes], int]:
@@ -358,9 +376,16 @@ def local_path(file: ModelFile) -> Path | None:
     return paths[0] if paths and all(p is not None for p in paths) else None
 
 
-def pull(file: ModelFile, *, progress: Progress | None = None, expected_arch: str = "qwen3") -> Path:
+def pull(
+    file: ModelFile,
+    *,
+    progress: Progress | None = None,
+    expected_arch: str = "qwen3",
+    sha256: Callable[[Path], str] = sha256_of,
+) -> Path:
     """Download a catalog file (every part), then check it is a readable GGUF of the expected architecture
-    and, where the catalog has one, that its sha256 matches. Returns the path llama.cpp loads."""
+    and, where the catalog has one, that its sha256 matches (a file that does not is taken out of the cache).
+    Returns the path llama.cpp loads. `sha256` may remember hashes (the store does, by path, size and mtime)."""
     from edgeval.gguf_info import read_local
 
     if file.path is not None:
@@ -380,7 +405,7 @@ def pull(file: ModelFile, *, progress: Progress | None = None, expected_arch: st
             hint="check the catalog entry's repo and file",
         )
     if file.sha256 and len(paths) == 1:
-        verify_sha256(paths[0], file.sha256)
+        verify_sha256(paths[0], file.sha256, sha256)
     return paths[0]
 
 
@@ -395,9 +420,23 @@ def remote_header(file: ModelFile) -> GGUFInfo:
 
 
 def download_dataset_file(repo: str, filename: str, revision: str | None = None) -> Path:
-    """A dataset file through hf_hub_download (repo_type="dataset"), cached; gated sets need the user's token."""
-    from huggingface_hub import hf_hub_download
+    """A dataset file through hf_hub_download (repo_type="dataset"), cached; gated sets need the user's token.
 
+    As for models, one request without retries comes first, so an unreachable Hub is reported at once rather than
+    after huggingface_hub's backoff and its retry messages; a cached copy is then used as it is."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    try:
+        if not offline():
+            _metadata(repo, filename, revision, repo_type="dataset")
+    except Exception as exc:
+        error = _translate(exc, repo, filename, revision)
+        cached = try_to_load_from_cache(
+            repo, filename, cache_dir=cache_folder(), revision=revision, repo_type="dataset"
+        )
+        if isinstance(error, HubUnreachableError) and isinstance(cached, str):
+            return Path(cached)
+        raise error from exc
     try:
         return Path(
             hf_hub_download(

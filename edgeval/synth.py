@@ -18,6 +18,7 @@ import gguf
 import numpy as np
 
 from edgeval import engine
+from edgeval.errors import DiskFullError, is_disk_full
 from edgeval.quants import WeightQuant
 
 # Bumped whenever the bytes this module writes change, so cached models are rebuilt.
@@ -254,11 +255,17 @@ def write_gguf(
             raise ValueError(f"tensor {name} has shape {data.shape}, expected {shape}")
         writer.add_tensor(name, data if len(shape) == 1 else data.astype(matrix_dtype))
     try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
+        try:
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise DiskFullError(path) from None
+        raise
     tmp.replace(path)
     return path
 
