@@ -17,12 +17,12 @@ from pathlib import Path
 
 import llama_cpp  # the plain loop is the baseline, so this benchmark talks to llama.cpp directly
 
-from edgeval import engine, synth
+from edgeval import engine, prompts, synth
 from edgeval.paths import cache_dir
 from edgeval.quants import WeightQuant
 
 PROMPT = "<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n<|im_start|>assistant\n<think>\n"
-SAMPLING = engine.Sampling(temperature=0.6, top_p=0.95, top_k=20, min_p=0.0)
+SAMPLING = prompts.Sampling(temperature=0.6, top_p=0.95, top_k=20, min_p=0.0)
 
 
 def plain_loop(path: Path, tokens: int, threads: int, repack: bool) -> float:

@@ -20,7 +20,8 @@ from typing import IO, Any
 import llama_cpp
 
 from edgeval import memory
-from edgeval.errors import ConfigurationError, LlamaError, ModelFileError, QuantizeError
+from edgeval.errors import ConfigurationError, EdgevalError, LlamaError, ModelFileError, QuantizeError
+from edgeval.prompts import THINKING_SAMPLING, Sampling
 from edgeval.quants import KVType, WeightQuant
 
 LLAMA_CPP_PYTHON_VERSION: str = llama_cpp.__version__
@@ -38,6 +39,9 @@ class _LogCapture:
         self._file: IO[str] | None = None
         # llama.cpp calls back through this object: it must stay referenced while installed.
         self._callback = llama_cpp.llama_log_callback(self._on_log)
+
+    def install(self) -> None:
+        """Route llama.cpp's log here (done by `initialise`, before llama.cpp's first work)."""
         llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
 
     def _on_log(self, level: int, text: bytes | None, user_data: ctypes.c_void_p) -> None:
@@ -87,7 +91,22 @@ class _LogCapture:
 
 
 LOG = _LogCapture()
-llama_cpp.llama_backend_init()
+_initialised = False
+
+
+def initialise() -> None:
+    """Capture llama.cpp's log and initialise its backends — once, on first use, not at import: commands that
+    never run a model (plan, models) never pay for it."""
+    global _initialised
+    if not _initialised:
+        LOG.install()
+        llama_cpp.llama_backend_init()
+        _initialised = True
+
+
+def initialised() -> bool:
+    """Whether llama.cpp's backends were initialised in this process."""
+    return _initialised
 
 
 @contextmanager
@@ -106,6 +125,7 @@ def captured_log() -> Iterator[list[str]]:
 
 def system_info() -> str:
     """llama.cpp's own summary of the CPU features and backends this build uses."""
+    initialise()
     return bytes(llama_cpp.llama_print_system_info()).decode("utf-8", errors="replace").strip()
 
 
@@ -116,6 +136,7 @@ def repacked_types() -> dict[str, tuple[memory.RepackRule, ...]]:
 
 def supports_gpu_offload() -> bool:
     """Whether this llama.cpp build can put layers on a GPU (CUDA, Metal, Vulkan, ...)."""
+    initialise()
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
@@ -154,6 +175,7 @@ def build_version() -> str | None:
 
 def devices() -> list[Device]:
     """Every device of every backend this build has."""
+    initialise()
     reg, base = _ggml_library("ggml"), _ggml_library("ggml-base")
     if reg is None or base is None:
         return []
@@ -210,6 +232,7 @@ def default_threads() -> int:
 def quantize(source: Path, target: Path, quant: WeightQuant, *, threads: int | None = None) -> None:
     """Write `source` (an F16/F32 GGUF) quantized to `quant` at `target` (its folder made if missing), with
     llama.cpp's quantizer."""
+    initialise()
     ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant.value}", None)
     if ftype is None:
         raise ConfigurationError(f"this llama.cpp build cannot quantize to {quant.value}")
@@ -267,6 +290,7 @@ class Model:
 
     def __init__(self, path: Path, options: LoadOptions = LoadOptions()) -> None:
         check_gguf_file(path)
+        initialise()
         self.path = path
         self.options = options
         params = llama_cpp.llama_model_default_params()
@@ -280,6 +304,12 @@ class Model:
         self.load_s = time.perf_counter() - t0
         self.load_log = LOG.since(start)
         if not self._ptr:
+            if _allocation_failed(self.load_log):
+                raise LlamaError(
+                    f"out of memory: llama.cpp could not allocate the memory to load {path.name}",
+                    log_tail=tuple(self.load_log[-1:]),
+                    hint="choose a smaller model or weight quantization, or free memory",
+                )
             raise LlamaError(f"llama.cpp could not load {path.name}", log_tail=tuple(self.load_log[-3:]))
         self._vocab = llama_cpp.llama_model_get_vocab(self._ptr)
 
@@ -367,16 +397,6 @@ class ContextOptions:
     n_threads: int | None = None
     n_batch: int = 512
     n_ubatch: int = 512
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """A sampler chain: top-k, top-p, min-p, temperature, then a seeded draw (greedy at temperature 0)."""
-
-    temperature: float = 0.6
-    top_p: float = 0.95
-    top_k: int = 20
-    min_p: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -487,13 +507,7 @@ class Context:
         self._ptr = llama_cpp.llama_init_from_model(model.ptr, params)
         self.init_log = LOG.since(start)
         if not self._ptr:
-            raise ConfigurationError(
-                f"llama.cpp could not create a context with K {options.type_k.value}, "
-                f"V {options.type_v.value}, {options.n_ctx} cells"
-                + (f" ({self.init_log[-1].strip()})" if self.init_log else ""),
-                hint="this build may not support these KV types (CUDA needs -DGGML_CUDA_FA_ALL_QUANTS=ON "
-                "for mixed types), or memory ran out: try f16/q8_0 or a smaller --ctx",
-            )
+            raise _context_failure(options, self.init_log, on_gpu=model.options.gpu_layers() != 0)
         self._memory = llama_cpp.llama_get_memory(self._ptr)
 
     def close(self) -> None:
@@ -524,7 +538,7 @@ class Context:
         *,
         k: int = 1,
         max_tokens: int = 256,
-        sampling: Sampling = Sampling(),
+        sampling: Sampling = THINKING_SAMPLING,
         seeds: Sequence[int] = (0,),
         forcing: Forcing | None = None,
         on_step: Callable[[int], None] | None = None,
@@ -773,6 +787,28 @@ class _LadderRun:
         item = (token, seq.pos, seq.seq, True)
         seq.pos += 1
         return [item]
+
+
+def _allocation_failed(log: Sequence[str]) -> bool:
+    """Whether llama.cpp's log says a buffer could not be allocated."""
+    text = "\n".join(log).lower()
+    return "failed to allocate" in text or "out of memory" in text or "unable to allocate" in text
+
+
+def _context_failure(options: ContextOptions, log: Sequence[str], *, on_gpu: bool) -> EdgevalError:
+    """Why llama_init_from_model returned nothing, in words: memory that ran out, or KV types this build lacks."""
+    last = next((line.strip() for line in reversed(log) if line.strip()), "")
+    detail = f" ({last})" if last else ""
+    what = f"K {options.type_k.value}, V {options.type_v.value}, {options.n_ctx} cells × {options.n_seq} sequences"
+    if _allocation_failed(log):
+        return LlamaError(
+            f"out of memory: llama.cpp could not allocate the KV cache and buffers for a context of {what}{detail}",
+            hint="choose a smaller token budget, k or KV type, or free memory",
+        )
+    hint = "try f16 or q8_0 for both K and V"
+    if on_gpu and options.type_k != options.type_v and "CUDA" in backend_name():
+        hint = "a CUDA build needs -DGGML_CUDA_FA_ALL_QUANTS=ON for mixed K and V types; " + hint
+    return ConfigurationError(f"llama.cpp could not create a context with {what}{detail}", hint=hint)
 
 
 def _fill(batch: llama_cpp.llama_batch, items: Sequence[tuple[int, int, int, bool]]) -> None:

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from edgeval.engine import Sampling
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """A sampler chain: top-k, top-p, min-p, temperature, then a seeded draw (greedy at temperature 0)."""
+
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 20
+    min_p: float = 0.0
+
 
 # Qwen3 model cards: thinking mode never greedy (it loops); non-thinking slightly hotter but narrower.
 THINKING_SAMPLING = Sampling(temperature=0.6, top_p=0.95, top_k=20, min_p=0.0)
