@@ -59,7 +59,7 @@ class Request:
     thinking: bool = True
     seed: int = 0
     threads: int | None = None
-    repack: bool = False
+    repack: bool | None = None  # None: the doctor's probe decides, when a configuration first runs
     catalogs: tuple[Path, ...] = ()
     prompt_tokens: int = plan.DEFAULT_PROMPT_TOKENS
     alpha: float = racing.ALPHA
@@ -286,11 +286,12 @@ def _run_arm(
         path = hub.local_path(arm.ref.file)
         if path is None and unreachable:
             raise unreachable[0]  # the Hub did not answer once already: do not wait on it again
-        path = path or hub.pull(arm.ref.file)
+        path = path or hub.pull(arm.ref.file, sha256=lambda p: store.file_sha256(p, hub.sha256_of))
         spec = sweep.RunSpec(
             model_path=path, model_label=arm.ref.label, task=race.task, kv_type_k=arm.kv, kv_type_v=arm.kv,
             budget_tokens=arm.budgets[-1], ladder=arm.budgets[:-1], k=arm.k, thinking=request.thinking,
             seed=request.seed, limit=asked, threads=request.threads, repack=request.repack, deadline=deadline,
+            expected_sha256=arm.ref.file.sha256,
         )  # fmt: skip
         prepared = sweep.prepare(spec, store, race.run_id)
         race.config_ids[index] = prepared.config_ids

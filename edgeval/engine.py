@@ -559,7 +559,7 @@ class Context:
         *,
         k: int = 1,
         budgets: Sequence[int] = (256,),
-        sampling: Sampling = Sampling(),
+        sampling: Sampling = THINKING_SAMPLING,
         seeds: Sequence[int] = (0,),
         forcing: Forcing | None = None,
         on_step: Callable[[int], None] | None = None,

@@ -33,6 +33,11 @@ class Axes:
     )  # what repacks on this CPU (memory.repacked_types)
 
 
+def too_short(ctx: Sequence[int], prompt_tokens: int) -> list[int]:
+    """The per-sample contexts that cannot hold the prompt and one generated token (usage errors, not rows)."""
+    return [c for c in ctx if c <= prompt_tokens]
+
+
 @dataclass(frozen=True)
 class Config:
     """One configuration and its predicted footprint."""

@@ -11,24 +11,31 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import os
 import platform
 import queue
 import signal
+import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import edgeval
-from edgeval import engine, gguf_info, grading, hub, memory, prompts, results, tasks
-from edgeval.errors import ConfigurationError, describe
+from edgeval import gguf_info, grading, hub, memory, prompts, results, tasks
+from edgeval.errors import ConfigurationError, NotEnoughMemoryError, describe
 from edgeval.paths import cache_dir
 from edgeval.quants import KVType
-from edgeval.store import ItemTiming, SampleRow, Store
+from edgeval.store import Claim, ItemTiming, SampleRow, Store
 
-DEFAULT_BUDGET_TOKENS = 2048
+if TYPE_CHECKING:  # engine (llama.cpp) is imported where a configuration is prepared or run, not with this module
+    from edgeval import engine
+
+DEFAULT_BUDGET_TOKENS = 2048  # lowered, with a note, where the model's context cannot hold it
 ANSWER_TOKENS = 32  # what a forced sample may still write after its reasoning is closed
+HEARTBEAT_S = 10.0  # how often a running configuration's claim says its process is alive
+STALE_CLAIM_S = 120.0  # a claim from another host silent this long is taken over
 
 
 @dataclass(frozen=True)
@@ -40,27 +47,34 @@ class RunSpec:
     task: str
     kv_type_k: KVType = KVType.F16
     kv_type_v: KVType = KVType.F16
-    budget_tokens: int = DEFAULT_BUDGET_TOKENS
+    budget_tokens: int | None = None  # None: DEFAULT_BUDGET_TOKENS, or what the model's context holds
     ctx: int | None = None  # tokens one sample may see (prompt + budget + forced answer); None: what it needs
     k: int = 1
     thinking: bool = True
-    sampling: engine.Sampling | None = None  # None: Qwen's recommendation for the mode
+    sampling: prompts.Sampling | None = None  # None: Qwen's recommendation for the mode
     seed: int = 0
     limit: int | None = None
     threads: int | None = None
-    repack: bool = False
+    repack: bool | None = None  # None: where the doctor's probe says repacking works (probed when a run needs it)
     gpu_layers: int | None = None
     answer_tokens: int = ANSWER_TOKENS
     ladder: tuple[int, ...] = ()  # smaller token budgets answered by the same generation (the budget ladder)
     deadline: float | None = None  # wall-clock time (time.time()) after which no new question is started
+    expected_sha256: str | None = None  # the catalog's hash: a file that does not match is never evaluated
+    force: bool = False  # run even where the prediction exceeds the memory available
+
+    @property
+    def budget(self) -> int:
+        """The largest token budget (the default until `prepare` has fitted it to the model)."""
+        return DEFAULT_BUDGET_TOKENS if self.budget_tokens is None else self.budget_tokens
 
     @property
     def rungs(self) -> tuple[int, ...]:
-        """Every token budget this run answers for, smallest first (the largest is `budget_tokens`)."""
-        return tuple(sorted({*self.ladder, self.budget_tokens}))
+        """Every token budget this run answers for, smallest first (the largest is `budget`)."""
+        return tuple(sorted({*self.ladder, self.budget}))
 
     @property
-    def effective_sampling(self) -> engine.Sampling:
+    def effective_sampling(self) -> prompts.Sampling:
         """The sampler settings used."""
         return self.sampling or prompts.recommended_sampling(self.thinking)
 
@@ -76,11 +90,12 @@ class Prepared:
     n_ctx: int
     predicted: memory.Footprint  # the whole run: the largest budget, k votes and the ladder's forks
     config_ids: dict[int, int]  # token budget -> its configuration row
+    notes: tuple[str, ...] = ()  # what the user should know about settings edgeval chose (one line each)
 
     @property
     def config_id(self) -> int:
         """The row of the largest budget."""
-        return self.config_ids[self.spec.budget_tokens]
+        return self.config_ids[self.spec.budget]
 
 
 @dataclass
@@ -102,7 +117,7 @@ def provenance() -> dict[str, object]:
     """Where results come from: versions, backend, hardware."""
     import psutil
 
-    from edgeval import doctor
+    from edgeval import doctor, engine
 
     return {
         "edgeval": edgeval.__version__,
@@ -146,26 +161,37 @@ def _arm_key(spec: RunSpec, task: tasks.Task, model_sha: str) -> str:
 
 def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
     """Load the task, measure prompts with the model's tokenizer, size the KV cache, predict memory, find or
-    create the configuration's row."""
+    create the configuration's row. A file whose sha256 is not the catalog's is refused first; repacking left
+    open is decided here (the doctor's probe, run once), since the prediction depends on it."""
+    from edgeval import doctor, engine
+
+    model_sha = store.file_sha256(spec.model_path, hub.sha256_of)
+    if spec.expected_sha256 and model_sha != spec.expected_sha256.lower():
+        raise hub.reject(spec.model_path, spec.expected_sha256, model_sha)
+    if spec.repack is None:
+        spec = replace(spec, repack=doctor.repack_default())
     header = gguf_info.read_local(spec.model_path)
     task = tasks.load_task(spec.task)
     items = task.take(spec.limit)
     if not items:
         raise ConfigurationError(f"task {task.name} has no items", hint="check --limit and the task file")
-    longest, per_sample = _sample_tokens(spec, task, items)
+    longest, needed = _sample_tokens(spec, task, items)
+    answer_cells = needed - longest - spec.budget
+    arch = header.architecture()
+    budget, notes = _budget(spec, arch.n_ctx_train, longest, answer_cells)
+    spec = replace(spec, budget_tokens=budget)
+    per_sample = longest + budget + answer_cells
     if spec.ctx is not None and spec.ctx < per_sample:
         raise ConfigurationError(
             f"--ctx {spec.ctx} cannot hold the longest prompt ({longest} tokens) + the token budget "
-            f"({spec.budget_tokens}) + a forced answer ({per_sample - longest - spec.budget_tokens})",
+            f"({budget}) + a forced answer ({answer_cells})",
             hint=f"use --ctx {per_sample} or more, or a smaller --budget-tokens",
         )
-    arch = header.architecture()
     if per_sample > arch.n_ctx_train:
         raise ConfigurationError(
             f"a sample needs {per_sample} tokens but {spec.model_path.name} was trained for {arch.n_ctx_train}",
             hint="lower --budget-tokens",
         )
-    answer_cells = per_sample - longest - spec.budget_tokens
     n_rungs = len(spec.rungs)
     # Each sample may see --ctx tokens (what it needs by default); the k samples share the prompt's cells.
     n_ctx = engine.cells_needed(longest, spec.k, (spec.ctx or per_sample) - longest)
@@ -182,26 +208,41 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
         return memory.predict(arch, header.weight_bytes, setting, embd_bytes=header.embd_bytes, repack=repack)
 
     predicted = footprint(n_ctx, n_seq)
-    model_sha = store.file_sha256(spec.model_path, hub.sha256_of)
     arm = _arm_key(spec, task, model_sha)
     config_ids = {}
-    for budget in spec.rungs:
+    for rung in spec.rungs:
         # What a separate run at this budget with j ≤ k votes would take (the rung's memory is that, calibrated by
         # what this run measures).
-        by_votes = {j: footprint(longest + j * (budget + answer_cells), j).total_bytes for j in range(1, spec.k + 1)}
+        by_votes = {j: footprint(longest + j * (rung + answer_cells), j).total_bytes for j in range(1, spec.k + 1)}
         fields: dict[str, object] = {
             "run_id": run_id, "model": spec.model_label, "model_path": str(spec.model_path), "model_sha256": model_sha,
             "weight_quant": _quant_name(header), "params": header.n_params, "task": task.name,
             "task_fingerprint": task.fingerprint, "kv_type_k": spec.kv_type_k.value, "kv_type_v": spec.kv_type_v.value,
-            "ctx": longest + budget + answer_cells if budget != spec.budget_tokens or spec.ctx is None else spec.ctx,
-            "budget_tokens": budget, "k": spec.k, "thinking": int(spec.thinking),
+            "ctx": longest + rung + answer_cells if rung != budget or spec.ctx is None else spec.ctx,
+            "budget_tokens": rung, "k": spec.k, "thinking": int(spec.thinking),
             "sampling": json.dumps(asdict(spec.effective_sampling)), "seed": spec.seed, "n_items": len(items),
             "kv_cells": memory.padded_cells(n_ctx), "predicted_bytes": by_votes[spec.k],
             "predicted_by_votes": json.dumps(by_votes), "arm": arm, "arm_predicted_bytes": predicted.total_bytes,
         }  # fmt: skip
-        config_ids[budget] = store.upsert_config(_config_key(spec, task, model_sha, budget), fields)
-        store.raise_items(config_ids[budget], len(items))
-    return Prepared(spec, task, items, n_ctx, predicted, config_ids)
+        config_ids[rung] = store.upsert_config(_config_key(spec, task, model_sha, rung), fields)
+        store.raise_items(config_ids[rung], len(items))
+    return Prepared(spec, task, items, n_ctx, predicted, config_ids, notes)
+
+
+def _budget(spec: RunSpec, n_ctx_train: int, prompt: int, answer: int) -> tuple[int, tuple[str, ...]]:
+    """The token budget: the one asked for, else the default — lowered, with a note, to what the model's context
+    (or --ctx) holds beside the longest prompt and a forced answer."""
+    if spec.budget_tokens is not None:
+        return spec.budget_tokens, ()
+    room = min(n_ctx_train, spec.ctx or n_ctx_train) - prompt - answer
+    if room >= DEFAULT_BUDGET_TOKENS or room < 1:
+        return DEFAULT_BUDGET_TOKENS, ()  # (room < 1: not even the prompt fits; prepare's checks say so)
+    holds = f"--ctx {spec.ctx}" if spec.ctx and spec.ctx < n_ctx_train else f"{spec.model_path.name} ({n_ctx_train})"
+    note = (
+        f"token budget {room}, not the default {DEFAULT_BUDGET_TOKENS}: that is what {holds} holds beside the "
+        f"{prompt}-token prompt and a {answer}-token forced answer (set --budget-tokens to choose)"
+    )
+    return room, (note,)
 
 
 def _sample_tokens(spec: RunSpec, task: tasks.Task, items: tuple[tasks.Item, ...]) -> tuple[int, int]:
@@ -209,7 +250,7 @@ def _sample_tokens(spec: RunSpec, task: tasks.Task, items: tuple[tasks.Item, ...
     with engine.Model(spec.model_path, engine.LoadOptions(vocab_only=True)) as vocab:
         forced = vocab.tokenize(prompts.forced_answer(task.answer_prefix))
         longest = max(len(vocab.tokenize(_prompt(task, item, spec.thinking))) for item in items)
-    return longest, longest + spec.budget_tokens + len(forced) + spec.answer_tokens
+    return longest, longest + spec.budget + len(forced) + spec.answer_tokens
 
 
 def sample_tokens(spec: RunSpec) -> int:
@@ -243,6 +284,8 @@ def _worker(payload: dict[str, Any], events: Any) -> None:
     A Python failure is written to the log as one `edgeval:` line and the process exits with code 1;
     a crash inside llama.cpp kills the process, and the parent reads the log's last lines.
     """
+    from edgeval import engine
+
     engine.LOG.tee(Path(payload["log_path"]))
     engine.LOG.set_echo(payload["verbose"])
     try:
@@ -254,8 +297,10 @@ def _worker(payload: dict[str, Any], events: Any) -> None:
 
 
 def _work(payload: dict[str, Any], events: Any) -> None:
+    from edgeval import engine
+
     raw = payload["spec"]
-    sampling = engine.Sampling(**raw["sampling"]) if raw["sampling"] else None
+    sampling = prompts.Sampling(**raw["sampling"]) if raw["sampling"] else None
     spec = RunSpec(**{
         **raw, "model_path": Path(raw["model_path"]), "kv_type_k": KVType(raw["kv_type_k"]),
         "kv_type_v": KVType(raw["kv_type_v"]), "sampling": sampling, "ladder": tuple(raw["ladder"]),
@@ -266,7 +311,7 @@ def _work(payload: dict[str, Any], events: Any) -> None:
     config_ids = {int(b): int(c) for b, c in payload["config_ids"].items()}
     with Store(Path(payload["db_path"])) as store:
         t0 = time.perf_counter()
-        load = engine.LoadOptions(n_gpu_layers=spec.gpu_layers, repack=spec.repack)
+        load = engine.LoadOptions(n_gpu_layers=spec.gpu_layers, repack=bool(spec.repack))
         with engine.Model(spec.model_path, load) as model:
             options = engine.ContextOptions(
                 n_ctx=payload["n_ctx"], n_seq=payload["n_seq"], type_k=spec.kv_type_k, type_v=spec.kv_type_v,
@@ -316,7 +361,7 @@ def _answer(
                           grading.is_correct(answer, item.answer, task.kind), out.generated[j], out.forced[j],
                           out.finish[j], out.prompt_tokens)
             )  # fmt: skip
-    out = ladder[spec.budget_tokens]
+    out = ladder[spec.budget]
     # Every rung's row gets the generation's timing: the rungs were produced together, by one decode.
     timing = ItemTiming(index, out.prompt_tokens, out.prompt_s, out.decoded_tokens, out.decode_s, out.ttft_s)
     store.add_items(rows, timing)
@@ -357,19 +402,95 @@ def execute(prepared: Prepared, store: Store, progress: ProgressCallback | None 
     """Run the configuration's pending questions in a worker process; record measurements or the failure.
 
     Returns the result at the largest budget; `execute_ladder` returns every rung's."""
-    return execute_ladder(prepared, store, progress)[prepared.spec.budget_tokens]
+    return execute_ladder(prepared, store, progress)[prepared.spec.budget]
+
+
+def _claimant() -> Claim:
+    """This process, as a claim names it."""
+    import psutil
+
+    return Claim(os.getpid(), socket.gethostname(), psutil.Process().create_time(), time.time())
+
+
+def claim_alive(claim: Claim) -> bool:
+    """Whether the process holding a claim still runs: on this host, the same pid started at the same time;
+    on another, a heartbeat within STALE_CLAIM_S."""
+    import psutil
+
+    if claim.host != socket.gethostname():
+        return time.time() - claim.heartbeat < STALE_CLAIM_S
+    try:
+        return abs(psutil.Process(claim.pid).create_time() - claim.started) < 1.0
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+
+
+def _wait_for_claim(
+    store: Store, config_id: int, me: Claim, state: Progress, progress: ProgressCallback | None
+) -> None:
+    """Claim the configuration, waiting while another live edgeval process runs it."""
+    while (holder := store.claim(config_id, me, claim_alive)) is not None:
+        waiting = f"waiting for process {holder.pid} on {holder.host}, which is running this configuration"
+        if waiting not in state.events:
+            state.events.append(waiting)
+            if progress is not None:
+                progress(state)
+        time.sleep(0.5)
+
+
+def check_fits(prepared: Prepared) -> None:
+    """Refuse a configuration whose predicted footprint exceeds the free RAM, or the free GPU memory for the part
+    that goes there."""
+    import psutil
+
+    from edgeval import engine
+
+    label = f"{prepared.spec.model_label} with k={prepared.spec.k}"
+    predicted = prepared.predicted
+    available = int(psutil.virtual_memory().available)
+    if predicted.host_bytes > available:
+        raise NotEnoughMemoryError(label, "RAM", predicted.host_bytes, available)
+    if predicted.device_bytes > 0:
+        free = sum(d.memory_free for d in engine.gpu_devices())
+        if predicted.device_bytes > free:
+            raise NotEnoughMemoryError(label, "GPU memory", predicted.device_bytes, free)
 
 
 def execute_ladder(
     prepared: Prepared, store: Store, progress: ProgressCallback | None = None
 ) -> dict[int, results.ConfigResult]:
-    """Run the pending questions of every rung in one worker process; record measurements or the failure."""
+    """Run the pending questions of every rung in one worker process; record measurements or the failure.
+
+    Any number of edgeval processes may share a store: a configuration another live process is running is
+    waited for (then only what it left is run), and a claim left by a process that died is taken over.
+    """
+    me = _claimant()
+    state = Progress(items_total=len(prepared.items))
+    _wait_for_claim(store, prepared.config_id, me, state, progress)
+    try:
+        return _execute_claimed(prepared, store, me, state, progress)
+    finally:
+        store.release(prepared.config_id, me)
+
+
+def _execute_claimed(
+    prepared: Prepared, store: Store, me: Claim, state: Progress, progress: ProgressCallback | None
+) -> dict[int, results.ConfigResult]:
+    from edgeval import engine
+
     spec = prepared.spec
     pending = _pending(prepared, store)
-    state = Progress(items_done=len(prepared.items) - len(pending), items_total=len(prepared.items))
+    state.items_done = len(prepared.items) - len(pending)
     ids = prepared.config_ids
     if not pending and all(store.config(i)["status"] == "done" for i in ids.values()):
         return _results(prepared, store)
+    if not spec.force:
+        try:
+            check_fits(prepared)
+        except NotEnoughMemoryError as exc:
+            for config_id in ids.values():
+                store.update_config(config_id, status="unfit", message=describe(exc))
+            raise
     log_path = cache_dir("logs") / f"config-{prepared.config_id}.log"
     log_path.write_text("")
     payload = {
@@ -389,9 +510,13 @@ def execute_ladder(
     stopped = False
     worker.start()
     state.worker_pid = worker.pid
+    beat = time.monotonic()
     try:
         with memory.PeakRSS(worker.pid or 0) as sampler:
             while worker.is_alive() or not events.empty():
+                if time.monotonic() - beat > HEARTBEAT_S:
+                    beat = time.monotonic()
+                    store.heartbeat(prepared.config_id, me, time.time())
                 try:
                     kind, value = events.get(timeout=0.1)
                 except queue.Empty:
@@ -452,15 +577,29 @@ def _peak_fields(row: Any, peak: memory.RSS) -> dict[str, object]:
 
 
 def run(
-    spec: RunSpec, store: Store, progress: ProgressCallback | None = None, command: str = ""
+    spec: RunSpec,
+    store: Store,
+    progress: ProgressCallback | None = None,
+    command: str = "",
+    notify: Callable[[str], None] | None = None,
 ) -> results.ConfigResult:
     """Prepare and execute one configuration (the library call behind `edgeval run`)."""
-    return run_ladder(spec, store, progress, command)[spec.budget_tokens]
+    rungs = run_ladder(spec, store, progress, command, notify)
+    return rungs[max(rungs)]
 
 
 def run_ladder(
-    spec: RunSpec, store: Store, progress: ProgressCallback | None = None, command: str = ""
+    spec: RunSpec,
+    store: Store,
+    progress: ProgressCallback | None = None,
+    command: str = "",
+    notify: Callable[[str], None] | None = None,
 ) -> dict[int, results.ConfigResult]:
-    """Prepare and execute one configuration at every budget of its ladder, from one generation."""
+    """Prepare and execute one configuration at every budget of its ladder, from one generation; `notify` hears
+    the prepared configuration's notes (a default edgeval lowered, say)."""
     run_id = store.add_run(provenance(), command)
-    return execute_ladder(prepare(spec, store, run_id), store, progress)
+    prepared = prepare(spec, store, run_id)
+    for note in prepared.notes:
+        if notify is not None:
+            notify(note)
+    return execute_ladder(prepared, store, progress)
