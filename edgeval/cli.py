@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import click
 
 import edgeval
+from edgeval import compare as compare_mod
+from edgeval import plan as planner
+from edgeval import sweep
 from edgeval.errors import debug_enabled, describe
 from edgeval.quants import KVType
 
@@ -116,6 +120,117 @@ def _tokens(text: str) -> int:
         raise ValueError(str(exc)) from None
 
 
+def _joined(values: Iterable[object]) -> str:
+    """Axis values as the command line writes them: `f16,q8_0`, `768,2304`."""
+    return ",".join(str(v.value) if isinstance(v, Enum) else str(v) for v in values)
+
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _options(*options: Decorator) -> Decorator:
+    """Several click options as one decorator (applied in the order listed, so --help lists them so)."""
+
+    def apply(f: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return apply
+
+
+def axis_options(*, kv: Sequence[KVType], ctx: Sequence[int], k: Sequence[int], prompt_tokens: int) -> Decorator:
+    """--kv, --ctx and --k: the grid's axes, their defaults the library's own constants (`plan`, `compare`)."""
+    return _options(
+        click.option(
+            "--kv",
+            type=CommaList("KV,...", _kv),
+            default=_joined(kv),
+            show_default=True,
+            help="KV-cache types (K and V alike).",
+        ),
+        click.option(
+            "--ctx",
+            type=CommaList("N,...", _tokens),
+            default=_joined(ctx),
+            show_default=True,
+            help=f"Tokens per sample (the {prompt_tokens}-token prompt + the token budget); 2k = 2048.",
+        ),
+        click.option(
+            "--k",
+            "votes",
+            type=CommaList("K,...", _count),
+            default=_joined(k),
+            show_default=True,
+            help="Majority votes per question (parallel samples sharing the prompt).",
+        ),
+    )
+
+
+def models_option(default: str) -> Decorator:
+    """--models REF... (several after one flag, commas, or the flag repeated)."""
+    return click.option(
+        "--models", "model_refs", multiple=True, metavar="REF...", help=f"Models to consider; default: {default}."
+    )
+
+
+def check_ctx(ctx: Sequence[int], prompt_tokens: int) -> None:
+    """A --ctx value that cannot hold the prompt and one generated token is a usage error naming it."""
+    short = planner.too_short(ctx, prompt_tokens)
+    if short:
+        raise click.BadParameter(
+            f"{_joined(short)} cannot hold the {prompt_tokens}-token prompt and a token budget "
+            f"(use more than {prompt_tokens})",
+            param_hint="--ctx",
+        )
+
+
+def _model_names(model_refs: Sequence[str]) -> tuple[str, ...]:
+    return tuple(n.strip() for ref in model_refs for n in ref.split(",") if n.strip())
+
+
+class ListOptionsCommand(click.Command):
+    """A command whose list options take several values after one flag, as the README writes them:
+    `--models a b c` means `--models a --models b --models c` (commas and repeats work too)."""
+
+    list_options = ("--models",)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        spread: list[str] = []
+        taking, took = "", False  # the list option whose values are being read, and whether it has one yet
+        for i, arg in enumerate(args):
+            if taking and not arg.startswith("-"):
+                spread += [taking, arg]
+                took = True
+                continue
+            if taking and not took:
+                spread.append(taking)  # the flag with nothing after it: click says what is missing
+            taking = ""
+            if arg == "--":
+                spread += args[i:]
+                break
+            name = arg.split("=", 1)[0]
+            if name in self.list_options:
+                taking, took = name, "=" in arg
+                if took:
+                    spread.append(arg)
+                continue
+            spread.append(arg)
+        if taking and not took:
+            spread.append(taking)
+        return super().parse_args(ctx, spread)
+
+
+db_option = click.option(
+    "--db", type=click.Path(dir_okay=False, path_type=Path), help="Results database (default: EDGEVAL_HOME/edgeval.db)."
+)
+threads_option = click.option("--threads", type=click.IntRange(1), help="CPU threads (default: physical cores).")
+repack_option = click.option(
+    "--repack/--no-repack",
+    default=None,
+    help="llama.cpp weight repacking (default: on where the doctor's probe, run once, says it works).",
+)
+seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same samples.")
 catalog_option = click.option(
     "--catalog",
     "catalogs",
@@ -177,45 +292,25 @@ def inspect(ref: str, catalogs: tuple[Path, ...], as_json: bool) -> None:
         ui.render_inspect(info)
 
 
-@cli.command()
+@cli.command(cls=ListOptionsCommand)
 @click.option(
     "--budget", required=True, type=ByteSize(), help="Memory budget: 8GB, 7.5GB, 8000MB (10^n) or 8GiB, 512MiB (2^n)."
 )
-@click.option(
-    "--models",
-    "model_refs",
-    multiple=True,
-    help="Models to consider (repeatable or comma-separated); default: the whole catalog.",
+@models_option("the whole catalog")
+@axis_options(
+    kv=planner.DEFAULT_KV, ctx=planner.DEFAULT_CTX, k=planner.DEFAULT_K, prompt_tokens=planner.DEFAULT_PROMPT_TOKENS
 )
 @click.option(
-    "--kv",
-    type=CommaList("KV,...", _kv),
-    default="f16,q8_0,q4_0",
+    "--prompt-tokens",
+    type=click.IntRange(1),
+    default=planner.DEFAULT_PROMPT_TOKENS,
     show_default=True,
-    help="KV-cache types (K and V alike).",
-)
-@click.option(
-    "--ctx",
-    type=CommaList("N,...", _tokens),
-    default="2k,4k,8k,16k,32k",
-    show_default=True,
-    help="Tokens per sample (prompt + token budget); 2k = 2048.",
-)
-@click.option(
-    "--k",
-    "votes",
-    type=CommaList("K,...", _count),
-    default="1,4,8",
-    show_default=True,
-    help="Majority votes (parallel samples sharing the prompt).",
-)
-@click.option(
-    "--prompt-tokens", type=int, default=256, show_default=True, help="Prompt length assumed for every question."
+    help="Prompt length assumed for every question.",
 )
 @click.option(
     "--gpu-layers",
     type=int,
-    default=0,
+    default=planner.Axes.gpu_layers,
     show_default=True,
     help="Layers offloaded to a GPU (-1: all); splits the footprint into host and device.",
 )
@@ -247,10 +342,10 @@ def plan(
     powers of two.
     """
     from edgeval import catalog, ui
-    from edgeval import plan as planner
 
+    check_ctx(ctx, prompt_tokens)
     book = catalog.Catalog.load(catalogs)
-    names = [n.strip() for ref in model_refs for n in ref.split(",") if n.strip()]
+    names = _model_names(model_refs)
     refs = book.resolve_all(names) if names else book.everything()
     repacking, types = planner.repack_setting(repack)
     axes = planner.Axes(
@@ -283,10 +378,9 @@ def plan(
 @click.option(
     "--budget-tokens",
     type=CommaList("N,...", _tokens),
-    default="2048",
-    show_default=True,
     help="Tokens each sample may generate before its answer is forced; a ladder (8,24,48) answers every budget "
-    "from one generation.",
+    f"from one generation (default: {sweep.DEFAULT_BUDGET_TOKENS}, or what the model's context holds beside the "
+    "prompt).",
 )
 @click.option(
     "--k",
@@ -302,43 +396,36 @@ def plan(
 @click.option("--top-p", type=float, help="Override the recommended top-p.")
 @click.option("--top-k", type=int, help="Override the recommended top-k.")
 @click.option("--min-p", type=float, help="Override the recommended min-p.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same samples.")
-@click.option("--threads", type=click.IntRange(1), help="CPU threads (default: physical cores).")
+@seed_option
+@threads_option
 @click.option("--gpu-layers", type=int, help="Layers on the GPU (default: all on a GPU build, 0 on CPU).")
-@click.option(
-    "--repack/--no-repack",
-    default=None,
-    help="llama.cpp weight repacking (default: on where the doctor probe says it works).",
-)
-@click.option(
-    "--db", type=click.Path(dir_okay=False, path_type=Path), help="Results database (default: EDGEVAL_HOME/edgeval.db)."
-)
+@repack_option
+@click.option("--force", is_flag=True, help="Run even where the predicted memory exceeds what is available.")
+@db_option
 @catalog_option
 @json_option
 def run(
     model_ref: str, task_name: str, kv: str | None, kv_k: str | None, kv_v: str | None, ctx: tuple[int, ...] | None,
-    budget_tokens: tuple[int, ...], votes: int, limit: int | None, thinking: bool, temperature: float | None, top_p: float | None,
-    top_k: int | None, min_p: float | None, seed: int, threads: int | None, gpu_layers: int | None,
-    repack: bool | None, db: Path | None, catalogs: tuple[Path, ...], as_json: bool,
+    budget_tokens: tuple[int, ...] | None, votes: int, limit: int | None, thinking: bool, temperature: float | None,
+    top_p: float | None, top_k: int | None, min_p: float | None, seed: int, threads: int | None,
+    gpu_layers: int | None, repack: bool | None, force: bool, db: Path | None, catalogs: tuple[Path, ...],
+    as_json: bool,
 ) -> None:  # fmt: skip
     """Run one configuration over a task: k votes per question, graded, with memory and speed measured.
 
     Each configuration runs in its own process; every finished question is stored at once, so an interrupted
     run resumes where it stopped. Prints a result table (or --json).
     """
-    from edgeval import doctor, hub, prompts, sweep, ui
+    from edgeval import hub, prompts, ui
     from edgeval.catalog import Catalog
-    from edgeval.engine import Sampling
+    from edgeval.prompts import Sampling
     from edgeval.store import Store
 
     refs = Catalog.load(catalogs).resolve(model_ref)
     if len(refs) != 1:
         raise click.UsageError(f"'{model_ref}' names {len(refs)} files; name one, e.g. {refs[0].label}")
     ref = refs[0]
-    path = hub.local_path(ref.file)
-    if path is None:
-        with ui.download_progress(ref.label) as pulled:
-            path = hub.pull(ref.file, progress=pulled)
+    budgets = tuple(sorted(set(budget_tokens or ())))
     base = prompts.recommended_sampling(thinking)
     sampling = Sampling(
         temperature=base.temperature if temperature is None else temperature,
@@ -346,16 +433,20 @@ def run(
         top_k=base.top_k if top_k is None else top_k,
         min_p=base.min_p if min_p is None else min_p,
     )
-    spec = sweep.RunSpec(
-        model_path=path, model_label=ref.label, task=task_name,
-        kv_type_k=KVType(kv_k or kv or "f16"), kv_type_v=KVType(kv_v or kv or "f16"),
-        budget_tokens=max(budget_tokens), ladder=tuple(sorted(set(budget_tokens)))[:-1], ctx=ctx[0] if ctx else None,
-        k=votes, thinking=thinking,
-        sampling=None if sampling == base else sampling, seed=seed, limit=limit, threads=threads,
-        repack=doctor.repack_default() if repack is None else repack, gpu_layers=gpu_layers,
-    )  # fmt: skip
-    with Store(db) as store, ui.run_progress(ref.label, task_name, votes, quiet=as_json) as progress:
-        rungs = sweep.run_ladder(spec, store, progress, command=" ".join(sys.argv))
+    with Store(db) as store:
+        path = hub.local_path(ref.file)
+        if path is None:
+            with ui.download_progress(ref.label) as pulled:
+                path = hub.pull(ref.file, progress=pulled, sha256=lambda p: store.file_sha256(p, hub.sha256_of))
+        spec = sweep.RunSpec(
+            model_path=path, model_label=ref.label, task=task_name,
+            kv_type_k=KVType(kv_k or kv or "f16"), kv_type_v=KVType(kv_v or kv or "f16"),
+            budget_tokens=budgets[-1] if budgets else None, ladder=budgets[:-1], ctx=ctx[0] if ctx else None,
+            k=votes, thinking=thinking, sampling=None if sampling == base else sampling, seed=seed, limit=limit,
+            threads=threads, repack=repack, gpu_layers=gpu_layers, expected_sha256=ref.file.sha256, force=force,
+        )  # fmt: skip
+        with ui.run_progress(ref.label, task_name, votes, quiet=as_json) as progress:
+            rungs = sweep.run_ladder(spec, store, progress, " ".join(sys.argv), ui.note)
     if as_json:
         shown = [r.to_json() for r in rungs.values()]
         click.echo(json.dumps(shown if len(shown) > 1 else shown[0], indent=2))
@@ -375,6 +466,13 @@ def _duration(text: str) -> float:
         raise ValueError(str(exc)) from None
 
 
+def _duration_text(seconds: float) -> str:
+    """A duration as --time reads it: `1h`, `30m`, `75s`."""
+    if seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    return f"{seconds / 60:g}m" if seconds % 60 == 0 else f"{seconds:g}s"
+
+
 class Duration(click.ParamType):  # type: ignore[type-arg]
     """A wall time: 90s, 30m, 2h, 1h30m."""
 
@@ -389,14 +487,14 @@ class Duration(click.ParamType):  # type: ignore[type-arg]
             self.fail(str(exc), param, ctx)
 
 
-def _run_compare(request: Any, db: Path | None, as_json: bool, dry_run: bool) -> list[Any]:
-    from edgeval import compare, hub, ui
+def _run_compare(request: compare_mod.Request, db: Path | None, as_json: bool, dry_run: bool) -> list[Any]:
+    from edgeval import hub, ui
     from edgeval.store import Store
 
     if dry_run:
         plans = []
         for task in request.tasks:
-            arms = compare.arms(request, task)
+            arms = compare_mod.arms(request, task)
             plans.append((task, arms, {a.ref.label: hub.local_path(a.ref.file) is not None for a in arms}))
         if as_json:
             click.echo(json.dumps([[ui.arm_row(a, t, cached[a.ref.label]) for a in arms] for t, arms, cached in plans],
@@ -405,7 +503,7 @@ def _run_compare(request: Any, db: Path | None, as_json: bool, dry_run: bool) ->
             ui.render_dry_run(request, plans)
         return []
     with Store(db) as store, ui.compare_progress(quiet=as_json) as progress:
-        comparisons = compare.run(request, store, progress, command=" ".join(sys.argv))
+        comparisons = compare_mod.run(request, store, progress, command=" ".join(sys.argv))
     if as_json:
         click.echo(json.dumps([ui.comparison_json(c) for c in comparisons], indent=2))
     else:
@@ -415,51 +513,48 @@ def _run_compare(request: Any, db: Path | None, as_json: bool, dry_run: bool) ->
     return comparisons
 
 
-def _defaults(values: tuple[Any, ...]) -> str:
-    return ",".join(str(getattr(v, "value", v)) for v in values)
-
-
-@cli.command(name="compare")
+@cli.command(name="compare", cls=ListOptionsCommand)
 @click.option("--budget", required=True, type=ByteSize(), help="Memory budget: 8GB, 7.5GB (10^n) or 8GiB (2^n).")
-@click.option("--task", "task_names", multiple=True, help="Task(s) to compare on (repeatable); default: math500.")
 @click.option(
-    "--models",
-    "model_refs",
+    "--task",
+    "task_names",
     multiple=True,
-    help="Models (repeatable or comma-separated); default: 4- and 8-bit files of the two largest sizes that fit.",
+    default=(compare_mod.DEFAULT_TASK,),
+    show_default=True,
+    help="Task(s) to compare on (repeatable).",
 )
-@click.option("--kv", type=CommaList("KV,...", _kv), help="KV-cache types; default: f16.")
+@models_option(f"{_joined(compare_mod.DEFAULT_QUANTS)} files of the {compare_mod.DEFAULT_SIZES} largest sizes that fit")
+@click.option("--kv", type=CommaList("KV,...", _kv), default=_joined(compare_mod.DEFAULT_KV), show_default=True,
+              help="KV-cache types (K and V alike).")  # fmt: skip
 @click.option(
     "--budget-tokens",
     "budgets",
     type=CommaList("N,...", _tokens),
-    help="The token-budget ladder, answered by one generation per run; default: 1k,2k,4k (capped to the model's "
-    "context).",
+    default=_joined(compare_mod.DEFAULT_BUDGETS),
+    show_default=True,
+    help="The token-budget ladder, answered by one generation per run (capped to the model's context).",
 )
-@click.option("--k", "votes", type=CommaList("K,...", _count), help="Vote counts compared (k up to the largest, "
-              "generated once); default: 1,4.")  # fmt: skip
-@click.option("--time", "time_s", type=Duration(), help="Wall-time cap: 90s, 30m, 2h; default: 1h.")
+@click.option("--k", "votes", type=CommaList("K,...", _count), default=_joined(compare_mod.DEFAULT_VOTES),
+              show_default=True, help="Vote counts compared (k up to the largest, generated once).")  # fmt: skip
+@click.option("--time", "time_s", type=Duration(), default=_duration_text(compare_mod.DEFAULT_TIME_S),
+              show_default=True, help="Wall-time cap: 90s, 30m, 2h.")  # fmt: skip
 @click.option("--limit", type=click.IntRange(1), help="Questions per configuration at most (default: the whole task; "
-              "10 with --exhaustive).")  # fmt: skip
+              f"{compare_mod.DEFAULT_EXHAUSTIVE_LIMIT} with --exhaustive).")  # fmt: skip
 @click.option(
     "--exhaustive", is_flag=True, help="Run every configuration on every question up to --limit; drop nothing."
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
-@click.option("--threads", type=click.IntRange(1), help="CPU threads (default: physical cores).")
-@click.option(
-    "--repack/--no-repack", default=None, help="llama.cpp weight repacking (default: where the probe says it works)."
-)
+@seed_option
+@threads_option
+@repack_option
 @click.option("--dry-run", is_flag=True, help="Show the runs, the download and a time plan; run nothing.")
-@click.option(
-    "--db", type=click.Path(dir_okay=False, path_type=Path), help="Results database (default: EDGEVAL_HOME/edgeval.db)."
-)
+@db_option
 @catalog_option
 @json_option
 def compare_command(
-    budget: int, task_names: tuple[str, ...], model_refs: tuple[str, ...], kv: tuple[KVType, ...] | None,
-    budgets: tuple[int, ...] | None, votes: tuple[int, ...] | None, time_s: float | None, limit: int | None,
-    exhaustive: bool, seed: int, threads: int | None, repack: bool | None, dry_run: bool, db: Path | None,
-    catalogs: tuple[Path, ...], as_json: bool,
+    budget: int, task_names: tuple[str, ...], model_refs: tuple[str, ...], kv: tuple[KVType, ...],
+    budgets: tuple[int, ...], votes: tuple[int, ...], time_s: float, limit: int | None, exhaustive: bool, seed: int,
+    threads: int | None, repack: bool | None, dry_run: bool, db: Path | None, catalogs: tuple[Path, ...],
+    as_json: bool,
 ) -> None:  # fmt: skip
     """Find the best configuration that fits the budget, in the time you give: a race over rounds of questions
     that drops a configuration once a cheaper one is better by a paired interval, then says how sure it is.
@@ -468,14 +563,10 @@ def compare_command(
     others; the same command again continues and refines (it adds questions, never redoes one); Ctrl-C prints the
     answer so far.
     """
-    from edgeval import compare, doctor
-
-    names = tuple(n.strip() for ref in model_refs for n in ref.split(",") if n.strip())
-    request = compare.Request(
-        budget_bytes=budget, tasks=task_names or (compare.DEFAULT_TASK,), models=names, kv=kv or compare.DEFAULT_KV,
-        budgets=budgets or compare.DEFAULT_BUDGETS, votes=votes or compare.DEFAULT_VOTES,
-        time_s=time_s or compare.DEFAULT_TIME_S, limit=limit, exhaustive=exhaustive, seed=seed, threads=threads,
-        repack=(doctor.repack_default() if not dry_run else False) if repack is None else repack, catalogs=catalogs,
+    request = compare_mod.Request(
+        budget_bytes=budget, tasks=task_names, models=_model_names(model_refs), kv=kv, budgets=budgets, votes=votes,
+        time_s=time_s, limit=limit, exhaustive=exhaustive, seed=seed, threads=threads, repack=repack,
+        catalogs=catalogs,
     )  # fmt: skip
     _run_compare(request, db, as_json, dry_run)
 
@@ -491,17 +582,15 @@ def compare_command(
 @click.option("--task", "task_name", help="Only this task (default: one report per stored task).")
 @click.option("--budget", type=ByteSize(), help="Only configurations within this footprint.")
 @click.option("--name", help="File name stem (default: TASK-BUDGET).")
-@click.option(
-    "--db", type=click.Path(dir_okay=False, path_type=Path), help="Results database (default: EDGEVAL_HOME/edgeval.db)."
-)
+@db_option
 def report(out: Path, task_name: str | None, budget: int | None, name: str | None, db: Path | None) -> None:
     """Write markdown reports with a memory-against-accuracy plot from the stored results (same results, same bytes)."""
-    from edgeval import compare, ui
     from edgeval import report as reporting
+    from edgeval import ui
     from edgeval.store import Store
 
     with Store(db) as store:
-        comparisons = compare.from_store(store, task_name, budget)
+        comparisons = compare_mod.from_store(store, task_name, budget)
         if not any(c.rows for c in comparisons):
             raise click.ClickException("no stored results to report — run `edgeval compare` or `edgeval demo` first")
         for comparison in comparisons:

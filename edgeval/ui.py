@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
+from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -20,19 +22,26 @@ from rich.progress import Progress as RichProgress
 from rich.table import Table
 
 from edgeval import memory
-from edgeval.catalog import ModelRef
-from edgeval.compare import FIRST_ROUND, ROUND_GROWTH, Arm, RaceProgress, Request
-from edgeval.doctor import MachineReport
-from edgeval.gguf_info import GGUFInfo
-from edgeval.hub import Progress
-from edgeval.plan import Config, Plan
-from edgeval.results import ConfigResult
-from edgeval.sweep import Progress as SweepProgress
 from edgeval.units import format_bytes, format_duration
-from edgeval.verdict import Comparison, Row
+
+if TYPE_CHECKING:  # types only: importing these here would load llama.cpp for `plan` and `models`
+    from edgeval.catalog import ModelRef
+    from edgeval.compare import Arm, RaceProgress, Request
+    from edgeval.doctor import MachineReport
+    from edgeval.gguf_info import GGUFInfo
+    from edgeval.hub import Progress
+    from edgeval.plan import Config, Plan
+    from edgeval.results import ConfigResult
+    from edgeval.sweep import Progress as SweepProgress
+    from edgeval.verdict import Comparison, Row
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+def note(line: str) -> None:
+    """A one-line note on stderr: something edgeval chose that the user should know."""
+    err_console.print(f"note: {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _yes_no(value: bool | None) -> str:
@@ -107,27 +116,41 @@ def model_row(ref: ModelRef) -> dict[str, object]:
     }
 
 
+# Below this many columns a terminal table drops its least needed columns; `--json` and the markdown report
+# keep everything.
+WIDE = 120
+
+
+def _compact_table(title: str) -> Table:
+    """A table without vertical rules, so its numbers keep their room at 80 columns."""
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+
+
 def render_models(refs: list[ModelRef]) -> None:
-    """The catalog as one table, a row per file."""
-    table = Table(title="edgeval models", title_justify="left")
-    table.add_column("model", no_wrap=True)
-    for name in ("params", "size on disk", "weights", "KV/1k tok f16"):
+    """The catalog as one table, a row per file (its source only where the terminal is wide)."""
+    wide = console.width >= WIDE
+    table = _compact_table("edgeval models (sizes in GB)")
+    table.add_column("model", overflow="fold")
+    for name in ("params", "on disk", "weights", "KV/1k tok"):
         table.add_column(name, justify="right", no_wrap=True)
-    table.add_column("source", overflow="ellipsis", max_width=40)
-    table.add_column("downloaded", justify="center", no_wrap=True)
+    if wide:
+        table.add_column("source", overflow="ellipsis", max_width=40)
+    table.add_column("here", justify="center", no_wrap=True)
     for ref in refs:
         row = model_row(ref)
         size = row["size_bytes"]
-        table.add_row(
+        cells = [
             ref.label,
             f"{ref.model.params / 1e9:.2f}B",
-            format_bytes(size) if isinstance(size, int) else "?",
-            format_bytes(ref.weight_bytes),
-            format_bytes(int(row["kv_bytes_per_1k_tokens_f16"])),  # type: ignore[call-overload]
-            str(row["source"]),
-            "[green]✓[/]" if row["downloaded"] else "",
-        )
+            _gb(size) if isinstance(size, int) else "?",
+            _gb(ref.weight_bytes),
+            f"{int(row['kv_bytes_per_1k_tokens_f16']) / 1e9:.3f}",  # type: ignore[call-overload]
+        ]
+        if wide:
+            cells.append(str(row["source"]))
+        table.add_row(*cells, "[green]✓[/]" if row["downloaded"] else "")
     console.print(table)
+    console.print("[dim]KV/1k tok: the f16 KV cache of 1,000 tokens; here: downloaded[/]")
 
 
 @contextmanager
@@ -235,13 +258,15 @@ def render_plan(result: Plan, *, show_all: bool = False) -> None:
         summary.add_row(f"{bits}-bit", c.ref.label, format_bytes(c.footprint.weight_bytes), f"{c.ctx} × {c.k}",
                         format_bytes(c.footprint.total_bytes))  # fmt: skip
     console.print(summary)
-    table = Table(
-        title=f"{len(result.fits)} of {result.considered} configurations fit, in GB "
-        f"([blue]█ weights[/] [magenta]█ KV cache[/] [dim]█ other[/])",
-        title_justify="left",
-    )
-    for name in ("band", "model", "KV", "ctx", "k", "weights", "KV cache", "other", "total", "split"):
-        table.add_column(name, justify="left" if name in ("band", "model", "KV", "split") else "right", no_wrap=True)
+    wide = console.width >= WIDE
+    legend = " ([blue]█ weights[/] [magenta]█ KV cache[/] [dim]█ other[/])" if wide else ""
+    table = _compact_table(f"{len(result.fits)} of {result.considered} configurations fit, in GB{legend}")
+    names: tuple[str, ...] = ("band", "model", "KV", "ctx", "k", "weights", "KV cache", "other", "total", "split")
+    if not wide:  # other = total − weights − KV cache; the split bar is a picture of the same numbers
+        names = tuple(n for n in names if n not in ("other", "split"))
+    for name in names:
+        table.add_column(name, justify="left" if name in ("band", "model", "KV", "split") else "right",
+                         no_wrap=name != "model", overflow="fold")  # fmt: skip
     bands: dict[str, list[Config]] = {}
     for c in result.fits:
         bands.setdefault(footprint_band(c.footprint.total_bytes), []).append(c)
@@ -249,12 +274,13 @@ def render_plan(result: Plan, *, show_all: bool = False) -> None:
         shown = configs if show_all else _spread(configs, PLAN_ROWS_PER_BAND)
         for i, c in enumerate(shown):
             fp = c.footprint
-            table.add_row(
-                band if i == 0 else "", c.ref.label, c.kv_type_k.value, str(c.ctx), str(c.k),
-                _gb(fp.weight_bytes), _gb(fp.kv_bytes), _gb(fp.other_bytes), f"[bold]{_gb(fp.total_bytes)}[/]",
-                _share_bar(fp.weight_bytes, fp.kv_bytes, fp.other_bytes),
-                end_section=i == len(shown) - 1,
-            )  # fmt: skip
+            cells = {
+                "band": band if i == 0 else "", "model": c.ref.label, "KV": c.kv_type_k.value, "ctx": str(c.ctx),
+                "k": str(c.k), "weights": _gb(fp.weight_bytes), "KV cache": _gb(fp.kv_bytes),
+                "other": _gb(fp.other_bytes), "total": f"[bold]{_gb(fp.total_bytes)}[/]",
+                "split": _share_bar(fp.weight_bytes, fp.kv_bytes, fp.other_bytes),
+            }  # fmt: skip
+            table.add_row(*(cells[n] for n in names), end_section=i == len(shown) - 1)
         if len(shown) < len(configs):
             table.add_row("", f"[dim]… {len(configs) - len(shown)} more (--all)[/]", end_section=True)
     console.print(table)
@@ -352,6 +378,8 @@ def arm_row(arm: Arm, task: str, cached: bool) -> dict[str, object]:
 
 def render_dry_run(request: Request, plans: list[tuple[str, list[Arm], dict[str, bool]]]) -> None:
     """The runs each task would make, what they answer, the download and a time plan."""
+    from edgeval.compare import FIRST_ROUND, ROUND_GROWTH
+
     for task, arms, cached in plans:
         if not arms:
             err_console.print(f"Nothing fits in {format_bytes(request.budget_bytes)}.")

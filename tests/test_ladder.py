@@ -12,8 +12,8 @@ from edgeval import demo, engine, prompts, sweep, tasks
 from edgeval.cli import cli
 from edgeval.store import Store
 
-GREEDY = engine.Sampling(temperature=0.0)
-SAMPLED = engine.Sampling(temperature=1.0, top_p=1.0, top_k=0)
+GREEDY = prompts.Sampling(temperature=0.0)
+SAMPLED = prompts.Sampling(temperature=1.0, top_p=1.0, top_k=0)
 
 
 def _forcing(model: engine.Model, answer_tokens: int = 12) -> engine.Forcing:
@@ -30,7 +30,7 @@ def _prompts(model: engine.Model, n: int) -> list[list[int]]:
 
 
 @pytest.mark.parametrize("sampling", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
-def test_each_rung_equals_a_separate_run_at_its_budget(sampling: engine.Sampling) -> None:
+def test_each_rung_equals_a_separate_run_at_its_budget(sampling: prompts.Sampling) -> None:
     rungs = (4, 12, 24, 48)
     seeds = (11, 12, 13)
     # On the CPU: a GPU may pick other kernels for batches of another shape and flip a near-tie.
