@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
@@ -338,3 +339,30 @@ def test_demo_runs_offline_and_leaves_a_report(tmp_path: Path, monkeypatch: pyte
     assert result.exit_code == 0, result.output
     assert (tmp_path / "reports" / "edgeval-demo.md").exists() and (tmp_path / "reports" / "edgeval-demo.png").exists()
     assert "Best under 1 GB" in result.output
+
+
+def test_terminal_tables_keep_every_number_whole_at_80_columns(
+    compared: tuple[Path, Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rich.console import Console
+
+    from edgeval import plan, ui
+    from edgeval.store import Store
+
+    catalog, db, _ = compared
+    with Store(db) as store:
+        comparisons = compare.from_store(store)
+    plan_result = plan.plan(Catalog.load().everything(), plan.Axes(), 8 * 10**9)
+    for width in (80, 120):
+        screen = Console(width=width, file=io.StringIO(), color_system=None)
+        monkeypatch.setattr(ui, "console", screen)
+        ui.render_compare(comparisons)
+        ui.render_plan(plan_result)
+        if width == 80:  # (wide, the models table adds each file's source, cut to 40 characters)
+            ui.render_models(Catalog.load([catalog]).everything())
+        text = screen.file.getvalue()  # type: ignore[attr-defined]
+        assert not re.search(r"\S…", text)  # nothing cut short ("… 56 more (--all)" is the plan's own line)
+        assert max(len(line) for line in text.splitlines()) <= width
+        for row in comparisons[0].rows:
+            assert f"{100 * row.result.accuracy_maj:.0f}%" in text and row.model in text
+        assert "qwen3-0.6b:Q4_K_M" in text and "0.39" in text  # a model row and its weight GB, whole

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -182,3 +183,30 @@ def test_unreachable_hub_names_the_way_out(monkeypatch: pytest.MonkeyPatch, tmp_
     result = CliRunner().invoke(cli, ["pull", "served:Q8_0", "--catalog", str(_catalog(tmp_path, size=1000))])
     assert result.exit_code == 1
     assert "cannot reach" in result.output and "HF_HUB_OFFLINE" in result.output
+
+
+def test_a_file_that_fails_its_check_is_never_evaluated(fake_hub: FakeHub, served_model: Path, tmp_path: Path) -> None:
+    good = served_model.read_bytes()
+    other = bytearray(good)
+    other[-1] ^= 0xFF  # the same model but one byte: a readable GGUF whose sha256 is not the catalog's
+    fake_hub.add(REPO, FILE, bytes(other))
+    catalog = _catalog(tmp_path, size=len(good), sha256=hashlib.sha256(good).hexdigest())
+    db = tmp_path / "r.db"
+    result = CliRunner().invoke(cli, ["pull", "served:Q8_0", "--catalog", str(catalog)])
+    assert result.exit_code == 1 and "sha256" in result.output and "removed" in result.output, result.output
+    assert not [p for p in (tmp_path / "hf-home").rglob("*") if p.is_file() and p.stat().st_size == len(good)]
+    run = ["run", "served:Q8_0", "--task", "arith", "--limit", "1", "--budget-tokens", "4", "--no-repack",
+           "--db", str(db), "--catalog", str(catalog)]  # fmt: skip
+    result = CliRunner().invoke(cli, run)  # downloads it again, and refuses it again
+    assert result.exit_code == 1 and "sha256" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    # A copy that reached the cache another way (an older edgeval, `hf download`) is checked before first use.
+    from huggingface_hub import hf_hub_download
+
+    planted = Path(hf_hub_download(REPO, FILE, cache_dir=tmp_path / "hf-home" / "hub", endpoint=fake_hub.url))
+    result = CliRunner().invoke(cli, run)
+    assert result.exit_code == 1 and "sha256" in result.output, result.output
+    assert not planted.exists()
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT COUNT(*) FROM configs").fetchone()[0] == 0
+        assert con.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 0
