@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgeval import compare, demo, engine, sweep
+from edgeval import compare, demo, prompts, sweep
 from edgeval.store import Store
 from edgeval.verdict import Row
 
@@ -85,7 +85,7 @@ def ladder(folder: Path, questions: int = 40) -> None:
     """Tokens decoded by one ladder generation of 4 rungs against 4 separate runs (the product's worker)."""
     model = demo.family_sources()[1]
     rungs = (8, 16, 32, 48)
-    greedy = engine.Sampling(temperature=0.6)
+    greedy = prompts.Sampling(temperature=0.6)
     base = sweep.RunSpec(model, model.stem, "arith", budget_tokens=48, k=4, limit=questions, sampling=greedy)
     with Store(folder / f"ladder-{time.time_ns()}.db") as store:
         t0 = time.monotonic()
