@@ -13,6 +13,7 @@ import click
 
 import edgeval
 from edgeval import compare as compare_mod
+from edgeval import demo as demo_mod
 from edgeval import plan as planner
 from edgeval import sweep
 from edgeval.errors import debug_enabled, describe
@@ -606,19 +607,19 @@ def report(out: Path, task_name: str | None, budget: int | None, name: str | Non
     show_default=True,
     help="Folder for the report.",
 )
-@click.option("--time", "time_s", type=Duration(), help="The race's wall time (default: 75s).")
+@click.option("--time", "time_s", type=Duration(), default=_duration_text(demo_mod.TIME_S), show_default=True,
+              help="The race's wall time.")  # fmt: skip
 @click.option("--limit", type=click.IntRange(1), help="Questions per configuration at most (default: all 200).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @json_option
-def demo(out: Path, time_s: float | None, limit: int | None, seed: int, as_json: bool) -> None:
+def demo(out: Path, time_s: float, limit: int | None, seed: int, as_json: bool) -> None:
     """Try edgeval with no downloads: quantize edgeval's tiny trained family, race it on arith, write a report."""
-    from edgeval import demo as demo_mod
     from edgeval import report as reporting
     from edgeval import ui
     from edgeval.store import Store
 
     setup = demo_mod.build_family()
-    request = demo_mod.request(setup, limit=limit, time_s=time_s or demo_mod.TIME_S, seed=seed)
+    request = demo_mod.request(setup, limit=limit, time_s=time_s, seed=seed)
     comparisons = _run_compare(request, setup.db, as_json, dry_run=False)
     with Store(setup.db) as store:
         for comparison in comparisons:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeval import compare, engine, gguf_info
+from edgeval import compare, gguf_info
 from edgeval.errors import EdgevalError
 from edgeval.paths import edgeval_home
 from edgeval.quants import KVType, WeightQuant
@@ -60,6 +60,8 @@ def build_family(folder: Path | None = None, threads: int | None = None) -> Demo
 
 def quantized(source: Path, quant: WeightQuant, folder: Path, threads: int | None = None) -> Path:
     """A quantization of a shipped model, made once by llama.cpp's quantizer and kept in `folder`."""
+    from edgeval import engine  # llama.cpp, only when a file is quantized
+
     stat = source.stat()
     target = folder / f"{source.stem}-{stat.st_size}-{int(stat.st_mtime)}-{quant.value}.gguf"
     if not target.exists():
