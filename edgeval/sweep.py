@@ -148,6 +148,8 @@ def _config_key(spec: RunSpec, task: tasks.Task, model_sha: str, budget: int) ->
         "sampling": asdict(spec.effective_sampling),
         "seed": spec.seed,
     }
+    from edgeval import engine
+
     offload = engine.LoadOptions(n_gpu_layers=spec.gpu_layers).gpu_layers()
     if offload:  # GPU kernels give other numbers and other measurements: not the CPU run's configuration
         decisive["gpu_layers"] = offload
