@@ -205,7 +205,7 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
     def footprint(cells: int, seqs: int) -> memory.Footprint:
         setting = memory.Setting(
             n_ctx=cells, n_seq=seqs, type_k=spec.kv_type_k, type_v=spec.kv_type_v, prompt_tokens=longest,
-            gpu_layers=gpu_layers, repack=spec.repack,
+            gpu_layers=gpu_layers, repack=bool(spec.repack),
         )  # fmt: skip
         return memory.predict(arch, header.weight_bytes, setting, embd_bytes=header.embd_bytes, repack=repack)
 
@@ -503,7 +503,7 @@ def _execute_claimed(
         "log_path": str(log_path), "verbose": engine.LOG.echo,
     }  # fmt: skip
     for config_id in ids.values():
-        store.update_config(config_id, status="running", message=None, log_tail=None, repack=int(spec.repack))
+        store.update_config(config_id, status="running", message=None, log_tail=None, repack=int(bool(spec.repack)))
     spawn = multiprocessing.get_context("spawn")
     events = spawn.Queue()
     worker = spawn.Process(target=_worker, args=(payload, events), daemon=True)

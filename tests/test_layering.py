@@ -27,10 +27,13 @@ def test_importing_the_pure_modules_does_not_import_llama_cpp(tmp_path: Path) ->
 
 
 def test_plan_and_models_do_not_load_llama_cpp(tmp_path: Path) -> None:
+    # (A prediction with repacking on asks llama.cpp which tensor types this CPU repacks: with it off, or for
+    # `models`, nothing needs llama.cpp.)
     code = (
         "import sys\n"
         "from edgeval.cli import cli\n"
-        "for args in (['plan', '--budget', '4GB'], ['models'], ['compare', '--budget', '1GB', '--dry-run']):\n"
+        "for args in (['plan', '--budget', '4GB', '--no-repack'], ['models'],\n"
+        "             ['compare', '--budget', '1GB', '--dry-run', '--no-repack']):\n"
         "    try:\n"
         "        cli(args, standalone_mode=False)\n"
         "    except SystemExit:\n"
@@ -58,7 +61,8 @@ def test_options_and_dry_run_do_not_probe_repacking(tmp_path: Path) -> None:
         "    cli(['compare', '--budget', '1GB', '--dry-run', '--json'], standalone_mode=False)\n"
         "except SystemExit:\n"
         "    pass\n"
-        "print('edgeval.doctor' in sys.modules)"
+        "from edgeval import doctor\n"
+        "print(doctor.repack_cached())"
     )
-    assert _python(code, tmp_path) == "False"
+    assert _python(code, tmp_path) == "None"  # the probe never ran (it would have remembered its verdict)
     assert not (tmp_path / "home" / "repack-probe.json").exists()
