@@ -249,6 +249,8 @@ def _budget(spec: RunSpec, n_ctx_train: int, prompt: int, answer: int) -> tuple[
 
 def _sample_tokens(spec: RunSpec, task: tasks.Task, items: tuple[tasks.Item, ...]) -> tuple[int, int]:
     """The longest prompt, and the tokens one sample needs: that prompt + the budget + a forced answer."""
+    from edgeval import engine
+
     with engine.Model(spec.model_path, engine.LoadOptions(vocab_only=True)) as vocab:
         forced = vocab.tokenize(prompts.forced_answer(task.answer_prefix))
         longest = max(len(vocab.tokenize(_prompt(task, item, spec.thinking))) for item in items)
