@@ -22,6 +22,7 @@ import llama_cpp
 from edgeval import memory
 from edgeval.errors import ConfigurationError, EdgevalError, LlamaError, ModelFileError, QuantizeError
 from edgeval.prompts import THINKING_SAMPLING, Sampling
+from edgeval.memory import eviction_chunk, own_cells
 from edgeval.quants import KVType, WeightQuant
 
 LLAMA_CPP_PYTHON_VERSION: str = llama_cpp.__version__
@@ -425,6 +426,8 @@ class _Sample:
     finish: str = ""  # "stop" (end token), "length" (budget reached while answering) or "forced"
     vote: int = 0  # which of the k votes it is (a fork: the vote it was forked from)
     rung: int | None = None  # a fork: the budget it answers for
+    kept_from: int = 0  # the first position of its own tokens still in the KV cache (a KV window evicts before it)
+    evicted: int = 0  # own tokens evicted from the KV cache
 
 
 @dataclass(frozen=True)
@@ -444,6 +447,7 @@ class Generation:
     decode_s: float
     ttft_s: float
     decoded_tokens: int = 0  # tokens the whole generation decoded (every rung's forks included)
+    evicted: tuple[int, ...] = ()  # own tokens each sample evicted from the KV cache (a KV window)
 
     @property
     def generated_tokens(self) -> int:
@@ -451,21 +455,26 @@ class Generation:
         return sum(self.generated)
 
 
-def fork_cells(k: int, n_rungs: int, forcing: Forcing | None) -> int:
+def fork_cells(k: int, n_rungs: int, forcing: Forcing | None, *, chunk: int = 0) -> int:
     """KV cells the forks of a budget ladder may hold at once: at every smaller rung, each vote still reasoning is
-    forked for its forced answer (its last token, the forcing text and the answer)."""
+    forked for its forced answer (its last token, the forcing text and the answer). When votes evict in chunks of
+    `chunk` tokens (a KV window), a fork also holds the cells its vote evicts while the fork lives (as many as the
+    vote writes meanwhile, and a chunk)."""
     if forcing is None or not forcing.starts_reasoning or n_rungs <= 1:
         return 0
-    return k * (n_rungs - 1) * (1 + len(forcing.tokens) + forcing.answer_tokens)
+    fork = 1 + len(forcing.tokens) + forcing.answer_tokens
+    return k * (n_rungs - 1) * (fork + (fork + chunk if chunk else 0))
 
 
 def cells_needed(
-    prompt_tokens: int, k: int, max_tokens: int, forcing: Forcing | None = None, *, n_rungs: int = 1
+    prompt_tokens: int, k: int, max_tokens: int, forcing: Forcing | None = None, *, n_rungs: int = 1, window: int = 0
 ) -> int:
-    """KV cells a generation needs: the shared prompt, each sample's budget (and its forced answer), and the
-    forks of a budget ladder's smaller rungs."""
+    """KV cells a generation needs: the shared prompt, each sample's budget — or its KV window and an eviction
+    chunk — and its forced answer, and the forks of a budget ladder's smaller rungs."""
     extra = len(forcing.tokens) + forcing.answer_tokens if forcing else 0
-    return prompt_tokens + k * (max_tokens + extra) + fork_cells(k, n_rungs, forcing)
+    own = own_cells(max_tokens, window)
+    chunk = eviction_chunk(window) if own < max_tokens else 0
+    return prompt_tokens + k * (own + extra) + fork_cells(k, n_rungs, forcing, chunk=chunk)
 
 
 def ladder_sequences(k: int, n_rungs: int, forcing: Forcing | None = None) -> int:
@@ -542,15 +551,19 @@ class Context:
         seeds: Sequence[int] = (0,),
         forcing: Forcing | None = None,
         on_step: Callable[[int], None] | None = None,
+        window: int = 0,
+        shift: bool = False,
     ) -> Generation:
         """k samples of `prompt`, decoded together: the prompt once, then one batch per step.
 
         `max_tokens` caps what each sample writes; with `forcing`, a sample still reasoning at the cap has its
         reasoning closed and may write `forcing.answer_tokens` more. `on_step` hears the tokens each step made.
+        `window` (0: none) and `shift` are the KV window of `generate_ladder`.
         """
         ladder = self.generate_ladder(
-            prompt, k=k, budgets=(max_tokens,), sampling=sampling, seeds=seeds, forcing=forcing, on_step=on_step
-        )
+            prompt, k=k, budgets=(max_tokens,), sampling=sampling, seeds=seeds, forcing=forcing, on_step=on_step,
+            window=window, shift=shift,
+        )  # fmt: skip
         return ladder[max_tokens]
 
     def generate_ladder(
@@ -563,6 +576,8 @@ class Context:
         seeds: Sequence[int] = (0,),
         forcing: Forcing | None = None,
         on_step: Callable[[int], None] | None = None,
+        window: int = 0,
+        shift: bool = False,
     ) -> dict[int, Generation]:
         """k samples of `prompt` at every token budget of a ladder, from one generation up to the largest.
 
@@ -571,6 +586,13 @@ class Context:
         on), and writes the forced answer a run at that budget would have written, while the vote goes on
         untouched. A vote that stopped, or that was answering, before a rung gives that rung what a run at that
         budget would have given. So each rung's samples equal a separate run at that budget.
+
+        With a KV `window` of N tokens (0: none), each sample keeps the prompt (shared, never evicted) and at least
+        its N most recent written tokens: when it holds N + chunk of its own, its oldest chunk is removed from the
+        cache (`memory.eviction_chunk`). Kept tokens keep their positions (gaps in between) unless `shift`, which
+        moves them down over the gap as StreamingLLM does (no ladder forks then: a shift would move the cells a
+        fork shares). A forced answer evicts nothing (it is short and counted in the cells), and neither does a
+        fork, so a rung still equals a separate run at its budget with the same window.
         """
         rungs = sorted(set(budgets))
         if not prompt:
@@ -583,6 +605,10 @@ class Context:
             )
         if len(seeds) != k:
             raise ValueError("one seed per sequence")
+        if window < 0:
+            raise ValueError("a KV window cannot be negative")
+        if shift and len(rungs) > 1:
+            raise ValueError("shifted positions cannot share cells with a ladder's forks")
         top = rungs[-1]
         extra = len(forcing.tokens) + forcing.answer_tokens if forcing else 0
         if len(prompt) + top + extra > self.model.n_ctx_train:
@@ -591,14 +617,14 @@ class Context:
                 f"{self.model.n_ctx_train} tokens {self.model.path.name} was trained for",
                 hint="lower the token budget",
             )
-        needed = cells_needed(len(prompt), k, top, forcing, n_rungs=len(rungs))
+        needed = cells_needed(len(prompt), k, top, forcing, n_rungs=len(rungs), window=window)
         if needed > self.n_ctx:
             raise ConfigurationError(
-                f"prompt ({len(prompt)} tokens) + {k} × {top + extra} tokens needs {needed} KV cells, "
-                f"the context has {self.n_ctx}",
-                hint="raise --ctx or lower the token budget or k",
+                f"prompt ({len(prompt)} tokens) + {k} × {own_cells(top, window) + extra} tokens needs {needed} KV "
+                f"cells, the context has {self.n_ctx}",
+                hint="raise --ctx or lower the token budget, the KV window or k",
             )
-        run = _LadderRun(self, prompt, k, rungs, forcing)
+        run = _LadderRun(self, prompt, k, rungs, forcing, window=window, shift=shift)
         samplers = [_sampler_chain(sampling, seed) for seed in seeds]
         capacity = max(self.options.n_batch, self.n_seq * (2 + (len(forcing.tokens) if forcing else 0)))
         batch = llama_cpp.llama_batch_init(capacity, 0, self.n_seq)
@@ -641,13 +667,17 @@ _Item = tuple[int, int, int, bool]  # (token, position, sequence, wants_logits)
 class _LadderRun:
     """The state of one ladder generation: the votes, their forks, and each rung's finished samples."""
 
-    def __init__(self, ctx: Context, prompt: Sequence[int], k: int, rungs: list[int], forcing: Forcing | None) -> None:
+    def __init__(
+        self, ctx: Context, prompt: Sequence[int], k: int, rungs: list[int], forcing: Forcing | None, *,
+        window: int = 0, shift: bool = False,
+    ) -> None:  # fmt: skip
         self.ctx, self.prompt, self.k, self.rungs, self.forcing = ctx, prompt, k, rungs, forcing
+        self.window, self.chunk, self.shift = window, eviction_chunk(window), shift
         self.top = rungs[-1]
         self.live: list[_Sample] = []
         self.free_seqs = list(range(ctx.n_seq - 1, k - 1, -1))  # fork ids, smallest popped first
-        # rung -> vote -> (tokens, generated, forced, finish)
-        self.results: dict[int, dict[int, tuple[list[int], int, bool, str]]] = {b: {} for b in rungs}
+        # rung -> vote -> (tokens, generated, forced, finish, evicted)
+        self.results: dict[int, dict[int, tuple[list[int], int, bool, str, int]]] = {b: {} for b in rungs}
         self.decoded = 0
 
     def free_samplers(self) -> None:
@@ -661,7 +691,8 @@ class _LadderRun:
         ctx, memory = self.ctx, self.ctx._memory
         reasoning = self.forcing.starts_reasoning if self.forcing else False
         self.live = [
-            _Sample(seq=s, pos=len(self.prompt), reasoning=reasoning, sampler=samplers[s], vote=s)
+            _Sample(seq=s, pos=len(self.prompt), reasoning=reasoning, sampler=samplers[s], vote=s,
+                    kept_from=len(self.prompt))
             for s in range(self.k)
         ]
         llama_cpp.llama_memory_clear(memory, True)
@@ -699,18 +730,19 @@ class _LadderRun:
         for b in self.rungs:
             got = [self.results[b][v] for v in range(self.k)]
             out[b] = Generation(
-                texts=tuple(ctx.model.detokenize(tokens) for tokens, _, _, _ in got),
-                tokens=tuple(tuple(tokens) for tokens, _, _, _ in got),
-                generated=tuple(g for _, g, _, _ in got),
-                forced=tuple(f for _, _, f, _ in got),
-                finish=tuple(why for _, _, _, why in got),
+                texts=tuple(ctx.model.detokenize(r[0]) for r in got),
+                tokens=tuple(tuple(r[0]) for r in got),
+                generated=tuple(r[1] for r in got),
+                forced=tuple(r[2] for r in got),
+                finish=tuple(r[3] for r in got),
                 prompt_tokens=len(self.prompt), prompt_tokens_decoded=len(self.prompt), max_batch_seqs=max_batch,
                 decode_steps=steps, prompt_s=prompt_s, decode_s=decode_s, ttft_s=ttft, decoded_tokens=self.decoded,
+                evicted=tuple(r[4] for r in got),
             )  # fmt: skip
         return out
 
     def _record(self, rung: int, seq: _Sample, finish: str) -> None:
-        self.results[rung][seq.vote] = (list(seq.tokens), seq.generated, seq.forced, finish)
+        self.results[rung][seq.vote] = (list(seq.tokens), seq.generated, seq.forced, finish, seq.evicted)
 
     def _finish(self, seq: _Sample, finish: str) -> None:
         """A sequence is done: a vote gives its result to the top rung and to every rung it never reached."""
@@ -747,7 +779,8 @@ class _LadderRun:
         llama_cpp.llama_memory_seq_cp(self.ctx._memory, vote.seq, seq_id, -1, -1)
         fork = _Sample(
             seq=seq_id, pos=vote.pos, reasoning=False, sampler=llama_cpp.llama_sampler_clone(vote.sampler),
-            tokens=list(vote.tokens), generated=vote.generated, vote=vote.vote, rung=rung,
+            tokens=list(vote.tokens), generated=vote.generated, vote=vote.vote, rung=rung, kept_from=vote.kept_from,
+            evicted=vote.evicted,
         )  # fmt: skip
         self.live.append(fork)
         return self._force(fork, token)
@@ -782,11 +815,26 @@ class _LadderRun:
             return []
         return self._force(seq, token)
 
-    @staticmethod
-    def _step(seq: _Sample, token: int) -> list[_Item]:
+    def _step(self, seq: _Sample, token: int) -> list[_Item]:
+        if self.window and not seq.forced and seq.pos - seq.kept_from >= self.window + self.chunk:
+            self._evict(seq)
         item = (token, seq.pos, seq.seq, True)
         seq.pos += 1
         return [item]
+
+    def _evict(self, seq: _Sample) -> None:
+        """Remove a sample's oldest chunk of own tokens from the cache (cells a fork shares stay, the fork's)."""
+        start, end = seq.kept_from, seq.kept_from + self.chunk
+        memory = self.ctx._memory
+        if not llama_cpp.llama_memory_seq_rm(memory, seq.seq, start, end):
+            raise LlamaError(f"llama.cpp could not evict positions {start}–{end} of sequence {seq.seq}")
+        seq.evicted += self.chunk
+        if self.shift:
+            # StreamingLLM: the kept tokens move down over the gap (llama.cpp re-ropes K at the next decode).
+            llama_cpp.llama_memory_seq_add(memory, seq.seq, end, -1, -self.chunk)
+            seq.pos -= self.chunk
+        else:
+            seq.kept_from = end
 
 
 def _allocation_failed(log: Sequence[str]) -> bool:

@@ -93,9 +93,28 @@ def padded_cells(cells: int) -> int:
     return math.ceil(max(cells, 1) / KV_CELL_PADDING) * KV_CELL_PADDING
 
 
-def cells_for(prompt_tokens: int, k: int, budget_tokens: int) -> int:
-    """KV cells k votes need when they share one prompt: prompt + k × token budget."""
-    return prompt_tokens + k * budget_tokens
+# A windowed sample evicts its oldest own tokens this many at a time (an eighth of the window, at most 32): a
+# sample holds between `window` and `window + chunk` of its own cells, and llama.cpp's cell walk of
+# `llama_memory_seq_rm` runs once per chunk, not once per token.
+EVICTION_CHUNK_MAX = 32
+
+
+def eviction_chunk(window: int) -> int:
+    """How many of its oldest own tokens a sample with a KV window evicts at once."""
+    return max(1, min(EVICTION_CHUNK_MAX, window // 8))
+
+
+def own_cells(budget_tokens: int, window: int = 0) -> int:
+    """KV cells one sample's own written tokens occupy at most: its budget, or with a window (0: none) the window
+    and one eviction chunk."""
+    if window <= 0:
+        return budget_tokens
+    return min(budget_tokens, window + eviction_chunk(window))
+
+
+def cells_for(prompt_tokens: int, k: int, budget_tokens: int, window: int = 0) -> int:
+    """KV cells k votes need when they share one prompt: prompt + k × token budget (or × window + chunk)."""
+    return prompt_tokens + k * own_cells(budget_tokens, window)
 
 
 def kv_bytes(arch: Architecture, cells: int, type_k: KVType, type_v: KVType) -> tuple[int, int]:
