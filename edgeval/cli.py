@@ -232,6 +232,12 @@ repack_option = click.option(
     help="llama.cpp weight repacking (default: on where the doctor's probe, run once, says it works).",
 )
 seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same samples.")
+
+
+def _window(text: str) -> int:
+    return 0 if text.strip() == "0" else _tokens(text)
+
+
 catalog_option = click.option(
     "--catalog",
     "catalogs",
@@ -240,6 +246,12 @@ catalog_option = click.option(
     help="Extra catalog file (models.toml format) read after the built-in and user catalogs.",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+kv_window_axis = click.option(
+    "--kv-window",
+    "kv_windows",
+    type=CommaList("N,...", _window),
+    help="KV windows: each sample keeps the prompt and its most recent N tokens (0: no eviction); default: 0.",
+)
 
 
 @cli.command()
@@ -301,6 +313,7 @@ def inspect(ref: str, catalogs: tuple[Path, ...], as_json: bool) -> None:
 @axis_options(
     kv=planner.DEFAULT_KV, ctx=planner.DEFAULT_CTX, k=planner.DEFAULT_K, prompt_tokens=planner.DEFAULT_PROMPT_TOKENS
 )
+@kv_window_axis
 @click.option(
     "--prompt-tokens",
     type=click.IntRange(1),
@@ -330,6 +343,7 @@ def plan(
     kv: tuple[KVType, ...],
     ctx: tuple[int, ...],
     votes: tuple[int, ...],
+    kv_windows: tuple[int, ...] | None,
     prompt_tokens: int,
     gpu_layers: int,
     repack: bool | None,
@@ -337,7 +351,8 @@ def plan(
     catalogs: tuple[Path, ...],
     as_json: bool,
 ) -> None:
-    """List every configuration (model × weight quant × KV type × context × k) whose predicted footprint fits.
+    """List every configuration (model × weight quant × KV type × context × KV window × k) whose predicted footprint
+    fits.
 
     Works offline from the catalog's facts: nothing is downloaded. GB and MB are powers of ten, GiB and MiB
     powers of two.
@@ -350,8 +365,8 @@ def plan(
     refs = book.resolve_all(names) if names else book.everything()
     repacking, types = planner.repack_setting(repack)
     axes = planner.Axes(
-        kv=kv, ctx=ctx, k=votes, prompt_tokens=prompt_tokens, gpu_layers=gpu_layers, repack=repacking,
-        repack_types=types,
+        kv=kv, ctx=ctx, k=votes, kv_window=kv_windows or (0,), prompt_tokens=prompt_tokens, gpu_layers=gpu_layers,
+        repack=repacking, repack_types=types,
     )  # fmt: skip
     result = planner.plan(refs, axes, budget)
     if as_json:
@@ -384,6 +399,14 @@ def plan(
     "prompt).",
 )
 @click.option(
+    "--kv-window",
+    type=CommaList("N", _window),
+    default="0",
+    show_default=True,
+    help="Each sample keeps the prompt and its most recent N tokens in the KV cache, evicting older ones (2k = "
+    "2048; 0: no eviction).",
+)
+@click.option(
     "--k",
     "votes",
     type=click.IntRange(1, 64),
@@ -407,7 +430,7 @@ def plan(
 @json_option
 def run(
     model_ref: str, task_name: str, kv: str | None, kv_k: str | None, kv_v: str | None, ctx: tuple[int, ...] | None,
-    budget_tokens: tuple[int, ...] | None, votes: int, limit: int | None, thinking: bool, temperature: float | None,
+    budget_tokens: tuple[int, ...] | None, kv_window: tuple[int, ...], votes: int, limit: int | None, thinking: bool, temperature: float | None,
     top_p: float | None, top_k: int | None, min_p: float | None, seed: int, threads: int | None,
     gpu_layers: int | None, repack: bool | None, force: bool, db: Path | None, catalogs: tuple[Path, ...],
     as_json: bool,
@@ -443,6 +466,7 @@ def run(
             model_path=path, model_label=ref.label, task=task_name,
             kv_type_k=KVType(kv_k or kv or "f16"), kv_type_v=KVType(kv_v or kv or "f16"),
             budget_tokens=budgets[-1] if budgets else None, ladder=budgets[:-1], ctx=ctx[0] if ctx else None,
+            kv_window=kv_window[0] if kv_window else 0,
             k=votes, thinking=thinking, sampling=None if sampling == base else sampling, seed=seed, limit=limit,
             threads=threads, repack=repack, gpu_layers=gpu_layers, expected_sha256=ref.file.sha256, force=force,
         )  # fmt: skip
@@ -537,6 +561,7 @@ def _run_compare(request: compare_mod.Request, db: Path | None, as_json: bool, d
 )
 @click.option("--k", "votes", type=CommaList("K,...", _count), default=_joined(compare_mod.DEFAULT_VOTES),
               show_default=True, help="Vote counts compared (k up to the largest, generated once).")  # fmt: skip
+@kv_window_axis
 @click.option("--time", "time_s", type=Duration(), default=_duration_text(compare_mod.DEFAULT_TIME_S),
               show_default=True, help="Wall-time cap: 90s, 30m, 2h.")  # fmt: skip
 @click.option("--limit", type=click.IntRange(1), help="Questions per configuration at most (default: the whole task; "
@@ -553,7 +578,7 @@ def _run_compare(request: compare_mod.Request, db: Path | None, as_json: bool, d
 @json_option
 def compare_command(
     budget: int, task_names: tuple[str, ...], model_refs: tuple[str, ...], kv: tuple[KVType, ...],
-    budgets: tuple[int, ...], votes: tuple[int, ...], time_s: float, limit: int | None, exhaustive: bool, seed: int,
+    budgets: tuple[int, ...], votes: tuple[int, ...], kv_windows: tuple[int, ...] | None, time_s: float, limit: int | None, exhaustive: bool, seed: int,
     threads: int | None, repack: bool | None, dry_run: bool, db: Path | None, catalogs: tuple[Path, ...],
     as_json: bool,
 ) -> None:  # fmt: skip
@@ -565,7 +590,7 @@ def compare_command(
     answer so far.
     """
     request = compare_mod.Request(
-        budget_bytes=budget, tasks=task_names, models=_model_names(model_refs), kv=kv, budgets=budgets, votes=votes,
+        budget_bytes=budget, tasks=task_names, models=_model_names(model_refs), kv=kv, budgets=budgets, votes=votes, kv_window=kv_windows or (0,),
         time_s=time_s, limit=limit, exhaustive=exhaustive, seed=seed, threads=threads, repack=repack,
         catalogs=catalogs,
     )  # fmt: skip

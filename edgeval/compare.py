@@ -20,6 +20,7 @@ from edgeval.errors import EdgevalError, describe
 from edgeval.quants import KVType, WeightQuant
 from edgeval.results import ConfigResult
 from edgeval.store import Store
+from edgeval.units import format_tokens
 from edgeval.verdict import Comparison, Row, band_of, build, contenders
 
 # The defaults (documented in the README). Qwen3 in thinking mode writes thousands of tokens on MATH-500, so the
@@ -51,6 +52,7 @@ class Request:
     tasks: tuple[str, ...] = (DEFAULT_TASK,)
     models: tuple[str, ...] = ()
     kv: tuple[KVType, ...] = DEFAULT_KV
+    kv_window: tuple[int, ...] = (0,)  # KV windows (0: no eviction)
     budgets: tuple[int, ...] = DEFAULT_BUDGETS  # the token-budget ladder
     votes: tuple[int, ...] = DEFAULT_VOTES
     limit: int | None = None  # questions per configuration at most (None: the whole task)
@@ -82,12 +84,14 @@ class Arm:
     votes: tuple[int, ...]  # the vote counts compared, each ≤ k
     predicted: dict[tuple[int, int], int]  # (budget, votes) -> predicted bytes of a separate run
     estimated_s: float  # per question
+    window: int = 0  # the KV window (0: no eviction)
 
     @property
     def label(self) -> str:
-        """`qwen3-8b:Q4_K_M kv q8_0 budgets 1024–8192 k=8`."""
+        """`qwen3-8b:Q4_K_M kv q8_0 budgets 1024–8192 k=8` (`kv q8_0, window 2k` with a KV window)."""
         ladder = "–".join(str(b) for b in (self.budgets[0], self.budgets[-1])) if len(self.budgets) > 1 else ""
-        return f"{self.ref.label} kv {self.kv.value} budget {ladder or self.budgets[0]} k={self.k}"
+        kv = self.kv.value + (f", window {format_tokens(self.window)}" if self.window else "")
+        return f"{self.ref.label} kv {kv} budget {ladder or self.budgets[0]} k={self.k}"
 
     @property
     def configurations(self) -> int:
@@ -98,23 +102,25 @@ class Arm:
 def arms(request: Request, task: str, catalog: Catalog | None = None) -> list[Arm]:
     """The runs that answer every configuration fitting the budget.
 
-    For each model file and KV type, each budget of the ladder can afford some largest number of votes K(b) in the
-    budget (K falls as b grows); budgets with the same K are one run with K votes, which answers (b, j) for every
-    j ≤ K in the votes axis. Memory is predicted from the catalog's facts, as `edgeval plan` does."""
+    For each model file, KV type and KV window, each budget of the ladder can afford some largest number of votes
+    K(b) in the budget (K falls as b grows); budgets with the same K are one run with K votes, which answers (b, j)
+    for every j ≤ K in the votes axis. Memory is predicted from the catalog's facts, as `edgeval plan` does (a
+    window no shorter than a budget is that budget without a window, so it is not run twice)."""
     book = catalog or Catalog.load(request.catalogs)
     refs = book.resolve_all(request.models) if request.models else default_refs(book, request)
     votes = tuple(sorted(set(request.votes)))
     repacking, types = plan.repack_setting(request.repack)
     axes = plan.Axes(kv=request.kv, ctx=tuple(request.prompt_tokens + b for b in request.budgets), k=votes,
-                     prompt_tokens=request.prompt_tokens, repack=repacking, repack_types=types)  # fmt: skip
-    fitting: dict[tuple[str, KVType], dict[int, dict[int, int]]] = {}
+                     kv_window=request.kv_window, prompt_tokens=request.prompt_tokens, repack=repacking,
+                     repack_types=types)  # fmt: skip
+    fitting: dict[tuple[str, KVType, int], dict[int, dict[int, int]]] = {}
     refs_by_label = {r.label: r for r in refs}
     for c in plan.configurations(refs, axes):
         if c.footprint.total_bytes <= request.budget_bytes:
-            per_budget = fitting.setdefault((c.ref.label, c.kv_type_k), {})
+            per_budget = fitting.setdefault((c.ref.label, c.kv_type_k, c.kv_window), {})
             per_budget.setdefault(c.budget_tokens, {})[c.k] = c.footprint.total_bytes
     out = []
-    for (label, kv), per_budget in fitting.items():
+    for (label, kv, window), per_budget in fitting.items():
         by_k: dict[int, list[int]] = {}
         for budget, ks in per_budget.items():
             by_k.setdefault(max(ks), []).append(budget)
@@ -123,8 +129,8 @@ def arms(request: Request, task: str, catalog: Catalog | None = None) -> list[Ar
             compared = tuple(j for j in votes if j <= k)
             predicted = {(b, j): per_budget[b][j] for b in ladder for j in compared}
             ref = refs_by_label[label]
-            out.append(Arm(ref, kv, ladder, k, compared, predicted, _estimate_s(ref, ladder[-1], k)))
-    return sorted(out, key=lambda a: (a.ref.weight_bytes, a.kv.value, a.k))
+            out.append(Arm(ref, kv, ladder, k, compared, predicted, _estimate_s(ref, ladder[-1], k), window))
+    return sorted(out, key=lambda a: (a.ref.weight_bytes, a.kv.value, a.window, a.k))
 
 
 def default_refs(book: Catalog, request: Request) -> list[ModelRef]:
@@ -289,7 +295,8 @@ def _run_arm(
         path = path or hub.pull(arm.ref.file, sha256=lambda p: store.file_sha256(p, hub.sha256_of))
         spec = sweep.RunSpec(
             model_path=path, model_label=arm.ref.label, task=race.task, kv_type_k=arm.kv, kv_type_v=arm.kv,
-            budget_tokens=arm.budgets[-1], ladder=arm.budgets[:-1], k=arm.k, thinking=request.thinking,
+            budget_tokens=arm.budgets[-1], ladder=arm.budgets[:-1], kv_window=arm.window, k=arm.k,
+            thinking=request.thinking,
             seed=request.seed, limit=asked, threads=request.threads, repack=request.repack, deadline=deadline,
             expected_sha256=arm.ref.file.sha256,
         )  # fmt: skip

@@ -21,8 +21,8 @@ import llama_cpp
 
 from edgeval import memory
 from edgeval.errors import ConfigurationError, EdgevalError, LlamaError, ModelFileError, QuantizeError
-from edgeval.prompts import THINKING_SAMPLING, Sampling
 from edgeval.memory import eviction_chunk, own_cells
+from edgeval.prompts import THINKING_SAMPLING, Sampling
 from edgeval.quants import KVType, WeightQuant
 
 LLAMA_CPP_PYTHON_VERSION: str = llama_cpp.__version__
@@ -691,8 +691,14 @@ class _LadderRun:
         ctx, memory = self.ctx, self.ctx._memory
         reasoning = self.forcing.starts_reasoning if self.forcing else False
         self.live = [
-            _Sample(seq=s, pos=len(self.prompt), reasoning=reasoning, sampler=samplers[s], vote=s,
-                    kept_from=len(self.prompt))
+            _Sample(
+                seq=s,
+                pos=len(self.prompt),
+                reasoning=reasoning,
+                sampler=samplers[s],
+                vote=s,
+                kept_from=len(self.prompt),
+            )
             for s in range(self.k)
         ]
         llama_cpp.llama_memory_clear(memory, True)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from edgeval.catalog import ModelRef
-from edgeval.memory import Footprint, Repack, RepackRule, Setting, cells_for, predict
+from edgeval.memory import Footprint, Repack, RepackRule, Setting, cells_for, own_cells, predict
 from edgeval.quants import KVType
 
 # Defaults for each axis (documented in the README): the KV types the study compares, per-sample contexts from
@@ -24,6 +25,7 @@ class Axes:
     kv: tuple[KVType, ...] = DEFAULT_KV
     ctx: tuple[int, ...] = DEFAULT_CTX
     k: tuple[int, ...] = DEFAULT_K
+    kv_window: tuple[int, ...] = (0,)  # KV windows (0: no eviction); a window as long as the budget is skipped
     prompt_tokens: int = DEFAULT_PROMPT_TOKENS
     n_ubatch: int = 512
     gpu_layers: int = 0
@@ -49,6 +51,7 @@ class Config:
     k: int
     prompt_tokens: int
     footprint: Footprint
+    kv_window: int = 0
 
     @property
     def budget_tokens(self) -> int:
@@ -69,6 +72,7 @@ class Config:
             "ctx": self.ctx,
             "k": self.k,
             "budget_tokens": self.budget_tokens,
+            "kv_window": self.kv_window,
             "kv_cells": fp.kv_cells,
             "weight_bytes": fp.weight_bytes,
             "kv_bytes": fp.kv_bytes,
@@ -115,7 +119,8 @@ def repack_setting(repack: bool | None) -> tuple[bool, Mapping[str, tuple[Repack
 
 
 def configurations(refs: Sequence[ModelRef], axes: Axes) -> list[Config]:
-    """Every model × KV type × context × k on the grid that the model can run, with its footprint."""
+    """Every model × KV type × context × KV window × k on the grid that the model can run, with its footprint (a
+    window no shorter than the budget evicts nothing and is left out)."""
     out = []
     for ref in refs:
         arch = ref.model.arch
@@ -125,8 +130,10 @@ def configurations(refs: Sequence[ModelRef], axes: Axes) -> list[Config]:
             for ctx in axes.ctx:
                 if ctx > arch.n_ctx_train or ctx <= axes.prompt_tokens:
                     continue
-                for k in axes.k:
-                    cells = cells_for(axes.prompt_tokens, k, ctx - axes.prompt_tokens)
+                budget = ctx - axes.prompt_tokens
+                windows = [w for w in axes.kv_window if w == 0 or own_cells(budget, w) < budget]
+                for window, k in itertools.product(windows, axes.k):
+                    cells = cells_for(axes.prompt_tokens, k, budget, window)
                     setting = Setting(
                         n_ctx=cells,
                         n_seq=k,
@@ -138,7 +145,7 @@ def configurations(refs: Sequence[ModelRef], axes: Axes) -> list[Config]:
                         repack=axes.repack,
                     )
                     footprint = predict(arch, weights, setting, embd_bytes=embd, repack=repack)
-                    out.append(Config(ref, kv, kv, ctx, k, axes.prompt_tokens, footprint))
+                    out.append(Config(ref, kv, kv, ctx, k, axes.prompt_tokens, footprint, window))
     return out
 
 
@@ -147,6 +154,6 @@ def plan(refs: Sequence[ModelRef], axes: Axes, budget_bytes: int) -> Plan:
     every = configurations(refs, axes)
     fits = sorted(
         (c for c in every if c.footprint.total_bytes <= budget_bytes),
-        key=lambda c: (c.footprint.total_bytes, c.ref.label, c.kv_type_k.value, c.ctx, c.k),
+        key=lambda c: (c.footprint.total_bytes, c.ref.label, c.kv_type_k.value, c.ctx, c.kv_window, c.k),
     )
     return Plan(budget_bytes, tuple(fits), len(every))

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeval.results import ConfigResult
 from edgeval.store import Store
-from edgeval.units import format_bytes
+from edgeval.units import format_bytes, format_tokens
 from edgeval.verdict import Comparison
 
 
@@ -87,7 +88,7 @@ def _provenance(store: Store, comparison: Comparison) -> tuple[list[str], str]:
 def _grid(comparison: Comparison) -> list[str]:
     rows = comparison.rows
     quants = sorted({r.weight_quant for r in rows})
-    kv = sorted({f"{r.result.kv_type_k}/{r.result.kv_type_v}" for r in rows})
+    kv = sorted({_kv(r.result) for r in rows})
     budgets = sorted({r.result.budget_tokens for r in rows})
     ks = sorted({r.result.k for r in rows})
     models = sorted({r.model.split(":")[0] for r in rows})
@@ -116,7 +117,7 @@ def _results(comparison: Comparison) -> list[str]:
         status = "recommended" if r.key == comparison.recommended else ("tied with the best" if r.key in tied else (
             f"dropped (behind {_short(comparison, r.eliminated_by)})" if r.eliminated_by else r.status))  # fmt: skip
         rows.append([
-            r.band, r.model, f"{res.kv_type_k}/{res.kv_type_v}", str(res.budget_tokens), str(res.k),
+            r.band, r.model, _kv(res), str(res.budget_tokens), str(res.k),
             f"{format_bytes(r.memory_bytes)} {r.memory_source}", accuracy, _pct(res.accuracy_avg),
             _pct(res.forced_share), status, "★" if r.pareto else "",
         ])  # fmt: skip
@@ -147,7 +148,7 @@ def _speed(comparison: Comparison) -> list[str]:
         if res.status == "failed" or res.config_id in seen:
             continue
         seen.add(res.config_id)
-        rows.append([r.model, f"{res.kv_type_k}/{res.kv_type_v}", str(res.budget_tokens),
+        rows.append([r.model, _kv(res), str(res.budget_tokens),
                      f"{res.prompt_tokens_per_s:.0f}" if res.prompt_tokens_per_s else "—",
                      f"{res.decode_tokens_per_s:.1f}" if res.decode_tokens_per_s else "—",
                      f"{1000 * res.ttft_s:.0f} ms" if res.ttft_s is not None else "—",
@@ -240,7 +241,7 @@ def render(store: Store, comparison: Comparison, plot_file: str | None) -> str:
               "race looked (see the README).", "", *_statements(comparison)]  # fmt: skip
     frontier = comparison.frontier
     lines += ["", "## Pareto frontier", ""]
-    lines += [f"{i}. {r.model}, KV {r.result.kv_type_k}/{r.result.kv_type_v}, budget {r.result.budget_tokens}, "
+    lines += [f"{i}. {r.model}, KV {_kv(r.result)}, budget {r.result.budget_tokens}, "
               f"k={r.result.k}: {_pct(r.result.accuracy_maj)} at {format_bytes(r.memory_bytes)}"
               for i, r in enumerate(frontier, start=1)] or ["(no finished configuration)"]  # fmt: skip
     if plot_file:
@@ -259,3 +260,8 @@ def write(store: Store, comparison: Comparison, out: Path, name: str | None = No
     markdown = out / f"{stem}.md"
     markdown.write_text(render(store, comparison, image.name if image else None), encoding="utf-8")
     return Written(markdown, image)
+
+
+def _kv(res: ConfigResult) -> str:
+    """`f16/f16`, or `f16/f16, window 2k` with a KV window."""
+    return f"{res.kv_type_k}/{res.kv_type_v}" + (f", window {format_tokens(res.kv_window)}" if res.kv_window else "")

@@ -48,6 +48,17 @@ class ConfigResult:
     memory_bytes: int = 0  # what this configuration takes: measured, calibrated or predicted (memory_source)
     memory_source: str = "predicted"
     repack: bool | None = None  # whether the run loaded with weight repacking (None: not recorded)
+    kv_window: int = 0  # each sample's KV window in tokens (0: no eviction)
+    kv_cells: int = 0  # KV cells the run's context held
+    mean_evicted: float = 0.0  # tokens a sample evicted from the KV cache, on average
+
+    @property
+    def kv_label(self) -> str:
+        """`f16`, `q8_0/f16`, `f16, window 2k`: the KV cache's types and its window."""
+        from edgeval.units import format_tokens
+
+        kv = self.kv_type_k if self.kv_type_k == self.kv_type_v else f"{self.kv_type_k}/{self.kv_type_v}"
+        return f"{kv}, window {format_tokens(self.kv_window)}" if self.kv_window else kv
 
     def to_json(self) -> dict[str, object]:
         """The `--json` object."""
@@ -147,6 +158,9 @@ def summarize(row: sqlite3.Row, samples: list[SampleRow], votes: int | None = No
         memory_bytes=memory_bytes,
         memory_source=source,
         repack=None if row["repack"] is None else bool(row["repack"]),
+        kv_window=int(row["kv_window"]),
+        kv_cells=int(row["kv_cells"]),
+        mean_evicted=sum(s.evicted for s in flat) / len(flat) if flat else 0.0,
     )
 
 

@@ -151,6 +151,13 @@ M4_CLAIMS = """
         ALTER TABLE configs ADD COLUMN claim_heartbeat REAL;
 """
 
+M5_KV_WINDOW = """
+        -- KV-cache eviction: a configuration's window (0: none; part of its key only when set), and the tokens
+        -- each sample evicted from the cache.
+        ALTER TABLE configs ADD COLUMN kv_window INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE samples ADD COLUMN evicted INTEGER NOT NULL DEFAULT 0;
+"""
+
 # SQL scripts applied in order, all under one write lock; PRAGMA user_version records how many ran.
 # Append, never edit.
 MIGRATIONS: list[str] = [
@@ -158,6 +165,7 @@ MIGRATIONS: list[str] = [
     M2_LADDER,
     M3_RSS_PARTS,
     M4_CLAIMS,
+    M5_KV_WINDOW,
 ]
 
 
@@ -176,6 +184,7 @@ class SampleRow:
     forced: bool
     finish: str
     prompt_tokens: int
+    evicted: int = 0  # own tokens the sample evicted from the KV cache (a KV window)
 
 
 @dataclass(frozen=True)
@@ -382,9 +391,9 @@ class Store:
     def _insert_item(db: sqlite3.Connection, config_id: int, samples: Sequence[SampleRow], timing: ItemTiming) -> None:
         db.executemany(
             "INSERT OR IGNORE INTO samples (config_id, item_index, item_id, sample_index, reference, text, answer,"
-            " correct, tokens, forced, finish, prompt_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " correct, tokens, forced, finish, prompt_tokens, evicted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(config_id, s.item_index, s.item_id, s.sample_index, s.reference, s.text, s.answer, int(s.correct),
-              s.tokens, int(s.forced), s.finish, s.prompt_tokens) for s in samples],
+              s.tokens, int(s.forced), s.finish, s.prompt_tokens, s.evicted) for s in samples],
         )  # fmt: skip
         t = asdict(timing)
         db.execute(
@@ -425,7 +434,7 @@ class Store:
         )
         return [
             SampleRow(r["item_index"], r["item_id"], r["sample_index"], r["reference"], r["text"], r["answer"],
-                      bool(r["correct"]), r["tokens"], bool(r["forced"]), r["finish"], r["prompt_tokens"])
+                      bool(r["correct"]), r["tokens"], bool(r["forced"]), r["finish"], r["prompt_tokens"], r["evicted"])
             for r in rows
         ]  # fmt: skip
 

@@ -59,6 +59,7 @@ class RunSpec:
     gpu_layers: int | None = None
     answer_tokens: int = ANSWER_TOKENS
     ladder: tuple[int, ...] = ()  # smaller token budgets answered by the same generation (the budget ladder)
+    kv_window: int = 0  # each sample keeps the prompt and its most recent N tokens in the KV cache (0: all)
     deadline: float | None = None  # wall-clock time (time.time()) after which no new question is started
     expected_sha256: str | None = None  # the catalog's hash: a file that does not match is never evaluated
     force: bool = False  # run even where the prediction exceeds the memory available
@@ -153,6 +154,8 @@ def _config_key(spec: RunSpec, task: tasks.Task, model_sha: str, budget: int) ->
     offload = engine.LoadOptions(n_gpu_layers=spec.gpu_layers).gpu_layers()
     if offload:  # GPU kernels give other numbers and other measurements: not the CPU run's configuration
         decisive["gpu_layers"] = offload
+    if spec.kv_window:  # only when set: the keys of configurations without a window stay what they were
+        decisive["kv_window"] = spec.kv_window
     return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -195,9 +198,13 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
             hint="lower --budget-tokens",
         )
     n_rungs = len(spec.rungs)
-    # Each sample may see --ctx tokens (what it needs by default); the k samples share the prompt's cells.
-    n_ctx = engine.cells_needed(longest, spec.k, (spec.ctx or per_sample) - longest)
-    n_ctx += spec.k * (n_rungs - 1) * (1 + answer_cells) if spec.thinking else 0  # the ladder's forks
+    # Each sample may see --ctx tokens (what it needs by default); the k samples share the prompt's cells. With a KV
+    # window a sample holds its window and an eviction chunk of its own tokens instead of its whole budget.
+    own = memory.own_cells(budget, spec.kv_window)
+    chunk = memory.eviction_chunk(spec.kv_window) if own < budget else 0
+    n_ctx = engine.cells_needed(longest, spec.k, (spec.ctx or per_sample) - longest - budget + own)
+    if spec.thinking:  # the ladder's forks (engine.fork_cells), with a window also what a vote evicts meanwhile
+        n_ctx += spec.k * (n_rungs - 1) * (1 + answer_cells + (spec.answer_tokens + 1 + chunk if chunk else 0))
     n_seq = spec.k * n_rungs if spec.thinking else spec.k
     gpu_layers = engine.LoadOptions(n_gpu_layers=spec.gpu_layers).gpu_layers()
     repack = header.repack(engine.repacked_types()) if spec.repack else memory.Repack()
@@ -215,7 +222,8 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
     for rung in spec.rungs:
         # What a separate run at this budget with j ≤ k votes would take (the rung's memory is that, calibrated by
         # what this run measures).
-        by_votes = {j: footprint(longest + j * (rung + answer_cells), j).total_bytes for j in range(1, spec.k + 1)}
+        own = memory.own_cells(rung, spec.kv_window)
+        by_votes = {j: footprint(longest + j * (own + answer_cells), j).total_bytes for j in range(1, spec.k + 1)}
         fields: dict[str, object] = {
             "run_id": run_id, "model": spec.model_label, "model_path": str(spec.model_path), "model_sha256": model_sha,
             "weight_quant": _quant_name(header), "params": header.n_params, "task": task.name,
@@ -225,6 +233,7 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
             "sampling": json.dumps(asdict(spec.effective_sampling)), "seed": spec.seed, "n_items": len(items),
             "kv_cells": memory.padded_cells(n_ctx), "predicted_bytes": by_votes[spec.k],
             "predicted_by_votes": json.dumps(by_votes), "arm": arm, "arm_predicted_bytes": predicted.total_bytes,
+            "kv_window": spec.kv_window,
         }  # fmt: skip
         config_ids[rung] = store.upsert_config(_config_key(spec, task, model_sha, rung), fields)
         store.raise_items(config_ids[rung], len(items))
@@ -352,7 +361,7 @@ def _answer(
     prompt = model.tokenize(_prompt(task, item, spec.thinking))
     ladder = ctx.generate_ladder(
         prompt, k=spec.k, budgets=spec.rungs, sampling=spec.effective_sampling,
-        seeds=item_seeds(spec.seed, item.id, spec.k), forcing=forcing,
+        seeds=item_seeds(spec.seed, item.id, spec.k), forcing=forcing, window=spec.kv_window,
     )  # fmt: skip
     rows: dict[int, Sequence[SampleRow]] = {}
     for budget, out in ladder.items():
@@ -363,7 +372,7 @@ def _answer(
             rung.append(
                 SampleRow(index, item.id, j, item.answer, out.texts[j], answer,
                           grading.is_correct(answer, item.answer, task.kind), out.generated[j], out.forced[j],
-                          out.finish[j], out.prompt_tokens)
+                          out.finish[j], out.prompt_tokens, out.evicted[j])
             )  # fmt: skip
     out = ladder[spec.budget]
     # Every rung's row gets the generation's timing: the rungs were produced together, by one decode.

@@ -22,7 +22,7 @@ from rich.progress import Progress as RichProgress
 from rich.table import Table
 
 from edgeval import memory
-from edgeval.units import format_bytes, format_duration
+from edgeval.units import format_bytes, format_duration, format_tokens
 
 if TYPE_CHECKING:  # types only: importing these here would load llama.cpp for `plan` and `models`
     from edgeval.catalog import ModelRef
@@ -275,7 +275,7 @@ def render_plan(result: Plan, *, show_all: bool = False) -> None:
         for i, c in enumerate(shown):
             fp = c.footprint
             cells = {
-                "band": band if i == 0 else "", "model": c.ref.label, "KV": c.kv_type_k.value, "ctx": str(c.ctx),
+                "band": band if i == 0 else "", "model": c.ref.label, "KV": _plan_kv(c), "ctx": str(c.ctx),
                 "k": str(c.k), "weights": _gb(fp.weight_bytes), "KV cache": _gb(fp.kv_bytes),
                 "other": _gb(fp.other_bytes), "total": f"[bold]{_gb(fp.total_bytes)}[/]",
                 "split": _share_bar(fp.weight_bytes, fp.kv_bytes, fp.other_bytes),
@@ -326,6 +326,10 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _plan_kv(c: Config) -> str:
+    return c.kv_type_k.value + (f", window {format_tokens(c.kv_window)}" if c.kv_window else "")
+
+
 def render_run(result: ConfigResult) -> None:
     """One configuration's accuracy, memory and speed."""
     table = Table(title=f"{result.model} on {result.task}", show_header=False, title_justify="left")
@@ -333,8 +337,11 @@ def render_run(result: ConfigResult) -> None:
     table.add_column("value")
     status = "[green]done[/]" if result.status == "done" else f"[red]{result.status}[/] — {result.message or ''}"
     table.add_row("status", status)
-    table.add_row("configuration", f"KV {result.kv_type_k}/{result.kv_type_v}, budget {result.budget_tokens} tokens, "
+    table.add_row("configuration", f"KV {result.kv_label}, budget {result.budget_tokens} tokens, "
                   f"ctx {result.ctx}, k={result.k}")  # fmt: skip
+    if result.kv_window:
+        table.add_row("KV window", f"{result.kv_cells} cells; {result.mean_evicted:.0f} tokens evicted per sample "
+                      "on average")  # fmt: skip
     table.add_row("questions", f"{result.n_done} of {result.n_items}")
     low, high = result.ci95
     table.add_row(
@@ -370,7 +377,8 @@ def render_run(result: ConfigResult) -> None:
 
 def arm_row(arm: Arm, task: str, cached: bool) -> dict[str, object]:
     """One run of a dry run, as JSON."""
-    return {"model": arm.ref.label, "task": task, "kv_type": arm.kv.value, "budgets": list(arm.budgets), "k": arm.k,
+    return {"model": arm.ref.label, "task": task, "kv_type": arm.kv.value, "kv_window": arm.window,
+            "budgets": list(arm.budgets), "k": arm.k,
             "votes": list(arm.votes), "configurations": arm.configurations, "file_bytes": arm.ref.file.size,
             "cached": cached, "predicted_bytes": arm.predicted[(arm.budgets[-1], arm.votes[-1])],
             "estimated_s_per_question": round(arm.estimated_s, 2)}  # fmt: skip
@@ -473,7 +481,7 @@ _MARKS = {"eliminated": "[dim]✗[/]", "failed": "[red]![/]", "running": "…", 
 
 def _compare_cells(r: Row, tied: set[str], recommended: str | None) -> list[str]:
     res = r.result
-    kv = res.kv_type_k if res.kv_type_k == res.kv_type_v else f"{res.kv_type_k}/{res.kv_type_v}"
+    kv = res.kv_label
     if r.status == "failed":
         accuracy = "[red]failed[/]"
     else:

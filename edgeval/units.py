@@ -52,6 +52,11 @@ def parse_bytes(text: str) -> int:
     return round(value * _UNITS[unit])
 
 
+def format_tokens(n: int) -> str:
+    """A token count as the CLI takes it: `2k` for 2048, `48` for 48."""
+    return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
 def parse_tokens(text: str) -> int:
     """A token count: `4096`, `4k` (= 4096), `32K`."""
     cleaned = text.strip().lower()

@@ -32,16 +32,15 @@ class Row:
 
     @property
     def label(self) -> str:
-        """`edgeval-tiny-l:Q8_0, kv f16, budget 48, k=4`."""
+        """`edgeval-tiny-l:Q8_0, kv f16, budget 48, k=4` (`kv f16, window 2k, …` with a KV window)."""
         res = self.result
-        kv = res.kv_type_k if res.kv_type_k == res.kv_type_v else f"{res.kv_type_k}/{res.kv_type_v}"
-        return f"{self.model}, kv {kv}, budget {res.budget_tokens}, k={res.k}"
+        return f"{self.model}, kv {res.kv_label}, budget {res.budget_tokens}, k={res.k}"
 
     def to_json(self) -> dict[str, object]:
         """The row as `compare --json` prints it."""
         res = self.result
         return {"key": self.key, "model": self.model, "params": self.params, "weight_quant": self.weight_quant,
-                "bits": self.bits, "kv_type_k": res.kv_type_k, "kv_type_v": res.kv_type_v,
+                "bits": self.bits, "kv_type_k": res.kv_type_k, "kv_type_v": res.kv_type_v, "kv_window": res.kv_window,
                 "budget_tokens": res.budget_tokens, "k": res.k, "n_done": res.n_done, "accuracy_maj": res.accuracy_maj,
                 "accuracy_avg": res.accuracy_avg, "ci95": list(res.ci95), "memory_bytes": self.memory_bytes,
                 "memory_source": self.memory_source, "status": self.status, "eliminated_by": self.eliminated_by,
@@ -157,7 +156,7 @@ def _statements(
 
 
 _SPEND = {"weights": "a bigger or more precise model", "tokens": "a longer token budget", "votes": "more votes",
-          "KV precision": "a more precise KV cache"}  # fmt: skip
+          "KV precision": "a more precise KV cache", "KV window": "a different KV window"}  # fmt: skip
 
 
 def _change(a: Row, b: Row) -> str:
@@ -171,6 +170,8 @@ def _change(a: Row, b: Row) -> str:
         kinds.append("votes")
     if (b.result.kv_type_k, b.result.kv_type_v) != (a.result.kv_type_k, a.result.kv_type_v):
         kinds.append("KV precision")
+    if b.result.kv_window != a.result.kv_window:
+        kinds.append("KV window")
     return " and ".join(_SPEND[k] for k in kinds) or "the same configuration"
 
 
