@@ -458,12 +458,13 @@ class Generation:
 def fork_cells(k: int, n_rungs: int, forcing: Forcing | None, *, chunk: int = 0) -> int:
     """KV cells the forks of a budget ladder may hold at once: at every smaller rung, each vote still reasoning is
     forked for its forced answer (its last token, the forcing text and the answer). When votes evict in chunks of
-    `chunk` tokens (a KV window), a fork also holds the cells its vote evicts while the fork lives (as many as the
-    vote writes meanwhile, and a chunk)."""
+    `chunk` tokens (a KV window), a fork also holds the cells its vote evicts while the fork lives: the fork writes
+    its forcing text in one step and its answer one token a step, so its vote writes at most the answer and a token
+    meanwhile, and evicts that rounded up to a chunk."""
     if forcing is None or not forcing.starts_reasoning or n_rungs <= 1:
         return 0
     fork = 1 + len(forcing.tokens) + forcing.answer_tokens
-    return k * (n_rungs - 1) * (fork + (fork + chunk if chunk else 0))
+    return k * (n_rungs - 1) * (fork + (forcing.answer_tokens + 1 + chunk if chunk else 0))
 
 
 def cells_needed(
