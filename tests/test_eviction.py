@@ -117,9 +117,12 @@ def test_a_long_budget_runs_in_a_small_context_because_freed_cells_are_reused(
     chunk = memory.eviction_chunk(window)
     assert all(budget - e in range(window, window + chunk + 1) for e in out.evicted)
     # Without the window, the same context cannot hold the run.
-    with engine.Model(tiny_models[WeightQuant.Q8_0]) as model, engine.Context(model, options) as ctx:
-        with pytest.raises(engine.ConfigurationError, match="KV cells"):
-            ctx.generate(prompt, k=k, max_tokens=budget, sampling=SAMPLED, seeds=(3, 4))
+    with (
+        engine.Model(tiny_models[WeightQuant.Q8_0]) as model,
+        engine.Context(model, options) as ctx,
+        pytest.raises(engine.ConfigurationError, match="KV cells"),
+    ):
+        ctx.generate(prompt, k=k, max_tokens=budget, sampling=SAMPLED, seeds=(3, 4))
 
 
 def test_run_stores_evictions_and_reports_the_window(tmp_path: Path) -> None:
