@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from edgeval import compare, demo, engine, memory, prompts, tasks
 from edgeval.catalog import Catalog
 from edgeval.cli import cli
+from edgeval.errors import ConfigurationError
 from edgeval.quants import KVType, WeightQuant
 
 from .conftest import write_catalog
@@ -120,7 +121,7 @@ def test_a_long_budget_runs_in_a_small_context_because_freed_cells_are_reused(
     with (
         engine.Model(tiny_models[WeightQuant.Q8_0]) as model,
         engine.Context(model, options) as ctx,
-        pytest.raises(engine.ConfigurationError, match="KV cells"),
+        pytest.raises(ConfigurationError, match="KV cells"),
     ):
         ctx.generate(prompt, k=k, max_tokens=budget, sampling=SAMPLED, seeds=(3, 4))
 
