@@ -101,7 +101,7 @@ def accuracy_table(limit: int) -> None:
 
 def speed(tokens: int) -> None:
     path = synth.build(synth.QWEN3_SHAPES["0.6b"], WeightQuant.Q4_K_M, cache_dir("models"), threads=2)
-    sampling = engine.Sampling(temperature=0.6, top_p=0.95, top_k=20)
+    sampling = prompts.Sampling(temperature=0.6, top_p=0.95, top_k=20)
     print(f"2. decode speed: {path.name}, 2 threads, f16 KV, k=1 and k=4, {tokens} tokens per sequence")
     options = engine.ContextOptions(n_ctx=2048, n_seq=4, n_threads=2)
     with engine.Model(path, engine.LoadOptions(n_gpu_layers=0)) as model, engine.Context(model, options) as ctx:
@@ -123,7 +123,7 @@ def acceptance() -> None:
     with Store(folder / "eviction.db") as store:
         for type_k in (KVType.F16, KVType.Q8_0):
             spec = sweep.RunSpec(path, path.stem, "arith", kv_type_k=type_k, budget_tokens=1500, kv_window=256,
-                                 k=1, limit=1, sampling=engine.Sampling(temperature=0.0), threads=2)  # fmt: skip
+                                 k=1, limit=1, sampling=prompts.Sampling(temperature=0.0), threads=2)  # fmt: skip
             result = sweep.run(spec, store)
             written = [s.tokens for s in store.samples(result.config_id)]
             evicted = [s.evicted for s in store.samples(result.config_id)]

@@ -17,8 +17,8 @@ from edgeval.quants import KVType, WeightQuant
 
 from .conftest import write_catalog
 
-GREEDY = engine.Sampling(temperature=0.0)
-SAMPLED = engine.Sampling(temperature=1.0, top_p=1.0, top_k=0)
+GREEDY = prompts.Sampling(temperature=0.0)
+SAMPLED = prompts.Sampling(temperature=1.0, top_p=1.0, top_k=0)
 
 
 def _forcing(model: engine.Model, answer_tokens: int = 12) -> engine.Forcing:
@@ -75,7 +75,7 @@ def test_a_sample_that_never_fills_its_window_evicts_nothing_and_one_that_does_e
 
 
 @pytest.mark.parametrize("sampling", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
-def test_each_rung_of_a_windowed_ladder_equals_a_separate_windowed_run(sampling: engine.Sampling) -> None:
+def test_each_rung_of_a_windowed_ladder_equals_a_separate_windowed_run(sampling: prompts.Sampling) -> None:
     rungs, window, seeds = (12, 24, 48), 16, (11, 12, 13)
     with engine.Model(demo.family_sources()[1]) as model:
         forcing = _forcing(model)
