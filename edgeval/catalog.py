@@ -27,6 +27,15 @@ else:  # pragma: no cover
 # minus tensor bytes, measured on the official Qwen3-0.6B-Q8_0.gguf (exact for 0.6B/1.7B, ~5 kB low above).
 QWEN3_HEADER_BYTES = 5_951_136
 
+# Bits per parameter of the dense Qwen3 GGUF files at each quantization ((file size − header) × 8 / params, Qwen3-8B's
+# files in this catalog): the estimate for a catalog file whose size is not listed.
+BITS_PER_PARAM: dict[WeightQuant, float] = {
+    WeightQuant.BF16: 16.0, WeightQuant.F16: 16.0, WeightQuant.Q8_0: 8.5, WeightQuant.Q6_K: 6.563,
+    WeightQuant.Q5_K_M: 5.709, WeightQuant.Q5_0: 5.582, WeightQuant.Q4_K_M: 4.905, WeightQuant.Q4_0: 4.625,
+    WeightQuant.Q3_K_M: 4.022, WeightQuant.Q2_K: 3.2,
+}  # fmt: skip
+THINKING_MODES = ("hybrid", "always", "never")
+
 
 class CatalogError(EdgevalError):
     """A catalog file that cannot be read, or an entry missing what it needs."""
@@ -77,10 +86,18 @@ class Model:
     params: int
     arch: Architecture
     files: tuple[ModelFile, ...]
+    active_params: int | None = None  # mixture of experts: parameters one token uses (None: all of them)
+    n_expert: int = 0  # mixture of experts: experts per layer, all resident
+    n_expert_used: int = 0  # … of which each token uses this many
+    thinking: str = "hybrid"  # "always" (Qwen3-2507 Thinking), "never" (-2507 Instruct), or as asked
 
     def file(self, quant: WeightQuant) -> ModelFile | None:
         """The entry for one quantization."""
         return next((f for f in self.files if f.quant == quant), None)
+
+    def thinks(self, requested: bool) -> bool:
+        """Whether a run reasons: the model's fixed mode, or the one asked for when it has both."""
+        return {"always": True, "never": False}.get(self.thinking, requested)
 
 
 @dataclass(frozen=True)
@@ -102,7 +119,10 @@ class ModelRef:
         if self.header is not None:
             return self.header.weight_bytes
         if self.file.size is None:
-            raise CatalogError(f"{self.label} has no size in the catalog")
+            bits = BITS_PER_PARAM.get(self.file.quant)
+            if bits is None:
+                raise CatalogError(f"{self.label} has no size in the catalog")
+            return int(self.model.params * bits / 8)
         return max(self.file.size - QWEN3_HEADER_BYTES, 0)
 
     @property
@@ -210,7 +230,14 @@ def _model_from(name: str, entry: dict[str, Any], where: str, base: Path) -> Mod
     params = entry.get("params")
     if params is None:
         raise CatalogError(f"{where}: model '{name}' needs `params`")
-    return Model(name, str(entry.get("title", name)), int(params), _arch_from(entry, f"{where} [{name}]"), files)
+    thinking = str(entry.get("thinking", "hybrid"))
+    if thinking not in THINKING_MODES:
+        raise CatalogError(f"{where}: model '{name}' has thinking = '{thinking}' (use {', '.join(THINKING_MODES)})")
+    return Model(
+        name, str(entry.get("title", name)), int(params), _arch_from(entry, f"{where} [{name}]"), files,
+        active_params=int(entry["active_params"]) if "active_params" in entry else None,
+        n_expert=int(entry.get("n_expert", 0)), n_expert_used=int(entry.get("n_expert_used", 0)), thinking=thinking,
+    )  # fmt: skip
 
 
 def builtin_catalog_path() -> Path:

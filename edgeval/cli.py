@@ -450,6 +450,7 @@ def run(
         raise click.UsageError(f"'{model_ref}' names {len(refs)} files; name one, e.g. {refs[0].label}")
     ref = refs[0]
     budgets = tuple(sorted(set(budget_tokens or ())))
+    thinking = ref.model.thinks(thinking)  # Qwen3-2507 Thinking always reasons, Instruct never does
     base = prompts.recommended_sampling(thinking)
     sampling = Sampling(
         temperature=base.temperature if temperature is None else temperature,
@@ -622,6 +623,29 @@ def report(out: Path, task_name: str | None, budget: int | None, name: str | Non
         for comparison in comparisons:
             written = reporting.write(store, comparison, out, name if len(comparisons) == 1 else None)
             ui.console.print(f"[green]✓[/] {written.markdown}" + (f" and {written.plot}" if written.plot else ""))
+
+
+@cli.command()
+@click.option(
+    "--db", type=click.Path(dir_okay=False, path_type=Path), help="Results database (default: EDGEVAL_HOME/edgeval.db)."
+)
+@json_option
+def regrade(db: Path | None, as_json: bool) -> None:
+    """Grade every stored sample again from its text with the current grader, and say how many verdicts moved."""
+    from dataclasses import asdict
+
+    from edgeval import regrade as regrading
+    from edgeval.store import Store
+
+    with Store(db) as store:
+        done = regrading.regrade(store)
+    if as_json:
+        click.echo(json.dumps({**asdict(done), "moved": done.moved}, indent=2))
+    else:
+        click.echo(
+            f"Regraded {done.samples:,} samples in {done.configs:,} configurations: {done.moved:,} verdicts moved "
+            f"({done.now_right:,} now right, {done.now_wrong:,} now wrong); {done.answers_changed:,} votes changed."
+        )
 
 
 @cli.command()

@@ -86,6 +86,12 @@ class GGUFInfo:
         return self.metadata.get(key, default)
 
     @property
+    def chat_template(self) -> str | None:
+        """`tokenizer.chat_template` (Jinja), or None when the file carries none."""
+        value = self.metadata.get("tokenizer.chat_template")
+        return value if isinstance(value, str) and value.strip() else None
+
+    @property
     def arch_name(self) -> str:
         """`general.architecture`, e.g. qwen3."""
         return str(self.metadata.get("general.architecture", ""))
@@ -163,6 +169,7 @@ class GGUFInfo:
             n_vocab=n_vocab,
             n_ctx_train=self._arch_int("context_length"),
             tied_embeddings=self.tied_embeddings,
+            n_merges=self.array_lengths.get("tokenizer.ggml.merges", 0),
         )
 
 

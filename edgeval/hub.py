@@ -376,11 +376,14 @@ def local_path(file: ModelFile) -> Path | None:
     return paths[0] if paths and all(p is not None for p in paths) else None
 
 
+QWEN3_ARCHITECTURES = ("qwen3", "qwen3moe")  # llama.cpp's names for the dense and the mixture-of-experts Qwen3
+
+
 def pull(
     file: ModelFile,
     *,
     progress: Progress | None = None,
-    expected_arch: str = "qwen3",
+    expected_arch: tuple[str, ...] = QWEN3_ARCHITECTURES,
     sha256: Callable[[Path], str] = sha256_of,
 ) -> Path:
     """Download a catalog file (every part), then check it is a readable GGUF of the expected architecture
@@ -399,9 +402,9 @@ def pull(
             for name in file.files
         ]
     header = read_local(paths[0]) if len(paths) == 1 else None
-    if header is not None and header.arch_name != expected_arch:
+    if header is not None and header.arch_name not in expected_arch:
         raise HubError(
-            f"{paths[0].name} is a '{header.arch_name}' model, not {expected_arch}",
+            f"{paths[0].name} is a '{header.arch_name}' model, not {' or '.join(expected_arch)}",
             hint="check the catalog entry's repo and file",
         )
     if file.sha256 and len(paths) == 1:

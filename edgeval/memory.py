@@ -26,9 +26,11 @@ KV_CELL_PADDING = 256
 # Measured here (Linux, CPython 3.11): RSS of edgeval's worker process once it has imported edgeval, llama-cpp-python
 # and huggingface_hub (52 MiB), plus what loading any model adds besides its tensors (3 MiB).
 RUNTIME_BASE_BYTES = 55 * MIB
-# llama.cpp's vocabulary tables (token strings, maps, piece cache) per vocabulary entry; measured on
-# Qwen3's 151,936-entry vocabulary (43.5 MiB).
-RUNTIME_BYTES_PER_VOCAB_ENTRY = 300
+# llama.cpp's vocabulary tables: per token (its string, score, attributes, piece cache) and per BPE merge (the rank
+# map). Fitted on two vocabularies measured here: Gemma 3's 262,144 tokens without merges (SentencePiece: 48 MiB)
+# and Qwen3's 151,936 tokens with 151,387 merges (43.5 MiB).
+RUNTIME_BYTES_PER_TOKEN = 192
+RUNTIME_BYTES_PER_MERGE = 108
 # Each sequence's sampler chain keeps a candidates array of (id, logit, p) for the whole vocabulary.
 SAMPLER_BYTES_PER_VOCAB_ENTRY = 12
 
@@ -47,6 +49,7 @@ class Architecture:
     n_vocab: int
     n_ctx_train: int
     tied_embeddings: bool = True
+    n_merges: int | None = None  # BPE merges in the vocabulary (None: about one per token, as Qwen3's 151,387)
 
     @property
     def kv_width_k(self) -> int:
@@ -176,7 +179,8 @@ def overhead_bytes(arch: Architecture, n_seq: int = 1) -> int:
     """Fixed runtime cost: the Python process with llama.cpp, the vocabulary's tables, the sampler chains."""
     return (
         RUNTIME_BASE_BYTES
-        + RUNTIME_BYTES_PER_VOCAB_ENTRY * arch.n_vocab
+        + RUNTIME_BYTES_PER_TOKEN * arch.n_vocab
+        + RUNTIME_BYTES_PER_MERGE * (arch.n_vocab if arch.n_merges is None else arch.n_merges)
         + SAMPLER_BYTES_PER_VOCAB_ENTRY * arch.n_vocab * n_seq
     )
 

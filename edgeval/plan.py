@@ -65,6 +65,7 @@ class Config:
             "model": self.ref.label,
             "title": self.ref.model.title,
             "params": self.ref.model.params,
+            "active_params": self.ref.model.active_params or self.ref.model.params,
             "weight_quant": self.ref.file.quant.value,
             "weight_bits": self.ref.file.quant.bits,
             "kv_type_k": self.kv_type_k.value,

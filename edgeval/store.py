@@ -158,6 +158,13 @@ M5_KV_WINDOW = """
         ALTER TABLE samples ADD COLUMN evicted INTEGER NOT NULL DEFAULT 0;
 """
 
+# How a configuration's answers are graded (grading.AnswerKind) and where its prompt format came from (the file's
+# chat template or the built-in Qwen3 format); NULL for rows stored before they were recorded.
+M6_GRADING_AND_PROMPTS = """
+        ALTER TABLE configs ADD COLUMN answer_kind TEXT;
+        ALTER TABLE configs ADD COLUMN prompt_format TEXT;
+"""
+
 # SQL scripts applied in order, all under one write lock; PRAGMA user_version records how many ran.
 # Append, never edit.
 MIGRATIONS: list[str] = [
@@ -166,6 +173,7 @@ MIGRATIONS: list[str] = [
     M3_RSS_PARTS,
     M4_CLAIMS,
     M5_KV_WINDOW,
+    M6_GRADING_AND_PROMPTS,
 ]
 
 
@@ -437,6 +445,14 @@ class Store:
                       bool(r["correct"]), r["tokens"], bool(r["forced"]), r["finish"], r["prompt_tokens"], r["evicted"])
             for r in rows
         ]  # fmt: skip
+
+    def set_verdicts(self, config_id: int, verdicts: Sequence[tuple[int, int, str | None, bool]]) -> None:
+        """Overwrite the answer and correctness of samples, given as (item index, sample index, answer, correct)."""
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE samples SET answer = ?, correct = ? WHERE config_id = ? AND item_index = ? AND sample_index = ?",
+                [(answer, int(correct), config_id, item, sample) for item, sample, answer, correct in verdicts],
+            )
 
     def timings(self, config_id: int) -> list[ItemTiming]:
         """Per-question timings of a configuration."""

@@ -92,6 +92,7 @@ class Prepared:
     predicted: memory.Footprint  # the whole run: the largest budget, k votes and the ladder's forks
     config_ids: dict[int, int]  # token budget -> its configuration row
     notes: tuple[str, ...] = ()  # what the user should know about settings edgeval chose (one line each)
+    chat: prompts.ChatFormat = field(default_factory=prompts.ChatFormat)  # the file's template, or the built-in
 
     @property
     def config_id(self) -> int:
@@ -180,7 +181,8 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
     items = task.take(spec.limit)
     if not items:
         raise ConfigurationError(f"task {task.name} has no items", hint="check --limit and the task file")
-    longest, needed = _sample_tokens(spec, task, items)
+    chat = prompts.ChatFormat(header.chat_template)
+    longest, needed = _sample_tokens(spec, task, items, chat)
     answer_cells = needed - longest - spec.budget
     arch = header.architecture()
     budget, notes = _budget(spec, arch.n_ctx_train, longest, answer_cells)
@@ -227,7 +229,8 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
         fields: dict[str, object] = {
             "run_id": run_id, "model": spec.model_label, "model_path": str(spec.model_path), "model_sha256": model_sha,
             "weight_quant": _quant_name(header), "params": header.n_params, "task": task.name,
-            "task_fingerprint": task.fingerprint, "kv_type_k": spec.kv_type_k.value, "kv_type_v": spec.kv_type_v.value,
+            "task_fingerprint": task.fingerprint, "answer_kind": task.kind.value, "prompt_format": chat.source,
+            "kv_type_k": spec.kv_type_k.value, "kv_type_v": spec.kv_type_v.value,
             "ctx": longest + rung + answer_cells if rung != budget or spec.ctx is None else spec.ctx,
             "budget_tokens": rung, "k": spec.k, "thinking": int(spec.thinking),
             "sampling": json.dumps(asdict(spec.effective_sampling)), "seed": spec.seed, "n_items": len(items),
@@ -237,7 +240,7 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
         }  # fmt: skip
         config_ids[rung] = store.upsert_config(_config_key(spec, task, model_sha, rung), fields)
         store.raise_items(config_ids[rung], len(items))
-    return Prepared(spec, task, items, n_ctx, predicted, config_ids, notes)
+    return Prepared(spec, task, items, n_ctx, predicted, config_ids, notes, chat)
 
 
 def _budget(spec: RunSpec, n_ctx_train: int, prompt: int, answer: int) -> tuple[int, tuple[str, ...]]:
@@ -256,20 +259,23 @@ def _budget(spec: RunSpec, n_ctx_train: int, prompt: int, answer: int) -> tuple[
     return room, (note,)
 
 
-def _sample_tokens(spec: RunSpec, task: tasks.Task, items: tuple[tasks.Item, ...]) -> tuple[int, int]:
+def _sample_tokens(
+    spec: RunSpec, task: tasks.Task, items: tuple[tasks.Item, ...], chat: prompts.ChatFormat
+) -> tuple[int, int]:
     """The longest prompt, and the tokens one sample needs: that prompt + the budget + a forced answer."""
     from edgeval import engine
 
     with engine.Model(spec.model_path, engine.LoadOptions(vocab_only=True)) as vocab:
         forced = vocab.tokenize(prompts.forced_answer(task.answer_prefix))
-        longest = max(len(vocab.tokenize(_prompt(task, item, spec.thinking))) for item in items)
+        longest = max(len(vocab.tokenize(_prompt(chat, task, item, spec.thinking))) for item in items)
     return longest, longest + spec.budget + len(forced) + spec.answer_tokens
 
 
 def sample_tokens(spec: RunSpec) -> int:
     """The context one sample of `spec` needs (what `--ctx` defaults to)."""
     task = tasks.load_task(spec.task)
-    return _sample_tokens(spec, task, task.take(spec.limit))[1]
+    chat = prompts.ChatFormat(gguf_info.read_local(spec.model_path).chat_template)
+    return _sample_tokens(spec, task, task.take(spec.limit), chat)[1]
 
 
 def _quant_name(header: gguf_info.GGUFInfo) -> str:
@@ -278,8 +284,8 @@ def _quant_name(header: gguf_info.GGUFInfo) -> str:
     return quant_of(header).value
 
 
-def _prompt(task: tasks.Task, item: tasks.Item, thinking: bool) -> str:
-    return prompts.chat_prompt(item.question, task.instruction, thinking=thinking)
+def _prompt(chat: prompts.ChatFormat, task: tasks.Task, item: tasks.Item, thinking: bool) -> str:
+    return chat.prompt(item.question, task.instruction, thinking=thinking)
 
 
 def item_seeds(seed: int, item_id: str, k: int) -> list[int]:
@@ -322,6 +328,7 @@ def _work(payload: dict[str, Any], events: Any) -> None:
     items = task.take(spec.limit)
     pending = payload["pending"]
     config_ids = {int(b): int(c) for b, c in payload["config_ids"].items()}
+    chat = prompts.ChatFormat(payload["chat_template"])
     with Store(Path(payload["db_path"])) as store:
         t0 = time.perf_counter()
         load = engine.LoadOptions(n_gpu_layers=spec.gpu_layers, repack=bool(spec.repack))
@@ -336,19 +343,20 @@ def _work(payload: dict[str, Any], events: Any) -> None:
                     think_close=model.tokenize(prompts.THINK_CLOSE)[0],
                     tokens=tuple(model.tokenize(prompts.forced_answer(task.answer_prefix))),
                     answer_tokens=spec.answer_tokens,
-                    starts_reasoning=spec.thinking,
+                    starts_reasoning=spec.thinking or chat.opens_reasoning(spec.thinking),
                 )
                 for index in pending:
                     if spec.deadline is not None and time.time() >= spec.deadline:
                         events.put(("stopped", None))
                         break
-                    _answer(store, config_ids, task, index, items[index], model, ctx, spec, forcing, events)
+                    _answer(store, config_ids, chat, task, index, items[index], model, ctx, spec, forcing, events)
     events.put(("finished", None))
 
 
 def _answer(
     store: Store,
     config_ids: dict[int, int],
+    chat: prompts.ChatFormat,
     task: tasks.Task,
     index: int,
     item: tasks.Item,
@@ -358,21 +366,24 @@ def _answer(
     forcing: engine.Forcing,
     events: Any,
 ) -> None:
-    prompt = model.tokenize(_prompt(task, item, spec.thinking))
+    prompt = model.tokenize(_prompt(chat, task, item, spec.thinking))
     ladder = ctx.generate_ladder(
         prompt, k=spec.k, budgets=spec.rungs, sampling=spec.effective_sampling,
         seeds=item_seeds(spec.seed, item.id, spec.k), forcing=forcing, window=spec.kv_window,
     )  # fmt: skip
+    # A template that opens the reasoning itself (Qwen3-2507 Thinking) leaves `<think>` in the prompt: the stored
+    # text gets it back, so grading (and a later regrade) knows an unclosed reasoning from an answer.
+    opener = f"{prompts.THINK_OPEN}\n" if chat.opens_reasoning(spec.thinking) else ""
     rows: dict[int, Sequence[SampleRow]] = {}
     for budget, out in ladder.items():
         rung: list[SampleRow] = []
         rows[config_ids[budget]] = rung
         for j in range(spec.k):
-            answer = grading.extract(out.texts[j], task.kind)
+            text = opener + out.texts[j]
+            verdict = grading.judge(task.kind, text, item.answer)
             rung.append(
-                SampleRow(index, item.id, j, item.answer, out.texts[j], answer,
-                          grading.is_correct(answer, item.answer, task.kind), out.generated[j], out.forced[j],
-                          out.finish[j], out.prompt_tokens, out.evicted[j])
+                SampleRow(index, item.id, j, item.answer, text, verdict.answer, verdict.correct,
+                          out.generated[j], out.forced[j], out.finish[j], out.prompt_tokens, out.evicted[j])
             )  # fmt: skip
     out = ladder[spec.budget]
     # Every rung's row gets the generation's timing: the rungs were produced together, by one decode.
@@ -511,7 +522,7 @@ def _execute_claimed(
                  "kv_type_v": spec.kv_type_v.value},
         "db_path": str(store.path), "config_ids": {str(b): c for b, c in ids.items()}, "n_ctx": prepared.n_ctx,
         "n_seq": spec.k * len(spec.rungs) if spec.thinking else spec.k, "pending": pending,
-        "log_path": str(log_path), "verbose": engine.LOG.echo,
+        "log_path": str(log_path), "verbose": engine.LOG.echo, "chat_template": prepared.chat.template,
     }  # fmt: skip
     for config_id in ids.values():
         store.update_config(config_id, status="running", message=None, log_tail=None, repack=int(bool(spec.repack)))

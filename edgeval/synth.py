@@ -17,7 +17,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from edgeval import engine
+from edgeval import engine, prompts
 from edgeval.errors import DiskFullError, is_disk_full
 from edgeval.quants import WeightQuant
 
@@ -56,11 +56,8 @@ QWEN3_SPECIAL_TOKENS: tuple[tuple[str, gguf.TokenType], ...] = (
 QWEN3_FIRST_SPECIAL_ID = 151643
 _N_BYTE_TOKENS = 256
 
-# A short ChatML template (the format edgeval's prompts use); tools that read GGUF metadata show it.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+# The chat template Qwen3's official files carry, so tiny models are prompted the way real ones are.
+QWEN3_CHAT_TEMPLATE = prompts.qwen3_template()
 
 
 @dataclass(frozen=True)
@@ -80,6 +77,7 @@ class SynthSpec:
     rope_theta: float = 1_000_000.0
     rms_eps: float = 1e-6
     seed: int = 0
+    chat_template: str = QWEN3_CHAT_TEMPLATE  # "" writes a file without one
 
     def __post_init__(self) -> None:
         if self.n_vocab < _N_BYTE_TOKENS + len(QWEN3_SPECIAL_TOKENS) + 1:
@@ -246,7 +244,8 @@ def write_gguf(
     writer.add_pad_token_id(vocab.id_of("<|endoftext|>"))
     writer.add_bos_token_id(vocab.id_of("<|endoftext|>"))
     writer.add_add_bos_token(False)
-    writer.add_chat_template(CHAT_TEMPLATE)
+    if spec.chat_template:
+        writer.add_chat_template(spec.chat_template)
     matrix_dtype = np.float32 if dtype is WeightQuant.F32 else np.float16
     for name, shape in tensor_shapes(spec).items():
         given = None if weights is None else weights.get(name)

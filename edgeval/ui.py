@@ -105,6 +105,8 @@ def model_row(ref: ModelRef) -> dict[str, object]:
         "model": ref.label,
         "title": ref.model.title,
         "params": ref.model.params,
+        "active_params": ref.model.active_params or ref.model.params,
+        "thinking": ref.model.thinking,
         "weight_quant": ref.file.quant.value,
         "source": str(ref.file.path) if ref.file.path else f"{ref.file.repo}/{ref.file.file}",
         "size_bytes": ref.file.size,
@@ -126,6 +128,11 @@ def _compact_table(title: str) -> Table:
     return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
 
 
+def _params(total: int, active: int | None) -> str:
+    """`8.19B`, or `30.53B (3.35B active)` for a mixture of experts: speed follows the active count."""
+    return f"{total / 1e9:.2f}B" + (f" ({active / 1e9:.2f}B active)" if active and active != total else "")
+
+
 def render_models(refs: list[ModelRef]) -> None:
     """The catalog as one table, a row per file (its source only where the terminal is wide)."""
     wide = console.width >= WIDE
@@ -141,7 +148,7 @@ def render_models(refs: list[ModelRef]) -> None:
         size = row["size_bytes"]
         cells = [
             ref.label,
-            f"{ref.model.params / 1e9:.2f}B",
+            _params(ref.model.params, ref.model.active_params),
             _gb(size) if isinstance(size, int) else "?",
             _gb(ref.weight_bytes),
             f"{int(row['kv_bytes_per_1k_tokens_f16']) / 1e9:.3f}",  # type: ignore[call-overload]

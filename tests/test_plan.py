@@ -10,7 +10,7 @@ from edgeval import plan
 from edgeval.catalog import Catalog
 from edgeval.cli import cli
 
-KEYS = {"model", "params", "weight_quant", "kv_type_k", "kv_type_v", "ctx", "k", "weight_bytes", "kv_bytes",
+KEYS = {"model", "params", "active_params", "weight_quant", "kv_type_k", "kv_type_v", "ctx", "k", "weight_bytes", "kv_bytes",
         "other_bytes", "total_bytes"}  # fmt: skip
 
 
