@@ -134,8 +134,10 @@ def arms(request: Request, task: str, catalog: Catalog | None = None) -> list[Ar
 
 
 def default_refs(book: Catalog, request: Request) -> list[ModelRef]:
-    """The default models: 4- and 8-bit files of the largest sizes whose 4-bit file fits with room to think."""
-    candidates = [r for r in book.everything() if r.file.quant in DEFAULT_QUANTS]
+    """The default models: 4- and 8-bit files of the largest hybrid Qwen3 sizes whose 4-bit file fits with room to
+    think."""
+    # The hybrid Qwen3 family the study measured (the 2507 Thinking/Instruct models join by --models).
+    candidates = [r for r in book.everything() if r.file.quant in DEFAULT_QUANTS and r.model.thinking == "hybrid"]
     repacking, types = plan.repack_setting(request.repack)
     smallest_run = plan.Axes(kv=(KVType.Q8_0,), ctx=(request.prompt_tokens + min(request.budgets),), k=(1,),
                              prompt_tokens=request.prompt_tokens, repack=repacking, repack_types=types)  # fmt: skip
@@ -296,7 +298,7 @@ def _run_arm(
         spec = sweep.RunSpec(
             model_path=path, model_label=arm.ref.label, task=race.task, kv_type_k=arm.kv, kv_type_v=arm.kv,
             budget_tokens=arm.budgets[-1], ladder=arm.budgets[:-1], kv_window=arm.window, k=arm.k,
-            thinking=request.thinking,
+            thinking=arm.ref.model.thinks(request.thinking),
             seed=request.seed, limit=asked, threads=request.threads, repack=request.repack, deadline=deadline,
             expected_sha256=arm.ref.file.sha256,
         )  # fmt: skip
