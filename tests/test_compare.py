@@ -154,11 +154,11 @@ def test_a_timed_race_drops_what_a_cheaper_configuration_beats_and_answers_with_
     catalog = _family_catalog(tmp_path, ("edgeval-tiny-s", "edgeval-tiny-l"))
     db = tmp_path / "race.db"
     started = time.monotonic()
-    result = CliRunner().invoke(cli, [*_race_args(catalog, db, "--time", "25s", "--limit", "120"), "--json"])
+    result = CliRunner().invoke(cli, [*_race_args(catalog, db, "--time", "15s", "--limit", "100"), "--json"])
     elapsed = time.monotonic() - started
     assert result.exit_code == 0, result.output
     (data,) = json.loads(result.output)
-    assert elapsed < 25 * 1.25 + 10  # the time cap holds (a question in flight, the final look, the report)
+    assert elapsed < 15 * 1.25 + 10  # the time cap holds (a question in flight, the final look, the report)
     rows = {r["key"]: r for r in data["rows"]}
     assert len(rows) == 2 * 2 * 2
     short = [r for r in rows.values() if r["budget_tokens"] == 8]
@@ -173,7 +173,7 @@ def test_a_timed_race_drops_what_a_cheaper_configuration_beats_and_answers_with_
     assert data["recommendation"] and data["time_s"] > 0 and data["tokens_decoded"] > 0
     # Run again: it continues (more questions for what is still in the race) and redoes none.
     first = _samples(db)
-    again = CliRunner().invoke(cli, [*_race_args(catalog, db, "--time", "8s", "--limit", "120"), "--json"])
+    again = CliRunner().invoke(cli, [*_race_args(catalog, db, "--time", "5s", "--limit", "100"), "--json"])
     assert again.exit_code == 0, again.output
     second = _samples(db)
     assert set(first) <= set(second) and len(second) == len({s[:3] for s in second})
@@ -182,7 +182,7 @@ def test_a_timed_race_drops_what_a_cheaper_configuration_beats_and_answers_with_
 def test_ctrl_c_prints_the_answer_so_far_and_a_rerun_continues(tmp_path: Path) -> None:
     catalog = _family_catalog(tmp_path, ("edgeval-tiny-s", "edgeval-tiny-l"))
     db = tmp_path / "c.db"
-    args = _race_args(catalog, db, "--exhaustive", "--limit", "200")
+    args = _race_args(catalog, db, "--exhaustive", "--limit", "60")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "COLUMNS": "200"}
     child = subprocess.Popen([sys.executable, "-m", "edgeval", *args], env=env, start_new_session=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -205,9 +205,9 @@ def test_ctrl_c_prints_the_answer_so_far_and_a_rerun_continues(tmp_path: Path) -
     result = CliRunner().invoke(cli, [*args, "--json"])
     assert result.exit_code == 0, result.output
     (data,) = json.loads(result.output)
-    assert all(r["n_done"] == 200 for r in data["rows"])
+    assert all(r["n_done"] == 60 for r in data["rows"])
     rows = _samples(db)
-    assert len(rows) == 2 * 2 * 4 * 200 == len({r[:3] for r in rows})  # 2 files × 2 budgets × 4 votes × 200
+    assert len(rows) == 2 * 2 * 4 * 60 == len({r[:3] for r in rows})  # 2 files × 2 budgets × 4 votes × 60
     assert set(kept) <= set(rows)  # nothing stored before the interrupt was redone or changed
 
 
