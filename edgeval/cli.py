@@ -483,15 +483,6 @@ def run(
         raise click.exceptions.Exit(1)
 
 
-def _duration(text: str) -> float:
-    from edgeval.units import UnitError, parse_duration
-
-    try:
-        return parse_duration(text)
-    except UnitError as exc:
-        raise ValueError(str(exc)) from None
-
-
 def _duration_text(seconds: float) -> str:
     """A duration as --time reads it: `1h`, `30m`, `75s`."""
     if seconds % 3600 == 0:
@@ -507,9 +498,11 @@ class Duration(click.ParamType):  # type: ignore[type-arg]
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         if isinstance(value, float):
             return value
+        from edgeval.units import UnitError, parse_duration
+
         try:
-            return _duration(str(value))
-        except ValueError as exc:
+            return parse_duration(str(value))
+        except UnitError as exc:
             self.fail(str(exc), param, ctx)
 
 

@@ -9,7 +9,7 @@ and builds the comparison from the store.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,6 +188,7 @@ class _Race:
     failed: dict[int, str] = field(default_factory=dict)  # arm index -> message
     config_ids: dict[int, dict[int, int]] = field(default_factory=dict)  # arm index -> budget -> config id
     eliminated: dict[str, racing.Elimination] = field(default_factory=dict)
+    verdict: racing.Verdict | None = None  # as of the last round's end
     tokens: int = 0
     n_questions: int = 0  # the task's questions within --limit
     cache: dict[int, tuple[tuple[int, str, bool], list[tuple[ConfigResult, dict[int, float]]]]] = field(
@@ -264,7 +265,7 @@ def _race(race: _Race, store: Store, progress: Callable[[RaceProgress], None] | 
                     return "time"
             if prefetch is not None:
                 prefetch.exception()  # a failed prefetch is reported when its arm runs
-            if not race.request.exhaustive and _settled(race, store):
+            if not race.request.exhaustive and _settled(race):
                 return "settled"
             if unreachable and not race.config_ids:
                 raise unreachable[0]  # nothing could run: the one-line error names the way out (edgeval demo)
@@ -327,8 +328,7 @@ def _live_arms(race: _Race, store: Store) -> list[int]:
     """Arms with a configuration still in the race: those holding a configuration tied with the best first (the
     decision is open there), then by memory."""
     rows = _rows(race, store)
-    verdict = _verdict(race, rows)
-    tied = set(verdict.tied) if verdict else set()
+    tied = set(race.verdict.tied) if race.verdict else set()
     live = []
     for index, arm in enumerate(race.arms):
         if index in race.failed:
@@ -350,28 +350,26 @@ def _alpha(race: _Race) -> float:
     return racing.pairs_alpha(sum(a.configurations for a in race.arms), race.request.alpha)
 
 
-def _verdict(race: _Race, rows: Sequence[Row]) -> racing.Verdict | None:
-    alive = [c for c in contenders(rows) if c.key not in race.eliminated]
-    return racing.verdict(alive, _alpha(race))
-
-
 def _look(race: _Race, store: Store, state: RaceProgress, *, drop: bool) -> None:
-    """After a run: update the leader; at the end of a round, also drop what a cheaper configuration now beats."""
+    """After a run: update the leader; at the end of a round, also drop what a cheaper configuration now beats and
+    take the verdict (its intervals are the costly part, so only once a round)."""
     rows = _rows(race, store)
     if drop and not race.request.exhaustive:
         for e in racing.eliminate(contenders(rows), _alpha(race), tuple(race.eliminated)):
             race.eliminated[e.loser] = e
-    verdict = _verdict(race, rows)
-    best = next((r for r in rows if verdict and r.key == verdict.best), None)
+    alive = [c for c in contenders(rows) if c.key not in race.eliminated]
+    if drop:
+        race.verdict = racing.verdict(alive, _alpha(race))
+    top = racing.leader(alive)
+    best = next((r for r in rows if top and r.key == top.key), None)
     state.leader = f"{best.label} {100 * best.result.accuracy_maj:.1f}%" if best else ""
     state.in_race = sum(1 for r in rows if r.key not in race.eliminated and r.status != "failed")
     state.time_left_s = race.time_left()
 
 
-def _settled(race: _Race, store: Store) -> bool:
+def _settled(race: _Race) -> bool:
     """The best is settled when no configuration still in the race is tied with it."""
-    verdict = _verdict(race, _rows(race, store))
-    return verdict is not None and len(verdict.tied) == 1
+    return race.verdict is not None and len(race.verdict.tied) == 1
 
 
 def _rows(race: _Race, store: Store) -> list[Row]:

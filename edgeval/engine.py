@@ -455,16 +455,16 @@ class Generation:
         return sum(self.generated)
 
 
-def fork_cells(k: int, n_rungs: int, forcing: Forcing | None, *, chunk: int = 0) -> int:
+def fork_cells(k: int, n_rungs: int, answer_cells: int, answer_tokens: int, *, chunk: int = 0) -> int:
     """KV cells the forks of a budget ladder may hold at once: at every smaller rung, each vote still reasoning is
-    forked for its forced answer (its last token, the forcing text and the answer). When votes evict in chunks of
-    `chunk` tokens (a KV window), a fork also holds the cells its vote evicts while the fork lives: the fork writes
-    its forcing text in one step and its answer one token a step, so its vote writes at most the answer and a token
-    meanwhile, and evicts that rounded up to a chunk."""
-    if forcing is None or not forcing.starts_reasoning or n_rungs <= 1:
+    forked for its forced answer (its last token and `answer_cells`: the forcing text and `answer_tokens`). When
+    votes evict in chunks of `chunk` tokens (a KV window), a fork also holds the cells its vote evicts while the
+    fork lives: the fork writes its forcing text in one step and its answer one token a step, so its vote writes at
+    most the answer and a token meanwhile, and evicts that rounded up to a chunk. Forks happen only where samples
+    reason and are forced: callers count none otherwise."""
+    if n_rungs <= 1:
         return 0
-    fork = 1 + len(forcing.tokens) + forcing.answer_tokens
-    return k * (n_rungs - 1) * (fork + (forcing.answer_tokens + 1 + chunk if chunk else 0))
+    return k * (n_rungs - 1) * (1 + answer_cells + (answer_tokens + 1 + chunk if chunk else 0))
 
 
 def cells_needed(
@@ -475,15 +475,15 @@ def cells_needed(
     extra = len(forcing.tokens) + forcing.answer_tokens if forcing else 0
     own = own_cells(max_tokens, window)
     chunk = eviction_chunk(window) if own < max_tokens else 0
-    return prompt_tokens + k * (own + extra) + fork_cells(k, n_rungs, forcing, chunk=chunk)
+    reasoning = forcing is not None and forcing.starts_reasoning
+    forks = fork_cells(k, n_rungs, extra, forcing.answer_tokens, chunk=chunk) if forcing and reasoning else 0
+    return prompt_tokens + k * (own + extra) + forks
 
 
-def ladder_sequences(k: int, n_rungs: int, forcing: Forcing | None = None) -> int:
+def ladder_sequences(k: int, n_rungs: int, reasoning: bool) -> int:
     """Sequences a ladder generation may use at once: the k votes and up to k forks per smaller rung (forks only
     where samples reason and are forced)."""
-    if forcing is None or not forcing.starts_reasoning:
-        return k
-    return k * max(1, n_rungs)
+    return k * max(1, n_rungs) if reasoning else k
 
 
 class Context:
@@ -600,7 +600,7 @@ class Context:
             raise ValueError("an empty prompt")
         if not rungs or rungs[0] < 1:
             raise ValueError("token budgets must be positive")
-        if k < 1 or ladder_sequences(k, len(rungs), forcing) > self.n_seq:
+        if k < 1 or ladder_sequences(k, len(rungs), forcing is not None and forcing.starts_reasoning) > self.n_seq:
             raise ConfigurationError(
                 f"k={k} sequences over {len(rungs)} budgets, but this context holds {self.n_seq} sequences"
             )

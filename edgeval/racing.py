@@ -158,12 +158,18 @@ class Verdict:
     against_best: dict[str, Difference]  # best − other, for every other contender still in the race
 
 
+def leader(contenders: Sequence[Contender]) -> Contender | None:
+    """The most accurate contender so far (more questions, then less memory, break ties); None without scores."""
+    scored = [c for c in contenders if c.scores]
+    return max(scored, key=lambda c: (c.accuracy, len(c.scores), -c.memory_bytes)) if scored else None
+
+
 def verdict(contenders: Sequence[Contender], alpha: float) -> Verdict | None:
     """The best contender, the set statistically tied with it, and the least-memory member of that set."""
     scored = [c for c in contenders if c.scores]
-    if not scored:
+    best = leader(scored)
+    if best is None:
         return None
-    best = max(scored, key=lambda c: (c.accuracy, len(c.scores), -c.memory_bytes))
     against = {c.key: difference(best.scores, c.scores, alpha) for c in scored if c.key != best.key}
     tied = [best] + [c for c in scored if c.key != best.key and against[c.key].low <= 0]
     tied.sort(key=lambda c: (c.memory_bytes, -c.accuracy))

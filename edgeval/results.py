@@ -87,15 +87,19 @@ def memory_of(row: sqlite3.Row, votes: int | None = None) -> tuple[int, str]:
     return max(1, predicted + int(peak) - int(arm or row["predicted_bytes"])), "calibrated"
 
 
-def item_scores(samples: Sequence[SampleRow], k: int, votes: int) -> dict[int, float]:
-    """maj@votes of every question whose k samples are stored (the tie rule and subset average in vote.py)."""
+def complete_items(samples: Sequence[SampleRow], k: int) -> dict[int, list[SampleRow]]:
+    """The samples of every question whose k samples are stored, by question index in order."""
     by_item: dict[int, list[SampleRow]] = defaultdict(list)
     for s in samples:
         by_item[s.item_index].append(s)
+    return {i: group for i, group in sorted(by_item.items()) if len(group) >= k}
+
+
+def item_scores(samples: Sequence[SampleRow], k: int, votes: int) -> dict[int, float]:
+    """maj@votes of every question whose k samples are stored (the tie rule and subset average in vote.py)."""
     return {
         i: vote.maj_at([s.answer for s in group], [s.correct for s in group], votes)
-        for i, group in sorted(by_item.items())
-        if len(group) >= k
+        for i, group in complete_items(samples, k).items()
     }
 
 
@@ -106,10 +110,7 @@ def summarize(row: sqlite3.Row, samples: list[SampleRow], votes: int | None = No
     averaged over j-subsets, pass@j, and the memory of j votes."""
     k = int(row["k"])
     j = votes or k
-    by_item: dict[int, list[SampleRow]] = defaultdict(list)
-    for s in samples:
-        by_item[s.item_index].append(s)
-    complete = [group for group in by_item.values() if len(group) >= k]
+    complete = list(complete_items(samples, k).values())
     maj_scores, avg_scores, pass_scores = [], [], []
     maj_j: dict[int, list[float]] = {i: [] for i in range(1, j + 1)}
     for group in complete:

@@ -89,6 +89,7 @@ class Prepared:
     task: tasks.Task
     items: tuple[tasks.Item, ...]
     n_ctx: int
+    n_seq: int  # the votes and the ladder's forks
     predicted: memory.Footprint  # the whole run: the largest budget, k votes and the ladder's forks
     config_ids: dict[int, int]  # token budget -> its configuration row
     notes: tuple[str, ...] = ()  # what the user should know about settings edgeval chose (one line each)
@@ -205,9 +206,9 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
     own = memory.own_cells(budget, spec.kv_window)
     chunk = memory.eviction_chunk(spec.kv_window) if own < budget else 0
     n_ctx = engine.cells_needed(longest, spec.k, (spec.ctx or per_sample) - longest - budget + own)
-    if spec.thinking:  # the ladder's forks (engine.fork_cells), with a window also what a vote evicts meanwhile
-        n_ctx += spec.k * (n_rungs - 1) * (1 + answer_cells + (spec.answer_tokens + 1 + chunk if chunk else 0))
-    n_seq = spec.k * n_rungs if spec.thinking else spec.k
+    if spec.thinking:  # the ladder's forks, with a window also what a vote evicts meanwhile
+        n_ctx += engine.fork_cells(spec.k, n_rungs, answer_cells, spec.answer_tokens, chunk=chunk)
+    n_seq = engine.ladder_sequences(spec.k, n_rungs, spec.thinking)
     gpu_layers = engine.LoadOptions(n_gpu_layers=spec.gpu_layers).gpu_layers()
     repack = header.repack(engine.repacked_types()) if spec.repack else memory.Repack()
 
@@ -240,7 +241,7 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
         }  # fmt: skip
         config_ids[rung] = store.upsert_config(_config_key(spec, task, model_sha, rung), fields)
         store.raise_items(config_ids[rung], len(items))
-    return Prepared(spec, task, items, n_ctx, predicted, config_ids, notes, chat)
+    return Prepared(spec, task, items, n_ctx, n_seq, predicted, config_ids, notes, chat)
 
 
 def _budget(spec: RunSpec, n_ctx_train: int, prompt: int, answer: int) -> tuple[int, tuple[str, ...]]:
@@ -521,7 +522,7 @@ def _execute_claimed(
         "spec": {**asdict(spec), "model_path": str(spec.model_path), "kv_type_k": spec.kv_type_k.value,
                  "kv_type_v": spec.kv_type_v.value},
         "db_path": str(store.path), "config_ids": {str(b): c for b, c in ids.items()}, "n_ctx": prepared.n_ctx,
-        "n_seq": spec.k * len(spec.rungs) if spec.thinking else spec.k, "pending": pending,
+        "n_seq": prepared.n_seq, "pending": pending,
         "log_path": str(log_path), "verbose": engine.LOG.echo, "chat_template": prepared.chat.template,
     }  # fmt: skip
     for config_id in ids.values():

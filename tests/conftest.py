@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from edgeval import synth
+from edgeval import engine, prompts, synth, tasks
 from edgeval.quants import WeightQuant
 
 from .hub_server import FakeHub, serve
 
+GREEDY = prompts.Sampling(temperature=0.0)
+SAMPLED = prompts.Sampling(temperature=1.0, top_p=1.0, top_k=0)
 TINY = synth.SynthSpec(name="tiny-test", n_layer=2, n_embd=256, n_head=4, n_head_kv=2, head_dim=64, n_ff=512)
 
 
@@ -75,3 +77,18 @@ def _toml(value: object) -> str:
     if isinstance(value, int | float):
         return str(value)
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def arith_forcing(model: engine.Model, answer_tokens: int = 12) -> engine.Forcing:
+    """Budget forcing as the worker sets it up for arith (thinking on)."""
+    return engine.Forcing(
+        think_close=model.tokenize(prompts.THINK_CLOSE)[0],
+        tokens=tuple(model.tokenize(prompts.forced_answer(tasks.BOXED))),
+        answer_tokens=answer_tokens,
+    )
+
+
+def arith_prompts(model: engine.Model, n: int) -> list[list[int]]:
+    """The first n arith questions as prompt tokens (thinking on)."""
+    task = tasks.load_task("arith")
+    return [model.tokenize(prompts.chat_prompt(item.question, task.instruction)) for item in task.items[:n]]

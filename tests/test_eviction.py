@@ -9,36 +9,20 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgeval import compare, demo, engine, memory, prompts, tasks
+from edgeval import compare, demo, engine, memory, prompts
 from edgeval.catalog import Catalog
 from edgeval.cli import cli
 from edgeval.errors import ConfigurationError
 from edgeval.quants import KVType, WeightQuant
 
-from .conftest import write_catalog
-
-GREEDY = prompts.Sampling(temperature=0.0)
-SAMPLED = prompts.Sampling(temperature=1.0, top_p=1.0, top_k=0)
-
-
-def _forcing(model: engine.Model, answer_tokens: int = 12) -> engine.Forcing:
-    return engine.Forcing(
-        think_close=model.tokenize(prompts.THINK_CLOSE)[0],
-        tokens=tuple(model.tokenize(prompts.forced_answer(tasks.BOXED))),
-        answer_tokens=answer_tokens,
-    )
-
-
-def _prompts(model: engine.Model, n: int) -> list[list[int]]:
-    task = tasks.load_task("arith")
-    return [model.tokenize(prompts.chat_prompt(item.question, task.instruction)) for item in task.items[:n]]
+from .conftest import GREEDY, SAMPLED, arith_forcing, arith_prompts, write_catalog
 
 
 def test_a_window_at_least_the_budget_changes_nothing_and_evicts_nothing() -> None:
     with engine.Model(demo.family_sources()[1]) as model:
-        forcing = _forcing(model)
+        forcing = arith_forcing(model)
         with engine.Context(model, engine.ContextOptions(n_ctx=1024, n_seq=4)) as ctx:
-            for prompt in _prompts(model, 5):
+            for prompt in arith_prompts(model, 5):
                 plain = ctx.generate(prompt, k=2, max_tokens=48, sampling=GREEDY, seeds=(1, 2), forcing=forcing)
                 for window in (48, 64):
                     windowed = ctx.generate(prompt, k=2, max_tokens=48, sampling=GREEDY, seeds=(1, 2),
@@ -53,9 +37,9 @@ def test_a_sample_that_never_fills_its_window_evicts_nothing_and_one_that_does_e
     chunk = memory.eviction_chunk(window)
     short = long = 0
     with engine.Model(demo.family_sources()[1]) as model:
-        forcing = _forcing(model)
+        forcing = arith_forcing(model)
         with engine.Context(model, engine.ContextOptions(n_ctx=1024, n_seq=4)) as ctx:
-            for prompt in _prompts(model, 8):
+            for prompt in arith_prompts(model, 8):
                 plain = ctx.generate(prompt, k=3, max_tokens=budget, sampling=SAMPLED, seeds=(1, 2, 3),
                                      forcing=forcing)  # fmt: skip
                 windowed = ctx.generate(prompt, k=3, max_tokens=budget, sampling=SAMPLED, seeds=(1, 2, 3),
@@ -78,12 +62,14 @@ def test_a_sample_that_never_fills_its_window_evicts_nothing_and_one_that_does_e
 def test_each_rung_of_a_windowed_ladder_equals_a_separate_windowed_run(sampling: prompts.Sampling) -> None:
     rungs, window, seeds = (12, 24, 48), 16, (11, 12, 13)
     with engine.Model(demo.family_sources()[1]) as model:
-        forcing = _forcing(model)
+        forcing = arith_forcing(model)
         cells = engine.cells_needed(80, 3, max(rungs), forcing, n_rungs=len(rungs), window=window)
-        options = engine.ContextOptions(n_ctx=cells, n_seq=engine.ladder_sequences(3, len(rungs), forcing))
+        options = engine.ContextOptions(
+            n_ctx=cells, n_seq=engine.ladder_sequences(3, len(rungs), forcing.starts_reasoning)
+        )
         with engine.Context(model, options) as ctx:
             forks = evictions = 0
-            for prompt in _prompts(model, 5):
+            for prompt in arith_prompts(model, 5):
                 together = ctx.generate_ladder(prompt, k=3, budgets=rungs, sampling=sampling, seeds=seeds,
                                                forcing=forcing, window=window)  # fmt: skip
                 for budget in rungs:

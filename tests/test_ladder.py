@@ -8,25 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgeval import demo, engine, prompts, sweep, tasks
+from edgeval import demo, engine, prompts, sweep
 from edgeval.cli import cli
 from edgeval.store import Store
 
-GREEDY = prompts.Sampling(temperature=0.0)
-SAMPLED = prompts.Sampling(temperature=1.0, top_p=1.0, top_k=0)
-
-
-def _forcing(model: engine.Model, answer_tokens: int = 12) -> engine.Forcing:
-    return engine.Forcing(
-        think_close=model.tokenize(prompts.THINK_CLOSE)[0],
-        tokens=tuple(model.tokenize(prompts.forced_answer(tasks.BOXED))),
-        answer_tokens=answer_tokens,
-    )
-
-
-def _prompts(model: engine.Model, n: int) -> list[list[int]]:
-    task = tasks.load_task("arith")
-    return [model.tokenize(prompts.chat_prompt(item.question, task.instruction)) for item in task.items[:n]]
+from .conftest import GREEDY, SAMPLED, arith_forcing, arith_prompts
 
 
 @pytest.mark.parametrize("sampling", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
@@ -35,12 +21,14 @@ def test_each_rung_equals_a_separate_run_at_its_budget(sampling: prompts.Samplin
     seeds = (11, 12, 13)
     # On the CPU: a GPU may pick other kernels for batches of another shape and flip a near-tie.
     with engine.Model(demo.family_sources()[1], engine.LoadOptions(n_gpu_layers=0)) as model:
-        forcing = _forcing(model)
+        forcing = arith_forcing(model)
         ladder_cells = engine.cells_needed(80, 3, max(rungs), forcing, n_rungs=len(rungs))
-        options = engine.ContextOptions(n_ctx=ladder_cells, n_seq=engine.ladder_sequences(3, len(rungs), forcing))
+        options = engine.ContextOptions(
+            n_ctx=ladder_cells, n_seq=engine.ladder_sequences(3, len(rungs), forcing.starts_reasoning)
+        )
         with engine.Context(model, options) as ctx:
             forks_seen = stops_before_top = 0
-            for prompt in _prompts(model, 6):
+            for prompt in arith_prompts(model, 6):
                 together = ctx.generate_ladder(prompt, k=3, budgets=rungs, sampling=sampling, seeds=seeds,
                                                forcing=forcing)  # fmt: skip
                 for budget in rungs:
@@ -62,10 +50,10 @@ def test_each_rung_equals_a_separate_run_at_its_budget(sampling: prompts.Samplin
 def test_a_ladder_without_thinking_needs_no_forks() -> None:
     with engine.Model(demo.family_sources()[0]) as model:
         forcing = engine.Forcing(think_close=-1, tokens=(), answer_tokens=0, starts_reasoning=False)
-        options = engine.ContextOptions(n_ctx=256, n_seq=engine.ladder_sequences(2, 3, forcing))
+        options = engine.ContextOptions(n_ctx=256, n_seq=engine.ladder_sequences(2, 3, forcing.starts_reasoning))
         assert options.n_seq == 2
         with engine.Context(model, options) as ctx:
-            prompt = _prompts(model, 1)[0]
+            prompt = arith_prompts(model, 1)[0]
             together = ctx.generate_ladder(prompt, k=2, budgets=(3, 8), sampling=GREEDY, seeds=(1, 2),
                                            forcing=forcing)  # fmt: skip
             alone = ctx.generate(prompt, k=2, max_tokens=3, sampling=GREEDY, seeds=(1, 2), forcing=forcing)
