@@ -133,6 +133,19 @@ class ModelRef:
         share = self.model.arch.n_vocab * self.model.arch.n_embd / max(self.model.params, 1)
         return int(self.weight_bytes * share)
 
+    @property
+    def expert_bytes(self) -> int:
+        """A mixture of experts' expert-weight bytes (0 for a dense model): exact from a read header; from the
+        catalog, the weights' share of expert parameters (3 matrices of n_embd × the expert width, per expert and
+        layer; the expert width is the active FFN width over the experts used)."""
+        if self.header is not None:
+            return self.header.expert_bytes
+        arch = self.model.arch
+        if not arch.n_expert or not arch.n_expert_used:
+            return 0
+        expert_params = arch.n_layer * arch.n_expert * 3 * arch.n_embd * (arch.ffn_width // arch.n_expert_used)
+        return int(self.weight_bytes * expert_params / max(self.model.params, 1))
+
     def repack(self, types: Mapping[str, tuple[RepackRule, ...]]) -> Repack:
         """What llama.cpp repacks of this file (`types`: `memory.repacked_types`): exact from a read header; from
         the catalog, the tied output copy by the quantizer's rule and, as an upper bound, every matrix weight
@@ -193,6 +206,9 @@ def _arch_from(entry: dict[str, Any], where: str) -> Architecture:
             n_vocab=int(entry["n_vocab"]),
             n_ctx_train=int(entry["n_ctx_train"]),
             tied_embeddings=bool(entry.get("tied_embeddings", False)),
+            n_expert=int(entry.get("n_expert", 0)),
+            n_expert_used=int(entry.get("n_expert_used", 0)),
+            n_ff_exp=int(entry.get("n_ff_exp", 0)),
         )
     except KeyError as missing:
         raise CatalogError(f"{where}: missing {missing} (or give a local `path` to read it from)") from None

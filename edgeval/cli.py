@@ -83,6 +83,33 @@ class ByteSize(click.ParamType):  # type: ignore[type-arg]
             self.fail(f"{exc} (example: --budget 8GB)", param, ctx)
 
 
+class ExpertLayers(click.ParamType):  # type: ignore[type-arg]
+    """`--cpu-moe`: how many of the first layers keep a mixture of experts' expert weights on the CPU; `all` = -1."""
+
+    name = "N|all"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text == "all":
+            return -1
+        if text.isdigit():
+            return int(text)
+        self.fail(f"'{value}' is not a layer count (example: --cpu-moe 20, or --cpu-moe all)", param, ctx)
+
+
+def cpu_moe_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """`--cpu-moe N|all`, shared by plan and run."""
+    return click.option(
+        "--cpu-moe",
+        type=ExpertLayers(),
+        default=0,
+        help="Mixture of experts with GPU offload: keep the expert weights of the first N layers (or all) in system "
+        "RAM, attention and KV cache on the GPU — llama.cpp's --n-cpu-moe / --cpu-moe (default: 0).",
+    )(f)
+
+
 class CommaList(click.ParamType):  # type: ignore[type-arg]
     """A comma-separated list (`f16,q8_0`, `2k,8k`), each item converted by `item`."""
 
@@ -328,6 +355,12 @@ def inspect(ref: str, catalogs: tuple[Path, ...], as_json: bool) -> None:
     show_default=True,
     help="Layers offloaded to a GPU (-1: all); splits the footprint into host and device.",
 )
+@cpu_moe_option
+@click.option(
+    "--vram",
+    type=ByteSize(),
+    help="The GPU's memory: with --gpu-layers, also leave out configurations whose device part exceeds it.",
+)
 @click.option(
     "--repack/--no-repack",
     default=None,
@@ -346,6 +379,8 @@ def plan(
     kv_windows: tuple[int, ...] | None,
     prompt_tokens: int,
     gpu_layers: int,
+    cpu_moe: int,
+    vram: int | None,
     repack: bool | None,
     show_all: bool,
     catalogs: tuple[Path, ...],
@@ -366,9 +401,9 @@ def plan(
     repacking, types = planner.repack_setting(repack)
     axes = planner.Axes(
         kv=kv, ctx=ctx, k=votes, kv_window=kv_windows or (0,), prompt_tokens=prompt_tokens, gpu_layers=gpu_layers,
-        repack=repacking, repack_types=types,
+        cpu_moe=cpu_moe, repack=repacking, repack_types=types,
     )  # fmt: skip
-    result = planner.plan(refs, axes, budget)
+    result = planner.plan(refs, axes, budget, vram_bytes=vram)
     if as_json:
         click.echo(json.dumps([c.to_json() for c in result.fits], indent=2))
     else:
@@ -423,6 +458,7 @@ def plan(
 @seed_option
 @threads_option
 @click.option("--gpu-layers", type=int, help="Layers on the GPU (default: all on a GPU build, 0 on CPU).")
+@cpu_moe_option
 @repack_option
 @click.option("--force", is_flag=True, help="Run even where the predicted memory exceeds what is available.")
 @db_option
@@ -432,8 +468,8 @@ def run(
     model_ref: str, task_name: str, kv: str | None, kv_k: str | None, kv_v: str | None, ctx: tuple[int, ...] | None,
     budget_tokens: tuple[int, ...] | None, kv_window: tuple[int, ...], votes: int, limit: int | None, thinking: bool, temperature: float | None,
     top_p: float | None, top_k: int | None, min_p: float | None, seed: int, threads: int | None,
-    gpu_layers: int | None, repack: bool | None, force: bool, db: Path | None, catalogs: tuple[Path, ...],
-    as_json: bool,
+    gpu_layers: int | None, cpu_moe: int, repack: bool | None, force: bool, db: Path | None,
+    catalogs: tuple[Path, ...], as_json: bool,
 ) -> None:  # fmt: skip
     """Run one configuration over a task: k votes per question, graded, with memory and speed measured.
 
@@ -469,7 +505,8 @@ def run(
             budget_tokens=budgets[-1] if budgets else None, ladder=budgets[:-1], ctx=ctx[0] if ctx else None,
             kv_window=kv_window[0] if kv_window else 0,
             k=votes, thinking=thinking, sampling=None if sampling == base else sampling, seed=seed, limit=limit,
-            threads=threads, repack=repack, gpu_layers=gpu_layers, expected_sha256=ref.file.sha256, force=force,
+            threads=threads, repack=repack, gpu_layers=gpu_layers, cpu_moe=cpu_moe, expected_sha256=ref.file.sha256,
+            force=force,
         )  # fmt: skip
         with ui.run_progress(ref.label, task_name, votes, quiet=as_json) as progress:
             rungs = sweep.run_ladder(spec, store, progress, " ".join(sys.argv), ui.note)

@@ -273,6 +273,7 @@ class LoadOptions:
     repack: bool = False  # llama.cpp's weight repacking ("extra buffer types"; AMX, AVX-512 and ARM paths)
     use_mmap: bool | None = None  # None: off when repacking, else on (memory.mmap_for says why)
     vocab_only: bool = False
+    cpu_moe: int = 0  # mixture of experts: keep the first N layers' expert weights on the CPU (-1: all layers)
 
     @property
     def mmap(self) -> bool:
@@ -284,6 +285,34 @@ class LoadOptions:
         if self.n_gpu_layers is not None:
             return self.n_gpu_layers
         return -1 if supports_gpu_offload() else 0
+
+
+class _BuftOverride(ctypes.Structure):
+    """llama.cpp's llama_model_tensor_buft_override: tensors whose name matches `pattern` go to buffer type `buft`."""
+
+    _fields_ = (("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p))
+
+
+# llama.cpp's own pattern for the expert weights of one layer (common.h: llm_ffn_block_regex with LLM_FFN_EXPS_REGEX).
+_EXPERTS_OF_LAYER = r"blk\.{layer}\.ffn_(up|down|gate|gate_up)_(ch|)exps"
+
+
+def _expert_overrides(cpu_moe: int) -> ctypes.Array[_BuftOverride] | None:
+    """Tensor overrides keeping the expert weights of the first `cpu_moe` layers (-1: all) in CPU memory, as
+    llama.cpp's `--n-cpu-moe N` / `--cpu-moe` build them; None when there is nothing to keep. Overriding to the CPU
+    buffer type still lets llama.cpp repack those weights (its loader tries the CPU's extra buffers first)."""
+    if cpu_moe == 0:
+        return None
+    base = _ggml_library("ggml-base")
+    if base is None:
+        raise LlamaError("this llama-cpp-python build does not expose ggml's CPU buffer type (needed for --cpu-moe)")
+    base.ggml_backend_cpu_buffer_type.restype = ctypes.c_void_p
+    cpu = base.ggml_backend_cpu_buffer_type()
+    layers = r"\d+" if cpu_moe < 0 else "|".join(str(i) for i in range(cpu_moe))
+    pattern = _EXPERTS_OF_LAYER.format(layer=layers if cpu_moe < 0 else f"({layers})")
+    overrides = (_BuftOverride * 2)()
+    overrides[0].pattern, overrides[0].buft = pattern.encode(), cpu
+    return overrides  # the second entry is the zeroed terminator
 
 
 class Model:
@@ -299,6 +328,9 @@ class Model:
         params.use_extra_bufts = options.repack
         params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if options.mmap else llama_cpp.LLAMA_LOAD_MODE_NONE
         params.vocab_only = options.vocab_only
+        self._overrides = _expert_overrides(options.cpu_moe)  # llama.cpp reads them while loading: keep them alive
+        if self._overrides is not None:
+            params.tensor_buft_overrides = ctypes.cast(self._overrides, ctypes.c_void_p)
         start = LOG.mark()
         t0 = time.perf_counter()
         self._ptr: llama_cpp.llama_model_p | None = llama_cpp.llama_model_load_from_file(str(path).encode(), params)

@@ -7,6 +7,7 @@ takes the format's constants (value types, tensor block sizes) from the gguf pac
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ _SCALARS: dict[GGUFValueType, str] = {
     GGUFValueType.INT64: "<q",
     GGUFValueType.FLOAT64: "<d",
 }
+# The expert weights of a mixture of experts, as llama.cpp names them (its LLM_FFN_EXPS_REGEX).
+EXPERT_TENSOR = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
 # Arrays longer than this are counted, not kept (token lists, merges).
 _KEEP_ARRAY = 64
 _MAX_COUNT = 1 << 28  # beyond any real header: a larger count means corruption
@@ -124,6 +127,11 @@ class GGUFInfo:
         """Bytes of the token embedding matrix."""
         return sum(t.n_bytes for t in self.tensors if t.name == "token_embd.weight")
 
+    @property
+    def expert_bytes(self) -> int:
+        """Bytes of a mixture of experts' expert weights (`blk.N.ffn_{gate,up,down}_exps`; 0 for a dense model)."""
+        return sum(t.n_bytes for t in self.tensors if EXPERT_TENSOR.search(t.name))
+
     def repack(self, types: Mapping[str, tuple[RepackRule, ...]]) -> Repack:
         """What llama.cpp's CPU backend repacks of this model, given its rules per type (`memory.repacked_types`).
 
@@ -170,6 +178,9 @@ class GGUFInfo:
             n_ctx_train=self._arch_int("context_length"),
             tied_embeddings=self.tied_embeddings,
             n_merges=self.array_lengths.get("tokenizer.ggml.merges", 0),
+            n_expert=self._arch_int("expert_count", 0),
+            n_expert_used=self._arch_int("expert_used_count", 0),
+            n_ff_exp=self._arch_int("expert_feed_forward_length", 0),
         )
 
 

@@ -50,6 +50,16 @@ class Architecture:
     n_ctx_train: int
     tied_embeddings: bool = True
     n_merges: int | None = None  # BPE merges in the vocabulary (None: about one per token, as Qwen3's 151,387)
+    n_expert: int = 0  # mixture of experts: experts per layer, all resident (0: a dense model)
+    n_expert_used: int = 0  # … of which each token uses this many
+    n_ff_exp: int = 0  # … each with an FFN this wide (0: n_ff / n_expert_used)
+
+    @property
+    def ffn_width(self) -> int:
+        """FFN intermediates per token: n_ff, or for a mixture of experts the experts a token uses times their width."""
+        if self.n_expert and self.n_expert_used:
+            return self.n_expert_used * (self.n_ff_exp or self.n_ff // self.n_expert_used)
+        return self.n_ff
 
     @property
     def kv_width_k(self) -> int:
@@ -149,7 +159,7 @@ def compute_bytes(arch: Architecture, n_ctx: int, n_tokens: int, n_outputs: int,
     tokens = math.ceil(n_tokens / n_seq) * n_seq  # llama.cpp makes a batch a multiple of n_seq
     f32 = 4
     e = tokens * arch.n_embd * f32
-    f = tokens * arch.n_ff * f32
+    f = tokens * arch.ffn_width * f32
     q = tokens * arch.n_head * arch.head_dim_k * f32
     logits = n_outputs * arch.n_vocab * f32
     mask = n_ctx * tokens * 2
@@ -315,18 +325,34 @@ class Setting:
     n_ubatch: int = 512
     prompt_tokens: int = 256  # the longest prompt decoded (sets how much of the compute buffer is touched)
     gpu_layers: int = 0  # layers offloaded (-1: all)
+    cpu_moe: int = 0  # a mixture of experts under offload: first N layers' experts stay on the host (-1: all)
     repack: bool = False  # llama.cpp's weight repacking (CPU layers)
     mmap: bool | None = None  # None: as edgeval loads (`mmap_for(repack)`)
 
 
-def _offloaded_share(arch: Architecture, gpu_layers: int) -> float:
+def _offloaded_layers(arch: Architecture, gpu_layers: int) -> int:
+    """Repeating layers on the device: llama.cpp offloads the last ones."""
     if gpu_layers == 0:
-        return 0.0
-    return 1.0 if gpu_layers < 0 else min(gpu_layers, arch.n_layer) / arch.n_layer
+        return 0
+    return arch.n_layer if gpu_layers < 0 else min(gpu_layers, arch.n_layer)
+
+
+def expert_layers_offloaded(arch: Architecture, gpu_layers: int, cpu_moe: int) -> int:
+    """Layers whose expert weights sit on the device: offloaded layers (the last ones) that are not among the
+    first `cpu_moe` (-1: all layers), whose experts llama.cpp keeps on the host by a tensor override."""
+    offloaded = _offloaded_layers(arch, gpu_layers)
+    kept = arch.n_layer if cpu_moe < 0 else min(cpu_moe, arch.n_layer)
+    return max(0, offloaded - max(0, kept - (arch.n_layer - offloaded)))
 
 
 def predict(
-    arch: Architecture, weight_bytes: int, setting: Setting, *, embd_bytes: int = 0, repack: Repack = Repack()
+    arch: Architecture,
+    weight_bytes: int,
+    setting: Setting,
+    *,
+    embd_bytes: int = 0,
+    expert_bytes: int = 0,
+    repack: Repack = Repack(),
 ) -> Footprint:
     """The predicted peak footprint of a model with `weight_bytes` of tensors under `setting`.
 
@@ -334,9 +360,12 @@ def predict(
     repacking adds (`repack`, used when `setting.repack`), the whole KV cache (llama.cpp clears it when the
     context is made), and the touched part of the compute buffer. With GPU offload, the offloaded layers' weights
     and KV cells and the whole reserved compute buffer go to the device; the token embeddings (`embd_bytes`) stay
-    on the host, as llama.cpp keeps its input layer there; repacking applies to the host's share.
+    on the host, as llama.cpp keeps its input layer there; repacking applies to the host's share. A mixture of
+    experts' expert weights (`expert_bytes`, the same in every layer) follow their layer, except in the layers
+    `setting.cpu_moe` keeps on the host — the usual way to run a MoE larger than the GPU: attention, router and KV
+    on the device, the experts (most of the bytes, few of them used per token) in system RAM.
     """
-    share = _offloaded_share(arch, setting.gpu_layers)
+    share = _offloaded_layers(arch, setting.gpu_layers) / arch.n_layer
     host = 1 - share
     host_repack = Repack(
         int(repack.repacked_bytes * host), int(repack.source_bytes * host), int(repack.copy_bytes * host)
@@ -361,7 +390,10 @@ def predict(
     )
     if setting.gpu_layers == 0:
         return footprint
-    device = int((weight_bytes - embd_bytes) * share + (k + v) * share) + compute
+    expert_layers = expert_layers_offloaded(arch, setting.gpu_layers, setting.cpu_moe)
+    experts_on_device = expert_bytes * expert_layers // arch.n_layer
+    dense = weight_bytes - embd_bytes - expert_bytes
+    device = int(dense * share + (k + v) * share) + experts_on_device + compute
     return dataclasses.replace(footprint, device_bytes=device)
 
 

@@ -29,6 +29,7 @@ class Axes:
     prompt_tokens: int = DEFAULT_PROMPT_TOKENS
     n_ubatch: int = 512
     gpu_layers: int = 0
+    cpu_moe: int = 0  # mixture of experts under offload: the first N layers keep their experts on the host (-1: all)
     repack: bool = False  # llama.cpp's weight repacking, as `edgeval run` would load
     repack_types: Mapping[str, tuple[RepackRule, ...]] = field(
         default_factory=dict
@@ -80,6 +81,7 @@ class Config:
             "other_bytes": fp.other_bytes,
             "total_bytes": fp.total_bytes,
             "device_bytes": fp.device_bytes,
+            "host_bytes": fp.host_bytes,
         }
 
 
@@ -90,6 +92,7 @@ class Plan:
     budget_bytes: int
     fits: tuple[Config, ...]
     considered: int
+    vram_bytes: int | None = None  # the GPU's memory, when the device part was checked too
 
     def largest_per_precision(self) -> dict[int, Config]:
         """For each weight precision (bits), the fitting configuration with the most parameters."""
@@ -143,18 +146,26 @@ def configurations(refs: Sequence[ModelRef], axes: Axes) -> list[Config]:
                         n_ubatch=axes.n_ubatch,
                         prompt_tokens=axes.prompt_tokens,
                         gpu_layers=axes.gpu_layers,
+                        cpu_moe=axes.cpu_moe,
                         repack=axes.repack,
                     )
-                    footprint = predict(arch, weights, setting, embd_bytes=embd, repack=repack)
+                    footprint = predict(
+                        arch, weights, setting, embd_bytes=embd, expert_bytes=ref.expert_bytes, repack=repack
+                    )
                     out.append(Config(ref, kv, kv, ctx, k, axes.prompt_tokens, footprint, window))
     return out
 
 
-def plan(refs: Sequence[ModelRef], axes: Axes, budget_bytes: int) -> Plan:
-    """The configurations whose predicted footprint fits `budget_bytes`, smallest first."""
+def plan(refs: Sequence[ModelRef], axes: Axes, budget_bytes: int, *, vram_bytes: int | None = None) -> Plan:
+    """The configurations whose predicted footprint fits `budget_bytes` (and, given `vram_bytes`, whose device
+    part fits the GPU), smallest first."""
     every = configurations(refs, axes)
+
+    def fits_gpu(c: Config) -> bool:
+        return vram_bytes is None or c.footprint.device_bytes <= vram_bytes
+
     fits = sorted(
-        (c for c in every if c.footprint.total_bytes <= budget_bytes),
+        (c for c in every if c.footprint.total_bytes <= budget_bytes and fits_gpu(c)),
         key=lambda c: (c.footprint.total_bytes, c.ref.label, c.kv_type_k.value, c.ctx, c.kv_window, c.k),
     )
-    return Plan(budget_bytes, tuple(fits), len(every))
+    return Plan(budget_bytes, tuple(fits), len(every), vram_bytes)

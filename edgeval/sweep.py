@@ -57,6 +57,7 @@ class RunSpec:
     threads: int | None = None
     repack: bool | None = None  # None: where the doctor's probe says repacking works (probed when a run needs it)
     gpu_layers: int | None = None
+    cpu_moe: int = 0  # mixture of experts: the first N layers keep their expert weights on the CPU (-1: all)
     answer_tokens: int = ANSWER_TOKENS
     ladder: tuple[int, ...] = ()  # smaller token budgets answered by the same generation (the budget ladder)
     kv_window: int = 0  # each sample keeps the prompt and its most recent N tokens in the KV cache (0: all)
@@ -156,6 +157,8 @@ def _config_key(spec: RunSpec, task: tasks.Task, model_sha: str, budget: int) ->
     offload = engine.LoadOptions(n_gpu_layers=spec.gpu_layers).gpu_layers()
     if offload:  # GPU kernels give other numbers and other measurements: not the CPU run's configuration
         decisive["gpu_layers"] = offload
+        if spec.cpu_moe:  # experts computed on the CPU: other kernels again
+            decisive["cpu_moe"] = spec.cpu_moe
     if spec.kv_window:  # only when set: the keys of configurations without a window stay what they were
         decisive["kv_window"] = spec.kv_window
     return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:24]
@@ -215,9 +218,12 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
     def footprint(cells: int, seqs: int) -> memory.Footprint:
         setting = memory.Setting(
             n_ctx=cells, n_seq=seqs, type_k=spec.kv_type_k, type_v=spec.kv_type_v, prompt_tokens=longest,
-            gpu_layers=gpu_layers, repack=bool(spec.repack),
+            gpu_layers=gpu_layers, cpu_moe=spec.cpu_moe, repack=bool(spec.repack),
         )  # fmt: skip
-        return memory.predict(arch, header.weight_bytes, setting, embd_bytes=header.embd_bytes, repack=repack)
+        return memory.predict(
+            arch, header.weight_bytes, setting, embd_bytes=header.embd_bytes, expert_bytes=header.expert_bytes,
+            repack=repack,
+        )  # fmt: skip
 
     predicted = footprint(n_ctx, n_seq)
     arm = _arm_key(spec, task, model_sha)
@@ -332,7 +338,7 @@ def _work(payload: dict[str, Any], events: Any) -> None:
     chat = prompts.ChatFormat(payload["chat_template"])
     with Store(Path(payload["db_path"])) as store:
         t0 = time.perf_counter()
-        load = engine.LoadOptions(n_gpu_layers=spec.gpu_layers, repack=bool(spec.repack))
+        load = engine.LoadOptions(n_gpu_layers=spec.gpu_layers, repack=bool(spec.repack), cpu_moe=spec.cpu_moe)
         with engine.Model(spec.model_path, load) as model:
             options = engine.ContextOptions(
                 n_ctx=payload["n_ctx"], n_seq=payload["n_seq"], type_k=spec.kv_type_k, type_v=spec.kv_type_v,

@@ -78,17 +78,30 @@ class SynthSpec:
     rms_eps: float = 1e-6
     seed: int = 0
     chat_template: str = QWEN3_CHAT_TEMPLATE  # "" writes a file without one
+    n_expert: int = 0  # > 0: a mixture of experts (llama.cpp's qwen3moe) with this many experts per layer
+    n_expert_used: int = 0  # … of which each token uses this many
+    n_ff_exp: int = 0  # each expert's FFN width
 
     def __post_init__(self) -> None:
         if self.n_vocab < _N_BYTE_TOKENS + len(QWEN3_SPECIAL_TOKENS) + 1:
             raise ValueError(f"n_vocab must be at least {_N_BYTE_TOKENS + len(QWEN3_SPECIAL_TOKENS) + 1}")
         if self.n_head % self.n_head_kv:
             raise ValueError("n_head must be a multiple of n_head_kv (grouped-query attention)")
+        if self.n_expert and not (0 < self.n_expert_used <= self.n_expert and self.n_ff_exp > 0):
+            raise ValueError("a mixture of experts needs 0 < n_expert_used <= n_expert and n_ff_exp > 0")
+
+    @property
+    def architecture(self) -> str:
+        """llama.cpp's architecture name: qwen3, or qwen3moe for a mixture of experts."""
+        return "qwen3moe" if self.n_expert else "qwen3"
 
     @property
     def digest(self) -> str:
         """A short hash naming this spec's files in the cache."""
         fields = dataclasses.asdict(self) | {"format": FORMAT_VERSION}
+        if not self.n_expert:  # dense specs keep the digests they had before experts existed
+            for name in ("n_expert", "n_expert_used", "n_ff_exp"):
+                del fields[name]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
     @property
@@ -186,10 +199,20 @@ def tensor_shapes(spec: SynthSpec) -> dict[str, tuple[int, ...]]:
             b + "attn_k_norm.weight": (spec.head_dim,),
             b + "attn_output.weight": (spec.n_embd, q_dim),
             b + "ffn_norm.weight": (spec.n_embd,),
-            b + "ffn_gate.weight": (spec.n_ff, spec.n_embd),
-            b + "ffn_up.weight": (spec.n_ff, spec.n_embd),
-            b + "ffn_down.weight": (spec.n_embd, spec.n_ff),
         }
+        if spec.n_expert:
+            shapes |= {
+                b + "ffn_gate_inp.weight": (spec.n_expert, spec.n_embd),
+                b + "ffn_gate_exps.weight": (spec.n_expert, spec.n_ff_exp, spec.n_embd),
+                b + "ffn_down_exps.weight": (spec.n_expert, spec.n_embd, spec.n_ff_exp),
+                b + "ffn_up_exps.weight": (spec.n_expert, spec.n_ff_exp, spec.n_embd),
+            }
+        else:
+            shapes |= {
+                b + "ffn_gate.weight": (spec.n_ff, spec.n_embd),
+                b + "ffn_up.weight": (spec.n_ff, spec.n_embd),
+                b + "ffn_down.weight": (spec.n_embd, spec.n_ff),
+            }
     shapes["output_norm.weight"] = (spec.n_embd,)
     if not spec.tied_embeddings:
         shapes["output.weight"] = (spec.n_vocab, spec.n_embd)
@@ -222,13 +245,17 @@ def write_gguf(
         raise ValueError(f"write_gguf writes F16 or F32, not {dtype.value}; quantize() makes the rest")
     vocab = build_vocab(spec.n_vocab)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    writer = gguf.GGUFWriter(str(tmp), "qwen3")
+    writer = gguf.GGUFWriter(str(tmp), spec.architecture)
     writer.add_name(spec.name)
     writer.add_file_type(int(gguf.LlamaFileType.ALL_F32 if dtype is WeightQuant.F32 else gguf.LlamaFileType.MOSTLY_F16))
     writer.add_context_length(spec.n_ctx_train)
     writer.add_embedding_length(spec.n_embd)
     writer.add_block_count(spec.n_layer)
     writer.add_feed_forward_length(spec.n_ff)
+    if spec.n_expert:
+        writer.add_expert_count(spec.n_expert)
+        writer.add_expert_used_count(spec.n_expert_used)
+        writer.add_expert_feed_forward_length(spec.n_ff_exp)
     writer.add_head_count(spec.n_head)
     writer.add_head_count_kv(spec.n_head_kv)
     writer.add_key_length(spec.head_dim)

@@ -252,9 +252,13 @@ def _share_bar(weights: int, kv: int, other: int, width: int = 12) -> str:
 def render_plan(result: Plan, *, show_all: bool = False) -> None:
     """Fitting configurations grouped by footprint band, with what each spends on weights and on KV cache."""
     if not result.fits:
+        gpu = "" if result.vram_bytes is None else f" with at most {format_bytes(result.vram_bytes)} on the GPU"
+        advice = "raise --budget or try smaller --ctx / --k"
+        if result.vram_bytes is not None:
+            advice += ", fewer --gpu-layers, or --cpu-moe for a mixture of experts"
         err_console.print(
-            f"Nothing fits in {format_bytes(result.budget_bytes)} "
-            f"({result.considered} configurations considered): raise --budget or try smaller --ctx / --k."
+            f"Nothing fits in {format_bytes(result.budget_bytes)}{gpu} "
+            f"({result.considered} configurations considered): {advice}."
         )
         return
     summary = Table(title=f"Largest model per weight precision within {format_bytes(result.budget_bytes)}",
@@ -268,9 +272,11 @@ def render_plan(result: Plan, *, show_all: bool = False) -> None:
     wide = console.width >= WIDE
     legend = " ([blue]█ weights[/] [magenta]█ KV cache[/] [dim]█ other[/])" if wide else ""
     table = _compact_table(f"{len(result.fits)} of {result.considered} configurations fit, in GB{legend}")
-    names: tuple[str, ...] = ("band", "model", "KV", "ctx", "k", "weights", "KV cache", "other", "total", "split")
+    names: tuple[str, ...] = ("band", "model", "KV", "ctx", "k", "weights", "KV cache", "other", "total", "GPU", "split")  # fmt: skip
     if not wide:  # other = total − weights − KV cache; the split bar is a picture of the same numbers
         names = tuple(n for n in names if n not in ("other", "split"))
+    if not any(c.footprint.device_bytes for c in result.fits):  # the GPU's part of the total, when offloading
+        names = tuple(n for n in names if n != "GPU")
     for name in names:
         table.add_column(name, justify="left" if name in ("band", "model", "KV", "split") else "right",
                          no_wrap=name != "model", overflow="fold")  # fmt: skip
@@ -284,7 +290,7 @@ def render_plan(result: Plan, *, show_all: bool = False) -> None:
             cells = {
                 "band": band if i == 0 else "", "model": c.ref.label, "KV": _plan_kv(c), "ctx": str(c.ctx),
                 "k": str(c.k), "weights": _gb(fp.weight_bytes), "KV cache": _gb(fp.kv_bytes),
-                "other": _gb(fp.other_bytes), "total": f"[bold]{_gb(fp.total_bytes)}[/]",
+                "other": _gb(fp.other_bytes), "total": f"[bold]{_gb(fp.total_bytes)}[/]", "GPU": _gb(fp.device_bytes),
                 "split": _share_bar(fp.weight_bytes, fp.kv_bytes, fp.other_bytes),
             }  # fmt: skip
             table.add_row(*(cells[n] for n in names), end_section=i == len(shown) - 1)
