@@ -328,6 +328,12 @@ class Model:
         params.use_extra_bufts = options.repack
         params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if options.mmap else llama_cpp.LLAMA_LOAD_MODE_NONE
         params.vocab_only = options.vocab_only
+        if params.n_gpu_layers == 0:
+            # No devices at all, not merely no layers: otherwise a GPU build still creates a GPU context and a
+            # compute buffer there to offload large matrix products (llama.cpp's op offload), which a CPU run
+            # neither wants nor measures.
+            self._no_devices = (ctypes.c_void_p * 1)()
+            params.devices = ctypes.cast(self._no_devices, ctypes.c_void_p)
         self._overrides = _expert_overrides(options.cpu_moe)  # llama.cpp reads them while loading: keep them alive
         if self._overrides is not None:
             params.tensor_buft_overrides = ctypes.cast(self._overrides, ctypes.c_void_p)
@@ -545,6 +551,7 @@ class Context:
         # One KV buffer for all sequences, so the shared prompt occupies its cells once.
         params.kv_unified = True
         params.no_perf = True
+        params.op_offload = model.options.gpu_layers() != 0  # a CPU run computes everything on the CPU
         start = LOG.mark()
         self._ptr = llama_cpp.llama_init_from_model(model.ptr, params)
         self.init_log = LOG.since(start)
