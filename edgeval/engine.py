@@ -174,8 +174,10 @@ def build_version() -> str | None:
     return f"{lib.ggml_version().decode()} ({lib.ggml_commit().decode()})"
 
 
-def devices() -> list[Device]:
-    """Every device of every backend this build has."""
+def devices(*, with_memory: bool = True) -> list[Device]:
+    """Every device of every backend this build has. Asking a GPU for its free memory creates a context on it
+    (CUDA: about half a GiB held by this process for its lifetime), so `with_memory=False` leaves the figures at 0
+    where only names are needed."""
     initialise()
     reg, base = _ggml_library("ggml"), _ggml_library("ggml-base")
     if reg is None or base is None:
@@ -193,7 +195,8 @@ def devices() -> list[Device]:
     for i in range(reg.ggml_backend_dev_count()):
         dev = reg.ggml_backend_dev_get(i)
         free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        base.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        if with_memory:
+            base.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
         found.append(
             Device(
                 name=(base.ggml_backend_dev_name(dev) or b"").decode(),
@@ -206,14 +209,14 @@ def devices() -> list[Device]:
     return found
 
 
-def gpu_devices() -> list[Device]:
+def gpu_devices(*, with_memory: bool = True) -> list[Device]:
     """The GPUs (discrete or integrated) this build can offload to."""
-    return [d for d in devices() if d.kind in ("gpu", "igpu")]
+    return [d for d in devices(with_memory=with_memory) if d.kind in ("gpu", "igpu")]
 
 
 def backend_name() -> str:
     """The accelerator backend of this build (CUDA, Metal, Vulkan...), or CPU."""
-    gpus = gpu_devices()
+    gpus = gpu_devices(with_memory=False)
     if gpus:
         # Device names carry the backend: CUDA0, Metal, Vulkan0.
         return ", ".join(sorted({d.name.rstrip("0123456789") for d in gpus}))

@@ -546,6 +546,19 @@ def _nvml_handles() -> list[Any]:
         return []
 
 
+def gpu_free_bytes() -> int | None:
+    """Free memory over the NVIDIA GPUs by NVML (no GPU context needed), or None where NVML does not answer."""
+    handles = _nvml_handles()
+    if not handles:
+        return None
+    import pynvml
+
+    try:
+        return sum(int(pynvml.nvmlDeviceGetMemoryInfo(h).free) for h in handles)
+    except Exception:  # a driver that stops answering: let the caller ask llama.cpp
+        return None
+
+
 def _process_vram(handles: list[Any], pid: int) -> int:
     """GPU memory a process holds across devices (NVML's per-process accounting)."""
     import pynvml

@@ -133,7 +133,7 @@ def provenance() -> dict[str, object]:
             "cores": psutil.cpu_count(logical=False),
             "ram_bytes": psutil.virtual_memory().total,
             "platform": platform.platform(),
-            "gpus": [d.description for d in engine.gpu_devices()],
+            "gpus": [d.description for d in engine.gpu_devices(with_memory=False)],
         },
     }
 
@@ -482,7 +482,9 @@ def check_fits(prepared: Prepared) -> None:
     if predicted.host_bytes > available:
         raise NotEnoughMemoryError(label, "RAM", predicted.host_bytes, available)
     if predicted.device_bytes > 0:
-        free = sum(d.memory_free for d in engine.gpu_devices())
+        free = memory.gpu_free_bytes()  # NVML where it answers: asking llama.cpp would put a GPU context here
+        if free is None:
+            free = sum(d.memory_free for d in engine.gpu_devices())
         if predicted.device_bytes > free:
             raise NotEnoughMemoryError(label, "GPU memory", predicted.device_bytes, free)
 
