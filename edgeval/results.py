@@ -71,7 +71,7 @@ class ConfigResult:
 def memory_of(row: sqlite3.Row, votes: int | None = None) -> tuple[int, str]:
     """What a configuration takes with `votes` ≤ k votes, and where the figure comes from.
 
-    `measured`: the peak RSS of a run of exactly this configuration. `calibrated`: the prediction for a separate
+    `measured`: the peak RSS (plus the peak GPU memory, when offloading) of a run of exactly this configuration. `calibrated`: the prediction for a separate
     run of this budget and vote count, corrected by how far the run that produced the samples (a budget ladder,
     or more votes) was from its own prediction. `predicted`: nothing was measured yet.
     """
@@ -82,6 +82,7 @@ def memory_of(row: sqlite3.Row, votes: int | None = None) -> tuple[int, str]:
     peak, arm = row["peak_rss_bytes"], row["arm_predicted_bytes"]
     if not peak:
         return predicted, "predicted"
+    peak += row["peak_vram_bytes"] or 0  # with GPU offload the footprint is host and device memory together
     if votes == k and (arm is None or arm == row["predicted_bytes"]):
         return int(peak), "measured"
     return max(1, predicted + int(peak) - int(arm or row["predicted_bytes"])), "calibrated"
