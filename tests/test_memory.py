@@ -184,3 +184,24 @@ def test_predicted_weights_equal_llama_cpp_model_buffers_with_repacking(
         assert (reported.mapped_bytes > 0) == (not repack), where
         any_repacked |= reported.repack_bytes > 0
     assert any_repacked == (repack and bool(types))
+
+
+def test_a_measured_footprint_counts_gpu_memory_beside_rss() -> None:
+    import sqlite3
+
+    from edgeval import results
+
+    db = sqlite3.connect(":memory:")
+    db.row_factory = sqlite3.Row
+
+    def row(rss: int | None, vram: int | None) -> sqlite3.Row:
+        return db.execute(
+            "SELECT 4 AS k, ? AS predicted_by_votes, 900 AS predicted_bytes, ? AS peak_rss_bytes, "
+            "? AS peak_vram_bytes, 900 AS arm_predicted_bytes",
+            ('{"4": 900, "1": 600}', rss, vram),
+        ).fetchone()
+
+    assert results.memory_of(row(None, None)) == (900, "predicted")
+    assert results.memory_of(row(1000, None)) == (1000, "measured")  # a CPU run
+    assert results.memory_of(row(400, 700)) == (1100, "measured")  # offloaded: host and device together
+    assert results.memory_of(row(400, 700), votes=1) == (800, "calibrated")  # 600 predicted + (1100 − 900)
