@@ -331,10 +331,11 @@ class Setting:
 
 
 def _offloaded_layers(arch: Architecture, gpu_layers: int) -> int:
-    """Repeating layers on the device: llama.cpp offloads the last ones."""
+    """Repeating layers on the device. llama.cpp counts the output layer as one more layer and offloads from the
+    end: `--gpu-layers 1` is the output projection alone, n_layer + 1 (or -1) is everything."""
     if gpu_layers == 0:
         return 0
-    return arch.n_layer if gpu_layers < 0 else min(gpu_layers, arch.n_layer)
+    return arch.n_layer if gpu_layers < 0 else min(gpu_layers - 1, arch.n_layer)
 
 
 def expert_layers_offloaded(arch: Architecture, gpu_layers: int, cpu_moe: int) -> int:
@@ -360,7 +361,8 @@ def predict(
     repacking adds (`repack`, used when `setting.repack`), the whole KV cache (llama.cpp clears it when the
     context is made), and the touched part of the compute buffer. With GPU offload, the offloaded layers' weights
     and KV cells and the whole reserved compute buffer go to the device; the token embeddings (`embd_bytes`) stay
-    on the host, as llama.cpp keeps its input layer there; repacking applies to the host's share. A mixture of
+    on the host, as llama.cpp keeps its input layer there — with tied embeddings the offloaded output layer needs
+    them too, so they are held twice (host and device); repacking applies to the host's share. A mixture of
     experts' expert weights (`expert_bytes`, the same in every layer) follow their layer, except in the layers
     `setting.cpu_moe` keeps on the host — the usual way to run a MoE larger than the GPU: attention, router and KV
     on the device, the experts (most of the bytes, few of them used per token) in system RAM.
@@ -393,8 +395,9 @@ def predict(
     expert_layers = expert_layers_offloaded(arch, setting.gpu_layers, setting.cpu_moe)
     experts_on_device = expert_bytes * expert_layers // arch.n_layer
     dense = weight_bytes - embd_bytes - expert_bytes
-    device = int(dense * share + (k + v) * share) + experts_on_device + compute
-    return dataclasses.replace(footprint, device_bytes=device)
+    tied_copy = embd_bytes if arch.tied_embeddings else 0  # the output layer is on the device from --gpu-layers 1
+    device = int(dense * share + (k + v) * share) + experts_on_device + tied_copy + compute
+    return dataclasses.replace(footprint, weight_bytes=weights + tied_copy, device_bytes=device)
 
 
 # ---------------------------------------------------------------- what llama.cpp reports

@@ -205,3 +205,22 @@ def test_a_measured_footprint_counts_gpu_memory_beside_rss() -> None:
     assert results.memory_of(row(1000, None)) == (1000, "measured")  # a CPU run
     assert results.memory_of(row(400, 700)) == (1100, "measured")  # offloaded: host and device together
     assert results.memory_of(row(400, 700), votes=1) == (800, "calibrated")  # 600 predicted + (1100 − 900)
+
+
+def test_offloading_a_tied_model_holds_its_embeddings_on_host_and_device() -> None:
+    ref = Catalog.load().resolve("qwen3-0.6b:Q8_0")[0]
+    arch = ref.model.arch
+    assert arch.tied_embeddings
+
+    def footprint(gpu_layers: int) -> memory.Footprint:
+        setting = memory.Setting(n_ctx=4096, gpu_layers=gpu_layers)
+        return memory.predict(arch, ref.weight_bytes, setting, embd_bytes=ref.embd_bytes)
+
+    cpu, output_only, everything, all_by_count = footprint(0), footprint(1), footprint(-1), footprint(29)
+    assert cpu.device_bytes == 0 and cpu.weight_bytes == ref.weight_bytes
+    # --gpu-layers 1 is llama.cpp's output layer alone: the tied projection's copy and the graph, no KV cells.
+    assert output_only.device_bytes == ref.embd_bytes + output_only.compute_bytes
+    assert everything.weight_bytes == ref.weight_bytes + ref.embd_bytes
+    k, v = memory.kv_bytes(arch, 4096, KVType.F16, KVType.F16)
+    assert everything.device_bytes == ref.weight_bytes + k + v + everything.compute_bytes
+    assert all_by_count == everything  # 28 layers + the output layer

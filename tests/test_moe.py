@@ -82,9 +82,10 @@ def test_expert_layers_on_the_device_follow_llama_cpp_offload_order() -> None:
     assert memory.expert_layers_offloaded(arch, gpu_layers=-1, cpu_moe=0) == 48
     assert memory.expert_layers_offloaded(arch, gpu_layers=-1, cpu_moe=-1) == 0
     assert memory.expert_layers_offloaded(arch, gpu_layers=-1, cpu_moe=30) == 18
-    # The last 20 layers are offloaded; keeping the first 30 layers' experts on the CPU takes 2 of them back.
-    assert memory.expert_layers_offloaded(arch, gpu_layers=20, cpu_moe=30) == 18
-    assert memory.expert_layers_offloaded(arch, gpu_layers=20, cpu_moe=10) == 20
+    # --gpu-layers 21 is the output layer and the last 20 layers; the first 30 layers' experts take 2 of them back.
+    assert memory.expert_layers_offloaded(arch, gpu_layers=21, cpu_moe=30) == 18
+    assert memory.expert_layers_offloaded(arch, gpu_layers=21, cpu_moe=10) == 20
+    assert memory.expert_layers_offloaded(arch, gpu_layers=1, cpu_moe=0) == 0  # the output layer alone
     assert memory.expert_layers_offloaded(arch, gpu_layers=99, cpu_moe=48) == 0
 
 
