@@ -195,11 +195,12 @@ def test_a_measured_footprint_counts_gpu_memory_beside_rss() -> None:
     db.row_factory = sqlite3.Row
 
     def row(rss: int | None, vram: int | None) -> sqlite3.Row:
-        return db.execute(
+        found: sqlite3.Row = db.execute(
             "SELECT 4 AS k, ? AS predicted_by_votes, 900 AS predicted_bytes, ? AS peak_rss_bytes, "
             "? AS peak_vram_bytes, 900 AS arm_predicted_bytes",
             ('{"4": 900, "1": 600}', rss, vram),
         ).fetchone()
+        return found
 
     assert results.memory_of(row(None, None)) == (900, "predicted")
     assert results.memory_of(row(1000, None)) == (1000, "measured")  # a CPU run
