@@ -14,8 +14,8 @@ import click
 import edgeval
 from edgeval import compare as compare_mod
 from edgeval import demo as demo_mod
+from edgeval import kld_run, sweep
 from edgeval import plan as planner
-from edgeval import sweep
 from edgeval.errors import debug_enabled, describe
 from edgeval.quants import KVType
 
@@ -518,6 +518,92 @@ def run(
             ui.render_run(result)
     if any(result.status != "done" for result in rungs.values()):
         raise click.exceptions.Exit(1)
+
+
+def _local_file(catalogs: tuple[Path, ...], ref_text: str, store: Any) -> tuple[str, Path, str | None]:
+    """One model file named by a catalog reference or a path: its label, local path (downloaded when missing) and
+    the catalog's sha256."""
+    from edgeval import hub, ui
+    from edgeval.catalog import Catalog
+
+    refs = Catalog.load(catalogs).resolve(ref_text)
+    if len(refs) != 1:
+        raise click.UsageError(f"'{ref_text}' names {len(refs)} files; name one, e.g. {refs[0].label}")
+    ref = refs[0]
+    path = hub.local_path(ref.file)
+    if path is None:
+        with ui.download_progress(ref.label) as pulled:
+            path = hub.pull(ref.file, progress=pulled, sha256=lambda p: store.file_sha256(p, hub.sha256_of))
+    return ref.label, path, ref.file.sha256
+
+
+@cli.command(name="kld")
+@click.argument("tested_ref", metavar="REF|PATH")
+@click.option(
+    "--reference",
+    "reference_ref",
+    required=True,
+    metavar="REF|PATH",
+    help="The configuration to compare against (usually the same model at 16 bits); f16 KV, no window.",
+)
+@click.option("--kv", type=click.Choice([t.value for t in KVType]), help="Tested KV-cache type for K and V.")
+@click.option("--kv-k", type=click.Choice([t.value for t in KVType]), help="Tested K-cache type (overrides --kv).")
+@click.option("--kv-v", type=click.Choice([t.value for t in KVType]), help="Tested V-cache type (overrides --kv).")
+@click.option(
+    "--kv-window",
+    type=CommaList("N", _window),
+    default="0",
+    show_default=True,
+    help="Tested KV window: the trace is scored evicting as generation with this window evicts.",
+)
+@click.option("--task", "task_name", help="Whose traces (default: the task the reference has most samples of).")
+@click.option(
+    "--limit",
+    type=click.IntRange(1),
+    help=f"Traces, one per question (default: every stored one, or {kld_run.DEFAULT_TRACES} generated).",
+)
+@click.option(
+    "--budget-tokens",
+    type=click.IntRange(1),
+    help="Token budget of traces generated here (and of the stored ones to use).",
+)
+@click.option("--thinking/--no-thinking", default=True, show_default=True, help="Traces in Qwen3's reasoning mode.")
+@seed_option
+@threads_option
+@repack_option
+@db_option
+@catalog_option
+@json_option
+def kld_command(
+    tested_ref: str, reference_ref: str, kv: str | None, kv_k: str | None, kv_v: str | None,
+    kv_window: tuple[int, ...], task_name: str | None, limit: int | None, budget_tokens: int | None, thinking: bool,
+    seed: int, threads: int | None, repack: bool | None, db: Path | None, catalogs: tuple[Path, ...], as_json: bool,
+) -> None:  # fmt: skip
+    """KL divergence of a configuration from a reference, teacher-forced on the reference's own reasoning traces:
+    mean per token with a 95% interval over traces, median, p99, top-1 agreement, and by position in the trace.
+
+    Traces are the reference's stored samples for the task (generated once and stored when there are none). The
+    two files are loaded one after the other, never together; every scored trace is stored, so the same command
+    again computes nothing.
+    """
+    from edgeval import ui
+    from edgeval.store import Store
+
+    with Store(db) as store:
+        ref_label, ref_path, ref_sha = _local_file(catalogs, reference_ref, store)
+        label, path, sha = _local_file(catalogs, tested_ref, store)
+        request = kld_run.Request(
+            reference=ref_path, reference_label=ref_label, tested=path, tested_label=label, task=task_name,
+            kv_type_k=KVType(kv_k or kv or "f16"), kv_type_v=KVType(kv_v or kv or "f16"),
+            kv_window=kv_window[0] if kv_window else 0, limit=limit, budget_tokens=budget_tokens, thinking=thinking,
+            seed=seed, threads=threads, repack=repack, reference_sha256=ref_sha, tested_sha256=sha,
+        )  # fmt: skip
+        with ui.kld_progress(f"{label} against {ref_label}", quiet=as_json) as progress:
+            result = kld_run.run(request, store, progress, " ".join(sys.argv))
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        ui.render_kld(result)
 
 
 def _duration_text(seconds: float) -> str:

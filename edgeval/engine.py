@@ -15,9 +15,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import llama_cpp
+import numpy as np
+import numpy.typing as npt
 
 from edgeval import memory
 from edgeval.errors import ConfigurationError, EdgevalError, LlamaError, ModelFileError, QuantizeError
@@ -26,6 +28,8 @@ from edgeval.prompts import THINKING_SAMPLING, Sampling
 from edgeval.quants import KVType, WeightQuant
 
 LLAMA_CPP_PYTHON_VERSION: str = llama_cpp.__version__
+SCORE_BATCH = 128  # tokens per teacher-forced decode: every one wants a logits row (128 × vocab × 4 B of output)
+_Row = TypeVar("_Row")
 
 
 class _LogCapture:
@@ -687,6 +691,64 @@ class Context:
             return [float(row[i]) for i in range(self.model.n_vocab)]
         finally:
             llama_cpp.llama_batch_free(batch)
+
+    def score(
+        self,
+        prompt: Sequence[int],
+        trace: Sequence[int],
+        reduce: Callable[[npt.NDArray[np.float32]], _Row],
+        *,
+        window: int = 0,
+        evict_until: int | None = None,
+        chunk: int = SCORE_BATCH,
+    ) -> list[_Row]:
+        """Teacher-forced scoring: `reduce` applied to the next-token logits that predict each token of `trace`
+        after `prompt` (row i predicts trace[i]; the array is llama.cpp's own buffer, valid only during the call).
+
+        Tokens are decoded in batches of `chunk` with logits on only where a row is read, so no full-vocabulary
+        row is held beyond `reduce`. With a KV `window` the cache is evicted exactly as generation evicts it
+        (`_LadderRun._step`): before the token at trace index i is fed, once the trace holds window + eviction chunk
+        tokens of its own, its oldest chunk is removed, and a batch never straddles an eviction. A forced answer
+        evicts nothing: no eviction happens from trace index `evict_until` on (the token before the forcing text).
+        """
+        if not prompt or not trace:
+            raise ValueError("scoring needs a prompt and a trace")
+        n_prompt, n = len(prompt), len(trace)
+        tokens = [*prompt, *trace[:-1]]  # the last trace token predicts nothing scored
+        evict_chunk = eviction_chunk(window)
+        stop = n if evict_until is None else evict_until
+        needed = n_prompt + (min(n, window + evict_chunk + n - stop) if window else n)
+        if needed > self.n_ctx:
+            raise ConfigurationError(
+                f"a {n_prompt}-token prompt and a {n}-token trace need {needed} KV cells, the context has {self.n_ctx}"
+            )
+        llama_cpp.llama_memory_clear(self._memory, True)
+        batch = llama_cpp.llama_batch_init(max(chunk, 1), 0, 1)
+        rows: list[_Row] = []
+        kept_from = n_prompt
+        try:
+            start = 0
+            while start < len(tokens):
+                end = min(start + chunk, len(tokens))
+                if window and start - n_prompt < stop:
+                    if start - kept_from >= window + evict_chunk:
+                        if not llama_cpp.llama_memory_seq_rm(self._memory, 0, kept_from, kept_from + evict_chunk):
+                            raise LlamaError(
+                                f"llama.cpp could not evict positions {kept_from}–{kept_from + evict_chunk}"
+                            )
+                        kept_from += evict_chunk
+                    end = min(end, kept_from + window + evict_chunk)  # the next eviction point ends the batch
+                items = [(tokens[p], p, 0, p >= n_prompt - 1) for p in range(start, end)]
+                _fill(batch, items)
+                self._decode(batch)
+                for i, (_, _, _, wanted) in enumerate(items):
+                    if wanted:
+                        row = llama_cpp.llama_get_logits_ith(self._ptr, i)
+                        rows.append(reduce(np.ctypeslib.as_array(row, shape=(self.model.n_vocab,))))
+                start = end
+        finally:
+            llama_cpp.llama_batch_free(batch)
+        return rows
 
     def _decode(self, batch: llama_cpp.llama_batch) -> None:
         rc = llama_cpp.llama_decode(self._ptr, batch)

@@ -165,6 +165,56 @@ M6_GRADING_AND_PROMPTS = """
         ALTER TABLE configs ADD COLUMN prompt_format TEXT;
 """
 
+# `edgeval kld`: a tested configuration's KL divergence from a reference, teacher-forced on the reference's own
+# traces (the samples of `trace_config_id`). The row holds the identities, the summary and its by-position buckets
+# (JSON); `kld_traces` holds each trace's per-position values (float32 KLD, uint8 top-1 agreement), committed one
+# trace at a time, so a rerun resumes and the same command again computes nothing.
+M7_KLD = """
+        CREATE TABLE kld (
+            id INTEGER PRIMARY KEY,
+            key TEXT NOT NULL UNIQUE,    -- hash of what decides the values: both files, KV types, window, traces, K
+            run_id INTEGER REFERENCES runs(id),
+            reference_model TEXT NOT NULL,
+            reference_path TEXT NOT NULL,
+            reference_sha256 TEXT NOT NULL,
+            trace_config_id INTEGER NOT NULL REFERENCES configs(id),
+            tested_model TEXT NOT NULL,
+            tested_path TEXT NOT NULL,
+            tested_sha256 TEXT NOT NULL,
+            tested_weight_quant TEXT NOT NULL,
+            kv_type_k TEXT NOT NULL,
+            kv_type_v TEXT NOT NULL,
+            kv_window INTEGER NOT NULL,
+            task TEXT NOT NULL,
+            task_fingerprint TEXT NOT NULL,
+            top_k INTEGER NOT NULL,      -- reference log-probabilities kept per position
+            status TEXT NOT NULL DEFAULT 'pending',
+            n_traces INTEGER,
+            tokens INTEGER,
+            mean_kld REAL,
+            kld_ci_low REAL,
+            kld_ci_high REAL,
+            median_kld REAL,
+            p99_kld REAL,
+            top1_agreement REAL,
+            by_position TEXT,            -- JSON: [{start, end, tokens, traces, mean_kld, kld_ci95, ...}]
+            tested_tokens_per_s REAL,
+            reference_tokens_per_s REAL,
+            backend TEXT,
+            llama_cpp_build TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE TABLE kld_traces (
+            kld_id INTEGER NOT NULL REFERENCES kld(id),
+            item_index INTEGER NOT NULL,
+            tokens INTEGER NOT NULL,
+            kld BLOB NOT NULL,           -- float32 per position
+            agree BLOB NOT NULL,         -- uint8 per position: the top tokens agree
+            PRIMARY KEY (kld_id, item_index)
+        );
+"""
+
 # SQL scripts applied in order, all under one write lock; PRAGMA user_version records how many ran.
 # Append, never edit.
 MIGRATIONS: list[str] = [
@@ -174,6 +224,7 @@ MIGRATIONS: list[str] = [
     M4_CLAIMS,
     M5_KV_WINDOW,
     M6_GRADING_AND_PROMPTS,
+    M7_KLD,
 ]
 
 
@@ -476,3 +527,48 @@ class Store:
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?)", (*key, digest))
         return digest
+
+    # ---------------------------------------------------------------- KL divergence (`edgeval kld`)
+
+    def upsert_kld(self, key: str, fields: dict[str, object]) -> int:
+        """The KLD run's id, inserting it the first time its key is seen."""
+        row = self.db.execute("SELECT id FROM kld WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            return int(row["id"])
+        names = ["key", *fields, "created_at", "updated_at"]
+        with self.transaction() as db:
+            db.execute(
+                f"INSERT OR IGNORE INTO kld ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                [key, *fields.values(), _now(), _now()],
+            )
+            return int(db.execute("SELECT id FROM kld WHERE key = ?", (key,)).fetchone()["id"])
+
+    def update_kld(self, kld_id: int, **fields: object) -> None:
+        """Set a KLD run's status, summary, speed."""
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        with self.transaction() as db:
+            db.execute(f"UPDATE kld SET {assignments}, updated_at = ? WHERE id = ?", [*fields.values(), _now(), kld_id])
+
+    def kld(self, kld_id: int) -> sqlite3.Row:
+        """One KLD run."""
+        row = self.db.execute("SELECT * FROM kld WHERE id = ?", (kld_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no KLD run {kld_id} in {self.path}")
+        return row  # type: ignore[no-any-return]
+
+    def kld_runs(self, task: str | None = None) -> list[sqlite3.Row]:
+        """Every finished KLD run (of one task when given), oldest first."""
+        query = "SELECT * FROM kld WHERE status = 'done'" + (" AND task = ?" if task is not None else "")
+        return list(self.db.execute(query + " ORDER BY id", () if task is None else (task,)))
+
+    def add_kld_trace(self, kld_id: int, item_index: int, kld: bytes, agree: bytes, tokens: int) -> None:
+        """Store one trace's per-position values (one transaction)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO kld_traces (kld_id, item_index, tokens, kld, agree) VALUES (?, ?, ?, ?, ?)",
+                (kld_id, item_index, tokens, kld, agree),
+            )
+
+    def kld_traces(self, kld_id: int) -> list[sqlite3.Row]:
+        """A KLD run's stored traces, by item."""
+        return list(self.db.execute("SELECT * FROM kld_traces WHERE kld_id = ? ORDER BY item_index", (kld_id,)))

@@ -30,6 +30,8 @@ if TYPE_CHECKING:  # types only: importing these here would load llama.cpp for `
     from edgeval.doctor import MachineReport
     from edgeval.gguf_info import GGUFInfo
     from edgeval.hub import Progress
+    from edgeval.kld_run import Progress as KLDProgress
+    from edgeval.kld_run import Result as KLDResult
     from edgeval.plan import Config, Plan
     from edgeval.results import ConfigResult
     from edgeval.sweep import Progress as SweepProgress
@@ -383,6 +385,57 @@ def render_run(result: ConfigResult) -> None:
     if result.wall_s is not None:
         table.add_row("time", f"load {result.load_s or 0:.2f} s, wall {result.wall_s:.1f} s")
     console.print(table)
+
+
+# ---------------------------------------------------------------- kld
+
+
+@contextmanager
+def kld_progress(label: str, *, quiet: bool = False) -> Iterator[Callable[[KLDProgress], None]]:
+    """A progress bar over traces, one phase at a time (generating traces, the reference, the tested file)."""
+    if quiet:
+        yield lambda state: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with RichProgress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
+        task_id = bar.add_task(label, total=None)
+
+        def update(state: KLDProgress) -> None:
+            bar.update(task_id, description=f"{label} · {state.phase}", completed=state.done, total=state.total)
+
+        yield update
+
+
+def _kld_figure(mean: float, ci: tuple[float, float] | None) -> str:
+    return f"{mean:.4f}" + (f" ({ci[0]:.4f}–{ci[1]:.4f})" if ci else "")
+
+
+def render_kld(result: KLDResult) -> None:
+    """A tested configuration's KL divergence from the reference: overall, then by position in the trace."""
+    s = result.overall
+    kv = result.kv_type_k if result.kv_type_k == result.kv_type_v else f"{result.kv_type_k}/{result.kv_type_v}"
+    kv += f", window {format_tokens(result.kv_window)}" if result.kv_window else ""
+    table = Table(title=f"{result.tested} (KV {kv}) against {result.reference} on {result.task}",
+                  title_justify="left", show_header=False)  # fmt: skip
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("mean KLD", f"[bold]{_kld_figure(s.mean_kld, s.kld_ci95)}[/] nats per token (95% CI over traces)")
+    table.add_row("median / p99", f"{s.median_kld:.4f} / {s.p99_kld:.4f}")
+    table.add_row("top-1 agreement", _pct(s.top1_agreement))
+    table.add_row("scored", f"{s.tokens:,} tokens of {s.traces} traces (reference top-{result.top_k} kept)")
+    if result.tested_tokens_per_s:
+        rates = f"tested {result.tested_tokens_per_s:.0f} tok/s"
+        rates += f", reference {result.reference_tokens_per_s:.0f} tok/s" if result.reference_tokens_per_s else ""
+        table.add_row("speed", rates + ("" if result.scored_now else " (stored)"))
+    console.print(table)
+    by_position = Table(title="by position in the trace", title_justify="left", box=box.SIMPLE)
+    for name in ("tokens", "n", "traces", "mean KLD (95% CI)", "p99", "top-1"):
+        by_position.add_column(name, justify="left" if name == "tokens" else "right", no_wrap=True)
+    for b in result.by_position:
+        bs = b.summary
+        by_position.add_row(b.label, f"{bs.tokens:,}", str(bs.traces), _kld_figure(bs.mean_kld, bs.kld_ci95),
+                            f"{bs.p99_kld:.4f}", _pct(bs.top1_agreement))  # fmt: skip
+    console.print(by_position)
 
 
 # ---------------------------------------------------------------- compare
