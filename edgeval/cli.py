@@ -738,7 +738,8 @@ def report(out: Path, task_name: str | None, budget: int | None, name: str | Non
             raise click.ClickException("no stored results to report — run `edgeval compare` or `edgeval demo` first")
         for comparison in comparisons:
             written = reporting.write(store, comparison, out, name if len(comparisons) == 1 else None)
-            ui.console.print(f"[green]✓[/] {written.markdown}" + (f" and {written.plot}" if written.plot else ""))
+            plots = [str(p) for p in (written.plot, written.kld_plot) if p]
+            ui.console.print(f"[green]✓[/] {written.markdown}" + (f" and {' and '.join(plots)}" if plots else ""))
 
 
 @cli.command()

@@ -8,10 +8,11 @@ and builds the comparison from the store.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edgeval import hub, plan, racing, results, sweep
@@ -375,6 +376,7 @@ def _settled(race: _Race) -> bool:
 def _rows(race: _Race, store: Store) -> list[Row]:
     """Every configuration of the race as it stands in the store (a run's rows are rebuilt only when it changed)."""
     rows = []
+    klds = store.kld_means()
     for index, arm in enumerate(race.arms):
         ids = race.config_ids.get(index)
         if ids is None:
@@ -392,7 +394,8 @@ def _rows(race: _Race, store: Store) -> list[Row]:
                 cached = race.cache[ids[budget]] = (stamp, built)
             for result, scores in cached[1]:
                 key = f"{result.config_id}:{result.k}"
-                rows.append(_row(key, arm.ref, result, _status(race, index, key, result), scores))
+                row = _row(key, arm.ref, result, _status(race, index, key, result), scores)
+                rows.append(replace(row, kld=kld_of(config, klds)))
     return rows
 
 
@@ -434,10 +437,17 @@ def _seconds_per_question(race: _Race, store: Store) -> dict[str, float]:
     return out
 
 
+def kld_of(config: sqlite3.Row, klds: dict[tuple[str, str, str, int], float]) -> float | None:
+    """A configuration's mean KLD from `edgeval kld` (its file, KV types and window), if one was measured."""
+    return klds.get((str(config["model_sha256"]), str(config["kv_type_k"]), str(config["kv_type_v"]),
+                     int(config["kv_window"])))  # fmt: skip
+
+
 def from_store(store: Store, task: str | None = None, budget: int | None = None) -> list[Comparison]:
     """Comparisons rebuilt from every stored configuration (per task; within `budget` when given): every stored
     rung at every vote count its samples allow (1, 4 and 8 up to k)."""
     configs = [c for c in store.configs() if c["status"] != "pending" or c["n_items"]]
+    klds = store.kld_means()
     names = sorted({str(c["task"]) for c in configs}) if task is None else [task]
     out = []
     for name in names:
@@ -452,7 +462,7 @@ def from_store(store: Store, task: str | None = None, budget: int | None = None)
                 status = "failed" if result.n_done == 0 and c["status"] not in ("done", "partial") else "done"
                 row = Row(f"{c['id']}:{j}", str(c["model"]), int(c["params"]), quant.value, quant.bits, result,
                           result.memory_bytes, result.memory_source, band_of(result.memory_bytes), status,
-                          results.item_scores(samples, int(c["k"]), j))  # fmt: skip
+                          results.item_scores(samples, int(c["k"]), j), kld=kld_of(c, klds))  # fmt: skip
                 rows.append(row)
         limit = budget if budget is not None else max((r.memory_bytes for r in rows), default=0)
         kept = [r for r in rows if budget is None or r.memory_bytes <= budget]

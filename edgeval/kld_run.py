@@ -116,6 +116,8 @@ def run(
     request: Request, store: Store, progress: ProgressCallback | None = None, command: str = ""
 ) -> Result:  # fmt: skip
     """The library call behind `edgeval kld`: find or generate the traces, score what is not stored, summarize."""
+    ref_header, tested_header = gguf_info.read_local(request.reference), gguf_info.read_local(request.tested)
+    _same_vocabulary(request, ref_header.architecture().n_vocab, tested_header.architecture().n_vocab)
     ref_sha = _checked_sha(store, request.reference, request.reference_sha256)
     tested_sha = _checked_sha(store, request.tested, request.tested_sha256)
     task = tasks.load_task(request.task or _default_task(store, ref_sha))
@@ -128,7 +130,7 @@ def run(
         "run_id": run_id, "reference_model": request.reference_label, "reference_path": str(request.reference),
         "reference_sha256": ref_sha, "trace_config_id": int(config["id"]), "tested_model": request.tested_label,
         "tested_path": str(request.tested), "tested_sha256": tested_sha,
-        "tested_weight_quant": sweep._quant_name(gguf_info.read_local(request.tested)),
+        "tested_weight_quant": sweep._quant_name(tested_header),
         "kv_type_k": request.kv_type_k.value, "kv_type_v": request.kv_type_v.value, "kv_window": request.kv_window,
         "task": task.name, "task_fingerprint": task.fingerprint, "top_k": request.top_k,
     })  # fmt: skip
@@ -142,6 +144,14 @@ def run(
     wanted = {s.item_index for s in samples}
     scores = [_stored(r) for r in store.kld_traces(kld_id) if int(r["item_index"]) in wanted]
     return _finish(request, store, kld_id, config, task, scores, speeds, len(pending))
+
+
+def _same_vocabulary(request: Request, reference: int, tested: int) -> None:
+    if reference != tested:
+        raise KLDError(
+            f"{request.tested.name} has a vocabulary of {tested:,} tokens and {request.reference.name} of "
+            f"{reference:,}: KL divergence compares distributions over one vocabulary"
+        )
 
 
 def _checked_sha(store: Store, path: Path, expected: str | None) -> str:
@@ -222,11 +232,7 @@ def _traces(request: Request, config: sqlite3.Row, task: tasks.Task, samples: Se
     items = task.take(None)
     vocab_only = engine.LoadOptions(vocab_only=True)
     with engine.Model(request.reference, vocab_only) as ref, engine.Model(request.tested, vocab_only) as tested:
-        if ref.n_vocab != tested.n_vocab:
-            raise KLDError(
-                f"{request.tested.name} has {tested.n_vocab:,} tokens and {request.reference.name} {ref.n_vocab:,}: "
-                "KL divergence compares distributions over one vocabulary"
-            )
+        _same_vocabulary(request, ref.n_vocab, tested.n_vocab)
         out = []
         for s in samples:
             text = s.text[len(opener) :] if opener and s.text.startswith(opener) else s.text

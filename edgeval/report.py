@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ class Written:
 
     markdown: Path
     plot: Path | None
+    kld_plot: Path | None = None
 
 
 def report_name(task: str, budget: int | None) -> str:
@@ -105,8 +107,9 @@ def _grid(comparison: Comparison) -> list[str]:
 
 
 def _results(comparison: Comparison) -> list[str]:
-    header = ["band", "model", "KV", "budget", "k", "memory", "maj@k (95% CI, n)", "avg@k", "forced", "status",
-              "Pareto"]  # fmt: skip
+    with_kld = any(r.kld is not None for r in comparison.rows)
+    header = ["band", "model", "KV", "budget", "k", "memory", "maj@k (95% CI, n)", "avg@k", "forced",
+              *(["KLD"] if with_kld else []), "status", "Pareto"]  # fmt: skip
     tied = set(comparison.tied)
     rows = []
     for r in comparison.rows:
@@ -116,10 +119,11 @@ def _results(comparison: Comparison) -> list[str]:
             accuracy = f"{res.status}: {res.message or ''}"
         status = "recommended" if r.key == comparison.recommended else ("tied with the best" if r.key in tied else (
             f"dropped (behind {_short(comparison, r.eliminated_by)})" if r.eliminated_by else r.status))  # fmt: skip
+        kld_cell = [] if not with_kld else [f"{r.kld:.4f}" if r.kld is not None else ""]
         rows.append([
             r.band, r.model, _kv(res), str(res.budget_tokens), str(res.k),
             f"{format_bytes(r.memory_bytes)} {r.memory_source}", accuracy, _pct(res.accuracy_avg),
-            _pct(res.forced_share), status, "★" if r.pareto else "",
+            _pct(res.forced_share), *kld_cell, status, "★" if r.pareto else "",
         ])  # fmt: skip
     return _table(header, rows)
 
@@ -220,7 +224,74 @@ def plot(comparison: Comparison, path: Path) -> Path | None:
     return path
 
 
-def render(store: Store, comparison: Comparison, plot_file: str | None) -> str:
+def _kld_label(run: sqlite3.Row) -> str:
+    """`tiny-s:Q2_K, KV q8_0/q8_0, window 32`: a KLD run's tested configuration."""
+    window = f", window {format_tokens(int(run['kv_window']))}" if run["kv_window"] else ""
+    return f"{run['tested_model']}, KV {run['kv_type_k']}/{run['kv_type_v']}{window}"
+
+
+def _kld_section(runs: Sequence[sqlite3.Row], plot_file: str | None) -> list[str]:
+    """Every stored `edgeval kld` run of the task: its figures, then by position, then the plot."""
+    if not runs:
+        return []
+    rows = []
+    for run in runs:
+        ci = f" ({run['kld_ci_low']:.4f}–{run['kld_ci_high']:.4f})" if run["kld_ci_low"] is not None else ""
+        speed = f"{run['tested_tokens_per_s']:.0f}" if run["tested_tokens_per_s"] else "—"
+        rows.append([_kld_label(run), str(run["reference_model"]), str(run["n_traces"]), f"{run['tokens']:,}",
+                     f"{run['mean_kld']:.4f}{ci}", f"{run['median_kld']:.4f}", f"{run['p99_kld']:.4f}",
+                     _pct(run["top1_agreement"]), str(run["top_k"]), speed])  # fmt: skip
+    lines = ["", "## KL divergence from a reference", "",
+             "`edgeval kld`: each tested configuration teacher-forced on the reference configuration's own stored "
+             "traces; KL(reference ‖ tested) per token in nats over the reference's top-K log-probabilities and "
+             "the rest's mass (a lower bound, within 1% of the full vocabulary's on the tiny family), its 95% "
+             "interval over traces, and how often the most likely token agrees.", "",
+             *_table(["tested", "reference", "traces", "tokens", "mean KLD (95% CI)", "median", "p99", "top-1",
+                      "K", "scored tok/s"], rows), "", "By position in the trace (mean KLD, top-1 agreement):", ""]  # fmt: skip
+    buckets = {run["id"]: json.loads(run["by_position"]) for run in runs}
+    labels = list(dict.fromkeys(b["label"] for run in runs for b in buckets[run["id"]]))
+    table = []
+    for run in runs:
+        mine = {b["label"]: b for b in buckets[run["id"]]}
+        table.append([_kld_label(run), *(f"{mine[x]['mean_kld']:.4f}, {_pct(mine[x]['top1_agreement'])}"
+                                         if x in mine and mine[x]["tokens"] else "—" for x in labels)])  # fmt: skip
+    lines += _table(["tested", *labels], table)
+    if plot_file:
+        lines += ["", f"![KL divergence against position in the trace]({plot_file})"]
+    return lines
+
+
+def kld_plot(runs: Sequence[sqlite3.Row], path: Path) -> Path | None:
+    """Mean KLD against position in the trace, one line per stored KLD run; None when there is none."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not runs:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    for run in runs:
+        buckets = [b for b in json.loads(run["by_position"]) if b["tokens"]]
+        xs = [(b["start"] + b["end"]) / 2 for b in buckets]
+        ys = [b["mean_kld"] for b in buckets]
+        line = ax.plot(xs, ys, marker="o", linewidth=1.2, label=_kld_label(run))[0]
+        lows = [b["kld_ci95"][0] if b["kld_ci95"] else b["mean_kld"] for b in buckets]
+        highs = [b["kld_ci95"][1] if b["kld_ci95"] else b["mean_kld"] for b in buckets]
+        ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.15, linewidth=0)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("position in the trace (tokens, bucket middle, log scale)")
+    ax.set_ylabel("mean KL divergence (nats per token)")
+    ax.set_title("KL divergence from the reference, by depth into the reasoning")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="best", title="bands: 95% interval over traces", title_fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def render(store: Store, comparison: Comparison, plot_file: str | None, kld_plot_file: str | None = None) -> str:
     """The report's markdown text."""
     provenance, date = _provenance(store, comparison)
     lines = [f"# edgeval report: {comparison.task}" + (f" within {comparison.budget_bytes / 1e9:g} GB" if comparison.budget_bytes else ""),
@@ -248,6 +319,7 @@ def render(store: Store, comparison: Comparison, plot_file: str | None) -> str:
         lines += ["", "## Memory against accuracy", "", f"![{comparison.task}: accuracy against memory]({plot_file})",
                   "", "Colour: model size; marker: weight precision; marker size: token budget; bars: 95% interval "
                   "of each accuracy; orange rings: tied with the best; faded: dropped; memory on a log scale."]  # fmt: skip
+    lines += _kld_section(store.kld_runs(comparison.task), kld_plot_file)
     lines += ["", "## Speed", "", *_speed(comparison), ""]
     return "\n".join(lines)
 
@@ -257,9 +329,11 @@ def write(store: Store, comparison: Comparison, out: Path, name: str | None = No
     out.mkdir(parents=True, exist_ok=True)
     stem = name or report_name(comparison.task, comparison.budget_bytes or None)
     image = plot(comparison, out / f"{stem}.png")
+    kld_image = kld_plot(store.kld_runs(comparison.task), out / f"{stem}-kld.png")
     markdown = out / f"{stem}.md"
-    markdown.write_text(render(store, comparison, image.name if image else None), encoding="utf-8")
-    return Written(markdown, image)
+    text = render(store, comparison, image.name if image else None, kld_image.name if kld_image else None)
+    markdown.write_text(text, encoding="utf-8")
+    return Written(markdown, image, kld_image)
 
 
 def _kv(res: ConfigResult) -> str:

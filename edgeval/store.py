@@ -572,3 +572,12 @@ class Store:
     def kld_traces(self, kld_id: int) -> list[sqlite3.Row]:
         """A KLD run's stored traces, by item."""
         return list(self.db.execute("SELECT * FROM kld_traces WHERE kld_id = ? ORDER BY item_index", (kld_id,)))
+
+    def kld_means(self) -> dict[tuple[str, str, str, int], float]:
+        """The latest finished mean KLD of each tested configuration, by (file sha256, K type, V type, KV window)."""
+        return {
+            (str(r["tested_sha256"]), str(r["kv_type_k"]), str(r["kv_type_v"]), int(r["kv_window"])): float(
+                r["mean_kld"]
+            )
+            for r in self.kld_runs()
+        }

@@ -545,7 +545,7 @@ def comparison_json(c: Comparison) -> dict[str, object]:
 _MARKS = {"eliminated": "[dim]✗[/]", "failed": "[red]![/]", "running": "…", "done": ""}
 
 
-def _compare_cells(r: Row, tied: set[str], recommended: str | None) -> list[str]:
+def _compare_cells(r: Row, tied: set[str], recommended: str | None, with_kld: bool = False) -> list[str]:
     res = r.result
     kv = res.kv_label
     if r.status == "failed":
@@ -554,8 +554,11 @@ def _compare_cells(r: Row, tied: set[str], recommended: str | None) -> list[str]
         accuracy = f"{100 * res.accuracy_maj:.0f}% {100 * res.ci95[0]:.0f}–{100 * res.ci95[1]:.0f}"
     mark = "[green]◆[/]" if r.key == recommended else ("=" if r.key in tied else _MARKS.get(r.status, ""))
     source = {"measured": "", "calibrated": "~", "predicted": "?"}[r.memory_source]
-    return [r.model, kv, str(res.budget_tokens), str(res.k), format_bytes(r.memory_bytes) + source, accuracy,
-            str(res.n_done), mark + ("★" if r.pareto else "")]  # fmt: skip
+    cells = [r.model, kv, str(res.budget_tokens), str(res.k), format_bytes(r.memory_bytes) + source, accuracy,
+             str(res.n_done), mark + ("★" if r.pareto else "")]  # fmt: skip
+    if with_kld:
+        cells.insert(6, f"{r.kld:.3f}" if r.kld is not None else "")
+    return cells
 
 
 def render_compare(comparisons: list[Comparison]) -> None:
@@ -564,14 +567,19 @@ def render_compare(comparisons: list[Comparison]) -> None:
     for c in comparisons:
         table = Table(title=f"{c.task} within {format_bytes(c.budget_bytes)}: ◆ recommended, = tied with the best, "
                       "✗ dropped, ★ frontier", title_justify="left")  # fmt: skip
-        for name in ("model", "KV", "budget", "k", "memory", "maj@k 95% CI", "n", ""):
+        with_kld = any(r.kld is not None for r in c.rows)  # the column only where `edgeval kld` measured one
+        names = ("model", "KV", "budget", "k", "memory", "maj@k 95% CI", *(("KLD",) if with_kld else ()), "n", "")
+        for name in names:
             table.add_column(name, justify="left" if name in ("model", "KV", "") else "right", no_wrap=True)
         tied = set(c.tied)
         for r in c.rows:
-            table.add_row(*_compare_cells(r, tied, c.recommended), style="dim" if r.status == "eliminated" else None)
+            table.add_row(*_compare_cells(r, tied, c.recommended, with_kld),
+                          style="dim" if r.status == "eliminated" else None)  # fmt: skip
         console.print(table)
         console.print("memory: measured peak RSS; ~ calibrated (predicted for this budget and k, corrected by the run "
                       "that measured it); ? predicted", style="dim")  # fmt: skip
+        if with_kld:
+            console.print("KLD: mean KL divergence per token from the reference of `edgeval kld` (nats)", style="dim")
         for line in c.recommendation:
             console.print(f"• {line}")
         console.print(f"[dim]{format_duration(c.time_s)}, {c.tokens_decoded:,} tokens decoded; paired intervals at "

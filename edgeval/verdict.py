@@ -29,6 +29,7 @@ class Row:
     scores: dict[int, float] = field(default_factory=dict, repr=False)  # maj@j per question index
     pareto: bool = False
     eliminated_by: str | None = None
+    kld: float | None = None  # mean KL divergence from a reference (`edgeval kld`), where one was measured
 
     @property
     def label(self) -> str:
@@ -45,7 +46,7 @@ class Row:
                 "accuracy_avg": res.accuracy_avg, "ci95": list(res.ci95), "memory_bytes": self.memory_bytes,
                 "memory_source": self.memory_source, "status": self.status, "eliminated_by": self.eliminated_by,
                 "pareto": self.pareto, "band": self.band, "forced_share": res.forced_share,
-                "decode_tokens_per_s": res.decode_tokens_per_s, "config_id": res.config_id}  # fmt: skip
+                "decode_tokens_per_s": res.decode_tokens_per_s, "config_id": res.config_id, "kld": self.kld}  # fmt: skip
 
 
 @dataclass(frozen=True)

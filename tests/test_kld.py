@@ -1,0 +1,238 @@
+"""`edgeval kld`: the KL numbers, teacher-forced scoring (evicting as generation does), the ordering of the trained
+family's quantizations, the store, the command line and its errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgeval import compare, demo, engine, kld, kld_run, prompts, report
+from edgeval.cli import cli
+from edgeval.quants import KVType, WeightQuant
+from edgeval.store import Store
+
+from .conftest import GREEDY, arith_prompts
+
+BUDGET = 48  # the family's arith reasoning is 30-45 tokens
+
+
+def _full_kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
+    lp, lq = kld.log_softmax(p_logits), kld.log_softmax(q_logits)
+    return float(np.sum(np.exp(lp) * (lp - lq)))
+
+
+# ---------------------------------------------------------------- the numbers (pure)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 40), st.floats(0.1, 8.0))
+def test_top_k_with_the_rest_is_a_lower_bound_exact_at_the_whole_vocabulary(seed: int, k: int, scale: float) -> None:
+    rng = np.random.default_rng(seed)
+    p = (rng.standard_normal(40) * scale).astype(np.float32)
+    q = (p + rng.standard_normal(40) * 0.5).astype(np.float32)
+    full = _full_kl(p, q)
+    approx, _ = kld.divergence(kld.reference_row(p, k), q)
+    assert -1e-6 <= approx <= full + 1e-5
+    exact, agree = kld.divergence(kld.reference_row(p, 40), q)
+    assert exact == pytest.approx(full, rel=1e-5, abs=1e-6)
+    assert agree == (int(np.argmax(p)) == int(np.argmax(q)))
+
+
+def test_a_row_against_itself_is_exactly_zero_and_agrees() -> None:
+    row = np.random.default_rng(3).standard_normal(1024).astype(np.float32) * 4
+    for k in (1, 64, 1024):
+        assert kld.divergence(kld.reference_row(row, k), row) == (0.0, True)
+
+
+def test_the_interval_is_over_traces_and_the_mean_is_per_token() -> None:
+    traces = [
+        kld.TraceScores(0, np.array([0.1, 0.3], dtype=np.float32), np.array([True, False])),
+        kld.TraceScores(1, np.array([0.2, 0.2, 0.2, 0.2], dtype=np.float32), np.array([True] * 4)),
+        kld.TraceScores(2, np.array([0.5], dtype=np.float32), np.array([False])),
+    ]
+    s = kld.summarize(traces)
+    assert s.tokens == 7 and s.traces == 3
+    assert s.mean_kld == pytest.approx(1.7 / 7)
+    assert s.top1_agreement == pytest.approx(5 / 7)
+    assert s.kld_ci95 is not None and s.kld_ci95[0] < s.mean_kld < s.kld_ci95[1]
+    assert kld.summarize(traces[:1]).kld_ci95 is None  # one trace: no interval
+    # identical traces: no spread between the units, a zero-width interval
+    same = kld.summarize([traces[1], kld.TraceScores(3, traces[1].kld, traces[1].agree)])
+    assert same.kld_ci95 == pytest.approx((0.2, 0.2))
+
+
+def test_position_buckets_double_and_shrink_for_short_traces() -> None:
+    assert kld.bucket_edges(6000) == [0, 1024, 2048, 4096, 8192]
+    assert kld.bucket_edges(1500) == [0, 256, 512, 1024, 2048]
+    assert kld.bucket_edges(45) == [0, 16, 32, 64]
+    trace = kld.TraceScores(0, np.arange(45, dtype=np.float32), np.ones(45, dtype=bool))
+    buckets = kld.by_position([trace])
+    assert [b.label for b in buckets] == ["0–16", "16–32", "32–64"]
+    assert [b.summary.tokens for b in buckets] == [16, 16, 13]
+    assert buckets[2].summary.mean_kld == pytest.approx(np.arange(32, 45).mean())
+
+
+# ---------------------------------------------------------------- on the trained family (real llama.cpp)
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory: pytest.TempPathFactory) -> dict[WeightQuant, Path]:
+    """edgeval-tiny-s (the one 2-bit weights hurt) at F16 and three quantizations."""
+    source = demo.family_sources()[0]
+    folder = tmp_path_factory.mktemp("family")
+    quants = (WeightQuant.Q8_0, WeightQuant.Q4_K_M, WeightQuant.Q2_K)
+    return {WeightQuant.F16: source, **{q: demo.quantized(source, q, folder, threads=2) for q in quants}}
+
+
+@pytest.fixture(scope="module")
+def traced_db(family: dict[WeightQuant, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A store holding the F16 reference's traces: 8 arith questions, generated once through the run path."""
+    home = tmp_path_factory.mktemp("home")
+    db = home / "kld.db"
+    with pytest.MonkeyPatch.context() as mp, Store(db) as store:
+        mp.setenv("EDGEVAL_HOME", str(home))
+        kld_run.run(_request(family, WeightQuant.F16, limit=8), store)
+    yield db
+
+
+def _request(family: dict[WeightQuant, Path], tested: WeightQuant, **options: object) -> kld_run.Request:
+    settings = {"task": "arith", "budget_tokens": BUDGET, "repack": False, "threads": 2, **options}
+    return kld_run.Request(
+        reference=family[WeightQuant.F16], reference_label="tiny-s:F16", tested=family[tested],
+        tested_label=f"tiny-s:{tested.value}", **settings,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def _kld(db: Path, request: kld_run.Request) -> kld_run.Result:
+    with Store(db) as store:
+        return kld_run.run(request, store)
+
+
+def test_a_configuration_against_itself_diverges_by_exactly_zero(
+    family: dict[WeightQuant, Path], traced_db: Path
+) -> None:
+    result = _kld(traced_db, _request(family, WeightQuant.F16))
+    s = result.overall
+    assert s.traces == 8 and s.tokens > 8 * 20
+    assert s.mean_kld == 0.0 and s.p99_kld == 0.0 and s.top1_agreement == 1.0
+    assert all(b.summary.mean_kld == 0.0 for b in result.by_position)
+
+
+def test_the_family_orders_q8_below_q4_k_m_below_q2_k(family: dict[WeightQuant, Path], traced_db: Path) -> None:
+    means = {q: _kld(traced_db, _request(family, q)) for q in (WeightQuant.Q8_0, WeightQuant.Q4_K_M, WeightQuant.Q2_K)}
+    q8, q4, q2 = (means[q].overall for q in means)
+    assert 0 < q8.mean_kld < q4.mean_kld < q2.mean_kld
+    assert q8.top1_agreement >= q2.top1_agreement
+    ci = q2.kld_ci95
+    assert ci is not None and ci[0] <= q2.mean_kld <= ci[1]
+    # the same traces and tokens for every tested file: the reference's
+    assert len({m.trace_config_id for m in means.values()}) == 1
+    assert len({m.overall.tokens for m in means.values()}) == 1
+
+
+def test_top_k_agrees_with_the_full_vocabulary(family: dict[WeightQuant, Path], traced_db: Path) -> None:
+    approx = _kld(traced_db, _request(family, WeightQuant.Q2_K))
+    full = _kld(traced_db, _request(family, WeightQuant.Q2_K, top_k=1024))  # the family's whole vocabulary
+    assert approx.kld_id != full.kld_id
+    assert approx.overall.mean_kld <= full.overall.mean_kld
+    assert approx.overall.mean_kld == pytest.approx(full.overall.mean_kld, rel=0.01)  # kld.TOP_K's stated tolerance
+    assert approx.overall.top1_agreement == full.overall.top1_agreement
+
+
+def test_a_kv_cache_type_alone_gives_a_divergence(family: dict[WeightQuant, Path], traced_db: Path) -> None:
+    result = _kld(traced_db, _request(family, WeightQuant.F16, kv_type_k=KVType.Q4_0, kv_type_v=KVType.Q4_0))
+    assert result.overall.mean_kld > 0
+    assert (result.kv_type_k, result.kv_type_v) == ("q4_0", "q4_0")
+
+
+def test_a_window_longer_than_the_traces_changes_nothing_and_a_short_one_does(
+    family: dict[WeightQuant, Path], traced_db: Path
+) -> None:
+    assert _kld(traced_db, _request(family, WeightQuant.F16, kv_window=256)).overall.mean_kld == 0.0
+    short = _kld(traced_db, _request(family, WeightQuant.F16, kv_window=16)).overall
+    assert short.mean_kld > 0.05
+    assert short.top1_agreement < 1.0
+
+
+def test_teacher_forcing_with_a_window_evicts_as_generation_did() -> None:
+    """Greedy generation with a 16-token window, then its tokens scored with the same window: each row's top token
+    is the token generation chose. Scored without the window, the same rows disagree (eviction changed them)."""
+    source = demo.family_sources()[0]
+    with engine.Model(source) as model, engine.Context(model, engine.ContextOptions(n_ctx=512)) as ctx:
+        prompt = arith_prompts(model, 1)[0] + model.tokenize(prompts.THINK_OPEN + "\n")
+        out = ctx.generate(prompt, max_tokens=40, sampling=GREEDY, seeds=(0,), window=16)
+        tokens = list(out.tokens[0])
+        assert out.evicted[0] > 0 and len(tokens) >= 30
+        windowed = ctx.score(prompt, tokens, lambda row: int(np.argmax(row)), window=16)
+        plain = ctx.score(prompt, tokens, lambda row: int(np.argmax(row)))
+    assert windowed == tokens
+    assert plain != tokens
+
+
+def test_kld_command_prints_json_and_a_table_and_reuses_what_is_stored(
+    family: dict[WeightQuant, Path], traced_db: Path
+) -> None:
+    args = ["kld", str(family[WeightQuant.Q4_K_M]), "--reference", str(family[WeightQuant.F16]), "--task", "arith",
+            "--budget-tokens", str(BUDGET), "--kv", "q8_0", "--no-repack", "--db", str(traced_db)]  # fmt: skip
+    first = CliRunner().invoke(cli, [*args, "--json"])
+    assert first.exit_code == 0, first.output
+    data = json.loads(first.output)
+    assert data.keys() >= {"mean_kld", "kld_ci95", "top1_agreement", "tokens", "by_position", "median_kld", "p99_kld"}
+    assert data["mean_kld"] > 0 and data["kv_type_k"] == "q8_0" and data["scored_now"] == 8
+    assert data["kld_ci95"][0] <= data["mean_kld"] <= data["kld_ci95"][1]
+    assert sum(b["tokens"] for b in data["by_position"]) == data["tokens"]
+    again = CliRunner().invoke(cli, [*args, "--json"])
+    assert json.loads(again.output)["scored_now"] == 0  # every trace was stored
+    assert json.loads(again.output)["mean_kld"] == data["mean_kld"]
+    table = CliRunner().invoke(cli, args)
+    assert table.exit_code == 0, table.output
+    for label in ("mean KLD", "top-1 agreement", "by position", "0–16"):
+        assert label in table.output
+    with Store(traced_db) as store:
+        row = next(r for r in store.kld_runs() if r["id"] == data["kld_id"])
+        assert row["mean_kld"] == data["mean_kld"] and row["tokens"] == data["tokens"]
+        assert row["n_traces"] == 8 and json.loads(row["by_position"])[0]["label"] == "0–16"
+
+
+def test_an_unknown_reference_is_one_line(family: dict[WeightQuant, Path], tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["kld", str(family[WeightQuant.Q8_0]), "--reference", "qwen3-nonesuch:Q4_K_M", "--db", str(tmp_path / "x.db")],
+    )
+    assert result.exit_code == 1
+    assert "qwen3-nonesuch" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_files_of_another_vocabulary_are_refused_in_one_line(
+    family: dict[WeightQuant, Path], tiny_models: dict[WeightQuant, Path], traced_db: Path
+) -> None:
+    args = ["kld", str(tiny_models[WeightQuant.F16]), "--reference", str(family[WeightQuant.F16]), "--task", "arith",
+            "--budget-tokens", str(BUDGET), "--no-repack", "--db", str(traced_db)]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and "vocabulary" in line and "512" in line and "1,024" in line
+
+
+def test_report_and_compare_show_the_stored_kld(
+    family: dict[WeightQuant, Path], traced_db: Path, tmp_path: Path
+) -> None:
+    _kld(traced_db, _request(family, WeightQuant.F16))
+    _kld(traced_db, _request(family, WeightQuant.Q2_K))
+    with Store(traced_db) as store:
+        [comparison] = compare.from_store(store, "arith")
+        # the reference's own configuration was scored against itself (F16 weights, f16 KV): its KLD is 0
+        assert {r.kld for r in comparison.rows} == {0.0}
+        written = report.write(store, comparison, tmp_path / "reports")
+    text = written.markdown.read_text()
+    assert "## KL divergence from a reference" in text and "tiny-s:Q2_K, KV f16/f16" in text
+    assert written.kld_plot is not None and written.kld_plot.stat().st_size > 10_000
+    assert f"]({written.kld_plot.name})" in text
+    assert "| KLD |" in text.replace("| KLD | status", "| KLD |")
