@@ -263,8 +263,11 @@ def _score(
     missing = [t for t in traces if not cached[t.item_index].exists()]
     ref_rate = None
     if missing:
-        n_ctx = max(len(t.prompt) + len(t.tokens) for t in missing)
-        options = engine.ContextOptions(n_ctx=n_ctx, n_threads=request.threads)
+        # The context every trace of the request needs (not only the missing ones): unwindowed, the tested context
+        # is the same size, so a configuration against itself computes bit for bit what the reference did.
+        options = engine.ContextOptions(
+            n_ctx=max(len(t.prompt) + len(t.tokens) for t in traces), n_threads=request.threads
+        )
         with engine.Model(request.reference, load) as model, engine.Context(model, options) as ctx:
             t0, scored = time.perf_counter(), 0
             for i, t in enumerate(missing):

@@ -141,7 +141,7 @@ def test_top_k_agrees_with_the_full_vocabulary(family: dict[WeightQuant, Path], 
     approx = _kld(traced_db, _request(family, WeightQuant.Q2_K))
     full = _kld(traced_db, _request(family, WeightQuant.Q2_K, top_k=1024))  # the family's whole vocabulary
     assert approx.kld_id != full.kld_id
-    assert approx.overall.mean_kld <= full.overall.mean_kld
+    assert approx.overall.mean_kld <= full.overall.mean_kld * (1 + 1e-6)  # a lower bound (float32 rounding aside)
     assert approx.overall.mean_kld == pytest.approx(full.overall.mean_kld, rel=0.01)  # kld.TOP_K's stated tolerance
     assert approx.overall.top1_agreement == full.overall.top1_agreement
 

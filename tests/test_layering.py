@@ -20,7 +20,7 @@ def _python(code: str, tmp_path: Path) -> str:
 def test_importing_the_pure_modules_does_not_import_llama_cpp(tmp_path: Path) -> None:
     code = (
         "import sys\n"
-        "import edgeval.units, edgeval.quants, edgeval.vote, edgeval.grading, edgeval.plan, edgeval.prompts\n"
+        "import edgeval.units, edgeval.quants, edgeval.vote, edgeval.grading, edgeval.plan, edgeval.prompts, edgeval.kld\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('llama_cpp', 'rich') or m == 'edgeval.engine'))"
     )
     assert _python(code, tmp_path) == "[]"
