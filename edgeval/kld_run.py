@@ -19,15 +19,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from edgeval import gguf_info, hub, kld, memory, prompts, sweep, tasks
+from edgeval.catalog import quant_of
 from edgeval.errors import EdgevalError
 from edgeval.paths import cache_dir
 from edgeval.quants import KVType
 from edgeval.store import SampleRow, Store
+
+if TYPE_CHECKING:  # engine (llama.cpp) is imported where a model is scored, not with this module
+    from edgeval import engine
 
 DEFAULT_TRACES = 10  # traces generated when the reference has none stored for the task
 
@@ -130,7 +135,7 @@ def run(
         "run_id": run_id, "reference_model": request.reference_label, "reference_path": str(request.reference),
         "reference_sha256": ref_sha, "trace_config_id": int(config["id"]), "tested_model": request.tested_label,
         "tested_path": str(request.tested), "tested_sha256": tested_sha,
-        "tested_weight_quant": sweep._quant_name(tested_header),
+        "tested_weight_quant": quant_of(tested_header).value,
         "kv_type_k": request.kv_type_k.value, "kv_type_v": request.kv_type_v.value, "kv_window": request.kv_window,
         "task": task.name, "task_fingerprint": task.fingerprint, "top_k": request.top_k,
     })  # fmt: skip
@@ -162,15 +167,10 @@ def _checked_sha(store: Store, path: Path, expected: str | None) -> str:
 
 
 def _default_task(store: Store, ref_sha: str) -> str:
-    """The task the reference has the most stored samples of (sweep's default task when none)."""
-    rows = store.db.execute(
-        "SELECT c.task, COUNT(*) AS n FROM samples s JOIN configs c ON c.id = s.config_id WHERE c.model_sha256 = ?"
-        " GROUP BY c.task ORDER BY n DESC, c.task LIMIT 1",
-        (ref_sha,),
-    ).fetchone()
+    """The task the reference has the most stored samples of (compare's default task when none)."""
     from edgeval.compare import DEFAULT_TASK
 
-    return str(rows["task"]) if rows else DEFAULT_TASK
+    return store.most_sampled_task(ref_sha) or DEFAULT_TASK
 
 
 def _trace_config(
@@ -179,10 +179,7 @@ def _trace_config(
     """The reference configuration whose samples are the traces: a stored one (f16 KV, no window; the most
     questions answered, then the longest budget) holding enough, else one generated now through `sweep.run`."""
     rows = [
-        r for r in store.configs(
-            "model_sha256 = ? AND task_fingerprint = ? AND kv_type_k = 'f16' AND kv_type_v = 'f16' AND kv_window = 0"
-            " AND thinking = ?", (ref_sha, task.fingerprint, int(request.thinking)),
-        )
+        r for r in store.plain_configs(ref_sha, task.fingerprint, thinking=request.thinking)
         if request.budget_tokens is None or int(r["budget_tokens"]) == request.budget_tokens
     ]  # fmt: skip
     done = {int(r["id"]): len(store.done_items(int(r["id"]), 1)) for r in rows}
@@ -259,30 +256,13 @@ def _score(
 
     repack = doctor.repack_default() if request.repack is None else request.repack
     load = engine.LoadOptions(n_gpu_layers=request.gpu_layers, repack=repack)
-    cached = {t.item_index: _cache_path(ref_sha, t, request.top_k) for t in traces}
+    tag = f"k{request.top_k}-g{load.gpu_layers()}-r{int(repack)}"  # what changes the reference's numbers
+    cached = {t.item_index: _cache_path(ref_sha, t, tag) for t in traces}
     missing = [t for t in traces if not cached[t.item_index].exists()]
-    ref_rate = None
-    if missing:
-        # The context every trace of the request needs (not only the missing ones): unwindowed, the tested context
-        # is the same size, so a configuration against itself computes bit for bit what the reference did.
-        options = engine.ContextOptions(
-            n_ctx=max(len(t.prompt) + len(t.tokens) for t in traces), n_threads=request.threads
-        )
-        with engine.Model(request.reference, load) as model, engine.Context(model, options) as ctx:
-            t0, scored = time.perf_counter(), 0
-            for i, t in enumerate(missing):
-                if progress is not None:
-                    progress(Progress("reference", i, len(missing)))
-                rows = ctx.score(t.prompt, t.tokens, lambda row: kld.reference_row(row, request.top_k))
-                _save(cached[t.item_index], rows)
-                scored += len(rows)
-            ref_rate = scored / (time.perf_counter() - t0)
-    chunk = memory.eviction_chunk(request.kv_window)
-    n_ctx = max(
-        len(t.prompt) + (min(len(t.tokens), request.kv_window + chunk + len(t.tokens) - (t.evict_until or len(t.tokens)))
-                         if request.kv_window else len(t.tokens))
-        for t in traces
-    )  # fmt: skip
+    ref_rate = _score_reference(request, load, traces, missing, cached, progress) if missing else None
+    # Unwindowed, the tested context is the reference's size, so a configuration against itself computes bit for
+    # bit what the reference did.
+    n_ctx = max(len(t.prompt) + _own_cells(request.kv_window, t) for t in traces)
     options = engine.ContextOptions(
         n_ctx=n_ctx, n_threads=request.threads, type_k=request.kv_type_k, type_v=request.kv_type_v
     )
@@ -305,17 +285,47 @@ def _score(
     return tested_rate, ref_rate
 
 
+def _score_reference(
+    request: Request, load: engine.LoadOptions, traces: Sequence[Trace], missing: Sequence[Trace],
+    cached: dict[int, Path], progress: ProgressCallback | None,
+) -> float:  # fmt: skip
+    """Score the reference alone on the traces its cache lacks and keep what KL needs; its tokens/s."""
+    from edgeval import engine
+
+    # The context every trace of the request needs (not only the missing ones): the tested pass's size.
+    options = engine.ContextOptions(n_ctx=max(len(t.prompt) + len(t.tokens) for t in traces), n_threads=request.threads)
+    with engine.Model(request.reference, load) as model, engine.Context(model, options) as ctx:
+        t0, scored = time.perf_counter(), 0
+        for i, t in enumerate(missing):
+            if progress is not None:
+                progress(Progress("reference", i, len(missing)))
+            rows = ctx.score(t.prompt, t.tokens, lambda row: kld.reference_row(row, request.top_k))
+            _save(cached[t.item_index], rows)
+            scored += len(rows)
+        return scored / (time.perf_counter() - t0)
+
+
+def _own_cells(window: int, trace: Trace) -> int:
+    """KV cells a trace's own tokens take when scored: all of them, or with a window the window, an eviction chunk
+    and the forced answer that evicts nothing."""
+    n = len(trace.tokens)
+    if not window:
+        return n
+    return min(n, window + memory.eviction_chunk(window) + n - (trace.evict_until or n))
+
+
 def _against(reference: Sequence[kld.RefRow]) -> Callable[[npt.NDArray[np.float32]], tuple[float, bool]]:
     """Row by row, the divergence of the tested logits from the reference's kept values at the same position."""
     rows = iter(reference)
     return lambda logits: kld.divergence(next(rows), logits)
 
 
-def _cache_path(ref_sha: str, trace: Trace, top_k: int) -> Path:
-    """The reference's kept values for a trace: by the reference file and the exact tokens scored."""
+def _cache_path(ref_sha: str, trace: Trace, tag: str) -> Path:
+    """The reference's kept values for a trace: by the reference file, the exact tokens scored and `tag` (K and
+    the load settings that change its numbers)."""
     tokens = np.array([*trace.prompt, -1, *trace.tokens], dtype=np.int32).tobytes()
     digest = hashlib.sha256(tokens).hexdigest()[:24]
-    return cache_dir("kld") / f"{ref_sha[:16]}-{digest}-k{top_k}.npz"
+    return cache_dir("kld") / f"{ref_sha[:16]}-{digest}-{tag}.npz"
 
 
 def _save(path: Path, rows: Sequence[kld.RefRow]) -> None:

@@ -403,6 +403,23 @@ class Store:
         """Configuration rows matching a SQL condition."""
         return list(self.db.execute(f"SELECT * FROM configs WHERE {where} ORDER BY id", params))
 
+    def plain_configs(self, model_sha256: str, task_fingerprint: str, *, thinking: bool) -> list[sqlite3.Row]:
+        """A model file's configurations on a task with an f16 KV cache and no window (a KL reference's traces)."""
+        return self.configs(
+            "model_sha256 = ? AND task_fingerprint = ? AND kv_type_k = 'f16' AND kv_type_v = 'f16' AND kv_window = 0"
+            " AND thinking = ?",
+            (model_sha256, task_fingerprint, int(thinking)),
+        )
+
+    def most_sampled_task(self, model_sha256: str) -> str | None:
+        """The task a model file has the most stored samples of (None: none)."""
+        row = self.db.execute(
+            "SELECT c.task FROM samples s JOIN configs c ON c.id = s.config_id WHERE c.model_sha256 = ?"
+            " GROUP BY c.task ORDER BY COUNT(*) DESC, c.task LIMIT 1",
+            (model_sha256,),
+        ).fetchone()
+        return None if row is None else str(row["task"])
+
     # ---------------------------------------------------------------- claims: one process per configuration
 
     def claim(self, config_id: int, me: Claim, alive: Callable[[Claim], bool]) -> Claim | None:
