@@ -567,7 +567,8 @@ def render_compare(comparisons: list[Comparison]) -> None:
     for c in comparisons:
         table = Table(title=f"{c.task} within {format_bytes(c.budget_bytes)}: ◆ recommended, = tied with the best, "
                       "✗ dropped, ★ frontier", title_justify="left")  # fmt: skip
-        with_kld = any(r.kld is not None for r in c.rows)  # the column only where `edgeval kld` measured one
+        measured = [r for r in c.rows if r.kld is not None]  # configurations `edgeval kld` measured
+        with_kld = bool(measured) and console.width >= 80 + 8  # the column fits beside the eight; else a line below
         names = ("model", "KV", "budget", "k", "memory", "maj@k 95% CI", *(("KLD",) if with_kld else ()), "n", "")
         for name in names:
             table.add_column(name, justify="left" if name in ("model", "KV", "") else "right", no_wrap=True)
@@ -580,6 +581,9 @@ def render_compare(comparisons: list[Comparison]) -> None:
                       "that measured it); ? predicted", style="dim")  # fmt: skip
         if with_kld:
             console.print("KLD: mean KL divergence per token from the reference of `edgeval kld` (nats)", style="dim")
+        elif measured:
+            shown = dict.fromkeys(f"{r.model} {r.result.kv_label} {r.kld:.4f}" for r in measured)
+            console.print("KLD from `edgeval kld` (nats per token): " + "; ".join(shown), style="dim")
         for line in c.recommendation:
             console.print(f"• {line}")
         console.print(f"[dim]{format_duration(c.time_s)}, {c.tokens_decoded:,} tokens decoded; paired intervals at "

@@ -3,6 +3,7 @@ family's quantizations, the store, the command line and its errors."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +13,9 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 
-from edgeval import compare, demo, engine, kld, kld_run, prompts, report
+from edgeval import compare, demo, engine, kld, kld_run, prompts, report, ui
 from edgeval.cli import cli
 from edgeval.quants import KVType, WeightQuant
 from edgeval.store import Store
@@ -235,6 +237,12 @@ def test_report_and_compare_show_the_stored_kld(
         # the reference's own configuration was scored against itself (F16 weights, f16 KV): its KLD is 0
         assert {r.kld for r in comparison.rows} == {0.0}
         written = report.write(store, comparison, tmp_path / "reports")
+    for width, shown in ((100, "┃   KLD ┃"), (80, "KLD from `edgeval kld` (nats per token): tiny-s:F16 f16 0.0000")):
+        out = io.StringIO()
+        monkeypatch.setattr(ui, "console", Console(file=out, width=width))
+        ui.render_compare([comparison])
+        assert shown in out.getvalue()
+        assert max(len(line) for line in out.getvalue().splitlines()) <= width
     text = written.markdown.read_text()
     assert "## KL divergence from a reference" in text and "tiny-s:Q2_K, KV f16/f16" in text
     assert written.kld_plot is not None and written.kld_plot.stat().st_size > 10_000
