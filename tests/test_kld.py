@@ -228,7 +228,7 @@ def test_files_of_another_vocabulary_are_refused_in_one_line(
 
 
 def test_report_and_compare_show_the_stored_kld(
-    family: dict[WeightQuant, Path], traced_db: Path, tmp_path: Path
+    family: dict[WeightQuant, Path], traced_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _kld(traced_db, _request(family, WeightQuant.F16))
     _kld(traced_db, _request(family, WeightQuant.Q2_K))
