@@ -23,6 +23,11 @@ import numpy.typing as npt
 # nats; K = 16 was within 0.24%, K = 8 within 2%. 64 ids and log-probabilities are 512 B a position. Near-uniform
 # distributions (random-weight models) put most of the mass in the rest, where the bound is loose: see the README.
 TOP_K = 64
+# Where the top K leave more than REST_MASS of the reference's probability outside (a high-entropy position), more
+# of its most likely tokens are kept, up to MAX_K, until the rest holds no more than that: the bound stays tight
+# where sampling at temperature 0.6 wanders, at 8 KiB a position at most.
+REST_MASS = 1e-3
+MAX_K = 1024
 
 Floats = npt.NDArray[np.float32]
 Ints = npt.NDArray[np.int32]
@@ -44,22 +49,43 @@ def _log_sum(logp: npt.NDArray[np.float64]) -> float:
 
 @dataclass(frozen=True)
 class RefRow:
-    """What one position of the reference keeps: its top-K token ids and log-probabilities (float32), the log of
-    the rest's mass, and its most likely token."""
+    """What one position of the reference keeps: its most likely token ids and their log-probabilities (float32),
+    the log of the rest's mass, and its most likely token."""
 
     ids: Ints
     logp: Floats
     log_rest: float
     top1: int
 
+    @property
+    def rest(self) -> float:
+        """The reference's probability outside the kept tokens (how loose the bound can be)."""
+        return math.exp(self.log_rest)
 
-def reference_row(logits: npt.NDArray[np.floating], k: int = TOP_K) -> RefRow:
-    """Reduce a reference logits row to what KL needs."""
-    logp = log_softmax(logits)
+
+def _kept(logp: npt.NDArray[np.float64], k: int, max_k: int, rest_mass: float) -> npt.NDArray[np.intp]:
+    """The ids to keep: the k most likely, or more (up to max_k) until the rest holds at most rest_mass."""
     n = logp.size
-    top = np.arange(n) if k >= n else np.argpartition(-logp, k)[:k]
-    ids: Ints = np.sort(top).astype(np.int32)
-    rest = np.ones(n, dtype=bool)
+    if k >= n:
+        return np.arange(n)
+    top = np.argpartition(-logp, k)[:k]
+    if max_k <= k or 1.0 - float(np.exp(logp[top]).sum()) <= rest_mass:
+        return top
+    cap = min(max_k, n)
+    wider = np.arange(n) if cap >= n else np.argpartition(-logp, cap - 1)[:cap]
+    wider = wider[np.argsort(-logp[wider], kind="stable")]
+    enough = int(np.searchsorted(np.cumsum(np.exp(logp[wider])), 1.0 - rest_mass)) + 1
+    return wider[: max(k, min(enough, cap))]
+
+
+def reference_row(
+    logits: npt.NDArray[np.floating], k: int = TOP_K, *, max_k: int = MAX_K, rest_mass: float = REST_MASS
+) -> RefRow:
+    """Reduce a reference logits row to what KL needs: the k most likely tokens (more, up to max_k, where they
+    leave over rest_mass of the probability outside) and the rest's mass."""
+    logp = log_softmax(logits)
+    ids: Ints = np.sort(_kept(logp, k, max_k, rest_mass)).astype(np.int32)
+    rest = np.ones(logp.size, dtype=bool)
     rest[ids] = False
     # The stored values are float32; the tested side is rounded the same way, so a configuration against itself
     # gives exactly 0.
@@ -88,6 +114,7 @@ class TraceScores:
     item_index: int
     kld: Floats
     agree: npt.NDArray[np.bool_]
+    rest: Floats  # the reference's probability outside its kept tokens
 
     @property
     def tokens(self) -> int:
@@ -107,12 +134,13 @@ class Summary:
     median_kld: float
     p99_kld: float
     top1_agreement: float
+    rest_mass: float = 0.0  # mean reference probability outside the kept tokens: the bound's possible slack
 
     def to_json(self) -> dict[str, object]:
         """As `kld --json` prints it."""
         return {"tokens": self.tokens, "traces": self.traces, "mean_kld": self.mean_kld,
                 "kld_ci95": list(self.kld_ci95) if self.kld_ci95 else None, "median_kld": self.median_kld,
-                "p99_kld": self.p99_kld, "top1_agreement": self.top1_agreement}  # fmt: skip
+                "p99_kld": self.p99_kld, "top1_agreement": self.top1_agreement, "rest_mass": self.rest_mass}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -150,14 +178,14 @@ def ratio_ci(sums: Sequence[float], counts: Sequence[int], z: float = 1.96) -> t
 
 def summarize(traces: Sequence[TraceScores], start: int = 0, end: int | None = None) -> Summary:
     """The summary of positions [start, end) over every trace (traces shorter than `start` take no part)."""
-    parts = [(t.kld[start:end].astype(np.float64), t.agree[start:end]) for t in traces]
-    parts = [(k, a) for k, a in parts if k.size]
+    parts = [(t.kld[start:end].astype(np.float64), t.agree[start:end], t.rest[start:end]) for t in traces]
+    parts = [part for part in parts if part[0].size]
     if not parts:
         return Summary(0, 0, 0.0, None, 0.0, 0.0, 1.0)
-    every = np.concatenate([k for k, _ in parts])
-    agree = np.concatenate([a for _, a in parts])
-    sums = [float(k.sum()) for k, _ in parts]
-    counts = [int(k.size) for k, _ in parts]
+    every = np.concatenate([k for k, _, _ in parts])
+    agree = np.concatenate([a for _, a, _ in parts])
+    sums = [float(k.sum()) for k, _, _ in parts]
+    counts = [int(k.size) for k, _, _ in parts]
     return Summary(
         tokens=int(every.size),
         traces=len(parts),
@@ -166,6 +194,7 @@ def summarize(traces: Sequence[TraceScores], start: int = 0, end: int | None = N
         median_kld=float(np.median(every)),
         p99_kld=float(np.percentile(every, 99)),
         top1_agreement=float(agree.mean()),
+        rest_mass=float(np.concatenate([r for _, _, r in parts]).astype(np.float64).mean()),
     )
 
 

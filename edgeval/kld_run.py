@@ -62,7 +62,8 @@ class Request:
     threads: int | None = None
     gpu_layers: int | None = None
     repack: bool | None = None  # None: where the doctor's probe says repacking works
-    top_k: int = kld.TOP_K
+    top_k: int = kld.TOP_K  # reference tokens kept per position, at least
+    max_k: int = kld.MAX_K  # at most, where the top_k leave more than kld.REST_MASS of its probability outside
     reference_sha256: str | None = None  # the catalog's hashes: a file that does not match is refused
     tested_sha256: str | None = None
 
@@ -88,6 +89,7 @@ class Result:
     kv_type_v: str
     kv_window: int
     top_k: int
+    max_k: int
     trace_config_id: int
     overall: kld.Summary
     by_position: tuple[kld.Bucket, ...]
@@ -99,7 +101,7 @@ class Result:
         """The `--json` object."""
         return {"kld_id": self.kld_id, "reference": self.reference, "tested": self.tested, "task": self.task,
                 "kv_type_k": self.kv_type_k, "kv_type_v": self.kv_type_v, "kv_window": self.kv_window,
-                "top_k": self.top_k, **self.overall.to_json(), "by_position": [b.to_json() for b in self.by_position],
+                "top_k": self.top_k, "max_k": self.max_k, **self.overall.to_json(), "by_position": [b.to_json() for b in self.by_position],
                 "tested_tokens_per_s": self.tested_tokens_per_s, "reference_tokens_per_s": self.reference_tokens_per_s,
                 "trace_config_id": self.trace_config_id, "scored_now": self.scored_now}  # fmt: skip
 
@@ -137,7 +139,8 @@ def run(
         "tested_path": str(request.tested), "tested_sha256": tested_sha,
         "tested_weight_quant": quant_of(tested_header).value,
         "kv_type_k": request.kv_type_k.value, "kv_type_v": request.kv_type_v.value, "kv_window": request.kv_window,
-        "task": task.name, "task_fingerprint": task.fingerprint, "top_k": request.top_k,
+        "task": task.name, "task_fingerprint": task.fingerprint, "top_k": request.top_k, "max_k": request.max_k,
+        "rest_target": kld.REST_MASS,
     })  # fmt: skip
     stored = {int(r["item_index"]) for r in store.kld_traces(kld_id)}
     pending = [s for s in samples if s.item_index not in stored]
@@ -210,6 +213,7 @@ def _key(request: Request, ref_sha: str, tested_sha: str, trace_key: str) -> str
 
     decisive: dict[str, object] = {
         "reference": ref_sha, "traces": trace_key, "tested": tested_sha, "top_k": request.top_k,
+        "max_k": request.max_k, "rest_target": kld.REST_MASS,
         "kv": [request.kv_type_k.value, request.kv_type_v.value], "kv_window": request.kv_window,
     }  # fmt: skip
     offload = engine.LoadOptions(n_gpu_layers=request.gpu_layers).gpu_layers()
@@ -256,7 +260,8 @@ def _score(
 
     repack = doctor.repack_default() if request.repack is None else request.repack
     load = engine.LoadOptions(n_gpu_layers=request.gpu_layers, repack=repack)
-    tag = f"k{request.top_k}-g{load.gpu_layers()}-r{int(repack)}"  # what changes the reference's numbers
+    # what changes the reference's kept values
+    tag = f"k{request.top_k}-{request.max_k}-{kld.REST_MASS:g}-g{load.gpu_layers()}-r{int(repack)}"
     cached = {t.item_index: _cache_path(ref_sha, t, tag) for t in traces}
     missing = [t for t in traces if not cached[t.item_index].exists()]
     ref_rate = _score_reference(request, load, traces, missing, cached, progress) if missing else None
@@ -277,7 +282,8 @@ def _score(
             )  # fmt: skip
             kl = np.array([v[0] for v in values], dtype=np.float32)
             agree = np.array([v[1] for v in values], dtype=np.uint8)
-            store.add_kld_trace(kld_id, t.item_index, kl.tobytes(), agree.tobytes(), int(kl.size))
+            rest = np.array([v[2] for v in values], dtype=np.float32)
+            store.add_kld_trace(kld_id, t.item_index, int(kl.size), kl.tobytes(), agree.tobytes(), rest.tobytes())
             scored += len(values)
         tested_rate = scored / (time.perf_counter() - t0)
     if progress is not None:
@@ -299,7 +305,7 @@ def _score_reference(
         for i, t in enumerate(missing):
             if progress is not None:
                 progress(Progress("reference", i, len(missing)))
-            rows = ctx.score(t.prompt, t.tokens, lambda row: kld.reference_row(row, request.top_k))
+            rows = ctx.score(t.prompt, t.tokens, lambda row: kld.reference_row(row, request.top_k, max_k=request.max_k))
             _save(cached[t.item_index], rows)
             scored += len(rows)
         return scored / (time.perf_counter() - t0)
@@ -314,10 +320,16 @@ def _own_cells(window: int, trace: Trace) -> int:
     return min(n, window + memory.eviction_chunk(window) + n - (trace.evict_until or n))
 
 
-def _against(reference: Sequence[kld.RefRow]) -> Callable[[npt.NDArray[np.float32]], tuple[float, bool]]:
-    """Row by row, the divergence of the tested logits from the reference's kept values at the same position."""
+def _against(reference: Sequence[kld.RefRow]) -> Callable[[npt.NDArray[np.float32]], tuple[float, bool, float]]:
+    """Row by row, the divergence of the tested logits from the reference's kept values at the same position, and
+    the reference's mass outside them."""
     rows = iter(reference)
-    return lambda logits: kld.divergence(next(rows), logits)
+
+    def one(logits: npt.NDArray[np.float32]) -> tuple[float, bool, float]:
+        ref = next(rows)
+        return (*kld.divergence(ref, logits), ref.rest)
+
+    return one
 
 
 def _cache_path(ref_sha: str, trace: Trace, tag: str) -> Path:
@@ -329,12 +341,14 @@ def _cache_path(ref_sha: str, trace: Trace, tag: str) -> Path:
 
 
 def _save(path: Path, rows: Sequence[kld.RefRow]) -> None:
+    """The kept values of every position (ragged: a position keeps 64 tokens or more), written atomically."""
     partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with partial.open("wb") as f:
         np.savez(
             f,
-            ids=np.stack([r.ids for r in rows]),
-            logp=np.stack([r.logp for r in rows]),
+            ids=np.concatenate([r.ids for r in rows]),
+            logp=np.concatenate([r.logp for r in rows]),
+            ends=np.cumsum([r.ids.size for r in rows]),
             log_rest=np.array([r.log_rest for r in rows], dtype=np.float64),
             top1=np.array([r.top1 for r in rows], dtype=np.int32),
         )
@@ -343,8 +357,12 @@ def _save(path: Path, rows: Sequence[kld.RefRow]) -> None:
 
 def _load(path: Path) -> list[kld.RefRow]:
     with np.load(path) as data:
-        ids, logp, rest, top1 = data["ids"], data["logp"], data["log_rest"], data["top1"]
-    return [kld.RefRow(ids[i], logp[i], float(rest[i]), int(top1[i])) for i in range(len(top1))]
+        ids, logp, ends, rest, top1 = data["ids"], data["logp"], data["ends"], data["log_rest"], data["top1"]
+    starts = [0, *ends[:-1]]
+    return [
+        kld.RefRow(ids[a:b], logp[a:b], float(rest[i]), int(top1[i]))
+        for i, (a, b) in enumerate(zip(starts, ends, strict=True))
+    ]
 
 
 def _stored(row: sqlite3.Row) -> kld.TraceScores:
@@ -352,6 +370,7 @@ def _stored(row: sqlite3.Row) -> kld.TraceScores:
         int(row["item_index"]),
         np.frombuffer(row["kld"], dtype=np.float32),
         np.frombuffer(row["agree"], dtype=np.uint8).astype(bool),
+        np.frombuffer(row["rest"], dtype=np.float32),
     )
 
 
@@ -370,13 +389,13 @@ def _finish(
     store.update_kld(
         kld_id, status="done", n_traces=overall.traces, tokens=overall.tokens, mean_kld=overall.mean_kld,
         kld_ci_low=ci[0] if ci else None, kld_ci_high=ci[1] if ci else None, median_kld=overall.median_kld,
-        p99_kld=overall.p99_kld, top1_agreement=overall.top1_agreement,
+        p99_kld=overall.p99_kld, top1_agreement=overall.top1_agreement, rest_mass=overall.rest_mass,
         by_position=json.dumps([b.to_json() for b in buckets]), tested_tokens_per_s=tested_rate,
         reference_tokens_per_s=ref_rate, backend=engine.backend_name(), llama_cpp_build=engine.build_version(),
     )  # fmt: skip
     return Result(
         kld_id=kld_id, reference=request.reference_label, tested=request.tested_label, task=task.name,
         kv_type_k=request.kv_type_k.value, kv_type_v=request.kv_type_v.value, kv_window=request.kv_window,
-        top_k=request.top_k, trace_config_id=int(config["id"]), overall=overall, by_position=buckets,
+        top_k=request.top_k, max_k=request.max_k, trace_config_id=int(config["id"]), overall=overall, by_position=buckets,
         tested_tokens_per_s=tested_rate, reference_tokens_per_s=ref_rate, scored_now=scored_now,
     )  # fmt: skip

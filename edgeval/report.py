@@ -240,14 +240,15 @@ def _kld_section(runs: Sequence[sqlite3.Row], plot_file: str | None) -> list[str
         speed = f"{run['tested_tokens_per_s']:.0f}" if run["tested_tokens_per_s"] else "—"
         rows.append([_kld_label(run), str(run["reference_model"]), str(run["n_traces"]), f"{run['tokens']:,}",
                      f"{run['mean_kld']:.4f}{ci}", f"{run['median_kld']:.4f}", f"{run['p99_kld']:.4f}",
-                     _pct(run["top1_agreement"]), str(run["top_k"]), speed])  # fmt: skip
+                     _pct(run["top1_agreement"]), f"{run['rest_mass']:.2g}", speed])  # fmt: skip
     lines = ["", "## KL divergence from a reference", "",
              "`edgeval kld`: each tested configuration teacher-forced on the reference configuration's own stored "
-             "traces; KL(reference ‖ tested) per token in nats over the reference's top-K log-probabilities and "
-             "the rest's mass (a lower bound, within 1% of the full vocabulary's on the tiny family), its 95% "
-             "interval over traces, and how often the most likely token agrees.", "",
+             "traces; KL(reference ‖ tested) per token in nats over the reference's most likely tokens (64, or up to "
+             "1,024 where 64 leave over 0.1% of its probability outside) and the rest's mass — a lower bound, as "
+             "tight as the mean mass left out is small — its 95% interval over traces, and how often the most "
+             "likely token agrees.", "",
              *_table(["tested", "reference", "traces", "tokens", "mean KLD (95% CI)", "median", "p99", "top-1",
-                      "K", "scored tok/s"], rows), "", "By position in the trace (mean KLD, top-1 agreement):", ""]  # fmt: skip
+                      "mass left out", "scored tok/s"], rows), "", "By position in the trace (mean KLD, top-1 agreement):", ""]  # fmt: skip
     buckets = {run["id"]: json.loads(run["by_position"]) for run in runs}
     labels = list(dict.fromkeys(b["label"] for run in runs for b in buckets[run["id"]]))
     table = []

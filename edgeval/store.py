@@ -187,7 +187,10 @@ M7_KLD = """
             kv_window INTEGER NOT NULL,
             task TEXT NOT NULL,
             task_fingerprint TEXT NOT NULL,
-            top_k INTEGER NOT NULL,      -- reference log-probabilities kept per position
+            top_k INTEGER NOT NULL,      -- reference log-probabilities kept per position (at least)
+            max_k INTEGER NOT NULL,      -- kept at most, where the top_k leave more than rest_target outside
+            rest_target REAL NOT NULL,
+            rest_mass REAL,              -- mean reference probability outside the kept tokens
             status TEXT NOT NULL DEFAULT 'pending',
             n_traces INTEGER,
             tokens INTEGER,
@@ -211,6 +214,7 @@ M7_KLD = """
             tokens INTEGER NOT NULL,
             kld BLOB NOT NULL,           -- float32 per position
             agree BLOB NOT NULL,         -- uint8 per position: the top tokens agree
+            rest BLOB NOT NULL,          -- float32 per position: the reference's probability outside its kept tokens
             PRIMARY KEY (kld_id, item_index)
         );
 """
@@ -578,12 +582,12 @@ class Store:
         query = "SELECT * FROM kld WHERE status = 'done'" + (" AND task = ?" if task is not None else "")
         return list(self.db.execute(query + " ORDER BY id", () if task is None else (task,)))
 
-    def add_kld_trace(self, kld_id: int, item_index: int, kld: bytes, agree: bytes, tokens: int) -> None:
+    def add_kld_trace(self, kld_id: int, item_index: int, tokens: int, kld: bytes, agree: bytes, rest: bytes) -> None:
         """Store one trace's per-position values (one transaction)."""
         with self.transaction() as db:
             db.execute(
-                "INSERT OR IGNORE INTO kld_traces (kld_id, item_index, tokens, kld, agree) VALUES (?, ?, ?, ?, ?)",
-                (kld_id, item_index, tokens, kld, agree),
+                "INSERT OR IGNORE INTO kld_traces (kld_id, item_index, tokens, kld, agree, rest) VALUES (?, ?, ?, ?, ?, ?)",
+                (kld_id, item_index, tokens, kld, agree, rest),
             )
 
     def kld_traces(self, kld_id: int) -> list[sqlite3.Row]:

@@ -422,7 +422,9 @@ def render_kld(result: KLDResult) -> None:
     table.add_row("mean KLD", f"[bold]{_kld_figure(s.mean_kld, s.kld_ci95)}[/] nats per token (95% CI over traces)")
     table.add_row("median / p99", f"{s.median_kld:.4f} / {s.p99_kld:.4f}")
     table.add_row("top-1 agreement", _pct(s.top1_agreement))
-    table.add_row("scored", f"{s.tokens:,} tokens of {s.traces} traces (reference top-{result.top_k} kept)")
+    table.add_row("scored", f"{s.tokens:,} tokens of {s.traces} traces")
+    table.add_row("reference kept", f"its {result.top_k}–{result.max_k:,} most likely tokens a position; mean mass "
+                  f"left out {s.rest_mass:.2g} (KLD is a lower bound, as tight as that is small)")  # fmt: skip
     if result.tested_tokens_per_s:
         rates = f"tested {result.tested_tokens_per_s:.0f} tok/s"
         rates += f", reference {result.reference_tokens_per_s:.0f} tok/s" if result.reference_tokens_per_s else ""

@@ -53,28 +53,43 @@ def test_a_row_against_itself_is_exactly_zero_and_agrees() -> None:
         assert kld.divergence(kld.reference_row(row, k), row) == (0.0, True)
 
 
+def _trace(index: int, values: list[float], agree: list[bool], rest: float = 0.0) -> kld.TraceScores:
+    return kld.TraceScores(
+        index, np.array(values, dtype=np.float32), np.array(agree), np.full(len(values), rest, dtype=np.float32)
+    )
+
+
 def test_the_interval_is_over_traces_and_the_mean_is_per_token() -> None:
-    traces = [
-        kld.TraceScores(0, np.array([0.1, 0.3], dtype=np.float32), np.array([True, False])),
-        kld.TraceScores(1, np.array([0.2, 0.2, 0.2, 0.2], dtype=np.float32), np.array([True] * 4)),
-        kld.TraceScores(2, np.array([0.5], dtype=np.float32), np.array([False])),
-    ]
+    traces = [_trace(0, [0.1, 0.3], [True, False], 0.01), _trace(1, [0.2] * 4, [True] * 4), _trace(2, [0.5], [False])]
     s = kld.summarize(traces)
     assert s.tokens == 7 and s.traces == 3
     assert s.mean_kld == pytest.approx(1.7 / 7)
     assert s.top1_agreement == pytest.approx(5 / 7)
+    assert s.rest_mass == pytest.approx(0.02 / 7)
     assert s.kld_ci95 is not None and s.kld_ci95[0] < s.mean_kld < s.kld_ci95[1]
     assert kld.summarize(traces[:1]).kld_ci95 is None  # one trace: no interval
     # identical traces: no spread between the units, a zero-width interval
-    same = kld.summarize([traces[1], kld.TraceScores(3, traces[1].kld, traces[1].agree)])
+    same = kld.summarize([traces[1], _trace(3, [0.2] * 4, [True] * 4)])
     assert same.kld_ci95 == pytest.approx((0.2, 0.2))
+
+
+def test_a_flat_distribution_keeps_more_tokens_until_little_mass_is_left_out() -> None:
+    peaked = np.zeros(4096, dtype=np.float32)
+    peaked[:10] = 20.0  # ten tokens hold all but ~1e-5 of the mass
+    assert kld.reference_row(peaked).ids.size == kld.TOP_K
+    falling = -np.arange(4096, dtype=np.float32) / 40  # geometric: 64 tokens hold 80%
+    row = kld.reference_row(falling)
+    assert kld.TOP_K < row.ids.size < kld.MAX_K and row.rest <= kld.REST_MASS
+    flat = np.zeros(4096, dtype=np.float32)
+    assert kld.reference_row(flat).ids.size == kld.MAX_K  # capped: a quarter of the mass kept, the bound is loose
+    assert kld.reference_row(flat).rest == pytest.approx(0.75, rel=1e-5)
 
 
 def test_position_buckets_double_and_shrink_for_short_traces() -> None:
     assert kld.bucket_edges(6000) == [0, 1024, 2048, 4096, 8192]
     assert kld.bucket_edges(1500) == [0, 256, 512, 1024, 2048]
     assert kld.bucket_edges(45) == [0, 16, 32, 64]
-    trace = kld.TraceScores(0, np.arange(45, dtype=np.float32), np.ones(45, dtype=bool))
+    trace = _trace(0, list(range(45)), [True] * 45)
     buckets = kld.by_position([trace])
     assert [b.label for b in buckets] == ["0–16", "16–32", "32–64"]
     assert [b.summary.tokens for b in buckets] == [16, 16, 13]
