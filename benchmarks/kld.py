@@ -165,7 +165,7 @@ def main() -> None:
         text = "".join(s.text for s in store.samples(result.trace_config_id) if s.sample_index == 0)
     s = result.overall
     print(f"edgeval kld (product path, {s.traces} traces, {s.tokens:,} tokens): mean KLD {s.mean_kld:.6f}, "
-          f"top-1 agreement {100 * s.top1_agreement:.2f}%")  # fmt: skip
+          f"top-1 agreement {100 * s.top1_agreement:.2f}%, reference mass left out {s.rest_mass:.2g}")  # fmt: skip
     print(f"speed: reference scored {result.reference_tokens_per_s or 0:.1f} tok/s, tested {result.tested_tokens_per_s or 0:.1f}"
           f" tok/s; the reference decoded {config['decode_tokens_per_s'] or 0:.1f} tok/s generating the traces")  # fmt: skip
     with tempfile.TemporaryDirectory() as folder:
@@ -181,7 +181,7 @@ def main() -> None:
     print(f"  llama-perplexity: mean KLD {theirs['mean']:.6f}, same top {100 * theirs['same_top']:.2f}% "
           f"({base_s:.1f} s base, {kl_s:.1f} s KL run)")  # fmt: skip
     for name in ("full", "top_k"):
-        label = "edgeval, full vocabulary" if name == "full" else f"edgeval, top-{kld.TOP_K} + rest"
+        label = "edgeval, full vocabulary" if name == "full" else f"edgeval, top {kld.TOP_K}–{kld.MAX_K} + rest"
         print(f"  {label}: mean KLD {ours[name]:.6f} ({100 * (ours[name] / theirs['mean'] - 1):+.2f}% vs llama.cpp)")
     print(f"  edgeval same top {100 * ours['same_top']:.2f}%; tested scored at {n / ours['seconds']:.1f} tok/s "
           f"(with full-vocabulary numpy on every row)")  # fmt: skip
