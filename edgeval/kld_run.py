@@ -148,7 +148,7 @@ def run(
     if pending:
         traces = _traces(request, config, task, pending)
         store.update_kld(kld_id, status="running")
-        speeds = _score(request, store, kld_id, ref_sha, traces, progress)
+        speeds = _score(request, store, kld_id, ref_sha, traces, progress) if traces else speeds
     wanted = {s.item_index for s in samples}
     scores = [_stored(r) for r in store.kld_traces(kld_id) if int(r["item_index"]) in wanted]
     return _finish(request, store, kld_id, config, task, scores, speeds, len(pending))
