@@ -568,6 +568,8 @@ def _local_file(catalogs: tuple[Path, ...], ref_text: str, store: Any) -> tuple[
     help="Token budget of traces generated here (and of the stored ones to use).",
 )
 @click.option("--thinking/--no-thinking", default=True, show_default=True, help="Traces in Qwen3's reasoning mode.")
+@click.option("--exact", is_flag=True, help="KL over the whole vocabulary: the reference's rows in a temporary file "
+              "(4 bytes × vocabulary a position) instead of its most likely tokens.")  # fmt: skip
 @seed_option
 @threads_option
 @repack_option
@@ -577,7 +579,7 @@ def _local_file(catalogs: tuple[Path, ...], ref_text: str, store: Any) -> tuple[
 def kld_command(
     tested_ref: str, reference_ref: str, kv: str | None, kv_k: str | None, kv_v: str | None,
     kv_window: tuple[int, ...], task_name: str | None, limit: int | None, budget_tokens: int | None, thinking: bool,
-    seed: int, threads: int | None, repack: bool | None, db: Path | None, catalogs: tuple[Path, ...], as_json: bool,
+    exact: bool, seed: int, threads: int | None, repack: bool | None, db: Path | None, catalogs: tuple[Path, ...], as_json: bool,
 ) -> None:  # fmt: skip
     """KL divergence of a configuration from a reference, teacher-forced on the reference's own reasoning traces:
     mean per token with a 95% interval over traces, median, p99, top-1 agreement, and by position in the trace.
@@ -596,7 +598,7 @@ def kld_command(
             reference=ref_path, reference_label=ref_label, tested=path, tested_label=label, task=task_name,
             kv_type_k=KVType(kv_k or kv or "f16"), kv_type_v=KVType(kv_v or kv or "f16"),
             kv_window=kv_window[0] if kv_window else 0, limit=limit, budget_tokens=budget_tokens, thinking=thinking,
-            seed=seed, threads=threads, repack=repack, reference_sha256=ref_sha, tested_sha256=sha,
+            exact=exact, seed=seed, threads=threads, repack=repack, reference_sha256=ref_sha, tested_sha256=sha,
         )  # fmt: skip
         with ui.kld_progress(f"{label} against {ref_label}", quiet=as_json) as progress:
             result = kld_run.run(request, store, progress, " ".join(sys.argv))

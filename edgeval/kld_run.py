@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sqlite3
+import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,6 +67,9 @@ class Request:
     repack: bool | None = None  # None: where the doctor's probe says repacking works
     top_k: int = kld.TOP_K  # reference tokens kept per position, at least
     max_k: int = kld.MAX_K  # at most, where the top_k leave more than kld.REST_MASS of its probability outside
+    exact: bool = (
+        False  # keep the reference's whole rows (float32, in a temporary file) instead: KL over the vocabulary
+    )
     reference_sha256: str | None = None  # the catalog's hashes: a file that does not match is refused
     tested_sha256: str | None = None
 
@@ -125,6 +131,9 @@ def run(
     """The library call behind `edgeval kld`: find or generate the traces, score what is not stored, summarize."""
     ref_header, tested_header = gguf_info.read_local(request.reference), gguf_info.read_local(request.tested)
     _same_vocabulary(request, ref_header.architecture().n_vocab, tested_header.architecture().n_vocab)
+    if request.exact:  # the whole vocabulary kept: the divergence is the full one
+        vocab = ref_header.architecture().n_vocab
+        request = replace(request, top_k=vocab, max_k=vocab)
     ref_sha = _checked_sha(store, request.reference, request.reference_sha256)
     tested_sha = _checked_sha(store, request.tested, request.tested_sha256)
     task = tasks.load_task(request.task or _default_task(store, ref_sha))
@@ -260,11 +269,26 @@ def _score(
 
     repack = doctor.repack_default() if request.repack is None else request.repack
     load = engine.LoadOptions(n_gpu_layers=request.gpu_layers, repack=repack)
-    # what changes the reference's kept values
-    tag = f"k{request.top_k}-{request.max_k}-{kld.REST_MASS:g}-g{load.gpu_layers()}-r{int(repack)}"
-    cached = {t.item_index: _cache_path(ref_sha, t, tag) for t in traces}
-    missing = [t for t in traces if not cached[t.item_index].exists()]
-    ref_rate = _score_reference(request, load, traces, missing, cached, progress) if missing else None
+    with ExitStack() as stack:
+        if request.exact:  # whole rows: hundreds of KB a position, kept only until the tested pass is done
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=cache_dir("kld"))))
+            cached = {t.item_index: folder / f"{t.item_index}.npy" for t in traces}
+        else:  # what changes the reference's kept values names its cache file
+            tag = f"k{request.top_k}-{request.max_k}-{kld.REST_MASS:g}-g{load.gpu_layers()}-r{int(repack)}"
+            cached = {t.item_index: _cache_path(ref_sha, t, tag) for t in traces}
+        missing = [t for t in traces if not cached[t.item_index].exists()]
+        ref_rate = _score_reference(request, load, traces, missing, cached, progress) if missing else None
+        tested_rate = _score_tested(request, load, store, kld_id, traces, cached, progress)
+    return tested_rate, ref_rate
+
+
+def _score_tested(
+    request: Request, load: engine.LoadOptions, store: Store, kld_id: int, traces: Sequence[Trace],
+    cached: dict[int, Path], progress: ProgressCallback | None,
+) -> float:  # fmt: skip
+    """Score the tested configuration alone against the reference's kept values; store each trace."""
+    from edgeval import engine
+
     # Unwindowed, the tested context is the reference's size, so a configuration against itself computes bit for
     # bit what the reference did.
     n_ctx = max(len(t.prompt) + _own_cells(request.kv_window, t) for t in traces)
@@ -288,7 +312,7 @@ def _score(
         tested_rate = scored / (time.perf_counter() - t0)
     if progress is not None:
         progress(Progress("tested", len(traces), len(traces)))
-    return tested_rate, ref_rate
+    return tested_rate
 
 
 def _score_reference(
@@ -305,8 +329,12 @@ def _score_reference(
         for i, t in enumerate(missing):
             if progress is not None:
                 progress(Progress("reference", i, len(missing)))
+            path = cached[t.item_index]
+            if request.exact:
+                scored += len(ctx.score(t.prompt, t.tokens, _FullRows(path, len(t.tokens), model.n_vocab)))
+                continue
             rows = ctx.score(t.prompt, t.tokens, lambda row: kld.reference_row(row, request.top_k, max_k=request.max_k))
-            _save(cached[t.item_index], rows)
+            _save(path, rows)
             scored += len(rows)
         return scored / (time.perf_counter() - t0)
 
@@ -355,7 +383,26 @@ def _save(path: Path, rows: Sequence[kld.RefRow]) -> None:
     partial.replace(path)
 
 
-def _load(path: Path) -> list[kld.RefRow]:
+class _FullRows:
+    """A reference pass's whole rows, written one by one into a float32 file (`--exact`), with each row's top."""
+
+    def __init__(self, path: Path, n: int, n_vocab: int) -> None:
+        self.rows = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, n_vocab))
+        self.top1 = np.lib.format.open_memmap(path.with_suffix(".top1.npy"), mode="w+", dtype=np.int32, shape=(n,))
+        self.i = 0
+
+    def __call__(self, logits: npt.NDArray[np.float32]) -> None:
+        self.rows[self.i] = kld.log_softmax(logits)
+        self.top1[self.i] = int(np.argmax(logits))
+        self.i += 1
+
+
+def _load(path: Path) -> Sequence[kld.RefRow]:
+    if path.suffix == ".npy":  # whole rows (`--exact`), read one at a time
+        rows = np.load(path, mmap_mode="r")
+        top1 = np.load(path.with_suffix(".top1.npy"))
+        every = np.arange(rows.shape[1], dtype=np.int32)
+        return [kld.RefRow(every, rows[i], -math.inf, int(top1[i])) for i in range(len(top1))]
     with np.load(path) as data:
         ids, logp, ends, rest, top1 = data["ids"], data["logp"], data["ends"], data["log_rest"], data["top1"]
     starts = [0, *ends[:-1]]

@@ -156,7 +156,8 @@ def test_the_family_orders_q8_below_q4_k_m_below_q2_k(family: dict[WeightQuant, 
 
 def test_top_k_agrees_with_the_full_vocabulary(family: dict[WeightQuant, Path], traced_db: Path) -> None:
     approx = _kld(traced_db, _request(family, WeightQuant.Q2_K))
-    full = _kld(traced_db, _request(family, WeightQuant.Q2_K, top_k=1024))  # the family's whole vocabulary
+    full = _kld(traced_db, _request(family, WeightQuant.Q2_K, exact=True))  # whole rows: the full divergence
+    assert (full.top_k, full.max_k, full.overall.rest_mass) == (1024, 1024, 0.0)
     assert approx.kld_id != full.kld_id
     assert approx.overall.mean_kld <= full.overall.mean_kld * (1 + 1e-6)  # a lower bound (float32 rounding aside)
     assert approx.overall.mean_kld == pytest.approx(full.overall.mean_kld, rel=0.01)  # kld.TOP_K's stated tolerance
