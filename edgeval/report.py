@@ -119,7 +119,7 @@ def _results(comparison: Comparison) -> list[str]:
             accuracy = f"{res.status}: {res.message or ''}"
         status = "recommended" if r.key == comparison.recommended else ("tied with the best" if r.key in tied else (
             f"dropped (behind {_short(comparison, r.eliminated_by)})" if r.eliminated_by else r.status))  # fmt: skip
-        kld_cell = [] if not with_kld else [f"{r.kld:.4f}" if r.kld is not None else ""]
+        kld_cell = [] if not with_kld else [_nats(r.kld) if r.kld is not None else ""]
         rows.append([
             r.band, r.model, _kv(res), str(res.budget_tokens), str(res.k),
             f"{format_bytes(r.memory_bytes)} {r.memory_source}", accuracy, _pct(res.accuracy_avg),
@@ -225,9 +225,19 @@ def plot(comparison: Comparison, path: Path) -> Path | None:
 
 
 def _kld_label(run: sqlite3.Row) -> str:
-    """`tiny-s:Q2_K, KV q8_0/q8_0, window 32`: a KLD run's tested configuration."""
+    """`tiny-s:Q2_K, KV q8_0/q8_0, window 32`: a KLD run's tested configuration (and what the reference kept, when
+    not the default)."""
+    from edgeval import kld
+
     window = f", window {format_tokens(int(run['kv_window']))}" if run["kv_window"] else ""
-    return f"{run['tested_model']}, KV {run['kv_type_k']}/{run['kv_type_v']}{window}"
+    kept = (int(run["top_k"]), int(run["max_k"]))
+    note = "" if kept == (kld.TOP_K, kld.MAX_K) else f", kept {kept[0]}" + (f"–{kept[1]}" if kept[1] > kept[0] else "")
+    return f"{run['tested_model']}, KV {run['kv_type_k']}/{run['kv_type_v']}{window}{note}"
+
+
+def _nats(x: float) -> str:
+    """A divergence with three significant digits (they span orders of magnitude)."""
+    return f"{x:.3g}"
 
 
 def _kld_section(runs: Sequence[sqlite3.Row], plot_file: str | None) -> list[str]:
@@ -236,10 +246,10 @@ def _kld_section(runs: Sequence[sqlite3.Row], plot_file: str | None) -> list[str
         return []
     rows = []
     for run in runs:
-        ci = f" ({run['kld_ci_low']:.4f}–{run['kld_ci_high']:.4f})" if run["kld_ci_low"] is not None else ""
+        ci = f" ({_nats(run['kld_ci_low'])}–{_nats(run['kld_ci_high'])})" if run["kld_ci_low"] is not None else ""
         speed = f"{run['tested_tokens_per_s']:.0f}" if run["tested_tokens_per_s"] else "—"
         rows.append([_kld_label(run), str(run["reference_model"]), str(run["n_traces"]), f"{run['tokens']:,}",
-                     f"{run['mean_kld']:.4f}{ci}", f"{run['median_kld']:.4f}", f"{run['p99_kld']:.4f}",
+                     f"{_nats(run['mean_kld'])}{ci}", _nats(run["median_kld"]), _nats(run["p99_kld"]),
                      _pct(run["top1_agreement"]), f"{run['rest_mass']:.2g}", speed])  # fmt: skip
     lines = ["", "## KL divergence from a reference", "",
              "`edgeval kld`: each tested configuration teacher-forced on the reference configuration's own stored "
@@ -254,7 +264,7 @@ def _kld_section(runs: Sequence[sqlite3.Row], plot_file: str | None) -> list[str
     table = []
     for run in runs:
         mine = {b["label"]: b for b in buckets[run["id"]]}
-        table.append([_kld_label(run), *(f"{mine[x]['mean_kld']:.4f}, {_pct(mine[x]['top1_agreement'])}"
+        table.append([_kld_label(run), *(f"{_nats(mine[x]['mean_kld'])}, {_pct(mine[x]['top1_agreement'])}"
                                          if x in mine and mine[x]["tokens"] else "—" for x in labels)])  # fmt: skip
     lines += _table(["tested", *labels], table)
     if plot_file:
@@ -272,17 +282,24 @@ def kld_plot(runs: Sequence[sqlite3.Row], path: Path) -> Path | None:
     if not runs:
         return None
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    ticks: dict[float, str] = {}
     for run in runs:
         buckets = [b for b in json.loads(run["by_position"]) if b["tokens"]]
         xs = [(b["start"] + b["end"]) / 2 for b in buckets]
+        ticks.update({x: b["label"] for x, b in zip(xs, buckets, strict=True)})
         ys = [b["mean_kld"] for b in buckets]
         line = ax.plot(xs, ys, marker="o", linewidth=1.2, label=_kld_label(run))[0]
         lows = [b["kld_ci95"][0] if b["kld_ci95"] else b["mean_kld"] for b in buckets]
         highs = [b["kld_ci95"][1] if b["kld_ci95"] else b["mean_kld"] for b in buckets]
-        ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.15, linewidth=0)
+        ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.08, linewidth=0)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("position in the trace (tokens, bucket middle, log scale)")
-    ax.set_ylabel("mean KL divergence (nats per token)")
+    # Quantizations give thousandths of a nat, a short window whole nats: linear near zero, logarithmic above.
+    ax.set_yscale("symlog", linthresh=1e-4)
+    ax.set_ylim(bottom=0)
+    ax.set_xticks(sorted(ticks), [ticks[x] for x in sorted(ticks)])
+    ax.minorticks_off()
+    ax.set_xlabel("position in the trace (tokens; buckets on a log scale)")
+    ax.set_ylabel("mean KL divergence (nats per token, symlog)")
     ax.set_title("KL divergence from the reference, by depth into the reasoning")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="best", title="bands: 95% interval over traces", title_fontsize=8)

@@ -407,7 +407,7 @@ def kld_progress(label: str, *, quiet: bool = False) -> Iterator[Callable[[KLDPr
 
 
 def _kld_figure(mean: float, ci: tuple[float, float] | None) -> str:
-    return f"{mean:.4f}" + (f" ({ci[0]:.4f}–{ci[1]:.4f})" if ci else "")
+    return f"{mean:.3g}" + (f" ({ci[0]:.3g}–{ci[1]:.3g})" if ci else "")
 
 
 def render_kld(result: KLDResult) -> None:
@@ -420,7 +420,7 @@ def render_kld(result: KLDResult) -> None:
     table.add_column("what", style="bold")
     table.add_column("value")
     table.add_row("mean KLD", f"[bold]{_kld_figure(s.mean_kld, s.kld_ci95)}[/] nats per token (95% CI over traces)")
-    table.add_row("median / p99", f"{s.median_kld:.4f} / {s.p99_kld:.4f}")
+    table.add_row("median / p99", f"{s.median_kld:.3g} / {s.p99_kld:.3g}")
     table.add_row("top-1 agreement", _pct(s.top1_agreement))
     table.add_row("scored", f"{s.tokens:,} tokens of {s.traces} traces")
     table.add_row("reference kept", f"its {result.top_k}–{result.max_k:,} most likely tokens a position; mean mass "
@@ -436,7 +436,7 @@ def render_kld(result: KLDResult) -> None:
     for b in result.by_position:
         bs = b.summary
         by_position.add_row(b.label, f"{bs.tokens:,}", str(bs.traces), _kld_figure(bs.mean_kld, bs.kld_ci95),
-                            f"{bs.p99_kld:.4f}", _pct(bs.top1_agreement))  # fmt: skip
+                            f"{bs.p99_kld:.3g}", _pct(bs.top1_agreement))  # fmt: skip
     console.print(by_position)
 
 
@@ -559,7 +559,7 @@ def _compare_cells(r: Row, tied: set[str], recommended: str | None, with_kld: bo
     cells = [r.model, kv, str(res.budget_tokens), str(res.k), format_bytes(r.memory_bytes) + source, accuracy,
              str(res.n_done), mark + ("★" if r.pareto else "")]  # fmt: skip
     if with_kld:
-        cells.insert(6, f"{r.kld:.3f}" if r.kld is not None else "")
+        cells.insert(6, f"{r.kld:.2g}" if r.kld is not None else "")
     return cells
 
 
@@ -584,7 +584,7 @@ def render_compare(comparisons: list[Comparison]) -> None:
         if with_kld:
             console.print("KLD: mean KL divergence per token from the reference of `edgeval kld` (nats)", style="dim")
         elif measured:
-            shown = dict.fromkeys(f"{r.model} {r.result.kv_label} {r.kld:.4f}" for r in measured)
+            shown = dict.fromkeys(f"{r.model} {r.result.kv_label} {r.kld:.2g}" for r in measured)
             console.print("KLD from `edgeval kld` (nats per token): " + "; ".join(shown), style="dim")
         for line in c.recommendation:
             console.print(f"• {line}")

@@ -253,7 +253,7 @@ def test_report_and_compare_show_the_stored_kld(
         # the reference's own configuration was scored against itself (F16 weights, f16 KV): its KLD is 0
         assert {r.kld for r in comparison.rows} == {0.0}
         written = report.write(store, comparison, tmp_path / "reports")
-    for width, shown in ((100, "┃   KLD ┃"), (80, "KLD from `edgeval kld` (nats per token): tiny-s:F16 f16 0.0000")):
+    for width, shown in ((100, "┃ KLD ┃"), (80, "KLD from `edgeval kld` (nats per token): tiny-s:F16 f16 0")):
         out = io.StringIO()
         monkeypatch.setattr(ui, "console", Console(file=out, width=width))
         ui.render_compare([comparison])
