@@ -289,6 +289,7 @@ def _run_arm(
     """Run one arm up to `asked` questions, within its share of the time left; a failure is recorded, not raised."""
     arm = race.arms[index]
     request = race.request
+    budgets = _budgets_in_race(race, index)
     left = race.time_left()
     deadline = None if left is None else time.time() + left / max(1, runs_left)
     state.current = arm.label
@@ -299,13 +300,13 @@ def _run_arm(
         path = path or hub.pull(arm.ref.file, sha256=lambda p: store.file_sha256(p, hub.sha256_of))
         spec = sweep.RunSpec(
             model_path=path, model_label=arm.ref.label, task=race.task, kv_type_k=arm.kv, kv_type_v=arm.kv,
-            budget_tokens=arm.budgets[-1], ladder=arm.budgets[:-1], kv_window=arm.window, k=arm.k,
+            budget_tokens=budgets[-1], ladder=budgets[:-1], kv_window=arm.window, k=arm.k,
             thinking=arm.ref.model.thinks(request.thinking),
             seed=request.seed, limit=asked, threads=request.threads, repack=request.repack, deadline=deadline,
             expected_sha256=arm.ref.file.sha256,
         )  # fmt: skip
         prepared = sweep.prepare(spec, store, race.run_id)
-        race.config_ids[index] = prepared.config_ids
+        race.config_ids[index] = {**race.config_ids.get(index, {}), **prepared.config_ids}
 
         def inner(p: sweep.Progress) -> None:
             state.inner = p
@@ -315,7 +316,7 @@ def _run_arm(
         before = sum(t.generated_tokens for t in store.timings(prepared.config_id))
         out = sweep.execute_ladder(prepared, store, inner)
         race.tokens += sum(t.generated_tokens for t in store.timings(prepared.config_id)) - before
-        top = out[arm.budgets[-1]]
+        top = out[budgets[-1]]
         if top.status not in ("done", "partial"):
             race.failed[index] = f"{arm.label}: {top.status} — {top.message or ''}"
     except (hub.HubUnreachableError, hub.OfflineNotCachedError) as exc:
@@ -323,6 +324,18 @@ def _run_arm(
         race.failed[index] = f"{arm.label}: {describe(exc)}"
     except EdgevalError as exc:
         race.failed[index] = f"{arm.label}: {describe(exc)}"
+
+
+def _budgets_in_race(race: _Race, index: int) -> tuple[int, ...]:
+    """The token budgets of an arm that still hold a configuration in the race (all of them before its first run).
+    A rung's samples equal a separate run at its budget, so once the larger budgets are beaten, the arm generates
+    only up to the largest one left: the same rows, fewer tokens."""
+    arm = race.arms[index]
+    ids = race.config_ids.get(index)
+    if not ids:
+        return arm.budgets
+    left = tuple(b for b in arm.budgets if any(f"{ids[b]}:{j}" not in race.eliminated for j in arm.votes))
+    return left or arm.budgets
 
 
 def _live_arms(race: _Race, store: Store) -> list[int]:

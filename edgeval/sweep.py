@@ -577,8 +577,7 @@ def _execute_claimed(
     for config_id in ids.values():
         row = store.config(config_id)
         measured: dict[str, object] = {
-            **_peak_fields(row, sampler.peak),
-            "peak_vram_bytes": sampler.peak_vram_bytes, "arm_predicted_bytes": prepared.predicted.total_bytes,
+            **_peak_fields(row, sampler.peak, sampler.peak_vram_bytes, prepared.predicted.total_bytes),
             "prompt_tokens_per_s": prompt_tps, "decode_tokens_per_s": decode_tps, "ttft_s": ttft,
             "wall_s": (row["wall_s"] or 0.0) + wall, "backend": engine.backend_name(),
             "llama_cpp_build": engine.build_version(),
@@ -601,12 +600,26 @@ def _results(prepared: Prepared, store: Store) -> dict[int, results.ConfigResult
     return {b: results.summarize(store.config(c), store.samples(c)) for b, c in prepared.config_ids.items()}
 
 
-def _peak_fields(row: Any, peak: memory.RSS) -> dict[str, object]:
-    """The peak RSS and its anonymous and file-backed parts: this run's, or the stored one if a resumed run's
-    earlier part peaked higher."""
-    if (row["peak_rss_bytes"] or 0) >= peak.total and row["peak_rss_bytes"]:
-        return {name: row[name] for name in ("peak_rss_bytes", "peak_rss_anon_bytes", "peak_rss_file_bytes")}
-    return {"peak_rss_bytes": peak.total or None, "peak_rss_anon_bytes": peak.anon, "peak_rss_file_bytes": peak.file}
+_PEAK_FIELDS = (
+    "peak_rss_bytes",
+    "peak_rss_anon_bytes",
+    "peak_rss_file_bytes",
+    "peak_vram_bytes",
+    "arm_predicted_bytes",
+)
+
+
+def _peak_fields(row: Any, peak: memory.RSS, vram: int | None, arm_predicted: int) -> dict[str, object]:
+    """The peak memory (RSS, its anonymous and file-backed parts, GPU memory) with the prediction of the run that
+    reached it: this run's, or the stored ones if an earlier run of these rows peaked higher. The pair stays
+    together, since a rung's memory is calibrated by that run's error (`results.memory_of`) — an earlier run may
+    have been a larger ladder (a resumed race runs only the rungs still in it)."""
+    if row["peak_rss_bytes"] and row["peak_rss_bytes"] + (row["peak_vram_bytes"] or 0) >= peak.total + (vram or 0):
+        return {name: row[name] for name in _PEAK_FIELDS}
+    return {
+        "peak_rss_bytes": peak.total or None, "peak_rss_anon_bytes": peak.anon, "peak_rss_file_bytes": peak.file,
+        "peak_vram_bytes": vram, "arm_predicted_bytes": arm_predicted,
+    }  # fmt: skip
 
 
 def run(

@@ -366,3 +366,35 @@ def test_terminal_tables_keep_every_number_whole_at_80_columns(
         for row in comparisons[0].rows:
             assert f"{100 * row.result.accuracy_maj:.0f}%" in text and row.model in text
         assert "qwen3-0.6b:Q4_K_M" in text and "0.39" in text  # a model row and its weight GB, whole
+
+
+def test_once_its_larger_budgets_are_beaten_a_run_generates_only_up_to_the_largest_left(tmp_path: Path) -> None:
+    from edgeval import racing
+    from edgeval.store import Store
+
+    catalog = _family_catalog(tmp_path, ("edgeval-tiny-s",))
+    request = compare.Request(budget_bytes=10**9, tasks=("arith",), models=("edgeval-tiny-s",), kv=(KVType.F16,),
+                              budgets=(8, 24, 48), votes=(1, 2), repack=False, catalogs=(catalog,))  # fmt: skip
+    (arm,) = compare.arms(request, "arith")
+    with Store(tmp_path / "ladder.db") as store:
+        race = compare._Race(request, "arith", [arm], store.add_run({"edgeval": "t", "llama_cpp_python": "t",
+                             "backend": "CPU"}, "t"), time.time(), None)  # fmt: skip
+        race.n_questions = 6
+        state = compare.RaceProgress()
+        compare._run_arm(race, 0, 3, store, state, None, [], 1)
+        ids = race.config_ids[0]
+        first_round = race.tokens
+        # The 48-token rung is beaten at both vote counts (as a cheaper configuration's interval would say).
+        beaten = racing.Difference(mean=0.5, low=0.1, high=0.9, n=3, alpha=0.05)
+        for j in arm.votes:
+            race.eliminated[f"{ids[48]}:{j}"] = racing.Elimination(f"{ids[48]}:{j}", f"{ids[24]}:{j}", beaten)
+        assert compare._budgets_in_race(race, 0) == (8, 24)
+        compare._run_arm(race, 0, 6, store, state, None, [], 1)
+        assert race.config_ids[0] == ids  # the same rows
+        done = {b: len({s.item_index for s in store.samples(ids[b])}) for b in (8, 24, 48)}
+        assert done == {8: 6, 24: 6, 48: 3}
+        # Three more questions cost fewer tokens than the first three did with the 48-token rung.
+        assert race.tokens - first_round < first_round
+        # The 24-token rung's memory stays paired with the run that measured it.
+        row = store.config(ids[24])
+        assert row["peak_rss_bytes"] and row["arm_predicted_bytes"]
