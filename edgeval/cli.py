@@ -692,14 +692,16 @@ def _run_compare(request: compare_mod.Request, db: Path | None, as_json: bool, d
 @threads_option
 @repack_option
 @click.option("--dry-run", is_flag=True, help="Show the runs, the download and a time plan; run nothing.")
+@click.option("--ray", "ray_address", metavar="ADDRESS", help="Run on a Ray cluster: HOST:PORT of its head, auto (the "
+              "cluster this machine belongs to) or local (a throw-away one here). Needs edgeval[ray].")  # fmt: skip
 @db_option
 @catalog_option
 @json_option
 def compare_command(
     budget: int, task_names: tuple[str, ...], model_refs: tuple[str, ...], kv: tuple[KVType, ...],
     budgets: tuple[int, ...], votes: tuple[int, ...], kv_windows: tuple[int, ...] | None, time_s: float, limit: int | None, exhaustive: bool, seed: int,
-    threads: int | None, repack: bool | None, dry_run: bool, db: Path | None, catalogs: tuple[Path, ...],
-    as_json: bool,
+    threads: int | None, repack: bool | None, dry_run: bool, ray_address: str | None, db: Path | None,
+    catalogs: tuple[Path, ...], as_json: bool,
 ) -> None:  # fmt: skip
     """Find the best configuration that fits the budget, in the time you give: a race over rounds of questions
     that drops a configuration once a cheaper one is better by a paired interval, then says how sure it is.
@@ -711,7 +713,7 @@ def compare_command(
     request = compare_mod.Request(
         budget_bytes=budget, tasks=task_names, models=_model_names(model_refs), kv=kv, budgets=budgets, votes=votes, kv_window=kv_windows or (0,),
         time_s=time_s, limit=limit, exhaustive=exhaustive, seed=seed, threads=threads, repack=repack,
-        catalogs=catalogs,
+        catalogs=catalogs, ray=ray_address,
     )  # fmt: skip
     _run_compare(request, db, as_json, dry_run)
 

@@ -8,21 +8,27 @@ and builds the comparison from the store.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from edgeval import hub, plan, racing, results, sweep
 from edgeval.catalog import Catalog, ModelRef
-from edgeval.errors import EdgevalError, describe
+from edgeval.errors import EdgevalError, NotEnoughMemoryError, describe
 from edgeval.quants import KVType, WeightQuant
 from edgeval.results import ConfigResult
-from edgeval.store import Store
+from edgeval.store import Claim, NodeRun, Store
 from edgeval.units import format_tokens
 from edgeval.verdict import Comparison, Row, band_of, build, contenders
+
+if TYPE_CHECKING:  # ray is an optional extra, imported only with --ray
+    from edgeval import detached
+    from edgeval.cluster import Cluster
 
 # The defaults (documented in the README). Qwen3 in thinking mode writes thousands of tokens on MATH-500, so the
 # ladder runs from 1k to 4k tokens (capped to what the model's context holds); votes generated once at 4 and compared
@@ -66,6 +72,7 @@ class Request:
     catalogs: tuple[Path, ...] = ()
     prompt_tokens: int = plan.DEFAULT_PROMPT_TOKENS
     alpha: float = racing.ALPHA
+    ray: str | None = None  # run the runs as tasks on a Ray cluster: its address, `auto` or `local`
 
     @property
     def question_limit(self) -> int | None:
@@ -195,6 +202,7 @@ class _Race:
     cache: dict[int, tuple[tuple[int, str, bool], list[tuple[ConfigResult, dict[int, float]]]]] = field(
         default_factory=dict
     )  # config id -> (what it was built from, its result and scores per vote count)
+    cluster: Cluster | None = None  # where the runs go with --ray (None: one after another on this machine)
 
     def time_left(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.time()
@@ -212,23 +220,32 @@ def run(
     from edgeval import tasks as tasks_mod
 
     book = Catalog.load(request.catalogs)
-    run_id = store.add_run(sweep.provenance(), command or "edgeval compare")
-    started = time.time()
-    deadline = started + request.time_s if request.time_s and not request.exhaustive else None
-    out = []
-    for task in request.tasks:
-        planned = arms(request, task, book)
-        n_task = len(tasks_mod.load_task(task).items)
-        race = _Race(request, task, planned, run_id, started, deadline)
-        race.n_questions = min(n_task, request.question_limit or n_task)
-        try:
-            stopped = _race(race, store, progress)
-        except KeyboardInterrupt:
-            stopped = "interrupted"
-        out.append(_comparison(race, store, stopped))
-        if stopped == "interrupted":
-            break
-    return out
+    cluster = None
+    if request.ray:
+        from edgeval.cluster import Cluster
+
+        cluster = Cluster(request.ray)
+    try:
+        run_id = store.add_run(sweep.provenance(), command or "edgeval compare")
+        started = time.time()
+        deadline = started + request.time_s if request.time_s and not request.exhaustive else None
+        out = []
+        for task in request.tasks:
+            planned = arms(request, task, book)
+            n_task = len(tasks_mod.load_task(task).items)
+            race = _Race(request, task, planned, run_id, started, deadline, cluster=cluster)
+            race.n_questions = min(n_task, request.question_limit or n_task)
+            try:
+                stopped = _race(race, store, progress)
+            except KeyboardInterrupt:
+                stopped = "interrupted"
+            out.append(_comparison(race, store, stopped))
+            if stopped == "interrupted":
+                break
+        return out
+    finally:
+        if cluster is not None:
+            cluster.close()
 
 
 def _race(race: _Race, store: Store, progress: Callable[[RaceProgress], None] | None) -> str:
@@ -251,6 +268,19 @@ def _race(race: _Race, store: Store, progress: Callable[[RaceProgress], None] | 
                 return "settled"
             state.round += 1
             state.done, state.total, state.questions = 0, len(live), asked
+            if race.cluster is not None:
+                _cluster_round(race, race.cluster, live, asked, store, state, progress, unreachable)
+                _look(race, store, state, drop=True)
+                if progress is not None:
+                    progress(state)
+                left = race.time_left()
+                if left is not None and left <= 0:
+                    return "time"
+                if not race.request.exhaustive and _settled(race):
+                    return "settled"
+                if unreachable and not race.config_ids:
+                    raise unreachable[0]
+                continue
             prefetch: Future[Path] | None = None
             for position, index in enumerate(live):
                 nxt = race.arms[live[position + 1]] if position + 1 < len(live) else None
@@ -288,25 +318,11 @@ def _run_arm(
 ) -> None:  # fmt: skip
     """Run one arm up to `asked` questions, within its share of the time left; a failure is recorded, not raised."""
     arm = race.arms[index]
-    request = race.request
-    budgets = _budgets_in_race(race, index)
     left = race.time_left()
     deadline = None if left is None else time.time() + left / max(1, runs_left)
     state.current = arm.label
     try:
-        path = hub.local_path(arm.ref.file)
-        if path is None and unreachable:
-            raise unreachable[0]  # the Hub did not answer once already: do not wait on it again
-        path = path or hub.pull(arm.ref.file, sha256=lambda p: store.file_sha256(p, hub.sha256_of))
-        spec = sweep.RunSpec(
-            model_path=path, model_label=arm.ref.label, task=race.task, kv_type_k=arm.kv, kv_type_v=arm.kv,
-            budget_tokens=budgets[-1], ladder=budgets[:-1], kv_window=arm.window, k=arm.k,
-            thinking=arm.ref.model.thinks(request.thinking),
-            seed=request.seed, limit=asked, threads=request.threads, repack=request.repack, deadline=deadline,
-            expected_sha256=arm.ref.file.sha256,
-        )  # fmt: skip
-        prepared = sweep.prepare(spec, store, race.run_id)
-        race.config_ids[index] = {**race.config_ids.get(index, {}), **prepared.config_ids}
+        prepared = _prepare(race, index, asked, store, unreachable, deadline, race.request.threads)
 
         def inner(p: sweep.Progress) -> None:
             state.inner = p
@@ -316,7 +332,7 @@ def _run_arm(
         before = sum(t.generated_tokens for t in store.timings(prepared.config_id))
         out = sweep.execute_ladder(prepared, store, inner)
         race.tokens += sum(t.generated_tokens for t in store.timings(prepared.config_id)) - before
-        top = out[budgets[-1]]
+        top = out[prepared.spec.budget]
         if top.status not in ("done", "partial"):
             race.failed[index] = f"{arm.label}: {top.status} — {top.message or ''}"
     except (hub.HubUnreachableError, hub.OfflineNotCachedError) as exc:
@@ -336,6 +352,130 @@ def _budgets_in_race(race: _Race, index: int) -> tuple[int, ...]:
         return arm.budgets
     left = tuple(b for b in arm.budgets if any(f"{ids[b]}:{j}" not in race.eliminated for j in arm.votes))
     return left or arm.budgets
+
+
+def _prepare(
+    race: _Race, index: int, asked: int, store: Store, unreachable: list[EdgevalError], deadline: float | None,
+    threads: int | None,
+) -> sweep.Prepared:  # fmt: skip
+    """An arm's model file (downloaded if missing) and its configuration rows, asking `asked` questions."""
+    arm = race.arms[index]
+    request = race.request
+    path = hub.local_path(arm.ref.file)
+    if path is None and unreachable:
+        raise unreachable[0]  # the Hub did not answer once already: do not wait on it again
+    path = path or hub.pull(arm.ref.file, sha256=lambda p: store.file_sha256(p, hub.sha256_of))
+    budgets = _budgets_in_race(race, index)
+    spec = sweep.RunSpec(
+        model_path=path, model_label=arm.ref.label, task=race.task, kv_type_k=arm.kv, kv_type_v=arm.kv,
+        budget_tokens=budgets[-1], ladder=budgets[:-1], kv_window=arm.window, k=arm.k,
+        thinking=arm.ref.model.thinks(request.thinking),
+        seed=request.seed, limit=asked, threads=threads, repack=request.repack, deadline=deadline,
+        expected_sha256=arm.ref.file.sha256,
+    )  # fmt: skip
+    prepared = sweep.prepare(spec, store, race.run_id)
+    race.config_ids[index] = {**race.config_ids.get(index, {}), **prepared.config_ids}
+    return prepared
+
+
+def _cluster_round(
+    race: _Race, cluster: Cluster, live: list[int], asked: int, store: Store, state: RaceProgress,
+    progress: Callable[[RaceProgress], None] | None, unreachable: list[EdgevalError],
+) -> None:  # fmt: skip
+    """One round on a Ray cluster: every live arm is a task at once (as many run together as the cluster's CPUs
+    hold), each within its share of the time left; each is committed to the store as it comes back."""
+    threads = cluster.threads(race.request.threads)
+    left = race.time_left()
+    share = None if left is None else left / max(1, math.ceil(len(live) / cluster.slots(threads)))
+    me = sweep.claimant()
+    flying: dict[Any, tuple[int, detached.Unit]] = {}
+    state.current = f"{len(live)} runs on {len(cluster.nodes())} Ray nodes"
+    try:
+        for index in live:
+            unit = _unit(race, index, asked, store, unreachable, share, threads, me, cluster)
+            if unit is None:
+                state.done += 1
+                continue
+            need = unit.prepared.predicted
+            handle = cluster.submit(unit, threads, need.host_bytes, gpus=1 if need.device_bytes else 0)
+            flying[handle] = (index, unit)
+        beat = time.monotonic()
+        while flying:
+            for handle in cluster.wait(list(flying), timeout_s=1.0):
+                index, unit = flying.pop(handle)
+                _land(race, index, unit, cluster.result(handle), store)
+                store.release(unit.prepared.config_id, me)
+                state.done += 1
+                _look(race, store, state, drop=False)
+                if progress is not None:
+                    progress(state)
+            if time.monotonic() - beat > sweep.HEARTBEAT_S:
+                beat = time.monotonic()
+                for _, unit in flying.values():
+                    store.heartbeat(unit.prepared.config_id, me, time.time())
+    except KeyboardInterrupt:
+        cluster.cancel(list(flying))
+        for _, unit in flying.values():  # every finished question is stored; these wait, resumable
+            for config_id in unit.prepared.config_ids.values():
+                store.update_config(config_id, status="pending", message="interrupted")
+            store.release(unit.prepared.config_id, me)
+        raise
+
+
+def _unit(
+    race: _Race, index: int, asked: int, store: Store, unreachable: list[EdgevalError], share: float | None,
+    threads: int, me: Claim, cluster: Cluster,
+) -> detached.Unit | None:  # fmt: skip
+    """An arm's unit of work for this round, claimed for this process; None when there is nothing to send (a
+    failure is recorded, a configuration another process is running is left to it)."""
+    from edgeval import detached
+
+    arm = race.arms[index]
+    try:
+        deadline = None if share is None else time.time() + share
+        prepared = _prepare(race, index, asked, store, unreachable, deadline, threads)
+    except (hub.HubUnreachableError, hub.OfflineNotCachedError) as exc:
+        unreachable.append(exc)
+        race.failed[index] = f"{arm.label}: {describe(exc)}"
+        return None
+    except EdgevalError as exc:
+        race.failed[index] = f"{arm.label}: {describe(exc)}"
+        return None
+    pending = sweep.pending(prepared, store)
+    if not pending:
+        for config_id in prepared.config_ids.values():
+            store.update_config(config_id, status="done")
+        return None
+    largest = cluster.largest_memory()
+    if prepared.predicted.host_bytes > largest:
+        label = f"{arm.label} with k={arm.k}"
+        message = describe(
+            NotEnoughMemoryError(label, "memory on any Ray node", prepared.predicted.host_bytes, largest)
+        )
+        sweep.record_unfit(prepared, store, message)
+        race.failed[index] = f"{arm.label}: unfit — {message}"
+        return None
+    if store.claim(prepared.config_id, me, sweep.claim_alive) is not None:
+        return None  # another edgeval process runs it now: the next round sees what it stored
+    sweep.mark_running(prepared, store)
+    sha = store.file_sha256(prepared.spec.model_path, hub.sha256_of)
+    return detached.Unit(prepared, tuple(pending), sha, arm.ref.file)
+
+
+def _land(race: _Race, index: int, unit: detached.Unit, result: detached.UnitResult | str, store: Store) -> None:
+    """Commit what a task brought back (once), and note the arm as failed where it did not run."""
+    from edgeval import detached
+
+    arm = race.arms[index]
+    if isinstance(result, str):
+        detached.fail(unit, store, result)
+        race.failed[index] = f"{arm.label}: {result}"
+        return
+    detached.commit(unit, result, store)
+    race.tokens += result.tokens
+    top = store.config(unit.prepared.config_id)
+    if top["status"] not in ("done", "partial"):
+        race.failed[index] = f"{arm.label}: {top['status']} — {top['message'] or ''}"
 
 
 def _live_arms(race: _Race, store: Store) -> list[int]:
@@ -431,9 +571,16 @@ def _comparison(race: _Race, store: Store, stopped: str) -> Comparison:
     if race.request.exhaustive and stopped != "interrupted":
         stopped = "exhaustive"
     failures = tuple(race.failed.values())
-    return build(rows, race.request.budget_bytes, race.task, alpha=_alpha(race), eliminated=race.eliminated,
-                 failures=failures, time_s=time.time() - race.started, tokens=race.tokens, stopped=stopped,
-                 seconds_per_question=_seconds_per_question(race, store), questions=race.n_questions)  # fmt: skip
+    built = build(rows, race.request.budget_bytes, race.task, alpha=_alpha(race), eliminated=race.eliminated,
+                  failures=failures, time_s=time.time() - race.started, tokens=race.tokens, stopped=stopped,
+                  seconds_per_question=_seconds_per_question(race, store), questions=race.n_questions)  # fmt: skip
+    return replace(built, nodes=node_runs(store, built.rows))
+
+
+def node_runs(store: Store, rows: Sequence[Row]) -> tuple[NodeRun, ...]:
+    """What each Ray node measured of the rows' configurations (none for a compare run on this machine alone)."""
+    ids = sorted({r.result.config_id for r in rows})
+    return tuple(n for config_id in ids for n in store.node_runs(config_id, results.speed))
 
 
 def _seconds_per_question(race: _Race, store: Store) -> dict[str, float]:
@@ -479,5 +626,6 @@ def from_store(store: Store, task: str | None = None, budget: int | None = None)
                 rows.append(row)
         limit = budget if budget is not None else max((r.memory_bytes for r in rows), default=0)
         kept = [r for r in rows if budget is None or r.memory_bytes <= budget]
-        out.append(build(kept, limit, name, alpha=racing.pairs_alpha(len(kept)), stopped="stored"))
+        built = build(kept, limit, name, alpha=racing.pairs_alpha(len(kept)), stopped="stored")
+        out.append(replace(built, nodes=node_runs(store, built.rows)))
     return out

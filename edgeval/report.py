@@ -144,7 +144,43 @@ def _statements(comparison: Comparison) -> list[str]:
     return _table(["a", "b", "about", "a − b (points)", "interval", "n", "decided"], rows)
 
 
+def _nodes(comparison: Comparison) -> list[str]:
+    """The Ray nodes that answered, each with its hardware, backend and versions, and how many questions."""
+    answered: dict[int, int] = {}
+    facts = {}
+    for n in comparison.nodes:
+        answered[n.node_id] = answered.get(n.node_id, 0) + n.items
+        facts[n.node_id] = n.node
+    rows = []
+    for node_id in sorted(facts):
+        node, hw = facts[node_id], facts[node_id].hardware
+        ram = hw.get("ram_bytes")
+        machine = f"{node.cpu} ({hw.get('cores')} cores, {format_bytes(int(str(ram))) if ram else '?'} RAM)"
+        rows.append([node.hostname, node.ip or "—", machine, node.backend, node.edgeval_version, node.llama_cpp_python,
+                     node.llama_cpp_build, f"{answered[node_id]:,}"])  # fmt: skip
+    return _table(["node", "address", "hardware", "backend", "edgeval", "llama-cpp-python", "llama.cpp build",
+                   "questions answered"], rows)  # fmt: skip
+
+
+def _node_speed(comparison: Comparison) -> list[str]:
+    """Speed and peak memory per configuration and node: each node's own figures, never averaged across them."""
+    labels = {r.result.config_id: r for r in comparison.rows}
+    rows = []
+    for n in sorted(comparison.nodes, key=lambda n: (labels[n.config_id].memory_bytes, n.config_id, n.node_id)):
+        res = labels[n.config_id].result
+        rows.append([labels[n.config_id].model, _kv(res), str(res.budget_tokens), n.node.hostname, str(n.items),
+                     format_bytes(n.peak_rss_bytes) if n.peak_rss_bytes else "—",
+                     f"{n.prompt_tokens_per_s:.0f}" if n.prompt_tokens_per_s else "—",
+                     f"{n.decode_tokens_per_s:.1f}" if n.decode_tokens_per_s else "—",
+                     f"{1000 * n.ttft_s:.0f} ms" if n.ttft_s is not None else "—",
+                     f"{n.load_s:.2f} s" if n.load_s is not None else "—"])  # fmt: skip
+    return _table(["model", "KV", "budget", "node", "questions", "peak RSS", "prompt tok/s",
+                   "decode tok/s (all sequences)", "first token", "load"], rows)  # fmt: skip
+
+
 def _speed(comparison: Comparison) -> list[str]:
+    if comparison.nodes:
+        return _node_speed(comparison)
     rows = []
     seen = set()
     for r in comparison.rows:
@@ -338,6 +374,10 @@ def render(store: Store, comparison: Comparison, plot_file: str | None, kld_plot
                   "", "Colour: model size; marker: weight precision; marker size: token budget; bars: 95% interval "
                   "of each accuracy; orange rings: tied with the best; faded: dropped; memory on a log scale."]  # fmt: skip
     lines += _kld_section(store.kld_runs(comparison.task), kld_plot_file)
+    if comparison.nodes:
+        lines += ["", "## Nodes", "", "The Ray nodes that answered these questions. Accuracy pools their samples (a "
+                  "sample depends on the seed and the question, not the node); speed and memory below are each "
+                  "node's own.", "", *_nodes(comparison)]  # fmt: skip
     lines += ["", "## Speed", "", *_speed(comparison), ""]
     return "\n".join(lines)
 

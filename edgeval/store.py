@@ -219,6 +219,39 @@ M7_KLD = """
         );
 """
 
+# The machines of a Ray cluster that produced results (`compare --ray`): each node's hardware, backend and versions
+# (one row per distinct set of facts; the Ray node id is the last one seen). Accuracy pools across nodes, but speed and
+# memory are a node's own: each question's timing names the node that answered it (NULL: the store's own machine,
+# as the run's provenance says), and each configuration keeps every node's peak memory and speed apart.
+M8_NODES = """
+        CREATE TABLE nodes (
+            id INTEGER PRIMARY KEY,
+            hostname TEXT NOT NULL,
+            cpu TEXT NOT NULL,
+            backend TEXT NOT NULL,
+            edgeval_version TEXT NOT NULL,
+            llama_cpp_python TEXT NOT NULL,
+            llama_cpp_build TEXT NOT NULL,
+            ray_node_id TEXT,
+            ip TEXT,
+            hardware TEXT NOT NULL,      -- JSON: cpu, cores, ram, platform, gpus (as runs.hardware)
+            UNIQUE (hostname, cpu, backend, edgeval_version, llama_cpp_python, llama_cpp_build)
+        );
+        ALTER TABLE item_timings ADD COLUMN node_id INTEGER REFERENCES nodes(id);
+        CREATE TABLE node_runs (
+            config_id INTEGER NOT NULL REFERENCES configs(id),
+            node_id INTEGER NOT NULL REFERENCES nodes(id),
+            peak_rss_bytes INTEGER,
+            peak_rss_anon_bytes INTEGER,
+            peak_rss_file_bytes INTEGER,
+            peak_vram_bytes INTEGER,
+            load_s REAL,
+            wall_s REAL NOT NULL DEFAULT 0,
+            units INTEGER NOT NULL DEFAULT 0,  -- tasks of this configuration the node finished
+            PRIMARY KEY (config_id, node_id)
+        );
+"""
+
 # SQL scripts applied in order, all under one write lock; PRAGMA user_version records how many ran.
 # Append, never edit.
 MIGRATIONS: list[str] = [
@@ -229,6 +262,7 @@ MIGRATIONS: list[str] = [
     M5_KV_WINDOW,
     M6_GRADING_AND_PROMPTS,
     M7_KLD,
+    M8_NODES,
 ]
 
 
@@ -270,6 +304,43 @@ class Claim:
     host: str
     started: float
     heartbeat: float
+
+
+@dataclass(frozen=True)
+class Node:
+    """A machine that produced results: host, hardware, backend and versions (and its Ray node id and address)."""
+
+    hostname: str
+    cpu: str
+    backend: str
+    edgeval_version: str
+    llama_cpp_python: str
+    llama_cpp_build: str
+    hardware: dict[str, object]
+    ray_node_id: str | None = None
+    ip: str | None = None
+
+    @property
+    def label(self) -> str:
+        """`host-a (Intel Xeon, cpu)`."""
+        return f"{self.hostname} ({self.cpu}, {self.backend})"
+
+
+@dataclass(frozen=True)
+class NodeRun:
+    """What one node measured of one configuration: its peak memory, speed and how many questions it answered."""
+
+    config_id: int
+    node_id: int
+    node: Node
+    items: int
+    peak_rss_bytes: int | None
+    peak_vram_bytes: int | None
+    load_s: float | None
+    wall_s: float
+    prompt_tokens_per_s: float | None
+    decode_tokens_per_s: float | None
+    ttft_s: float | None
 
 
 def _now() -> str:
@@ -468,7 +539,13 @@ class Store:
             self._insert_item(db, config_id, samples, timing)
 
     @staticmethod
-    def _insert_item(db: sqlite3.Connection, config_id: int, samples: Sequence[SampleRow], timing: ItemTiming) -> None:
+    def _insert_item(
+        db: sqlite3.Connection,
+        config_id: int,
+        samples: Sequence[SampleRow],
+        timing: ItemTiming,
+        node_id: int | None = None,
+    ) -> None:
         db.executemany(
             "INSERT OR IGNORE INTO samples (config_id, item_index, item_id, sample_index, reference, text, answer,"
             " correct, tokens, forced, finish, prompt_tokens, evicted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -478,17 +555,20 @@ class Store:
         t = asdict(timing)
         db.execute(
             "INSERT OR IGNORE INTO item_timings (config_id, item_index, prompt_tokens, prompt_s, generated_tokens,"
-            " decode_s, ttft_s) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            " decode_s, ttft_s, node_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (config_id, t["item_index"], t["prompt_tokens"], t["prompt_s"], t["generated_tokens"], t["decode_s"],
-             t["ttft_s"]),
+             t["ttft_s"], node_id),
         )  # fmt: skip
 
-    def add_items(self, samples: Mapping[int, Sequence[SampleRow]], timing: ItemTiming) -> None:
+    def add_items(
+        self, samples: Mapping[int, Sequence[SampleRow]], timing: ItemTiming, node_id: int | None = None
+    ) -> None:
         """Store one question answered for several configurations at once (the rungs of a budget ladder), in one
-        transaction: a killed run keeps every rung of a question or none."""
+        transaction: a killed run keeps every rung of a question or none. A question already stored is left as it
+        is (a retried task's copy adds nothing); `node_id` names the cluster node that answered it."""
         with self.transaction() as db:
             for config_id, rows in samples.items():
-                self._insert_item(db, config_id, rows, timing)
+                self._insert_item(db, config_id, rows, timing, node_id)
 
     def raise_items(self, config_id: int, n_items: int) -> None:
         """Ask a configuration for at least n_items questions (a later run may add questions, never drop them)."""
@@ -534,6 +614,79 @@ class Store:
                        r["ttft_s"])
             for r in rows
         ]  # fmt: skip
+
+    def timings_by_node(self, config_id: int) -> dict[int | None, list[ItemTiming]]:
+        """Per-question timings of a configuration, by the node that answered (None: the store's own machine)."""
+        rows = self.db.execute("SELECT * FROM item_timings WHERE config_id = ? ORDER BY item_index", (config_id,))
+        out: dict[int | None, list[ItemTiming]] = {}
+        for r in rows:
+            timing = ItemTiming(r["item_index"], r["prompt_tokens"], r["prompt_s"], r["generated_tokens"],
+                                r["decode_s"], r["ttft_s"])  # fmt: skip
+            out.setdefault(r["node_id"], []).append(timing)
+        return out
+
+    # ---------------------------------------------------------------- cluster nodes
+
+    def add_node(self, node: Node) -> int:
+        """The node's id, inserting it the first time its facts are seen (its Ray id and address are updated)."""
+        key = (node.hostname, node.cpu, node.backend, node.edgeval_version, node.llama_cpp_python,
+               node.llama_cpp_build)  # fmt: skip
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO nodes (hostname, cpu, backend, edgeval_version, llama_cpp_python,"
+                " llama_cpp_build, hardware) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*key, json.dumps(node.hardware, sort_keys=True)),
+            )
+            row = db.execute(
+                "SELECT id FROM nodes WHERE hostname = ? AND cpu = ? AND backend = ? AND edgeval_version = ?"
+                " AND llama_cpp_python = ? AND llama_cpp_build = ?",
+                key,
+            ).fetchone()
+            db.execute(
+                "UPDATE nodes SET ray_node_id = ?, ip = ?, hardware = ? WHERE id = ?",
+                (node.ray_node_id, node.ip, json.dumps(node.hardware, sort_keys=True), row["id"]),
+            )
+            return int(row["id"])
+
+    def node(self, node_id: int) -> Node:
+        """One node's facts."""
+        r = self.db.execute("SELECT * FROM nodes WHERE id = ?", (node_id,)).fetchone()
+        if r is None:
+            raise StoreError(f"no node {node_id} in {self.path}")
+        return Node(r["hostname"], r["cpu"], r["backend"], r["edgeval_version"], r["llama_cpp_python"],
+                    r["llama_cpp_build"], json.loads(r["hardware"]), r["ray_node_id"], r["ip"])  # fmt: skip
+
+    def record_node_run(
+        self, config_id: int, node_id: int, *, peak_rss: tuple[int | None, int | None, int | None],
+        peak_vram_bytes: int | None, load_s: float | None, wall_s: float,
+    ) -> None:  # fmt: skip
+        """Add one finished task's measurements to what a node measured of a configuration: the peak stays the
+        highest the node saw (total, with its anonymous and file-backed parts at that peak), wall time adds up."""
+        total, anon, file = peak_rss
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO node_runs (config_id, node_id) VALUES (?, ?)", (config_id, node_id))
+            db.execute(
+                "UPDATE node_runs SET units = units + 1, wall_s = wall_s + ?, load_s = COALESCE(?, load_s),"
+                " peak_vram_bytes = MAX(COALESCE(peak_vram_bytes, 0), COALESCE(?, 0)) WHERE config_id = ? AND node_id = ?",
+                (wall_s, load_s, peak_vram_bytes, config_id, node_id),
+            )
+            db.execute(
+                "UPDATE node_runs SET peak_rss_bytes = ?, peak_rss_anon_bytes = ?, peak_rss_file_bytes = ?"
+                " WHERE config_id = ? AND node_id = ? AND COALESCE(peak_rss_bytes, 0) < COALESCE(?, 0)",
+                (total, anon, file, config_id, node_id, total),
+            )
+
+    def node_runs(self, config_id: int, speed: Callable[[list[ItemTiming]], tuple[float | None, ...]]) -> list[NodeRun]:
+        """What each node measured of a configuration (speed from the questions it answered, by `speed`)."""
+        timings = self.timings_by_node(config_id)
+        out = []
+        for r in self.db.execute("SELECT * FROM node_runs WHERE config_id = ? ORDER BY node_id", (config_id,)):
+            own = timings.get(int(r["node_id"]), [])
+            prompt_tps, decode_tps, ttft = speed(own)
+            vram = r["peak_vram_bytes"] or None
+            out.append(NodeRun(config_id, int(r["node_id"]), self.node(int(r["node_id"])), len(own),
+                               r["peak_rss_bytes"], vram, r["load_s"], r["wall_s"], prompt_tps, decode_tps, ttft))  # fmt: skip
+        return out
 
     # ---------------------------------------------------------------- model file hashes
 

@@ -16,8 +16,9 @@ import platform
 import queue
 import signal
 import socket
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -305,13 +306,15 @@ def item_seeds(seed: int, item_id: str, k: int) -> list[int]:
 
 
 def _worker(payload: dict[str, Any], events: Any) -> None:
-    """Runs in a fresh process: load once, answer every pending question, commit each as it finishes.
+    """Runs in a fresh process: load once, answer every pending question, commit each as it finishes (to the store,
+    or — with no store — back to the parent as an event).
 
     A Python failure is written to the log as one `edgeval:` line and the process exits with code 1;
     a crash inside llama.cpp kills the process, and the parent reads the log's last lines.
     """
     from edgeval import engine
 
+    _die_with_parent(payload["parent_pid"])
     engine.LOG.tee(Path(payload["log_path"]))
     engine.LOG.set_echo(payload["verbose"])
     try:
@@ -322,7 +325,39 @@ def _worker(payload: dict[str, Any], events: Any) -> None:
         raise SystemExit(1) from None
 
 
+def _die_with_parent(parent: int) -> None:
+    """End this worker when the process that supervises it dies (killed, say, as a cluster's task): an orphaned
+    llama.cpp would go on taking the cores and memory of whatever runs next. Linux asks the kernel; elsewhere the
+    worker checks between questions (`_orphaned`)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if _orphaned(parent):
+        os._exit(1)
+
+
+def _orphaned(parent: int) -> bool:
+    return os.getppid() != parent
+
+
+Sink = Callable[[Mapping[int, Sequence[SampleRow]], ItemTiming], None]
+
+
 def _work(payload: dict[str, Any], events: Any) -> None:
+    if payload["db_path"] is None:  # no store here: each question goes back to the parent, which hands it on
+
+        def send(rows: Mapping[int, Sequence[SampleRow]], timing: ItemTiming) -> None:
+            events.put(("rows", (dict(rows), timing)))
+
+        _answer_all(payload, events, send)
+        return
+    with Store(Path(payload["db_path"])) as store:
+        _answer_all(payload, events, store.add_items)
+
+
+def _answer_all(payload: dict[str, Any], events: Any, sink: Sink) -> None:
     from edgeval import engine
 
     raw = payload["spec"]
@@ -331,37 +366,38 @@ def _work(payload: dict[str, Any], events: Any) -> None:
         **raw, "model_path": Path(raw["model_path"]), "kv_type_k": KVType(raw["kv_type_k"]),
         "kv_type_v": KVType(raw["kv_type_v"]), "sampling": sampling, "ladder": tuple(raw["ladder"]),
     })  # fmt: skip
-    task = tasks.load_task(spec.task)
+    task: tasks.Task = payload["task"]
     items = task.take(spec.limit)
     pending = payload["pending"]
     config_ids = {int(b): int(c) for b, c in payload["config_ids"].items()}
     chat = prompts.ChatFormat(payload["chat_template"])
-    with Store(Path(payload["db_path"])) as store:
-        t0 = time.perf_counter()
-        load = engine.LoadOptions(n_gpu_layers=spec.gpu_layers, repack=bool(spec.repack), cpu_moe=spec.cpu_moe)
-        with engine.Model(spec.model_path, load) as model:
-            options = engine.ContextOptions(
-                n_ctx=payload["n_ctx"], n_seq=payload["n_seq"], type_k=spec.kv_type_k, type_v=spec.kv_type_v,
-                n_threads=spec.threads,
-            )  # fmt: skip
-            with engine.Context(model, options) as ctx:
-                events.put(("loaded", time.perf_counter() - t0))
-                forcing = engine.Forcing(
-                    think_close=model.tokenize(prompts.THINK_CLOSE)[0],
-                    tokens=tuple(model.tokenize(prompts.forced_answer(task.answer_prefix))),
-                    answer_tokens=spec.answer_tokens,
-                    starts_reasoning=spec.thinking or chat.opens_reasoning(spec.thinking),
-                )
-                for index in pending:
-                    if spec.deadline is not None and time.time() >= spec.deadline:
-                        events.put(("stopped", None))
-                        break
-                    _answer(store, config_ids, chat, task, index, items[index], model, ctx, spec, forcing, events)
+    t0 = time.perf_counter()
+    load = engine.LoadOptions(n_gpu_layers=spec.gpu_layers, repack=bool(spec.repack), cpu_moe=spec.cpu_moe)
+    with engine.Model(spec.model_path, load) as model:
+        options = engine.ContextOptions(
+            n_ctx=payload["n_ctx"], n_seq=payload["n_seq"], type_k=spec.kv_type_k, type_v=spec.kv_type_v,
+            n_threads=spec.threads,
+        )  # fmt: skip
+        with engine.Context(model, options) as ctx:
+            events.put(("loaded", time.perf_counter() - t0))
+            forcing = engine.Forcing(
+                think_close=model.tokenize(prompts.THINK_CLOSE)[0],
+                tokens=tuple(model.tokenize(prompts.forced_answer(task.answer_prefix))),
+                answer_tokens=spec.answer_tokens,
+                starts_reasoning=spec.thinking or chat.opens_reasoning(spec.thinking),
+            )
+            for index in pending:
+                if spec.deadline is not None and time.time() >= spec.deadline:
+                    events.put(("stopped", None))
+                    break
+                if _orphaned(payload["parent_pid"]):
+                    return
+                _answer(sink, config_ids, chat, task, index, items[index], model, ctx, spec, forcing, events)
     events.put(("finished", None))
 
 
 def _answer(
-    store: Store,
+    sink: Sink,
     config_ids: dict[int, int],
     chat: prompts.ChatFormat,
     task: tasks.Task,
@@ -395,7 +431,7 @@ def _answer(
     out = ladder[spec.budget]
     # Every rung's row gets the generation's timing: the rungs were produced together, by one decode.
     timing = ItemTiming(index, out.prompt_tokens, out.prompt_s, out.decoded_tokens, out.decode_s, out.ttft_s)
-    store.add_items(rows, timing)
+    sink(rows, timing)
     events.put(("item", (index, out.decoded_tokens, out.decode_s + out.prompt_s)))
 
 
@@ -421,7 +457,7 @@ def _exit_status(code: int | None) -> tuple[str, str]:
     return "failed", f"the worker exited with code {code}"
 
 
-def _pending(prepared: Prepared, store: Store) -> list[int]:
+def pending(prepared: Prepared, store: Store) -> list[int]:
     """Questions not yet answered at every rung."""
     done = set(range(len(prepared.items)))
     for config_id in prepared.config_ids.values():
@@ -436,7 +472,7 @@ def execute(prepared: Prepared, store: Store, progress: ProgressCallback | None 
     return execute_ladder(prepared, store, progress)[prepared.spec.budget]
 
 
-def _claimant() -> Claim:
+def claimant() -> Claim:
     """This process, as a claim names it."""
     import psutil
 
@@ -497,7 +533,7 @@ def execute_ladder(
     Any number of edgeval processes may share a store: a configuration another live process is running is
     waited for (then only what it left is run), and a claim left by a process that died is taken over.
     """
-    me = _claimant()
+    me = claimant()
     state = Progress(items_total=len(prepared.items))
     _wait_for_claim(store, prepared.config_id, me, state, progress)
     try:
@@ -506,35 +542,56 @@ def execute_ladder(
         store.release(prepared.config_id, me)
 
 
-def _execute_claimed(
-    prepared: Prepared, store: Store, me: Claim, state: Progress, progress: ProgressCallback | None
-) -> dict[int, results.ConfigResult]:
+@dataclass(frozen=True)
+class Supervised:
+    """How a worker process went: its exit code, peak memory, load and wall time, whether it stopped at the
+    deadline, and the last lines of its log."""
+
+    exitcode: int | None
+    peak: memory.RSS
+    peak_vram_bytes: int | None
+    load_s: float | None
+    stopped: bool
+    wall_s: float
+    log_tail: str
+
+    def outcome(self, unfinished: bool) -> tuple[str, str | None]:
+        """The configuration's status after this worker, and its message: `done` when no question is left,
+        `partial` when it stopped at its deadline, else how the worker failed (its own `edgeval:` line if any)."""
+        if self.exitcode == 0 and not unfinished:
+            return "done", None
+        if self.exitcode == 0 and self.stopped:
+            return "partial", "stopped at the time limit"
+        status, message = _exit_status(self.exitcode)
+        error_line = next((line for line in reversed(self.log_tail.splitlines()) if line.startswith("edgeval:")), None)
+        return status, error_line or message
+
+
+def worker_payload(prepared: Prepared, pending: list[int], log_path: Path, db_path: Path | None) -> dict[str, Any]:
+    """What the worker process is given: the configuration, its questions, and where the answers go (the store at
+    `db_path`, or with None back to the parent as events)."""
     from edgeval import engine
 
     spec = prepared.spec
-    pending = _pending(prepared, store)
-    state.items_done = len(prepared.items) - len(pending)
-    ids = prepared.config_ids
-    if not pending and all(store.config(i)["status"] == "done" for i in ids.values()):
-        return _results(prepared, store)
-    if not spec.force:
-        try:
-            check_fits(prepared)
-        except NotEnoughMemoryError as exc:
-            for config_id in ids.values():
-                store.update_config(config_id, status="unfit", message=describe(exc))
-            raise
-    log_path = cache_dir("logs") / f"config-{prepared.config_id}.log"
-    log_path.write_text("")
-    payload = {
+    return {
         "spec": {**asdict(spec), "model_path": str(spec.model_path), "kv_type_k": spec.kv_type_k.value,
                  "kv_type_v": spec.kv_type_v.value},
-        "db_path": str(store.path), "config_ids": {str(b): c for b, c in ids.items()}, "n_ctx": prepared.n_ctx,
-        "n_seq": prepared.n_seq, "pending": pending,
-        "log_path": str(log_path), "verbose": engine.LOG.echo, "chat_template": prepared.chat.template,
+        "task": prepared.task, "db_path": None if db_path is None else str(db_path),
+        "config_ids": {str(b): c for b, c in prepared.config_ids.items()}, "n_ctx": prepared.n_ctx,
+        "n_seq": prepared.n_seq, "pending": pending, "log_path": str(log_path), "verbose": engine.LOG.echo,
+        "chat_template": prepared.chat.template, "parent_pid": os.getpid(),
     }  # fmt: skip
-    for config_id in ids.values():
-        store.update_config(config_id, status="running", message=None, log_tail=None, repack=int(bool(spec.repack)))
+
+
+def supervise(
+    payload: dict[str, Any],
+    state: Progress,
+    progress: ProgressCallback | None = None,
+    on_rows: Sink | None = None,
+    tick: Callable[[], None] | None = None,
+) -> Supervised:
+    """Start the worker process and follow it to its end: sample its memory, hear its events (a store-less
+    worker's answers go to `on_rows`), call `tick` about every HEARTBEAT_S."""
     spawn = multiprocessing.get_context("spawn")
     events = spawn.Queue()
     worker = spawn.Process(target=_worker, args=(payload, events), daemon=True)
@@ -547,9 +604,9 @@ def _execute_claimed(
     try:
         with memory.PeakRSS(worker.pid or 0) as sampler:
             while worker.is_alive() or not events.empty():
-                if time.monotonic() - beat > HEARTBEAT_S:
+                if tick is not None and time.monotonic() - beat > HEARTBEAT_S:
                     beat = time.monotonic()
-                    store.heartbeat(prepared.config_id, me, time.time())
+                    tick()
                 try:
                     kind, value = events.get(timeout=0.1)
                 except queue.Empty:
@@ -558,6 +615,8 @@ def _execute_claimed(
                     load_s = value
                 elif kind == "stopped":
                     stopped = True
+                elif kind == "rows" and on_rows is not None:
+                    on_rows(*value)
                 elif kind == "item":
                     state.items_done += 1
                     state.tokens += value[1]
@@ -565,35 +624,86 @@ def _execute_claimed(
                 if progress is not None:
                     progress(state)
             worker.join()
+    except BaseException:
+        worker.join(timeout=5)  # Ctrl-C reaches the worker too (one process group); anything else ends it
+        if worker.is_alive():
+            worker.kill()
+        raise
+    tail = _log_tail(Path(payload["log_path"]))
+    return Supervised(worker.exitcode, sampler.peak, sampler.peak_vram_bytes, load_s, stopped,
+                      time.perf_counter() - started, tail)  # fmt: skip
+
+
+def _execute_claimed(
+    prepared: Prepared, store: Store, me: Claim, state: Progress, progress: ProgressCallback | None
+) -> dict[int, results.ConfigResult]:
+    spec = prepared.spec
+    left = pending(prepared, store)
+    state.items_done = len(prepared.items) - len(left)
+    ids = prepared.config_ids
+    if not left and all(store.config(i)["status"] == "done" for i in ids.values()):
+        return _results(prepared, store)
+    if not spec.force:
+        try:
+            check_fits(prepared)
+        except NotEnoughMemoryError as exc:
+            record_unfit(prepared, store, describe(exc))
+            raise
+    log_path = cache_dir("logs") / f"config-{prepared.config_id}.log"
+    log_path.write_text("")
+    payload = worker_payload(prepared, left, log_path, store.path)
+    mark_running(prepared, store)
+    try:
+        done = supervise(payload, state, progress, tick=lambda: store.heartbeat(prepared.config_id, me, time.time()))
     except KeyboardInterrupt:
         # Ctrl-C: every finished question is stored; the rows wait, resumable, for the next run.
-        worker.join(timeout=5)
         for config_id in ids.values():
             store.update_config(config_id, status="pending", message="interrupted")
         raise
-    wall = time.perf_counter() - started
-    prompt_tps, decode_tps, ttft = results.speed(store.timings(prepared.config_id))
-    unfinished = _pending(prepared, store)
-    for config_id in ids.values():
+    record(prepared, store, done, store.timings(prepared.config_id))
+    return _results(prepared, store)
+
+
+def record_unfit(prepared: Prepared, store: Store, message: str) -> None:
+    """Mark every rung of a configuration as not fitting the memory available (refused before loading)."""
+    for config_id in prepared.config_ids.values():
+        store.update_config(config_id, status="unfit", message=message)
+
+
+def mark_running(prepared: Prepared, store: Store) -> None:
+    """Mark every rung of a configuration as running now."""
+    for config_id in prepared.config_ids.values():
+        store.update_config(config_id, status="running", message=None, log_tail=None,
+                            repack=int(bool(prepared.spec.repack)))  # fmt: skip
+
+
+def record(
+    prepared: Prepared,
+    store: Store,
+    done: Supervised,
+    timings: list[ItemTiming],
+    facts: dict[str, object] | None = None,
+) -> None:
+    """Store how a worker went on every rung: status and message, peak memory (the highest this configuration
+    reached), speed from `timings`, wall time added; `facts` names the backend and build that ran it (this
+    machine's when None)."""
+    if facts is None:
+        from edgeval import engine
+
+        facts = {"backend": engine.backend_name(), "llama_cpp_build": engine.build_version()}
+    prompt_tps, decode_tps, ttft = results.speed(timings)
+    status, message = done.outcome(unfinished=bool(pending(prepared, store)))
+    for config_id in prepared.config_ids.values():
         row = store.config(config_id)
         measured: dict[str, object] = {
-            **_peak_fields(row, sampler.peak, sampler.peak_vram_bytes, prepared.predicted.total_bytes),
+            **_peak_fields(row, done.peak, done.peak_vram_bytes, prepared.predicted.total_bytes),
             "prompt_tokens_per_s": prompt_tps, "decode_tokens_per_s": decode_tps, "ttft_s": ttft,
-            "wall_s": (row["wall_s"] or 0.0) + wall, "backend": engine.backend_name(),
-            "llama_cpp_build": engine.build_version(),
+            "wall_s": (row["wall_s"] or 0.0) + done.wall_s, **facts,
         }  # fmt: skip
-        if load_s is not None:
-            measured["load_s"] = load_s
-        if worker.exitcode == 0 and not unfinished:
-            store.update_config(config_id, status="done", **measured)
-        elif worker.exitcode == 0 and stopped:
-            store.update_config(config_id, status="partial", message="stopped at the time limit", **measured)
-        else:
-            status, message = _exit_status(worker.exitcode)
-            tail = _log_tail(log_path)
-            error_line = next((line for line in reversed(tail.splitlines()) if line.startswith("edgeval:")), None)
-            store.update_config(config_id, status=status, message=error_line or message, log_tail=tail, **measured)
-    return _results(prepared, store)
+        if done.load_s is not None:
+            measured["load_s"] = done.load_s
+        failure = {} if status in ("done", "partial") else {"log_tail": done.log_tail}
+        store.update_config(config_id, status=status, message=message, **failure, **measured)
 
 
 def _results(prepared: Prepared, store: Store) -> dict[int, results.ConfigResult]:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # types only: importing these here would load llama.cpp for `
     from edgeval.kld_run import Result as KLDResult
     from edgeval.plan import Config, Plan
     from edgeval.results import ConfigResult
+    from edgeval.store import NodeRun
     from edgeval.sweep import Progress as SweepProgress
     from edgeval.verdict import Comparison, Row
 
@@ -541,7 +542,20 @@ def comparison_json(c: Comparison) -> dict[str, object]:
         "time_s": round(c.time_s, 2),
         "tokens_decoded": c.tokens_decoded,
         "failures": list(c.failures),
+        "nodes": [node_json(n) for n in c.nodes],
     }
+
+
+def node_json(n: NodeRun) -> dict[str, object]:
+    """What one Ray node measured of one configuration, with the node's facts (never averaged across nodes)."""
+    node = n.node
+    return {"config_id": n.config_id, "node": n.node_id, "hostname": node.hostname, "ip": node.ip,
+            "ray_node_id": node.ray_node_id, "cpu": node.cpu, "backend": node.backend,
+            "edgeval": node.edgeval_version, "llama_cpp_python": node.llama_cpp_python,
+            "llama_cpp_build": node.llama_cpp_build, "hardware": node.hardware, "n_items": n.items,
+            "peak_rss_bytes": n.peak_rss_bytes, "peak_vram_bytes": n.peak_vram_bytes, "load_s": n.load_s,
+            "wall_s": n.wall_s, "prompt_tokens_per_s": n.prompt_tokens_per_s,
+            "decode_tokens_per_s": n.decode_tokens_per_s, "ttft_s": n.ttft_s}  # fmt: skip
 
 
 _MARKS = {"eliminated": "[dim]✗[/]", "failed": "[red]![/]", "running": "…", "done": ""}
@@ -590,5 +604,10 @@ def render_compare(comparisons: list[Comparison]) -> None:
             console.print(f"• {line}")
         console.print(f"[dim]{format_duration(c.time_s)}, {c.tokens_decoded:,} tokens decoded; paired intervals at "
                       f"{c.alpha:.2g} each, anytime-valid: the best is wrongly dropped or left untied ≤ 5%[/]")  # fmt: skip
+        hosts = {n.node_id: n.node.label for n in c.nodes}
+        if hosts:
+            console.print(f"[dim]Ran on {len(hosts)} Ray node{'s' if len(hosts) > 1 else ''}: "
+                          f"{', '.join(sorted(hosts.values()))}. Accuracy pools their samples; memory is the highest "
+                          "peak any node measured; speed and memory per node: --json or edgeval report.[/]")  # fmt: skip
         for failure in c.failures:
             err_console.print(f"[red]failed[/] {failure}")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 
 from edgeval import racing
 from edgeval.results import ConfigResult
+from edgeval.store import NodeRun
 from edgeval.units import format_bytes, format_duration
 
 
@@ -80,6 +81,7 @@ class Comparison:
     time_s: float = 0.0
     tokens_decoded: int = 0
     stopped: str = ""  # why the race ended: settled, time, questions, interrupted, exhaustive, stored
+    nodes: tuple[NodeRun, ...] = ()  # what each Ray node measured of each configuration (compare --ray)
 
     @property
     def frontier(self) -> tuple[Row, ...]:

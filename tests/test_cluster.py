@@ -1,0 +1,210 @@
+"""`compare --ray`: the same compare on a real Ray cluster on this machine — same samples, faults retried, per-node
+provenance — and the one-line errors without Ray or without a cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from click.testing import CliRunner
+
+import edgeval
+from edgeval import demo, doctor
+from edgeval.cli import cli
+from edgeval.quants import WeightQuant
+
+from .conftest import write_catalog
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A throw-away cluster shared by the tests that join one: a process that starts it and stops it when its stdin closes.
+HOLDER = """
+import sys, ray
+ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+print(ray.get_runtime_context().gcs_address, flush=True)
+sys.stdin.read()
+ray.shutdown()
+"""
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The address of a 2-CPU Ray cluster on this machine (its nodes keep their files under a folder of their own)."""
+    pytest.importorskip("ray")
+    home = tmp_path_factory.mktemp("node")
+    env = {**os.environ, "EDGEVAL_HOME": str(home / "edgeval"), "HF_HOME": str(home / "hf"), "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    assert holder.stdout is not None and holder.stdin is not None
+    address = holder.stdout.readline().strip()
+    try:
+        assert address, "the Ray cluster did not start"
+        yield address
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
+def _family(folder: Path) -> Path:
+    """The trained family's smallest and largest size (F16 files shipped in the package), as a user catalog."""
+    entries = {s.stem: {"params": 1, "files": [{"quant": "F16", "path": str(s)}]}
+               for s in demo.family_sources() if s.stem in ("edgeval-tiny-s", "edgeval-tiny-l")}  # fmt: skip
+    return write_catalog(folder / "family.toml", entries)
+
+
+def _compare(catalog: Path, db: Path, *extra: str) -> list[str]:
+    return ["compare", "--budget", "1GB", "--task", "arith", "--exhaustive", "--limit", "20", "--seed", "3",
+            "--models", "edgeval-tiny-s,edgeval-tiny-l", "--kv", "f16", "--budget-tokens", "8,48", "--k", "1,4",
+            "--no-repack", "--catalog", str(catalog), "--db", str(db), "--json", *extra]  # fmt: skip
+
+
+def _samples(db: Path) -> dict[tuple[str, int, int], tuple[str, str | None, int]]:
+    """Every stored sample by (configuration key, question, vote): its text, answer and verdict."""
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT c.key, s.item_index, s.sample_index, s.text, s.answer, s.correct FROM samples s"
+            " JOIN configs c ON c.id = s.config_id"
+        ).fetchall()
+    return {(key, item, sample): (text, answer, correct) for key, item, sample, text, answer, correct in rows}
+
+
+def _accuracies(output: str) -> list[tuple[Any, ...]]:
+    (data,) = json.loads(output)
+    return sorted((r["model"], r["budget_tokens"], r["k"], r["n_done"], r["accuracy_maj"], tuple(r["ci95"]))
+                  for r in data["rows"])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def on_ray(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, Path, str]:
+    """The same exhaustive compare on this machine and with `--ray local`: (each store, what each printed)."""
+    pytest.importorskip("ray")
+    folder = tmp_path_factory.mktemp("same")
+    catalog = _family(folder)
+    env = {"EDGEVAL_HOME": str(folder / "home")}
+    here = CliRunner().invoke(cli, _compare(catalog, folder / "here.db"), env=env)
+    assert here.exit_code == 0, here.output
+    there = CliRunner().invoke(cli, _compare(catalog, folder / "ray.db", "--ray", "local"), env=env)
+    assert there.exit_code == 0, there.output
+    return folder / "here.db", here.output, folder / "ray.db", there.output
+
+
+def test_the_same_compare_on_a_ray_cluster_stores_the_same_samples_and_accuracies(
+    on_ray: tuple[Path, str, Path, str],
+) -> None:
+    here_db, here, ray_db, there = on_ray
+    local, remote = _samples(here_db), _samples(ray_db)
+    assert len(local) == 2 * 2 * 4 * 20  # 2 files × 2 budgets × 4 votes × 20 questions
+    assert remote == local
+    assert _accuracies(there) == _accuracies(here)
+    assert any(a[4] > 0 for a in _accuracies(here))  # the trained family answers some: equal, not equally empty
+
+
+def test_each_node_is_in_the_provenance_of_what_it_produced_and_in_the_report(
+    on_ray: tuple[Path, str, Path, str], tmp_path: Path
+) -> None:
+    here_db, here, ray_db, there = on_ray
+    with sqlite3.connect(ray_db) as conn:
+        conn.row_factory = sqlite3.Row
+        (node,) = conn.execute("SELECT * FROM nodes").fetchall()
+        assert (node["hostname"], node["cpu"]) == (socket.gethostname(), doctor.cpu_model())
+        assert node["edgeval_version"] == edgeval.__version__ and node["backend"] and node["llama_cpp_build"]
+        assert node["ray_node_id"] and node["ip"]
+        assert json.loads(node["hardware"])["ram_bytes"] > 0
+        # Every question's timing names the node that answered it; each configuration has the node's own figures.
+        assert conn.execute("SELECT COUNT(*) FROM item_timings WHERE node_id IS NULL").fetchone()[0] == 0
+        runs = conn.execute("SELECT * FROM node_runs").fetchall()
+        assert len(runs) == 4 and all(r["node_id"] == node["id"] and r["peak_rss_bytes"] > 0 for r in runs)
+    with sqlite3.connect(here_db) as conn:  # a compare on this machine alone records no node
+        assert conn.execute("SELECT COUNT(*) FROM nodes").fetchone()[0] == 0
+    (data,) = json.loads(there)
+    assert {n["hostname"] for n in data["nodes"]} == {socket.gethostname()}
+    assert all(n["decode_tokens_per_s"] > 0 and n["n_items"] == 20 for n in data["nodes"])
+    assert json.loads(here)[0]["nodes"] == []
+    report = CliRunner().invoke(cli, ["report", "--out", str(tmp_path), "--db", str(ray_db), "--name", "r"])
+    assert report.exit_code == 0, report.output
+    text = (tmp_path / "r.md").read_text()
+    nodes = text.split("## Nodes", 1)[1].split("## Speed", 1)[0]
+    assert socket.gethostname() in nodes and doctor.cpu_model() in nodes and node["backend"] in nodes
+    speed = text.split("## Speed", 1)[1]
+    assert "| node |" in speed.replace(" node ", " node ") and speed.count(socket.gethostname()) == 4
+
+
+def _ray_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
+
+
+def _task_worker() -> psutil.Process | None:
+    """The Ray worker process running an edgeval unit, once its llama.cpp worker has been decoding a moment."""
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if cmdline and cmdline[0].startswith("ray::edgeval"):
+            children = proc.children()
+            if children and time.time() - children[0].create_time() > 1.0:
+                return proc
+    return None
+
+
+def test_a_ray_worker_killed_mid_task_is_retried_and_each_sample_is_stored_once(
+    head: str, model_dir: Path, tiny_models: dict[WeightQuant, Path], tmp_path: Path
+) -> None:
+    catalog = write_catalog(tmp_path / "tiny.toml", {"tiny": {"params": 1, "files": [
+        {"quant": "Q8_0", "path": str(tiny_models[WeightQuant.Q8_0])}]}})  # fmt: skip
+    db = tmp_path / "k.db"
+    args = ["compare", "--budget", "1GB", "--task", "arith", "--exhaustive", "--limit", "12", "--models", "tiny",
+            "--kv", "f16", "--budget-tokens", "400", "--k", "2", "--no-repack", "--catalog", str(catalog), "--db",
+            str(db), "--json", "--ray", head]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-m", "edgeval", *args], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    victim = None
+    deadline = time.monotonic() + 60
+    while victim is None and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.1)
+        victim = _task_worker()
+    assert victim is not None, "no edgeval task was seen running"
+    llama = victim.children()
+    os.kill(victim.pid, signal.SIGKILL)  # the task's Ray worker dies mid-task (its llama.cpp worker with it)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 0, err
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in llama)
+    with sqlite3.connect(db) as conn:
+        keys = conn.execute("SELECT config_id, item_index, sample_index FROM samples").fetchall()
+        timings = conn.execute("SELECT COUNT(*) FROM item_timings").fetchone()[0]
+        (status,) = conn.execute("SELECT DISTINCT status FROM configs").fetchall()
+    assert len(keys) == len(set(keys)) == 12 * 2 and timings == 12 and status == ("done",)
+    (data,) = json.loads(out)
+    assert data["rows"][0]["n_done"] == 12 and not data["failures"]
+
+
+def test_without_ray_or_without_a_cluster_the_error_is_one_line(tmp_path: Path) -> None:
+    catalog = _family(tmp_path)
+    args = _compare(catalog, tmp_path / "e.db")
+    if "ray" in sys.modules or _ray_installed():
+        bad = CliRunner().invoke(cli, [*args, "--ray", "127.0.0.1:1"])
+        assert bad.exit_code == 1 and bad.output.strip().count("\n") == 0
+        assert "no Ray cluster answers at 127.0.0.1:1" in bad.output and "ray start --head" in bad.output
+    code = (
+        "import sys\n"
+        "sys.modules['ray'] = None  # what an environment without Ray gives: `import ray` fails\n"
+        "from edgeval.cli import main\n"
+        f"sys.argv = ['edgeval', *{[*args, '--ray', 'local']!r}]\n"
+        "main()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGEVAL_HOME": str(tmp_path / "home")}
+    missing = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1
+    assert missing.stderr.strip().count("\n") == 0 and "pip install 'edgeval[ray]'" in missing.stderr
+    assert not (tmp_path / "e.db").exists() or not _samples(tmp_path / "e.db")
