@@ -161,6 +161,8 @@ class Cluster:
             return f"the Ray worker running it died {MAX_RETRIES + 1} times ({type(exc).__name__})"
         except exceptions.TaskCancelledError:
             return "cancelled"
+        except exceptions.RayError as exc:
+            return f"Ray could not run it ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0]})"
 
     def cancel(self, handles: Sequence[Any]) -> None:
         """Stop tasks (their workers are killed, and with them llama.cpp)."""

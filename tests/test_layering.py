@@ -28,7 +28,7 @@ def test_importing_the_pure_modules_does_not_import_llama_cpp(tmp_path: Path) ->
 
 def test_plan_and_models_do_not_load_llama_cpp(tmp_path: Path) -> None:
     # (A prediction with repacking on asks llama.cpp which tensor types this CPU repacks: with it off, or for
-    # `models`, nothing needs llama.cpp.)
+    # `models`, nothing needs llama.cpp.) Ray, an optional extra, is imported only by `compare --ray`.
     code = (
         "import sys\n"
         "from edgeval.cli import cli\n"
@@ -38,9 +38,9 @@ def test_plan_and_models_do_not_load_llama_cpp(tmp_path: Path) -> None:
         "        cli(args, standalone_mode=False)\n"
         "    except SystemExit:\n"
         "        pass\n"
-        "print('llama_cpp' in sys.modules, 'edgeval.engine' in sys.modules)"
+        "print('llama_cpp' in sys.modules, 'edgeval.engine' in sys.modules, 'ray' in sys.modules)"
     )
-    assert _python(code, tmp_path) == "False False"
+    assert _python(code, tmp_path) == "False False False"
 
 
 def test_the_engine_initialises_llama_cpp_on_first_use_not_at_import(tmp_path: Path) -> None:
