@@ -9,9 +9,11 @@ by Ray; what the driver commits is keyed by (configuration, question, sample), s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import socket
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any
 import edgeval
 from edgeval import detached
 from edgeval.errors import EdgevalError, describe
+from edgeval.units import format_bytes
 
 MAX_RETRIES = 3  # a task whose worker process (or node) dies is run again this many times, then given up
 CONNECT_TIMEOUT_S = 5.0
@@ -80,6 +83,20 @@ class Cluster:
         ray = _import_ray()
         if address not in ("auto", "local"):
             _check_reachable(address)
+        # Ray prints what it hears of its workers (one killed, say) on the driver's stdout, which carries edgeval's
+        # answer (`--json`): while connected, whatever this process writes to stdout goes to stderr.
+        self._stdout = contextlib.redirect_stdout(sys.stderr)
+        self._stdout.__enter__()
+        try:
+            self._connect(ray, address)
+        except BaseException:
+            self._stdout.__exit__(None, None, None)
+            raise
+        self.address = address
+        self._ray = ray
+        self._task = ray.remote(_run_on_node)
+
+    def _connect(self, ray: Any, address: str) -> None:
         # The nodes run the driver's own edgeval (shipped as a module), so their code is the driver's; what a
         # node needs installed is Ray and edgeval's dependencies (llama-cpp-python).
         package = str(Path(edgeval.__file__).parent)
@@ -92,13 +109,13 @@ class Cluster:
         except ConnectionError as exc:
             where = "on this machine" if address == "auto" else f"at {address}"
             raise ClusterError(f"no Ray cluster runs {where} ({str(exc).splitlines()[0]})") from None
-        self.address = address
-        self._ray = ray
-        self._task = ray.remote(_run_on_node)
 
     def close(self) -> None:
         """Disconnect (and, for `local`, stop the cluster)."""
-        self._ray.shutdown()
+        try:
+            self._ray.shutdown()
+        finally:
+            self._stdout.__exit__(None, None, None)
 
     def __enter__(self) -> Cluster:
         return self
@@ -129,9 +146,17 @@ class Cluster:
         """How many units of `threads` threads the cluster runs at once."""
         return max(1, sum(math.floor(n.cpus / threads) for n in self.nodes()))
 
-    def largest_memory(self) -> int:
-        """The most memory one node offers Ray's scheduler."""
-        return max((n.memory_bytes for n in self.nodes()), default=0)
+    def unfit(self, threads: int, memory_bytes: int, gpus: int) -> str | None:
+        """Why no live node can take a task of `threads` CPUs, `memory_bytes` and `gpus` (None: one can), so that
+        a configuration no node holds is recorded as such rather than left waiting."""
+        nodes = self.nodes()
+        if any(n.cpus >= threads and n.memory_bytes >= memory_bytes and n.gpus >= gpus for n in nodes):
+            return None
+        largest = max((n.memory_bytes for n in nodes), default=0)
+        return (f"no Ray node offers {threads} CPUs, {format_bytes(memory_bytes)} of memory"
+                + (f" and {gpus} GPU" if gpus else "")
+                + f" (the most memory a node offers: {format_bytes(largest)}, the most CPUs: "
+                f"{max((n.cpus for n in nodes), default=0):g})")  # fmt: skip
 
     def submit(self, unit: detached.Unit, threads: int, memory_bytes: int, gpus: int = 0) -> Any:
         """Start a unit as a Ray task; returns its handle."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeval import hub, plan, racing, results, sweep
 from edgeval.catalog import Catalog, ModelRef
-from edgeval.errors import EdgevalError, NotEnoughMemoryError, describe
+from edgeval.errors import EdgevalError, describe
 from edgeval.quants import KVType, WeightQuant
 from edgeval.results import ConfigResult
 from edgeval.store import Claim, NodeRun, Store
@@ -270,36 +270,36 @@ def _race(race: _Race, store: Store, progress: Callable[[RaceProgress], None] | 
             state.done, state.total, state.questions = 0, len(live), asked
             if race.cluster is not None:
                 _cluster_round(race, race.cluster, live, asked, store, state, progress, unreachable)
-                _look(race, store, state, drop=True)
-                if progress is not None:
-                    progress(state)
-                left = race.time_left()
-                if left is not None and left <= 0:
-                    return "time"
-                if not race.request.exhaustive and _settled(race):
-                    return "settled"
-                if unreachable and not race.config_ids:
-                    raise unreachable[0]
-                continue
-            prefetch: Future[Path] | None = None
-            for position, index in enumerate(live):
-                nxt = race.arms[live[position + 1]] if position + 1 < len(live) else None
-                if nxt is not None and hub.local_path(nxt.ref.file) is None and not unreachable:
-                    prefetch = downloads.submit(hub.pull, nxt.ref.file)  # the next download overlaps this run
-                _run_arm(race, index, asked, store, state, progress, unreachable, len(live) - position)
-                state.done += 1
-                _look(race, store, state, drop=position + 1 == len(live))
-                if progress is not None:
-                    progress(state)
-                left = race.time_left()
-                if left is not None and left <= 0:
-                    return "time"
-            if prefetch is not None:
-                prefetch.exception()  # a failed prefetch is reported when its arm runs
+            elif not _local_round(race, live, asked, store, state, progress, unreachable, downloads):
+                return "time"
             if not race.request.exhaustive and _settled(race):
                 return "settled"
             if unreachable and not race.config_ids:
                 raise unreachable[0]  # nothing could run: the one-line error names the way out (edgeval demo)
+
+
+def _local_round(
+    race: _Race, live: list[int], asked: int, store: Store, state: RaceProgress,
+    progress: Callable[[RaceProgress], None] | None, unreachable: list[EdgevalError], downloads: ThreadPoolExecutor,
+) -> bool:  # fmt: skip
+    """One round on this machine: the live arms one after another, each within its share of the time left, the
+    next download overlapping the current run. False when the time ran out."""
+    prefetch: Future[Path] | None = None
+    for position, index in enumerate(live):
+        nxt = race.arms[live[position + 1]] if position + 1 < len(live) else None
+        if nxt is not None and hub.local_path(nxt.ref.file) is None and not unreachable:
+            prefetch = downloads.submit(hub.pull, nxt.ref.file)  # the next download overlaps this run
+        _run_arm(race, index, asked, store, state, progress, unreachable, len(live) - position)
+        state.done += 1
+        _look(race, store, state, drop=position + 1 == len(live))
+        if progress is not None:
+            progress(state)
+        left = race.time_left()
+        if left is not None and left <= 0:
+            return False
+    if prefetch is not None:
+        prefetch.exception()  # a failed prefetch is reported when its arm runs
+    return True
 
 
 def _all_answered(race: _Race, store: Store) -> bool:
@@ -390,6 +390,7 @@ def _cluster_round(
     me = sweep.claimant()
     flying: dict[Any, tuple[int, detached.Unit]] = {}
     state.current = f"{len(live)} runs on {len(cluster.nodes())} Ray nodes"
+    state.inner = sweep.Progress()
     try:
         for index in live:
             unit = _unit(race, index, asked, store, unreachable, share, threads, me, cluster)
@@ -399,11 +400,17 @@ def _cluster_round(
             need = unit.prepared.predicted
             handle = cluster.submit(unit, threads, need.host_bytes, gpus=1 if need.device_bytes else 0)
             flying[handle] = (index, unit)
+            state.inner.items_total += len(unit.pending)
         beat = time.monotonic()
         while flying:
             for handle in cluster.wait(list(flying), timeout_s=1.0):
                 index, unit = flying.pop(handle)
-                _land(race, index, unit, cluster.result(handle), store)
+                result = cluster.result(handle)
+                _land(race, index, unit, result, store)
+                if not isinstance(result, str):
+                    state.inner.items_done += len(result.answers)
+                    state.inner.tokens += result.tokens
+                    state.inner.decode_s += sum(a.timing.decode_s + a.timing.prompt_s for a in result.answers)
                 store.release(unit.prepared.config_id, me)
                 state.done += 1
                 _look(race, store, state, drop=False)
@@ -413,6 +420,9 @@ def _cluster_round(
                 beat = time.monotonic()
                 for _, unit in flying.values():
                     store.heartbeat(unit.prepared.config_id, me, time.time())
+        _look(race, store, state, drop=True)
+        if progress is not None:
+            progress(state)
     except KeyboardInterrupt:
         cluster.cancel(list(flying))
         for _, unit in flying.values():  # every finished question is stored; these wait, resumable
@@ -446,14 +456,11 @@ def _unit(
         for config_id in prepared.config_ids.values():
             store.update_config(config_id, status="done")
         return None
-    largest = cluster.largest_memory()
-    if prepared.predicted.host_bytes > largest:
-        label = f"{arm.label} with k={arm.k}"
-        message = describe(
-            NotEnoughMemoryError(label, "memory on any Ray node", prepared.predicted.host_bytes, largest)
-        )
-        sweep.record_unfit(prepared, store, message)
-        race.failed[index] = f"{arm.label}: unfit — {message}"
+    need = prepared.predicted
+    unfit = cluster.unfit(threads, need.host_bytes, 1 if need.device_bytes else 0)
+    if unfit is not None:
+        sweep.record_unfit(prepared, store, unfit)
+        race.failed[index] = f"{arm.label}: unfit — {unfit}"
         return None
     if store.claim(prepared.config_id, me, sweep.claim_alive) is not None:
         return None  # another edgeval process runs it now: the next round sees what it stored

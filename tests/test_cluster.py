@@ -152,7 +152,7 @@ def _task_worker() -> psutil.Process | None:
         cmdline = proc.info["cmdline"] or []
         if cmdline and cmdline[0].startswith("ray::edgeval"):
             children = proc.children()
-            if children and time.time() - children[0].create_time() > 1.0:
+            if children and time.time() - children[0].create_time() > 0.5:
                 return proc
     return None
 
