@@ -11,7 +11,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,40 +19,13 @@ import pytest
 from click.testing import CliRunner
 
 import edgeval
-from edgeval import demo, doctor
+from edgeval import demo, doctor, synth
 from edgeval.cli import cli
 from edgeval.quants import WeightQuant
 
-from .conftest import write_catalog
+from .conftest import TINY, write_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
-
-# A throw-away cluster shared by the tests that join one: a process that starts it and stops it when its stdin closes.
-HOLDER = """
-import sys, ray
-ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
-print(ray.get_runtime_context().gcs_address, flush=True)
-sys.stdin.read()
-ray.shutdown()
-"""
-
-
-@pytest.fixture(scope="module")
-def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The address of a 2-CPU Ray cluster on this machine (its nodes keep their files under a folder of their own)."""
-    pytest.importorskip("ray")
-    home = tmp_path_factory.mktemp("node")
-    env = {**os.environ, "EDGEVAL_HOME": str(home / "edgeval"), "HF_HOME": str(home / "hf"), "PYTHONPATH": str(ROOT)}
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True)  # fmt: skip
-    assert holder.stdout is not None and holder.stdin is not None
-    address = holder.stdout.readline().strip()
-    try:
-        assert address, "the Ray cluster did not start"
-        yield address
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=60)
 
 
 def _family(folder: Path) -> Path:
@@ -158,15 +130,17 @@ def _task_worker() -> psutil.Process | None:
 
 
 def test_a_ray_worker_killed_mid_task_is_retried_and_each_sample_is_stored_once(
-    head: str, model_dir: Path, tiny_models: dict[WeightQuant, Path], tmp_path: Path
+    model_dir: Path, tmp_path: Path
 ) -> None:
+    pytest.importorskip("ray")
+    model = synth.build(TINY, WeightQuant.Q8_0, model_dir, threads=2)  # random weights: writes its whole budget
     catalog = write_catalog(tmp_path / "tiny.toml", {"tiny": {"params": 1, "files": [
-        {"quant": "Q8_0", "path": str(tiny_models[WeightQuant.Q8_0])}]}})  # fmt: skip
+        {"quant": "Q8_0", "path": str(model)}]}})  # fmt: skip
     db = tmp_path / "k.db"
     args = ["compare", "--budget", "1GB", "--task", "arith", "--exhaustive", "--limit", "12", "--models", "tiny",
             "--kv", "f16", "--budget-tokens", "400", "--k", "2", "--no-repack", "--catalog", str(catalog), "--db",
-            str(db), "--json", "--ray", head]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            str(db), "--json", "--ray", "local"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # (the tests' own EDGEVAL_HOME and HF_HOME, the node's too)
     child = subprocess.Popen([sys.executable, "-m", "edgeval", *args], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)  # fmt: skip
     victim = None
