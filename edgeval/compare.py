@@ -442,8 +442,7 @@ def _unit(
 
     arm = race.arms[index]
     try:
-        deadline = None if share is None else time.time() + share
-        prepared = _prepare(race, index, asked, store, unreachable, deadline, threads)
+        prepared = _prepare(race, index, asked, store, unreachable, None, threads)
     except (hub.HubUnreachableError, hub.OfflineNotCachedError) as exc:
         unreachable.append(exc)
         race.failed[index] = f"{arm.label}: {describe(exc)}"
@@ -466,7 +465,7 @@ def _unit(
         return None  # another edgeval process runs it now: the next round sees what it stored
     sweep.mark_running(prepared, store)
     sha = store.file_sha256(prepared.spec.model_path, hub.sha256_of)
-    return detached.Unit(prepared, tuple(pending), sha, arm.ref.file)
+    return detached.Unit(prepared, tuple(pending), sha, arm.ref.file, share_s=share, deadline=race.deadline)
 
 
 def _land(race: _Race, index: int, unit: detached.Unit, result: detached.UnitResult | str, store: Store) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import socket
 import sys
+import time
 import types
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -36,6 +37,14 @@ class Unit:
     pending: tuple[int, ...]
     model_sha256: str  # the file the driver prepared from: a node's copy must hash the same
     file: ModelFile | None = None  # the catalog's entry, for a node without the file at the driver's path
+    share_s: float | None = None  # its share of the race's time, counted from when the node starts it
+    deadline: float | None = None  # the race's end (time.time()): no question is started after it
+
+    def deadline_from(self, start: float) -> float | None:
+        """When the node stops starting questions: at the end of its share or of the race, whichever is first
+        (a unit that waited for a free node gets its whole share from when it starts)."""
+        ends = [t for t in (self.deadline, None if self.share_s is None else start + self.share_s) if t is not None]
+        return min(ends) if ends else None
 
     @property
     def label(self) -> str:
@@ -57,7 +66,7 @@ class UnitResult:
     ran nothing (`unfit`: the node's free memory; `failed`: the model file, say)."""
 
     node: Node
-    status: str  # ran, unfit, failed
+    status: str  # ran, late (the race's time was up before it started), unfit, failed
     answers: tuple[Answer, ...] = ()
     supervised: sweep.Supervised | None = None
     message: str | None = None
@@ -119,9 +128,12 @@ def run(unit: Unit) -> UnitResult:
     """Answer the unit's questions on this machine, in edgeval's worker process, with no store."""
     node = node_facts()
     prepared = unit.prepared
+    deadline = unit.deadline_from(time.time())
+    if deadline is not None and time.time() >= deadline:
+        return UnitResult(node, "late")
     try:
         path = resolve_model(unit, node.hostname)
-        prepared = replace(prepared, spec=replace(prepared.spec, model_path=path))
+        prepared = replace(prepared, spec=replace(prepared.spec, model_path=path, deadline=deadline))
         if not prepared.spec.force:
             sweep.check_fits(prepared)
     except NotEnoughMemoryError as exc:
@@ -147,6 +159,10 @@ def commit(unit: Unit, result: UnitResult, store: Store) -> None:
     prepared = unit.prepared
     if result.status == "unfit":
         sweep.record_unfit(prepared, store, result.message or "")
+        return
+    if result.status == "late":
+        for config_id in prepared.config_ids.values():
+            store.update_config(config_id, status="partial", message="stopped at the time limit")
         return
     if result.status != "ran" or result.supervised is None:
         fail(unit, store, result.message or "failed")
