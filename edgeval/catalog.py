@@ -146,14 +146,16 @@ class ModelRef:
         expert_params = arch.n_layer * arch.n_expert * 3 * arch.n_embd * (arch.ffn_width // arch.n_expert_used)
         return int(self.weight_bytes * expert_params / max(self.model.params, 1))
 
-    def repack(self, types: Mapping[str, tuple[RepackRule, ...]]) -> Repack:
+    def repack(self, types: Mapping[str, tuple[RepackRule, ...]], *, tied_copy: bool = True) -> Repack:
         """What llama.cpp repacks of this file (`types`: `memory.repacked_types`): exact from a read header; from
-        the catalog, the tied output copy by the quantizer's rule and, as an upper bound, every matrix weight
-        beside the embeddings when the file's main type repacks (layout overheads of a few % left out)."""
+        the catalog, the tied output copy (when `tied_copy`) by the quantizer's rule and, as an upper bound, every
+        matrix weight beside the embeddings when the file's main type repacks (layout overheads of a few % left
+        out)."""
         if self.header is not None:
-            return self.header.repack(types)
+            return self.header.repack(types, tied_copy=tied_copy)
         quant = self.file.quant
-        copy = self.embd_bytes if self.model.arch.tied_embeddings and quant.tied_output_type in types else 0
+        tied = tied_copy and self.model.arch.tied_embeddings
+        copy = self.embd_bytes if tied and quant.tied_output_type in types else 0
         matrices = self.weight_bytes - self.embd_bytes if quant.main_tensor_type in types else 0
         return Repack(repacked_bytes=matrices + copy, source_bytes=matrices, copy_bytes=copy)
 

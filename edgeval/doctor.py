@@ -16,6 +16,7 @@ import psutil
 
 import edgeval
 from edgeval import engine, hub, synth
+from edgeval.memory import RepackMode
 from edgeval.paths import cache_dir, edgeval_home
 from edgeval.quants import WeightQuant
 
@@ -56,11 +57,13 @@ class Gpu:
 
 @dataclass(frozen=True)
 class RepackProbe:
-    """Whether llama.cpp's weight repacking survives a real matrix product on this machine."""
+    """Which of llama.cpp's weight-repacking modes survive a real matrix product on this machine."""
 
     tested: bool
-    works: bool | None
+    works: bool | None  # whether some repacking works (None: not tested)
     detail: str
+    mode: RepackMode | None = None  # the best mode that survived (OFF: none did); None: not tested
+    tried: tuple[tuple[RepackMode, str], ...] = ()  # each mode tried and what happened ("works", "signal 4", ...)
 
 
 @dataclass(frozen=True)
@@ -190,31 +193,55 @@ def suggest_budget(ram_total: int, ram_available: int, gpus: list[Gpu], gpu_offl
 PROBE_SPEC = synth.SynthSpec(name="repack-probe", n_layer=1, n_embd=256, n_head=4, n_head_kv=2, n_ff=512)
 
 
-def _probe_child(path: str) -> None:
-    """Load with repacking on and decode: a crash here is what the probe is looking for."""
+# The modes the probe tries, best first: llama.cpp's own choice of extra buffers (AMX first where the build has it),
+# then CPU_REPACK's layouts alone (CPUs whose AMX path crashes, as the Xeons these notes were measured on).
+PROBED_MODES = (RepackMode.ALL, RepackMode.CPU_REPACK)
+
+
+def _probe_child(path: str, mode: str) -> None:
+    """Load with repacking in `mode` and decode: a crash here is what the probe is looking for."""
     with (
-        engine.Model(Path(path), engine.LoadOptions(repack=True, n_gpu_layers=0)) as model,
+        engine.Model(Path(path), engine.LoadOptions(repack=RepackMode(mode), n_gpu_layers=0)) as model,
         engine.Context(model, engine.ContextOptions(n_ctx=256)) as ctx,
     ):
         ctx.generate(model.tokenize("<|im_start|>user\nhi<|im_end|>\n"), max_tokens=4)
 
 
-def probe_repack(timeout_s: float = 120.0, target: Callable[[str], None] = _probe_child) -> RepackProbe:
-    """Run a tiny Q4_0 model with repacking on in a child process, and say whether it survived."""
-    model = synth.build(PROBE_SPEC, WeightQuant.Q4_0, cache_dir("models"), threads=1)
+def _try_mode(path: Path, mode: RepackMode, timeout_s: float, target: Callable[[str, str], None]) -> str:
+    """Run `target` in a child process: "works", or how it failed."""
     spawn = multiprocessing.get_context("spawn")
-    child = spawn.Process(target=target, args=(str(model),), daemon=True)
+    child = spawn.Process(target=target, args=(str(path), mode.value), daemon=True)
     child.start()
     child.join(timeout_s)
     if child.is_alive():
         child.kill()
         child.join()
-        return RepackProbe(True, False, f"a tiny model with repacking on did not finish in {timeout_s:.0f} s")
+        return f"did not finish in {timeout_s:.0f} s"
     code = child.exitcode or 0
     if code == 0:
-        return RepackProbe(True, True, "repacking works on this CPU: leave it on for speed")
-    how = f"signal {-code}" if code < 0 else f"exit code {code}"
-    return RepackProbe(True, False, f"repacking crashed a tiny model ({how}): edgeval loads with repacking off here")
+        return "works"
+    return f"signal {-code}" if code < 0 else f"exit code {code}"
+
+
+def probe_repack(timeout_s: float = 120.0, target: Callable[[str, str], None] = _probe_child) -> RepackProbe:
+    """Run a tiny Q4_0 model in each repacking mode, best first, each in a child process; the first that
+    survives is this machine's mode (none: OFF)."""
+    model = synth.build(PROBE_SPEC, WeightQuant.Q4_0, cache_dir("models"), threads=1)
+    tried: list[tuple[RepackMode, str]] = []
+    for mode in PROBED_MODES:
+        outcome = _try_mode(model, mode, timeout_s, target)
+        tried.append((mode, outcome))
+        if outcome == "works":
+            break
+    mode = tried[-1][0] if tried[-1][1] == "works" else RepackMode.OFF
+    failed = "; ".join(f"{m.value} {outcome}" for m, outcome in tried if outcome != "works")
+    if mode is RepackMode.ALL:
+        detail = "repacking works on this CPU: leave it on for speed"
+    elif mode is RepackMode.CPU_REPACK:
+        detail = f"CPU_REPACK repacking works on this CPU (llama.cpp's full choice crashed: {failed}): edgeval uses it"
+    else:
+        detail = f"repacking crashed a tiny model ({failed}): edgeval loads with repacking off here"
+    return RepackProbe(True, mode is not RepackMode.OFF, detail, mode, tuple(tried))
 
 
 def _probe_cache() -> Path:
@@ -222,36 +249,52 @@ def _probe_cache() -> Path:
 
 
 def _probe_key() -> str:
-    return f"{engine.build_version()}|{engine.LLAMA_CPP_PYTHON_VERSION}|{cpu_model()}|{' '.join(cpu_features())}"
+    # "modes:" marks verdicts of the probe that tries each mode (an older verdict, on/off only, is probed again).
+    return f"modes:{engine.build_version()}|{engine.LLAMA_CPP_PYTHON_VERSION}|{cpu_model()}|{' '.join(cpu_features())}"
 
 
-def repack_cached() -> bool | None:
-    """The probe's remembered verdict for this llama.cpp build and CPU, without probing (None: never probed)."""
+def repack_cached() -> RepackMode | None:
+    """The probe's remembered mode for this llama.cpp build and CPU, without probing (None: never probed)."""
     try:
         cached = json.loads(_probe_cache().read_text())
         if cached.get("key") == _probe_key():
-            return bool(cached["works"])
+            return RepackMode(cached["mode"])
     except (OSError, ValueError, KeyError):
         pass
     return None
 
 
-def repack_default() -> bool:
-    """Whether to load with weight repacking: what the probe found for this llama.cpp build and CPU (probed once)."""
+def repack_default() -> RepackMode:
+    """How to load with weight repacking: the best mode the probe found for this llama.cpp build and CPU (probed
+    once)."""
     cached = repack_cached()
-    return bool(_remember(probe_repack()).works) if cached is None else cached
+    if cached is not None:
+        return cached
+    return _remember(probe_repack()).mode or RepackMode.OFF
 
 
-def repack_expected() -> bool:
-    """Whether a run will repack, for predictions made before any run (`plan`): the remembered verdict, else on
-    (the probe passes on the CPUs seen so far; a plan must not wait for it)."""
+def repack_mode(requested: bool | None) -> RepackMode:
+    """The mode a run loads with: off when `requested` is False; else the probe's mode (probed once), and where
+    the probe found none, llama.cpp's own choice when repacking was asked for explicitly."""
+    if requested is False:
+        return RepackMode.OFF
+    found = repack_default()
+    return RepackMode.ALL if requested and found is RepackMode.OFF else found
+
+
+def repack_expected(requested: bool | None = None) -> RepackMode:
+    """The mode a run will load with, for predictions made before any run (`plan`): as `repack_mode`, from the
+    remembered verdict only, else llama.cpp's own choice (the probe passes on most CPUs; a plan must not wait)."""
+    if requested is False:
+        return RepackMode.OFF
     cached = repack_cached()
-    return True if cached is None else cached
+    return RepackMode.ALL if cached is None or (requested and cached is RepackMode.OFF) else cached
 
 
 def _remember(result: RepackProbe) -> RepackProbe:
-    if result.tested:
-        _probe_cache().write_text(json.dumps({"key": _probe_key(), "works": result.works, "detail": result.detail}))
+    if result.tested and result.mode is not None:
+        record = {"key": _probe_key(), "mode": result.mode.value, "works": result.works, "detail": result.detail}
+        _probe_cache().write_text(json.dumps(record))
     return result
 
 

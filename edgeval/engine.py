@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -134,9 +135,10 @@ def system_info() -> str:
     return bytes(llama_cpp.llama_print_system_info()).decode("utf-8", errors="replace").strip()
 
 
-def repacked_types() -> dict[str, tuple[memory.RepackRule, ...]]:
-    """The tensor types this build repacks on this CPU (with the row multiple each needs), from its system info."""
-    return memory.repacked_types(memory.system_info_features(system_info()))
+def repacked_types(mode: memory.RepackMode = memory.RepackMode.ALL) -> dict[str, tuple[memory.RepackRule, ...]]:
+    """The tensor types this build repacks on this CPU in `mode` (with the row multiple each needs), from its
+    system info."""
+    return memory.repacked_types(memory.system_info_features(system_info()), mode)
 
 
 def supports_gpu_offload() -> bool:
@@ -165,6 +167,36 @@ def _ggml_library(stem: str) -> ctypes.CDLL | None:
     for candidate in sorted(folder.glob(f"*{stem}.*")):
         if candidate.suffix in (".so", ".dylib", ".dll"):
             return ctypes.CDLL(str(candidate))
+    return None
+
+
+def extra_buffer_type(name: str) -> int | None:
+    """The address of one of the CPU backend's extra buffer types ("AMX", "CPU_REPACK"), as llama.cpp's loader
+    finds them (`ggml_backend_dev_get_extra_bufts`); None when this build has no such type."""
+    initialise()
+    reg, base = _ggml_library("ggml"), _ggml_library("ggml-base")
+    if reg is None or base is None:
+        return None
+    reg.ggml_backend_dev_by_type.restype = ctypes.c_void_p
+    reg.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
+    base.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
+    base.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
+    base.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
+    base.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    base.ggml_backend_buft_name.restype = ctypes.c_char_p
+    base.ggml_backend_buft_name.argtypes = [ctypes.c_void_p]
+    cpu = reg.ggml_backend_dev_by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
+    address = base.ggml_backend_reg_get_proc_address(
+        base.ggml_backend_dev_backend_reg(cpu), b"ggml_backend_dev_get_extra_bufts"
+    )
+    if not cpu or not address:
+        return None
+    bufts = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(address)(cpu)
+    i = 0
+    while bufts and bufts[i]:
+        if base.ggml_backend_buft_name(bufts[i]) == name.encode():
+            return int(bufts[i])
+        i += 1
     return None
 
 
@@ -277,15 +309,24 @@ class LoadOptions:
     """How a model file is loaded."""
 
     n_gpu_layers: int | None = None  # None: all layers on a GPU build, 0 on a CPU-only build
-    repack: bool = False  # llama.cpp's weight repacking ("extra buffer types"; AMX, AVX-512 and ARM paths)
+    # llama.cpp's weight repacking ("extra buffer types"; AMX, AVX2/AVX-512 and ARM paths): a RepackMode, or True
+    # for llama.cpp's own choice (RepackMode.ALL) and False for none.
+    repack: bool | memory.RepackMode = False
     use_mmap: bool | None = None  # None: off when repacking, else on (memory.mmap_for says why)
     vocab_only: bool = False
     cpu_moe: int = 0  # mixture of experts: keep the first N layers' expert weights on the CPU (-1: all layers)
 
     @property
+    def repack_mode(self) -> memory.RepackMode:
+        """The repacking mode asked for."""
+        if isinstance(self.repack, memory.RepackMode):
+            return self.repack
+        return memory.RepackMode.ALL if self.repack else memory.RepackMode.OFF
+
+    @property
     def mmap(self) -> bool:
         """Whether the file is memory-mapped."""
-        return memory.mmap_for(self.repack) if self.use_mmap is None else self.use_mmap
+        return memory.mmap_for(self.repack_mode.on) if self.use_mmap is None else self.use_mmap
 
     def gpu_layers(self) -> int:
         """The resolved number of layers to offload (-1 means all)."""
@@ -304,12 +345,12 @@ class _BuftOverride(ctypes.Structure):
 _EXPERTS_OF_LAYER = r"blk\.{layer}\.ffn_(up|down|gate|gate_up)_(ch|)exps"
 
 
-def _expert_overrides(cpu_moe: int) -> ctypes.Array[_BuftOverride] | None:
+def _expert_overrides(cpu_moe: int) -> list[_BuftOverride]:
     """Tensor overrides keeping the expert weights of the first `cpu_moe` layers (-1: all) in CPU memory, as
-    llama.cpp's `--n-cpu-moe N` / `--cpu-moe` build them; None when there is nothing to keep. Overriding to the CPU
+    llama.cpp's `--n-cpu-moe N` / `--cpu-moe` build them; none when there is nothing to keep. Overriding to the CPU
     buffer type still lets llama.cpp repack those weights (its loader tries the CPU's extra buffers first)."""
     if cpu_moe == 0:
-        return None
+        return []
     base = _ggml_library("ggml-base")
     if base is None:
         raise LlamaError("this llama-cpp-python build does not expose ggml's CPU buffer type (needed for --cpu-moe)")
@@ -317,9 +358,40 @@ def _expert_overrides(cpu_moe: int) -> ctypes.Array[_BuftOverride] | None:
     cpu = base.ggml_backend_cpu_buffer_type()
     layers = r"\d+" if cpu_moe < 0 else "|".join(str(i) for i in range(cpu_moe))
     pattern = _EXPERTS_OF_LAYER.format(layer=layers if cpu_moe < 0 else f"({layers})")
-    overrides = (_BuftOverride * 2)()
-    overrides[0].pattern, overrides[0].buft = pattern.encode(), cpu
-    return overrides  # the second entry is the zeroed terminator
+    return [_BuftOverride(pattern.encode(), cpu)]
+
+
+def buft_override_patterns(names: Sequence[str]) -> list[str]:
+    """Regular expressions (llama.cpp's std::regex, ECMAScript) matching exactly these tensor names, one per
+    per-layer tensor kind (`^blk\\.(?:0|3)\\.ffn_up\\.weight$`): llama.cpp tries every pattern on every tensor,
+    so a few patterns load faster than one per tensor."""
+    layers: dict[str, list[str]] = {}
+    single = []
+    for name in names:
+        head, _, rest = name.partition(".")
+        index, _, kind = rest.partition(".")
+        if head == "blk" and index.isdigit() and kind:
+            layers.setdefault(kind, []).append(index)
+        else:
+            single.append(f"^{re.escape(name)}$")
+    grouped = [f"^blk\\.(?:{'|'.join(indices)})\\.{re.escape(kind)}$" for kind, indices in layers.items()]
+    return grouped + single
+
+
+def _cpu_repack_overrides(path: Path) -> list[_BuftOverride]:
+    """Buffer overrides that put every weight CPU_REPACK can take into it, with the other extra buffers off."""
+    from edgeval import gguf_info
+
+    buft = extra_buffer_type("CPU_REPACK")
+    if buft is None:
+        raise ConfigurationError("this llama.cpp build has no CPU_REPACK buffer type", hint="load with --no-repack")
+    names = gguf_info.read_local(path).repacked_tensors(repacked_types(memory.RepackMode.CPU_REPACK))
+    return [_BuftOverride(p.encode(), buft) for p in buft_override_patterns(names)]
+
+
+def _override_array(rows: Sequence[_BuftOverride]) -> ctypes.Array[_BuftOverride] | None:
+    """The NULL-terminated array llama.cpp reads (None: no overrides)."""
+    return (_BuftOverride * (len(rows) + 1))(*rows) if rows else None  # the last entry stays zeroed
 
 
 class Model:
@@ -332,7 +404,10 @@ class Model:
         self.options = options
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = options.gpu_layers()
-        params.use_extra_bufts = options.repack
+        mode = options.repack_mode
+        params.use_extra_bufts = mode is memory.RepackMode.ALL
+        if mode is memory.RepackMode.CPU_REPACK and params.n_gpu_layers != 0:
+            raise ConfigurationError("CPU_REPACK-only repacking is for CPU runs", hint="offload no layers")
         params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if options.mmap else llama_cpp.LLAMA_LOAD_MODE_NONE
         params.vocab_only = options.vocab_only
         if params.n_gpu_layers == 0:
@@ -341,7 +416,9 @@ class Model:
             # neither wants nor measures.
             self._no_devices = (ctypes.c_void_p * 1)()
             params.devices = ctypes.cast(self._no_devices, ctypes.c_void_p)
-        self._overrides = _expert_overrides(options.cpu_moe)  # llama.cpp reads them while loading: keep them alive
+        repack_rows = _cpu_repack_overrides(path) if mode is memory.RepackMode.CPU_REPACK else []
+        # llama.cpp reads the overrides while loading: they live as long as the model.
+        self._overrides = _override_array([*repack_rows, *_expert_overrides(options.cpu_moe)])
         if self._overrides is not None:
             params.tensor_buft_overrides = ctypes.cast(self._overrides, ctypes.c_void_p)
         start = LOG.mark()

@@ -71,6 +71,15 @@ class TensorInfo:
         return self.n_elements // block * size
 
 
+def _repacked_size(t: TensorInfo, types: Mapping[str, tuple[RepackRule, ...]]) -> int | None:
+    """A weight's bytes in the first extra buffer whose rule its shape fits; None when it stays plain."""
+    block = GGML_QUANT_SIZES[t.ggml_type][0]
+    for rule in types.get(t.ggml_type.name, ()):
+        if len(t.shape) == 2 and t.shape[1] % rule.rows == 0 and t.shape[0] % rule.cols == 0:
+            return t.n_bytes + t.n_elements // block * rule.extra_per_block
+    return None
+
+
 @dataclass(frozen=True)
 class GGUFInfo:
     """A GGUF file's header: metadata (small values; long arrays only counted) and tensor table."""
@@ -132,30 +141,30 @@ class GGUFInfo:
         """Bytes of a mixture of experts' expert weights (`blk.N.ffn_{gate,up,down}_exps`; 0 for a dense model)."""
         return sum(t.n_bytes for t in self.tensors if EXPERT_TENSOR.search(t.name))
 
-    def repack(self, types: Mapping[str, tuple[RepackRule, ...]]) -> Repack:
+    def repack(self, types: Mapping[str, tuple[RepackRule, ...]], *, tied_copy: bool = True) -> Repack:
         """What llama.cpp's CPU backend repacks of this model, given its rules per type (`memory.repacked_types`).
 
         The matrix-product weights are the 2-D tensors other than the token embeddings (looked up by row, never
         repacked); each takes the first rule its shape fits. With tied embeddings the output projection is the
-        token-embedding tensor used for a product: when it repacks, that is a copy beside the plain embeddings.
+        token-embedding tensor used for a product: when it repacks (and `tied_copy`: llama.cpp's own buffer
+        choice, `RepackMode.repacks_tied_output`), that is a copy beside the plain embeddings.
         """
-
-        def repacked(t: TensorInfo) -> int | None:
-            block = GGML_QUANT_SIZES[t.ggml_type][0]
-            for rule in types.get(t.ggml_type.name, ()):
-                if len(t.shape) == 2 and t.shape[1] % rule.rows == 0 and t.shape[0] % rule.cols == 0:
-                    return t.n_bytes + t.n_elements // block * rule.extra_per_block
-            return None
-
-        sizes = [(t, repacked(t)) for t in self.tensors if t.name != "token_embd.weight"]
-        moved = [(t.n_bytes, size) for t, size in sizes if size is not None]
+        moved = [(t.n_bytes, size) for t, size in self._repacked(types)]
         embd = next((t for t in self.tensors if t.name == "token_embd.weight"), None)
-        copy = repacked(embd) if self.tied_embeddings and embd is not None else None
+        copy = _repacked_size(embd, types) if tied_copy and self.tied_embeddings and embd is not None else None
         return Repack(
             repacked_bytes=sum(size for _, size in moved) + (copy or 0),
             source_bytes=sum(n for n, _ in moved),
             copy_bytes=copy or 0,
         )
+
+    def repacked_tensors(self, types: Mapping[str, tuple[RepackRule, ...]]) -> tuple[str, ...]:
+        """The names of the weights that repack under these rules (the token embeddings never do)."""
+        return tuple(t.name for t, _ in self._repacked(types))
+
+    def _repacked(self, types: Mapping[str, tuple[RepackRule, ...]]) -> list[tuple[TensorInfo, int]]:
+        sizes = [(t, _repacked_size(t, types)) for t in self.tensors if t.name != "token_embd.weight"]
+        return [(t, size) for t, size in sizes if size is not None]
 
     def architecture(self) -> Architecture:
         """The numbers the memory model needs."""

@@ -15,6 +15,7 @@ import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -251,17 +252,38 @@ _FEATURE_ALIASES = {"AVX512F": "AVX512", "AMX_INT8": "AMX_INT8", "avx512_vnni": 
 EXTRA_BUFFERS = frozenset({"AMX", "CPU_REPACK"})
 
 
-def repacked_types(features: Iterable[str]) -> dict[str, tuple[RepackRule, ...]]:
+class RepackMode(str, Enum):
+    """How edgeval lets llama.cpp's CPU backend repack weights."""
+
+    ALL = "all"  # every extra buffer type of the build, in llama.cpp's own order (AMX first, then CPU_REPACK)
+    CPU_REPACK = "cpu_repack"  # only CPU_REPACK's layouts, by per-tensor buffer overrides: for CPUs whose AMX crashes
+    OFF = "off"
+
+    @property
+    def on(self) -> bool:
+        """Whether any weight is repacked (and the file therefore read, not mapped: `mmap_for`)."""
+        return self is not RepackMode.OFF
+
+    @property
+    def repacks_tied_output(self) -> bool:
+        """Whether a tied output projection of a repackable type gets its own repacked copy. Only llama.cpp's own
+        choice does that; CPU_REPACK's overrides go by tensor name, and the output shares the embeddings' name
+        while the embeddings themselves (looked up by row) cannot live in a repacked layout."""
+        return self is RepackMode.ALL
+
+
+def repacked_types(features: Iterable[str], mode: RepackMode = RepackMode.ALL) -> dict[str, tuple[RepackRule, ...]]:
     """For each tensor type llama.cpp repacks on a CPU with these features, its rules in the order tried.
 
     `features` are names as llama.cpp's system info prints them (AVX2, AVX512, AVX512_VNNI, AMX_INT8, NEON,
-    DOTPROD, MATMUL_INT8, SVE; /proc/cpuinfo's AVX512F is accepted too). Empty when the build has no repacking.
+    DOTPROD, MATMUL_INT8, SVE; /proc/cpuinfo's AVX512F is accepted too). Empty when the build has no repacking,
+    or `mode` is OFF; `RepackMode.CPU_REPACK` leaves AMX out.
     """
     have = {_FEATURE_ALIASES.get(f, f) for f in features}
-    if "REPACK_OFF" in have:
+    if "REPACK_OFF" in have or mode is RepackMode.OFF:
         return {}
     found: dict[str, list[RepackRule]] = {}
-    if {"AMX_INT8", "AVX512_VNNI"} <= have:
+    if {"AMX_INT8", "AVX512_VNNI"} <= have and mode is RepackMode.ALL:
         for ggml_type, rule in _AMX_RULES.items():
             found[ggml_type] = [rule]
     taken: set[str] = set()

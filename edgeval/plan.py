@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from edgeval.catalog import ModelRef
-from edgeval.memory import Footprint, Repack, RepackRule, Setting, cells_for, own_cells, predict
+from edgeval.memory import Footprint, Repack, RepackMode, RepackRule, Setting, cells_for, own_cells, predict
 from edgeval.quants import KVType
 
 # Defaults for each axis (documented in the README): the KV types the study compares, per-sample contexts from
@@ -30,7 +30,7 @@ class Axes:
     n_ubatch: int = 512
     gpu_layers: int = 0
     cpu_moe: int = 0  # mixture of experts under offload: the first N layers keep their experts on the host (-1: all)
-    repack: bool = False  # llama.cpp's weight repacking, as `edgeval run` would load
+    repack: RepackMode = RepackMode.OFF  # llama.cpp's weight repacking, as `edgeval run` would load
     repack_types: Mapping[str, tuple[RepackRule, ...]] = field(
         default_factory=dict
     )  # what repacks on this CPU (memory.repacked_types)
@@ -108,18 +108,19 @@ class Plan:
         return dict(sorted(best.items(), reverse=True))
 
 
-def repack_setting(repack: bool | None) -> tuple[bool, Mapping[str, tuple[RepackRule, ...]]]:
-    """Whether a plan predicts for repacking, and the types this build repacks on this CPU: `repack` as given, or
-    as `edgeval run` will load (the probe's remembered verdict; never the probe itself)."""
-    if repack is None:
-        from edgeval import doctor
+def repack_setting(repack: bool | None) -> tuple[RepackMode, Mapping[str, tuple[RepackRule, ...]]]:
+    """The repacking mode a plan predicts for, and the types this build repacks on this CPU in it: off when
+    `repack` is False, else as `edgeval run` will load (the probe's remembered verdict; never the probe itself)."""
+    if repack is False:  # without asking llama.cpp anything: `plan --no-repack` never loads it
+        return RepackMode.OFF, {}
+    from edgeval import doctor
 
-        repack = doctor.repack_expected()
-    if not repack:
-        return False, {}
+    mode = doctor.repack_expected(repack)
+    if not mode.on:
+        return mode, {}
     from edgeval import engine
 
-    return True, engine.repacked_types()
+    return mode, engine.repacked_types(mode)
 
 
 def configurations(refs: Sequence[ModelRef], axes: Axes) -> list[Config]:
@@ -129,7 +130,8 @@ def configurations(refs: Sequence[ModelRef], axes: Axes) -> list[Config]:
     for ref in refs:
         arch = ref.model.arch
         weights, embd = ref.weight_bytes, ref.embd_bytes
-        repack = ref.repack(axes.repack_types) if axes.repack else Repack()
+        tied_copy = axes.repack.repacks_tied_output
+        repack = ref.repack(axes.repack_types, tied_copy=tied_copy) if axes.repack.on else Repack()
         for kv in axes.kv:
             for ctx in axes.ctx:
                 if ctx > arch.n_ctx_train or ctx <= axes.prompt_tokens:
@@ -147,7 +149,7 @@ def configurations(refs: Sequence[ModelRef], axes: Axes) -> list[Config]:
                         prompt_tokens=axes.prompt_tokens,
                         gpu_layers=axes.gpu_layers,
                         cpu_moe=axes.cpu_moe,
-                        repack=axes.repack,
+                        repack=axes.repack.on,
                     )
                     footprint = predict(
                         arch, weights, setting, embd_bytes=embd, expert_bytes=ref.expert_bytes, repack=repack

@@ -56,7 +56,9 @@ class RunSpec:
     seed: int = 0
     limit: int | None = None
     threads: int | None = None
-    repack: bool | None = None  # None: where the doctor's probe says repacking works (probed when a run needs it)
+    # Weight repacking: True/None the doctor probe's mode (probed once, when a run needs it; True forces llama.cpp's
+    # own choice where the probe found none), False off; `prepare` resolves it to a RepackMode.
+    repack: bool | memory.RepackMode | None = None
     gpu_layers: int | None = None
     cpu_moe: int = 0  # mixture of experts: the first N layers keep their expert weights on the CPU (-1: all)
     answer_tokens: int = ANSWER_TOKENS
@@ -170,6 +172,13 @@ def _arm_key(spec: RunSpec, task: tasks.Task, model_sha: str) -> str:
     return _config_key(spec, task, model_sha, 0)
 
 
+def _repack_mode(spec: RunSpec) -> memory.RepackMode:
+    """The repacking mode of a prepared spec (`prepare` resolves True/None through the doctor's probe)."""
+    if isinstance(spec.repack, memory.RepackMode):
+        return spec.repack
+    return memory.RepackMode.ALL if spec.repack else memory.RepackMode.OFF
+
+
 def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
     """Load the task, measure prompts with the model's tokenizer, size the KV cache, predict memory, find or
     create the configuration's row. A file whose sha256 is not the catalog's is refused first; repacking left
@@ -179,8 +188,8 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
     model_sha = store.file_sha256(spec.model_path, hub.sha256_of)
     if spec.expected_sha256 and model_sha != spec.expected_sha256.lower():
         raise hub.reject(spec.model_path, spec.expected_sha256, model_sha)
-    if spec.repack is None:
-        spec = replace(spec, repack=doctor.repack_default())
+    if not isinstance(spec.repack, memory.RepackMode):
+        spec = replace(spec, repack=doctor.repack_mode(spec.repack))
     header = gguf_info.read_local(spec.model_path)
     task = tasks.load_task(spec.task)
     items = task.take(spec.limit)
@@ -214,12 +223,17 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
         n_ctx += engine.fork_cells(spec.k, n_rungs, answer_cells, spec.answer_tokens, chunk=chunk)
     n_seq = engine.ladder_sequences(spec.k, n_rungs, spec.thinking)
     gpu_layers = engine.LoadOptions(n_gpu_layers=spec.gpu_layers).gpu_layers()
-    repack = header.repack(engine.repacked_types()) if spec.repack else memory.Repack()
+    mode = _repack_mode(spec)
+    if mode is memory.RepackMode.CPU_REPACK and gpu_layers != 0:  # its overrides would pin offloaded weights
+        mode = memory.RepackMode.OFF
+    spec = replace(spec, repack=mode)
+    tied_copy = mode.repacks_tied_output
+    repack = header.repack(engine.repacked_types(mode), tied_copy=tied_copy) if mode.on else memory.Repack()
 
     def footprint(cells: int, seqs: int) -> memory.Footprint:
         setting = memory.Setting(
             n_ctx=cells, n_seq=seqs, type_k=spec.kv_type_k, type_v=spec.kv_type_v, prompt_tokens=longest,
-            gpu_layers=gpu_layers, cpu_moe=spec.cpu_moe, repack=bool(spec.repack),
+            gpu_layers=gpu_layers, cpu_moe=spec.cpu_moe, repack=mode.on,
         )  # fmt: skip
         return memory.predict(
             arch, header.weight_bytes, setting, embd_bytes=header.embd_bytes, expert_bytes=header.expert_bytes,
@@ -372,7 +386,7 @@ def _answer_all(payload: dict[str, Any], events: Any, sink: Sink) -> None:
     config_ids = {int(b): int(c) for b, c in payload["config_ids"].items()}
     chat = prompts.ChatFormat(payload["chat_template"])
     t0 = time.perf_counter()
-    load = engine.LoadOptions(n_gpu_layers=spec.gpu_layers, repack=bool(spec.repack), cpu_moe=spec.cpu_moe)
+    load = engine.LoadOptions(n_gpu_layers=spec.gpu_layers, repack=_repack_mode(spec), cpu_moe=spec.cpu_moe)
     with engine.Model(spec.model_path, load) as model:
         options = engine.ContextOptions(
             n_ctx=payload["n_ctx"], n_seq=payload["n_seq"], type_k=spec.kv_type_k, type_v=spec.kv_type_v,
@@ -674,7 +688,7 @@ def mark_running(prepared: Prepared, store: Store) -> None:
     """Mark every rung of a configuration as running now."""
     for config_id in prepared.config_ids.values():
         store.update_config(config_id, status="running", message=None, log_tail=None,
-                            repack=int(bool(prepared.spec.repack)))  # fmt: skip
+                            repack=int(_repack_mode(prepared.spec).on))  # fmt: skip
 
 
 def record(

@@ -51,6 +51,13 @@ def _yes_no(value: bool | None) -> str:
     return {True: "[green]yes[/]", False: "[red]no[/]", None: "[dim]unknown[/]"}[value]
 
 
+_REPACK_LABELS = {"all": "[green]on[/]", "cpu_repack": "[green]CPU_REPACK only[/]", "off": "[yellow]off[/]"}
+
+
+def _repack_label(mode: memory.RepackMode | None) -> str:
+    return "[dim]unknown[/]" if mode is None else _REPACK_LABELS[mode.value]
+
+
 def render_doctor(report: MachineReport) -> None:
     """The machine report as one two-column table, grouped by topic."""
     table = Table(title="edgeval doctor", show_header=False, title_justify="left", pad_edge=False)
@@ -69,7 +76,9 @@ def render_doctor(report: MachineReport) -> None:
     table.add_row("backend", report.backend)
     table.add_row("GPU offload", _yes_no(report.gpu_offload))
     repack = report.repack
-    table.add_row("weight repacking", f"{_yes_no(repack.works)} — {repack.detail}" if repack.tested else repack.detail)
+    table.add_row(
+        "weight repacking", f"{_repack_label(repack.mode)} — {repack.detail}" if repack.tested else repack.detail
+    )
     section("hardware")
     table.add_row("CPU", f"{report.cpu} ({report.cpu_cores} cores, {report.cpu_threads} threads)")
     table.add_row("CPU features", " ".join(report.cpu_features) or "[dim]none detected[/]")

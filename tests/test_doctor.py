@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from edgeval import doctor
 from edgeval.cli import cli
+from edgeval.memory import RepackMode
 
 GB = 10**9
 GIB = 2**30
@@ -57,27 +58,53 @@ def test_table_shows_the_sections_and_the_probe_verdict() -> None:
     assert "repacking" in result.output and ("works" in result.output or "crashed" in result.output)
 
 
-def _crash(path: str) -> None:
+def _crash(path: str, mode: str) -> None:
     os.kill(os.getpid(), signal.SIGSEGV)
 
 
-def _fine(path: str) -> None:
+def _fine(path: str, mode: str) -> None:
     assert Path(path).stat().st_size > 0
+
+
+def _only_full_repacking_crashes(path: str, mode: str) -> None:
+    if mode == "all":  # as llama.cpp's AMX buffer does on some Xeons
+        os.kill(os.getpid(), signal.SIGILL)
 
 
 def test_probe_reports_a_crash_in_the_child_and_survives() -> None:
     crashed = doctor.probe_repack(target=_crash)
-    assert crashed.tested and crashed.works is False
+    assert crashed.tested and crashed.works is False and crashed.mode is RepackMode.OFF
     assert f"signal {int(signal.SIGSEGV)}" in crashed.detail
-    assert doctor.probe_repack(target=_fine).works is True
+    assert [m for m, _ in crashed.tried] == [RepackMode.ALL, RepackMode.CPU_REPACK]
+    fine = doctor.probe_repack(target=_fine)
+    assert fine.works is True and fine.mode is RepackMode.ALL and fine.tried == ((RepackMode.ALL, "works"),)
+
+
+def test_probe_falls_back_to_cpu_repack_when_llama_cpps_full_choice_crashes() -> None:
+    probe = doctor.probe_repack(target=_only_full_repacking_crashes)
+    assert probe.mode is RepackMode.CPU_REPACK and probe.works is True
+    assert probe.tried == ((RepackMode.ALL, f"signal {int(signal.SIGILL)}"), (RepackMode.CPU_REPACK, "works"))
+    assert "CPU_REPACK" in probe.detail
+
+
+def test_the_remembered_mode_decides_runs_and_no_repack_forces_off() -> None:
+    assert doctor.repack_cached() is None and doctor.repack_expected() is RepackMode.ALL
+    doctor._remember(doctor.probe_repack(target=_only_full_repacking_crashes))
+    assert doctor.repack_cached() is RepackMode.CPU_REPACK
+    assert doctor.repack_mode(None) is RepackMode.CPU_REPACK and doctor.repack_mode(True) is RepackMode.CPU_REPACK
+    assert doctor.repack_mode(False) is RepackMode.OFF and doctor.repack_expected(False) is RepackMode.OFF
+    doctor._remember(doctor.probe_repack(target=_crash))
+    assert doctor.repack_mode(None) is RepackMode.OFF
+    assert doctor.repack_mode(True) is RepackMode.ALL  # asked for explicitly: llama.cpp's own choice
 
 
 def test_probe_runs_llama_cpp_with_repacking_in_a_child() -> None:
     result = doctor.probe_repack()
     assert result.tested
     # Whatever this CPU does, the parent survives and says which it was.
-    assert result.works in (True, False)
+    assert result.works in (True, False) and result.works is (result.mode is not RepackMode.OFF)
     assert ("works" in result.detail) is bool(result.works)
+    assert result.tried[-1][1] == "works" or result.mode is RepackMode.OFF
 
 
 @pytest.mark.parametrize(

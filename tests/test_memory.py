@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -163,27 +164,29 @@ def test_catalog_estimate_of_repacking_follows_the_quantizer() -> None:
     assert ref.repack(memory.repacked_types([])) == memory.Repack()
 
 
-@pytest.mark.parametrize("repack", [False, True])
+@pytest.mark.parametrize("mode", list(memory.RepackMode))
 def test_predicted_weights_equal_llama_cpp_model_buffers_with_repacking(
-    repack: bool, tiny_models: dict[WeightQuant, Path]
+    mode: memory.RepackMode, tiny_models: dict[WeightQuant, Path]
 ) -> None:
-    types = engine.repacked_types()
+    types = engine.repacked_types(mode)
     any_repacked = False
     for quant, path in tiny_models.items():
         info = gguf_info.read_local(path)
-        split = info.repack(types)
-        setting = memory.Setting(n_ctx=256, repack=repack)
+        split = info.repack(types, tied_copy=mode.repacks_tied_output)
+        setting = memory.Setting(n_ctx=256, repack=mode.on)
         predicted = memory.predict(info.architecture(), info.weight_bytes, setting, repack=split)
-        with engine.captured_log() as lines, engine.Model(path, engine.LoadOptions(repack=repack, n_gpu_layers=0)):
+        with engine.captured_log() as lines, engine.Model(path, engine.LoadOptions(repack=mode, n_gpu_layers=0)):
             pass
         reported = memory.parse_llama_log(lines)
-        where = f"{quant.value} repack {repack}"
+        where = f"{quant.value} repack {mode.value}"
         assert reported.model_bytes == pytest.approx(predicted.weight_bytes, abs=0.01 * MIB), where
         assert reported.repack_bytes == pytest.approx(predicted.repack_bytes, abs=0.005 * MIB), where
         # The loading edgeval chooses: the file mapped in place only without repacking.
-        assert (reported.mapped_bytes > 0) == (not repack), where
+        assert (reported.mapped_bytes > 0) == (not mode.on), where
+        if mode is memory.RepackMode.CPU_REPACK:  # llama.cpp's own choice stays out, AMX included
+            assert not any(re.search(r"\bAMX model buffer", line) for line in lines), where
         any_repacked |= reported.repack_bytes > 0
-    assert any_repacked == (repack and bool(types))
+    assert any_repacked == bool(types)
 
 
 def test_a_measured_footprint_counts_gpu_memory_beside_rss() -> None:
@@ -225,3 +228,13 @@ def test_offloading_a_tied_model_holds_its_embeddings_on_host_and_device() -> No
     k, v = memory.kv_bytes(arch, 4096, KVType.F16, KVType.F16)
     assert everything.device_bytes == ref.weight_bytes + k + v + everything.compute_bytes
     assert all_by_count == everything  # 28 layers + the output layer
+
+
+def test_cpu_repack_overrides_match_exactly_the_named_tensors() -> None:
+    names = ["blk.0.ffn_up.weight", "blk.12.ffn_up.weight", "blk.1.attn_q.weight", "output.weight"]
+    patterns = engine.buft_override_patterns(names)
+    assert len(patterns) == 3  # one per tensor kind, whatever the number of layers
+    every = [*names, "blk.2.ffn_up.weight", "blk.1.ffn_up.weight", "blk.120.ffn_up.weight", "token_embd.weight",
+             "blk.1.attn_q.weight.extra", "xoutput.weight", "blk.0.ffn_upxweight"]  # fmt: skip
+    matched = [n for n in every if any(re.search(p, n) for p in patterns)]  # Python's re: same syntax here
+    assert matched == names
