@@ -1,7 +1,8 @@
 """Predicted footprint against measured peak RSS, through `edgeval run`'s own path, repacking on and off.
 
 Each cell is one `sweep.run` — the library call behind `edgeval run`: the parent predicts, spawns the worker,
-the worker loads the model as the product does (repacking on: read without mmap; off: mmapped) and answers one
+the worker loads the model as the product does (repacking on — the doctor probe's mode on this machine, read without
+mmap; off: mmapped) and answers one
 arith question, and the parent samples the worker's RSS (with its RssAnon and RssFile parts) every 10 ms.
 Models: random weights with Qwen3-0.6B's and Qwen3-1.7B's exact shapes (edgeval.synth), Q4_K_M, CPU.
 
@@ -25,7 +26,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from edgeval import sweep, synth
+from edgeval import doctor, sweep, synth
 from edgeval.paths import cache_dir
 from edgeval.quants import KVType, WeightQuant
 from edgeval.store import Store
@@ -53,17 +54,18 @@ def measure(path: Path, store: Store, k: int, kv: KVType, repack: bool, budget: 
         raise SystemExit(f"{path.name} k={k} {kv.value} budget {budget}: {result.status} ({result.message})")
     row = store.config(result.config_id)
     return {
-        "model": path.stem, "k": k, "kv": kv.value, "budget": budget, "repack": repack, "full": full,
+        "model": path.stem, "k": k, "kv": kv.value, "budget": budget, "repack": doctor.repack_mode(repack).value,
+        "full": full,
         "cells": row["kv_cells"], "predicted": result.predicted_bytes, "peak": result.peak_rss_bytes,
         "anon": result.peak_rss_anon_bytes, "file": result.peak_rss_file_bytes,
         "decode_tps": result.decode_tokens_per_s, "tokens": result.mean_tokens,
     }  # fmt: skip
 
 
-def run_cells(shape: str, repack: bool, out: Path, check: bool) -> None:
-    """Every cell of one model shape and repacking setting, appended to `out` as JSON lines."""
+def run_cells(shape: str, repack: bool, out: Path, check: bool, votes: tuple[int, ...] = tuple(BUDGETS)) -> None:
+    """Every cell of one model shape and repacking setting (and of the given k), appended to `out` as JSON lines."""
     path = synth.build(synth.QWEN3_SHAPES[shape], WeightQuant.Q4_K_M, cache_dir("models"), threads=2)
-    cells = [(k, kv, b, False) for k, budgets in BUDGETS.items() for kv in KV for b in budgets]
+    cells = [(k, kv, b, False) for k, budgets in BUDGETS.items() if k in votes for kv in KV for b in budgets]
     if check:
         cells += [(k, KVType.F16, b, True) for k, b in CHECKS]
     with tempfile.TemporaryDirectory() as tmp, out.open("a") as sink:
@@ -76,6 +78,13 @@ def run_cells(shape: str, repack: bool, out: Path, check: bool) -> None:
             print(_line(record), flush=True)
 
 
+def _repack_label(value: object) -> str:
+    """Records before modes existed hold a bool."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
 def _line(r: dict[str, object]) -> str:
     predicted, peak = int(r["predicted"]), int(r["peak"])  # type: ignore[call-overload]
     anon = f"{int(r['anon']) / MIB:.1f}" if r["anon"] is not None else "—"  # type: ignore[call-overload]
@@ -83,7 +92,7 @@ def _line(r: dict[str, object]) -> str:
     size = str(r["model"]).removeprefix("qwen3-").split("-")[0].upper()
     decoded = "full budget" if r["full"] else f"{DECODED} + answer"
     return (
-        f"| {size} | {'on' if r['repack'] else 'off'} | {r['k']} | {r['kv']} | {r['budget']} | {r['cells']} | "
+        f"| {size} | {_repack_label(r['repack'])} | {r['k']} | {r['kv']} | {r['budget']} | {r['cells']} | "
         f"{decoded} | {predicted / MIB:.1f} | {peak / MIB:.1f} | {anon} | {file} | {(predicted - peak) / peak:+.1%} |"
     )
 
@@ -102,6 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--shape", choices=sorted(synth.QWEN3_SHAPES), default="0.6b")
     parser.add_argument("--repack", choices=("on", "off"), default="on")
+    parser.add_argument("--k", type=int, nargs="+", default=list(BUDGETS), help="only these vote counts")
     parser.add_argument("--check", action="store_true", help="also run two cells with their full budget")
     parser.add_argument("--out", type=Path, default=Path("memory_prediction.jsonl"))
     parser.add_argument("--table", type=Path, help="print the table of a results file and exit")
@@ -109,7 +119,7 @@ def main() -> None:
     if args.table:
         table(args.table)
         return
-    run_cells(args.shape, args.repack == "on", args.out, args.check)
+    run_cells(args.shape, args.repack == "on", args.out, args.check, tuple(args.k))
 
 
 if __name__ == "__main__":
