@@ -246,8 +246,10 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
     for rung in spec.rungs:
         # What a separate run at this budget with j ≤ k votes would take (the rung's memory is that, calibrated by
         # what this run measures).
+        # The largest budget holds what --ctx gives each sample (by default what it needs), as the run itself does.
         own = memory.own_cells(rung, spec.kv_window)
-        by_votes = {j: footprint(longest + j * (own + answer_cells), j).total_bytes for j in range(1, spec.k + 1)}
+        cells = own + answer_cells if rung != budget else (spec.ctx or per_sample) - longest - budget + own
+        by_votes = {j: footprint(longest + j * cells, j).total_bytes for j in range(1, spec.k + 1)}
         fields: dict[str, object] = {
             "run_id": run_id, "model": spec.model_label, "model_path": str(spec.model_path), "model_sha256": model_sha,
             "weight_quant": _quant_name(header), "params": header.n_params, "task": task.name,

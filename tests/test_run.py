@@ -16,8 +16,9 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from edgeval import engine, prompts, sweep
+from edgeval import doctor, engine, prompts, sweep
 from edgeval.cli import cli
+from edgeval.memory import RepackMode
 from edgeval.quants import KVType, WeightQuant
 from edgeval.store import Store
 
@@ -54,22 +55,24 @@ def test_run_prints_a_table_and_json_with_every_key(tiny_models: dict[WeightQuan
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="RssAnon/RssFile are Linux's")
-@pytest.mark.parametrize("repack", ["--no-repack"])  # repacking crashes on some CPUs (see the doctor probe)
+@pytest.mark.parametrize("repack", ["--no-repack", None])  # None: the probe's mode (CPU_REPACK where AMX crashes)
 def test_run_records_the_peak_as_anonymous_and_file_backed_parts(
-    repack: str, tiny_models: dict[WeightQuant, Path], tmp_path: Path
+    repack: str | None, tiny_models: dict[WeightQuant, Path], tmp_path: Path
 ) -> None:
-    args = [a for a in _run(tiny_models[WeightQuant.Q4_K_M], tmp_path / "r.db", "--limit", "1", "--budget-tokens", "8")
-            if a != "--no-repack"]  # fmt: skip
-    result = CliRunner().invoke(cli, [*args, repack, "--json"])
+    # --ctx beyond what the budget needs: the run's own prediction (its KV sized by --ctx) is the one measured.
+    args = [a for a in _run(tiny_models[WeightQuant.Q4_K_M], tmp_path / "r.db", "--limit", "1", "--budget-tokens", "8",
+                            "--ctx", "700") if a != "--no-repack"]  # fmt: skip
+    result = CliRunner().invoke(cli, [*args, *([repack] if repack else []), "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     anon, file, peak = data["peak_rss_anon_bytes"], data["peak_rss_file_bytes"], data["peak_rss_bytes"]
     assert anon > 0 and file > 0
     assert 0.95 * peak <= anon + file <= peak  # the rest is shared memory (RssShmem)
-    assert data["repack"] is (repack == "--repack")
+    repacked = repack is None and doctor.repack_cached() is not RepackMode.OFF
+    assert data["repack"] is repacked
     with sqlite3.connect(tmp_path / "r.db") as db:
         stored = db.execute("SELECT peak_rss_anon_bytes, peak_rss_file_bytes, repack FROM configs").fetchone()
-    assert stored == (anon, file, int(repack == "--repack"))
+    assert stored == (anon, file, int(repacked))
 
 
 def test_budget_forcing_closes_the_reasoning_and_forces_an_answer(tiny_models: dict[WeightQuant, Path]) -> None:
