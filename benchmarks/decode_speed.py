@@ -1,23 +1,27 @@
 """Decode speed through edgeval against a plain llama.cpp loop, and k votes decoded together against k in a row.
 
-On a random-weight model with Qwen3-0.6B's exact shapes (edgeval.synth), 2 threads, repacking off, f16 KV:
+On a random-weight model with Qwen3-0.6B's exact shapes (edgeval.synth), 2 threads, f16 KV, repacking off or in
+one of edgeval's modes (`--repack cpu_repack` / `all`; the plain loop loads the same way: extra buffers or the same
+per-tensor overrides, the file read rather than mapped):
 1. one sequence: edgeval's Context.generate ÷ a minimal loop on llama-cpp-python's low-level API with the same
    model, context and sampler settings (target ≥ 0.95);
 2. k = 8 sequences decoded together in one context ÷ 8 generations one after another, aggregate tokens/s
    (target ≥ 2.7×; llama.cpp's own llama-batched reaches 2.8× on a 2-core machine).
 
-Run: python -m benchmarks.decode_speed [--quant Q4_K_M] [--tokens 128] [--threads 2]
+Run: python -m benchmarks.decode_speed [--quant Q4_K_M] [--tokens 128] [--threads 2] [--repack off|cpu_repack|all]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import time
 from pathlib import Path
 
 import llama_cpp  # the plain loop is the baseline, so this benchmark talks to llama.cpp directly
 
 from edgeval import engine, prompts, synth
+from edgeval.memory import RepackMode
 from edgeval.paths import cache_dir
 from edgeval.quants import WeightQuant
 
@@ -25,11 +29,15 @@ PROMPT = "<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n<|im_start|>assistant\n<
 SAMPLING = prompts.Sampling(temperature=0.6, top_p=0.95, top_k=20, min_p=0.0)
 
 
-def plain_loop(path: Path, tokens: int, threads: int, repack: bool) -> float:
+def plain_loop(path: Path, tokens: int, threads: int, repack: RepackMode) -> float:
     """Decode tokens/s of a minimal llama.cpp loop: one token per llama_decode, one sampler chain."""
     mparams = llama_cpp.llama_model_default_params()
     mparams.n_gpu_layers = 0
-    mparams.use_extra_bufts = repack
+    mparams.use_extra_bufts = repack is RepackMode.ALL
+    overrides = engine._cpu_repack_overrides(path) if repack is RepackMode.CPU_REPACK else None
+    if overrides is not None:
+        mparams.tensor_buft_overrides = ctypes.cast(overrides, ctypes.c_void_p)
+    mparams.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE if repack.on else llama_cpp.LLAMA_LOAD_MODE_MMAP
     model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
     cparams = llama_cpp.llama_context_default_params()
     cparams.n_ctx, cparams.n_batch, cparams.n_ubatch, cparams.n_seq_max = 1024, 512, 512, 1
@@ -85,14 +93,14 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--k", type=int, default=8)
-    parser.add_argument("--repack", action="store_true", help="weight repacking on (off by default, as in the targets)")
+    parser.add_argument("--repack", choices=[m.value for m in RepackMode], default="off", help="weight repacking mode")
     args = parser.parse_args()
     path = synth.build(synth.QWEN3_SHAPES["0.6b"], WeightQuant(args.quant), cache_dir("models"), threads=2)
-    repack = "on" if args.repack else "off"
-    print(f"model: {path.name}, {args.threads} threads, repacking {repack}, f16 KV, {args.tokens} tokens per sequence")
-    plain = plain_loop(path, args.tokens, args.threads, args.repack)
+    repack = RepackMode(args.repack)
+    print(f"model: {path.name}, {args.threads} threads, repacking {repack.value}, f16 KV, {args.tokens} tokens each")
+    plain = plain_loop(path, args.tokens, args.threads, repack)
     options = engine.ContextOptions(n_ctx=2048, n_seq=args.k, n_threads=args.threads)
-    load = engine.LoadOptions(n_gpu_layers=0, repack=args.repack)
+    load = engine.LoadOptions(n_gpu_layers=0, repack=repack)
     with engine.Model(path, load) as model, engine.Context(model, options) as ctx:
         prompt = model.tokenize(PROMPT)
         edgeval_rate(ctx, prompt, 1, 8, [0])  # warm-up

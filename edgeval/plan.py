@@ -7,7 +7,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from edgeval.catalog import ModelRef
-from edgeval.memory import Footprint, Repack, RepackMode, RepackRule, Setting, cells_for, own_cells, predict
+from edgeval.memory import (
+    FORCED_ANSWER_TOKENS,
+    Footprint,
+    Repack,
+    RepackMode,
+    RepackRule,
+    Setting,
+    cells_for,
+    own_cells,
+    predict,
+)
 from edgeval.quants import KVType
 
 # Defaults for each axis (documented in the README): the KV types the study compares, per-sample contexts from
@@ -28,6 +38,7 @@ class Axes:
     kv_window: tuple[int, ...] = (0,)  # KV windows (0: no eviction); a window as long as the budget is skipped
     prompt_tokens: int = DEFAULT_PROMPT_TOKENS
     n_ubatch: int = 512
+    forced_tokens: int = FORCED_ANSWER_TOKENS  # what forcing an answer feeds each vote at once (0: never forced)
     gpu_layers: int = 0
     cpu_moe: int = 0  # mixture of experts under offload: the first N layers keep their experts on the host (-1: all)
     repack: RepackMode = RepackMode.OFF  # llama.cpp's weight repacking, as `edgeval run` would load
@@ -147,6 +158,7 @@ def configurations(refs: Sequence[ModelRef], axes: Axes) -> list[Config]:
                         type_v=kv,
                         n_ubatch=axes.n_ubatch,
                         prompt_tokens=axes.prompt_tokens,
+                        forced_tokens=k * axes.forced_tokens,
                         gpu_layers=axes.gpu_layers,
                         cpu_moe=axes.cpu_moe,
                         repack=axes.repack.on,

@@ -230,17 +230,23 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
     tied_copy = mode.repacks_tied_output
     repack = header.repack(engine.repacked_types(mode), tied_copy=tied_copy) if mode.on else memory.Repack()
 
-    def footprint(cells: int, seqs: int) -> memory.Footprint:
+    # Votes still reasoning at the budget are forced together: each feeds its last token and the forcing text in one
+    # step (with a ladder, a smaller rung's forks go beside the votes' own tokens).
+    forced_each = 1 + answer_cells - spec.answer_tokens if spec.thinking or chat.opens_reasoning(spec.thinking) else 0
+
+    def footprint(cells: int, seqs: int, forced: int) -> memory.Footprint:
         setting = memory.Setting(
             n_ctx=cells, n_seq=seqs, type_k=spec.kv_type_k, type_v=spec.kv_type_v, prompt_tokens=longest,
             gpu_layers=gpu_layers, cpu_moe=spec.cpu_moe, repack=mode.on,
+            forced_tokens=forced,
         )  # fmt: skip
         return memory.predict(
             arch, header.weight_bytes, setting, embd_bytes=header.embd_bytes, expert_bytes=header.expert_bytes,
             repack=repack,
         )  # fmt: skip
 
-    predicted = footprint(n_ctx, n_seq)
+    forks = spec.k if n_rungs > 1 and forced_each else 0
+    predicted = footprint(n_ctx, n_seq, spec.k * forced_each + forks)
     arm = _arm_key(spec, task, model_sha)
     config_ids = {}
     for rung in spec.rungs:
@@ -249,7 +255,7 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
         # The largest budget holds what --ctx gives each sample (by default what it needs), as the run itself does.
         own = memory.own_cells(rung, spec.kv_window)
         cells = own + answer_cells if rung != budget else (spec.ctx or per_sample) - longest - budget + own
-        by_votes = {j: footprint(longest + j * cells, j).total_bytes for j in range(1, spec.k + 1)}
+        by_votes = {j: footprint(longest + j * cells, j, j * forced_each).total_bytes for j in range(1, spec.k + 1)}
         fields: dict[str, object] = {
             "run_id": run_id, "model": spec.model_label, "model_path": str(spec.model_path), "model_sha256": model_sha,
             "weight_quant": _quant_name(header), "params": header.n_params, "task": task.name,
