@@ -34,7 +34,7 @@ def plain_loop(path: Path, tokens: int, threads: int, repack: RepackMode) -> flo
     mparams = llama_cpp.llama_model_default_params()
     mparams.n_gpu_layers = 0
     mparams.use_extra_bufts = repack is RepackMode.ALL
-    overrides = engine._cpu_repack_overrides(path) if repack is RepackMode.CPU_REPACK else None
+    overrides = engine._override_array(engine._cpu_repack_overrides(path)) if repack is RepackMode.CPU_REPACK else None
     if overrides is not None:
         mparams.tensor_buft_overrides = ctypes.cast(overrides, ctypes.c_void_p)
     mparams.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE if repack.on else llama_cpp.LLAMA_LOAD_MODE_MMAP
