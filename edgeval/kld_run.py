@@ -267,14 +267,14 @@ def _score(
     Returns tokens/s of the tested and the reference pass (None where nothing was scored)."""
     from edgeval import doctor, engine
 
-    repack = doctor.repack_default() if request.repack is None else request.repack
+    repack = doctor.repack_mode(request.repack)  # off, CPU_REPACK only, or llama.cpp's own choice
     load = engine.LoadOptions(n_gpu_layers=request.gpu_layers, repack=repack)
     with ExitStack() as stack:
         if request.exact:  # whole rows: hundreds of KB a position, kept only until the tested pass is done
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=cache_dir("kld"))))
             cached = {t.item_index: folder / f"{t.item_index}.npy" for t in traces}
         else:  # what changes the reference's kept values names its cache file
-            tag = f"k{request.top_k}-{request.max_k}-{kld.REST_MASS:g}-g{load.gpu_layers()}-r{int(repack)}"
+            tag = f"k{request.top_k}-{request.max_k}-{kld.REST_MASS:g}-g{load.gpu_layers()}-r{repack.value}"
             cached = {t.item_index: _cache_path(ref_sha, t, tag) for t in traces}
         missing = [t for t in traces if not cached[t.item_index].exists()]
         ref_rate = _score_reference(request, load, traces, missing, cached, progress) if missing else None

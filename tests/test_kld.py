@@ -142,6 +142,12 @@ def test_a_configuration_against_itself_diverges_by_exactly_zero(
     assert all(b.summary.mean_kld == 0.0 for b in result.by_position)
 
 
+def test_the_default_load_takes_the_probes_repacking_mode(family: dict[WeightQuant, Path], traced_db: Path) -> None:
+    # repack None: as `edgeval kld` loads by default (here the probe's mode; CPU_REPACK only on an AMX Xeon).
+    s = _kld(traced_db, _request(family, WeightQuant.Q8_0, repack=None)).overall
+    assert s.traces == 8 and 0 < s.mean_kld < 0.01
+
+
 def test_the_family_orders_q8_below_q4_k_m_below_q2_k(family: dict[WeightQuant, Path], traced_db: Path) -> None:
     means = {q: _kld(traced_db, _request(family, q)) for q in (WeightQuant.Q8_0, WeightQuant.Q4_K_M, WeightQuant.Q2_K)}
     q8, q4, q2 = (means[q].overall for q in means)
