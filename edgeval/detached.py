@@ -39,6 +39,7 @@ class Unit:
     file: ModelFile | None = None  # the catalog's entry, for a node without the file at the driver's path
     share_s: float | None = None  # its share of the race's time, counted from when the node starts it
     deadline: float | None = None  # the race's end (time.time()): no question is started after it
+    repack_auto: bool = False  # repacking left to each machine: the node loads with what its own probe found
 
     def deadline_from(self, start: float) -> float | None:
         """When the node stops starting questions: at the end of its share or of the race, whichever is first
@@ -133,7 +134,12 @@ def run(unit: Unit) -> UnitResult:
         return UnitResult(node, "late")
     try:
         path = resolve_model(unit, node.hostname)
-        prepared = replace(prepared, spec=replace(prepared.spec, model_path=path, deadline=deadline))
+        spec = replace(prepared.spec, model_path=path, deadline=deadline)
+        if unit.repack_auto:  # the driver's CPU may repack in a way that crashes this one (AMX), or the other way
+            from edgeval import doctor
+
+            spec = replace(spec, repack=doctor.repack_default())
+        prepared = replace(prepared, spec=spec)
         if not prepared.spec.force:
             sweep.check_fits(prepared)
     except NotEnoughMemoryError as exc:

@@ -182,3 +182,25 @@ def test_without_ray_or_without_a_cluster_the_error_is_one_line(tmp_path: Path) 
     assert missing.returncode == 1
     assert missing.stderr.strip().count("\n") == 0 and "pip install 'edgeval[ray]'" in missing.stderr
     assert not (tmp_path / "e.db").exists() or not _samples(tmp_path / "e.db")
+
+
+def test_a_node_loads_with_its_own_probes_repacking_mode_when_the_request_left_it_open(tmp_path: Path) -> None:
+    """A unit travels with the driver's repacking mode; a node whose CPU crashes in that mode (AMX) must use what
+    its own probe found. Here the node's remembered verdict is "off" and the driver's mode llama.cpp's full choice."""
+    from edgeval import detached, hub, memory, sweep
+    from edgeval.store import Store
+
+    doctor._remember(doctor.RepackProbe(True, False, "none survived", memory.RepackMode.OFF))
+    source = demo.family_sources()[0]
+    spec = sweep.RunSpec(model_path=source, model_label="tiny-s:F16", task="arith", budget_tokens=8, k=2, limit=2,
+                         repack=memory.RepackMode.ALL, threads=2)  # fmt: skip
+    with Store(tmp_path / "driver.db") as store:
+        prepared = sweep.prepare(spec, store)
+        sha = store.file_sha256(source, hub.sha256_of)
+        unit = detached.Unit(prepared, (0, 1), sha, repack_auto=True)
+        result = detached.run(unit)
+        assert result.status == "ran" and len(result.answers) == 2, result.message
+        log = (Path(os.environ["EDGEVAL_HOME"]) / "cache" / "logs" / f"unit-{prepared.config_id}.log").read_text()
+        assert "model buffer size" in log and "REPACK" not in log and "AMX" not in log
+        detached.commit(unit, result, store)
+        assert len(store.samples(prepared.config_id)) == 2 * 2
