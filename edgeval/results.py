@@ -48,6 +48,7 @@ class ConfigResult:
     memory_bytes: int = 0  # what this configuration takes: measured, calibrated or predicted (memory_source)
     memory_source: str = "predicted"
     repack: bool | None = None  # whether the run loaded with weight repacking (None: not recorded)
+    repack_mode: str | None = None  # which mode: all, cpu_repack or off (None: not recorded)
     kv_window: int = 0  # each sample's KV window in tokens (0: no eviction)
     kv_cells: int = 0  # KV cells the run's context held
     mean_evicted: float = 0.0  # tokens a sample evicted from the KV cache, on average
@@ -160,6 +161,7 @@ def summarize(row: sqlite3.Row, samples: list[SampleRow], votes: int | None = No
         memory_bytes=memory_bytes,
         memory_source=source,
         repack=None if row["repack"] is None else bool(row["repack"]),
+        repack_mode=row["repack_mode"],
         kv_window=int(row["kv_window"]),
         kv_cells=int(row["kv_cells"]),
         mean_evicted=sum(s.evicted for s in flat) / len(flat) if flat else 0.0,

@@ -254,6 +254,12 @@ M8_NODES = """
 
 # SQL scripts applied in order, all under one write lock; PRAGMA user_version records how many ran.
 # Append, never edit.
+# Which of llama.cpp's weight-repacking modes a run loaded with (`memory.RepackMode`: all, cpu_repack, off): `repack`
+# says only whether any weight was repacked, and the memory and speed of CPU_REPACK only differ from AMX's.
+M9_REPACK_MODE = """
+        ALTER TABLE configs ADD COLUMN repack_mode TEXT;
+"""
+
 MIGRATIONS: list[str] = [
     M1_INITIAL,
     M2_LADDER,
@@ -263,6 +269,7 @@ MIGRATIONS: list[str] = [
     M6_GRADING_AND_PROMPTS,
     M7_KLD,
     M8_NODES,
+    M9_REPACK_MODE,
 ]
 
 

@@ -695,8 +695,9 @@ def record_unfit(prepared: Prepared, store: Store, message: str) -> None:
 def mark_running(prepared: Prepared, store: Store) -> None:
     """Mark every rung of a configuration as running now."""
     for config_id in prepared.config_ids.values():
-        store.update_config(config_id, status="running", message=None, log_tail=None,
-                            repack=int(_repack_mode(prepared.spec).on))  # fmt: skip
+        mode = _repack_mode(prepared.spec)
+        store.update_config(config_id, status="running", message=None, log_tail=None, repack=int(mode.on),
+                            repack_mode=mode.value)  # fmt: skip
 
 
 def record(

@@ -384,6 +384,8 @@ def render_run(result: ConfigResult) -> None:
         measured += (f" ({format_bytes(result.peak_rss_anon_bytes)} anonymous, "
                      f"{format_bytes(result.peak_rss_file_bytes)} file-backed)")  # fmt: skip
     repacking = "" if result.repack is None else f"; weight repacking {'on' if result.repack else 'off'}"
+    if result.repack_mode == memory.RepackMode.CPU_REPACK.value:
+        repacking = "; weight repacking CPU_REPACK only"
     table.add_row(
         "memory", f"predicted {format_bytes(result.predicted_bytes)}, measured peak RSS {measured}{repacking}"
     )

@@ -68,11 +68,13 @@ def test_run_records_the_peak_as_anonymous_and_file_backed_parts(
     anon, file, peak = data["peak_rss_anon_bytes"], data["peak_rss_file_bytes"], data["peak_rss_bytes"]
     assert anon > 0 and file > 0
     assert 0.95 * peak <= anon + file <= peak  # the rest is shared memory (RssShmem)
-    repacked = repack is None and doctor.repack_cached() is not RepackMode.OFF
-    assert data["repack"] is repacked
+    mode = doctor.repack_cached() if repack is None else RepackMode.OFF
+    assert mode is not None  # the run probed (once) when repacking was left open
+    repacked = mode is not RepackMode.OFF
+    assert data["repack"] is repacked and data["repack_mode"] == mode.value
     with sqlite3.connect(tmp_path / "r.db") as db:
-        stored = db.execute("SELECT peak_rss_anon_bytes, peak_rss_file_bytes, repack FROM configs").fetchone()
-    assert stored == (anon, file, int(repacked))
+        stored = db.execute("SELECT peak_rss_anon_bytes, peak_rss_file_bytes, repack, repack_mode FROM configs")
+        assert stored.fetchone() == (anon, file, int(repacked), mode.value)
 
 
 def test_budget_forcing_closes_the_reasoning_and_forces_an_answer(tiny_models: dict[WeightQuant, Path]) -> None:
