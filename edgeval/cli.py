@@ -398,7 +398,7 @@ def plan(
     book = catalog.Catalog.load(catalogs)
     names = _model_names(model_refs)
     refs = book.resolve_all(names) if names else book.everything()
-    repacking, types = planner.repack_setting(repack)
+    repacking, types = planner.repack_setting(repack, gpu_layers)
     axes = planner.Axes(
         kv=kv, ctx=ctx, k=votes, kv_window=kv_windows or (0,), prompt_tokens=prompt_tokens, gpu_layers=gpu_layers,
         cpu_moe=cpu_moe, repack=repacking, repack_types=types,

@@ -267,7 +267,8 @@ def _score(
     Returns tokens/s of the tested and the reference pass (None where nothing was scored)."""
     from edgeval import doctor, engine
 
-    repack = doctor.repack_mode(request.repack)  # off, CPU_REPACK only, or llama.cpp's own choice
+    gpu_layers = engine.LoadOptions(n_gpu_layers=request.gpu_layers).gpu_layers()
+    repack = memory.repack_for_offload(doctor.repack_mode(request.repack), gpu_layers)  # off, CPU_REPACK, all
     load = engine.LoadOptions(n_gpu_layers=request.gpu_layers, repack=repack)
     with ExitStack() as stack:
         if request.exact:  # whole rows: hundreds of KB a position, kept only until the tested pass is done

@@ -288,6 +288,12 @@ class RepackMode(str, Enum):
         return self is RepackMode.ALL
 
 
+def repack_for_offload(mode: RepackMode, gpu_layers: int) -> RepackMode:
+    """The mode a load can use: CPU_REPACK only is for CPU runs (its overrides would pin offloaded weights to the
+    host), so with layers on a GPU it becomes off."""
+    return RepackMode.OFF if mode is RepackMode.CPU_REPACK and gpu_layers != 0 else mode
+
+
 def repacked_types(features: Iterable[str], mode: RepackMode = RepackMode.ALL) -> dict[str, tuple[RepackRule, ...]]:
     """For each tensor type llama.cpp repacks on a CPU with these features, its rules in the order tried.
 

@@ -119,14 +119,15 @@ class Plan:
         return dict(sorted(best.items(), reverse=True))
 
 
-def repack_setting(repack: bool | None) -> tuple[RepackMode, Mapping[str, tuple[RepackRule, ...]]]:
+def repack_setting(repack: bool | None, gpu_layers: int = 0) -> tuple[RepackMode, Mapping[str, tuple[RepackRule, ...]]]:
     """The repacking mode a plan predicts for, and the types this build repacks on this CPU in it: off when
-    `repack` is False, else as `edgeval run` will load (the probe's remembered verdict; never the probe itself)."""
+    `repack` is False, else as `edgeval run` will load (the probe's remembered verdict; never the probe itself;
+    CPU_REPACK only becomes off with layers on a GPU, as a run's load does)."""
     if repack is False:  # without asking llama.cpp anything: `plan --no-repack` never loads it
         return RepackMode.OFF, {}
-    from edgeval import doctor
+    from edgeval import doctor, memory
 
-    mode = doctor.repack_expected(repack)
+    mode = memory.repack_for_offload(doctor.repack_expected(repack), gpu_layers)
     if not mode.on:
         return mode, {}
     from edgeval import engine

@@ -223,9 +223,7 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
         n_ctx += engine.fork_cells(spec.k, n_rungs, answer_cells, spec.answer_tokens, chunk=chunk)
     n_seq = engine.ladder_sequences(spec.k, n_rungs, spec.thinking)
     gpu_layers = engine.LoadOptions(n_gpu_layers=spec.gpu_layers).gpu_layers()
-    mode = _repack_mode(spec)
-    if mode is memory.RepackMode.CPU_REPACK and gpu_layers != 0:  # its overrides would pin offloaded weights
-        mode = memory.RepackMode.OFF
+    mode = memory.repack_for_offload(_repack_mode(spec), gpu_layers)
     spec = replace(spec, repack=mode)
     tied_copy = mode.repacks_tied_output
     repack = header.repack(engine.repacked_types(mode), tied_copy=tied_copy) if mode.on else memory.Repack()

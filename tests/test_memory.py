@@ -262,3 +262,10 @@ def test_plans_predict_the_forced_answers_of_k_votes() -> None:
     (a,), (b,) = plan.configurations([ref], quiet), plan.configurations([ref], forced)
     extra = memory.compute_bytes(ref.model.arch, a.footprint.kv_cells, 160, 8, 8, False)
     assert b.footprint.total_bytes - a.footprint.total_bytes == extra
+
+
+def test_cpu_repack_only_is_for_cpu_runs() -> None:
+    cpu_repack, every, off = memory.RepackMode.CPU_REPACK, memory.RepackMode.ALL, memory.RepackMode.OFF
+    assert memory.repack_for_offload(cpu_repack, 0) is cpu_repack
+    assert memory.repack_for_offload(cpu_repack, -1) is off and memory.repack_for_offload(cpu_repack, 3) is off
+    assert memory.repack_for_offload(every, -1) is every
