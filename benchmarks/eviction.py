@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeval import demo, engine, gguf_info, grading, memory, prompts, sweep, synth, tasks, vote
+from edgeval import demo, engine, gguf_info, grading, memory, prompts, sweep, synth, tasks, vote, worker
 from edgeval.paths import cache_dir
 from edgeval.quants import KVType, WeightQuant
 from edgeval.store import Store
@@ -68,7 +68,7 @@ def accuracy(path: Path, arm: Arm, limit: int) -> tuple[float, float, float]:
             for item in task.take(limit):
                 prompt = model.tokenize(prompts.chat_prompt(item.question, task.instruction))
                 out = ctx.generate(prompt, k=K, max_tokens=BUDGET, sampling=sampling,
-                                   seeds=sweep.item_seeds(0, item.id, K), forcing=forcing, window=arm.window,
+                                   seeds=worker.item_seeds(0, item.id, K), forcing=forcing, window=arm.window,
                                    shift=arm.shift)  # fmt: skip
                 answers = [grading.extract(t, task.kind) for t in out.texts]
                 correct: list[bool | None] = [grading.is_correct(a, item.answer, task.kind) for a in answers]

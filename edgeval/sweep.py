@@ -16,22 +16,23 @@ import platform
 import queue
 import signal
 import socket
-import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import edgeval
-from edgeval import gguf_info, grading, hub, memory, prompts, results, tasks
+from edgeval import gguf_info, hub, memory, prompts, results, tasks
 from edgeval.errors import ConfigurationError, NotEnoughMemoryError, describe
 from edgeval.paths import cache_dir
 from edgeval.quants import KVType
-from edgeval.store import Claim, ItemTiming, SampleRow, Store
+from edgeval.store import Claim, ItemTiming, Store
+from edgeval.worker import Sink, prompt_text
+from edgeval.worker import main as worker_main
 
 if TYPE_CHECKING:  # engine (llama.cpp) is imported where a configuration is prepared or run, not with this module
-    from edgeval import engine
+    pass
 
 DEFAULT_BUDGET_TOKENS = 2048  # lowered, with a note, where the model's context cannot hold it
 ANSWER_TOKENS = 32  # what a forced sample may still write after its reasoning is closed
@@ -72,6 +73,13 @@ class RunSpec:
     def budget(self) -> int:
         """The largest token budget (the default until `prepare` has fitted it to the model)."""
         return DEFAULT_BUDGET_TOKENS if self.budget_tokens is None else self.budget_tokens
+
+    @property
+    def repack_mode(self) -> memory.RepackMode:
+        """The repacking mode (`prepare` resolves True/None through the doctor's probe)."""
+        if isinstance(self.repack, memory.RepackMode):
+            return self.repack
+        return memory.RepackMode.ALL if self.repack else memory.RepackMode.OFF
 
     @property
     def rungs(self) -> tuple[int, ...]:
@@ -172,13 +180,6 @@ def _arm_key(spec: RunSpec, task: tasks.Task, model_sha: str) -> str:
     return _config_key(spec, task, model_sha, 0)
 
 
-def _repack_mode(spec: RunSpec) -> memory.RepackMode:
-    """The repacking mode of a prepared spec (`prepare` resolves True/None through the doctor's probe)."""
-    if isinstance(spec.repack, memory.RepackMode):
-        return spec.repack
-    return memory.RepackMode.ALL if spec.repack else memory.RepackMode.OFF
-
-
 def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
     """Load the task, measure prompts with the model's tokenizer, size the KV cache, predict memory, find or
     create the configuration's row. A file whose sha256 is not the catalog's is refused first; repacking left
@@ -223,7 +224,7 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
         n_ctx += engine.fork_cells(spec.k, n_rungs, answer_cells, spec.answer_tokens, chunk=chunk)
     n_seq = engine.ladder_sequences(spec.k, n_rungs, spec.thinking)
     gpu_layers = engine.LoadOptions(n_gpu_layers=spec.gpu_layers).gpu_layers()
-    mode = memory.repack_for_offload(_repack_mode(spec), gpu_layers)
+    mode = memory.repack_for_offload(spec.repack_mode, gpu_layers)
     spec = replace(spec, repack=mode)
     tied_copy = mode.repacks_tied_output
     repack = header.repack(engine.repacked_types(mode), tied_copy=tied_copy) if mode.on else memory.Repack()
@@ -295,7 +296,7 @@ def _sample_tokens(
 
     with engine.Model(spec.model_path, engine.LoadOptions(vocab_only=True)) as vocab:
         forced = vocab.tokenize(prompts.forced_answer(task.answer_prefix))
-        longest = max(len(vocab.tokenize(_prompt(chat, task, item, spec.thinking))) for item in items)
+        longest = max(len(vocab.tokenize(prompt_text(chat, task, item, spec.thinking))) for item in items)
     return longest, longest + spec.budget + len(forced) + spec.answer_tokens
 
 
@@ -310,149 +311,6 @@ def _quant_name(header: gguf_info.GGUFInfo) -> str:
     from edgeval.catalog import quant_of
 
     return quant_of(header).value
-
-
-def _prompt(chat: prompts.ChatFormat, task: tasks.Task, item: tasks.Item, thinking: bool) -> str:
-    return chat.prompt(item.question, task.instruction, thinking=thinking)
-
-
-def item_seeds(seed: int, item_id: str, k: int) -> list[int]:
-    """One sampler seed per vote, fixed by the run's seed and the question's id (not its position)."""
-    base = int(hashlib.sha256(f"{seed}:{item_id}".encode()).hexdigest()[:8], 16)
-    return [(base + 7919 * j) & 0xFFFFFFFF for j in range(k)]
-
-
-# ---------------------------------------------------------------- the worker process
-
-
-def _worker(payload: dict[str, Any], events: Any) -> None:
-    """Runs in a fresh process: load once, answer every pending question, commit each as it finishes (to the store,
-    or — with no store — back to the parent as an event).
-
-    A Python failure is written to the log as one `edgeval:` line and the process exits with code 1;
-    a crash inside llama.cpp kills the process, and the parent reads the log's last lines.
-    """
-    from edgeval import engine
-
-    _die_with_parent(payload["parent_pid"])
-    engine.LOG.tee(Path(payload["log_path"]))
-    engine.LOG.set_echo(payload["verbose"])
-    try:
-        _work(payload, events)
-    except BaseException as exc:
-        with Path(payload["log_path"]).open("a", encoding="utf-8") as log:
-            log.write(f"\nedgeval: {describe(exc)}\n")
-        raise SystemExit(1) from None
-
-
-def _die_with_parent(parent: int) -> None:
-    """End this worker when the process that supervises it dies (killed, say, as a cluster's task): an orphaned
-    llama.cpp would go on taking the cores and memory of whatever runs next. Linux asks the kernel; elsewhere the
-    worker checks between questions (`_orphaned`)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if _orphaned(parent):
-        os._exit(1)
-
-
-def _orphaned(parent: int) -> bool:
-    return os.getppid() != parent
-
-
-Sink = Callable[[Mapping[int, Sequence[SampleRow]], ItemTiming], None]
-
-
-def _work(payload: dict[str, Any], events: Any) -> None:
-    if payload["db_path"] is None:  # no store here: each question goes back to the parent, which hands it on
-
-        def send(rows: Mapping[int, Sequence[SampleRow]], timing: ItemTiming) -> None:
-            events.put(("rows", (dict(rows), timing)))
-
-        _answer_all(payload, events, send)
-        return
-    with Store(Path(payload["db_path"])) as store:
-        _answer_all(payload, events, store.add_items)
-
-
-def _answer_all(payload: dict[str, Any], events: Any, sink: Sink) -> None:
-    from edgeval import engine
-
-    raw = payload["spec"]
-    sampling = prompts.Sampling(**raw["sampling"]) if raw["sampling"] else None
-    spec = RunSpec(**{
-        **raw, "model_path": Path(raw["model_path"]), "kv_type_k": KVType(raw["kv_type_k"]),
-        "kv_type_v": KVType(raw["kv_type_v"]), "sampling": sampling, "ladder": tuple(raw["ladder"]),
-    })  # fmt: skip
-    task: tasks.Task = payload["task"]
-    items = task.take(spec.limit)
-    pending = payload["pending"]
-    config_ids = {int(b): int(c) for b, c in payload["config_ids"].items()}
-    chat = prompts.ChatFormat(payload["chat_template"])
-    t0 = time.perf_counter()
-    load = engine.LoadOptions(n_gpu_layers=spec.gpu_layers, repack=_repack_mode(spec), cpu_moe=spec.cpu_moe)
-    with engine.Model(spec.model_path, load) as model:
-        options = engine.ContextOptions(
-            n_ctx=payload["n_ctx"], n_seq=payload["n_seq"], type_k=spec.kv_type_k, type_v=spec.kv_type_v,
-            n_threads=spec.threads,
-        )  # fmt: skip
-        with engine.Context(model, options) as ctx:
-            events.put(("loaded", time.perf_counter() - t0))
-            forcing = engine.Forcing(
-                think_close=model.tokenize(prompts.THINK_CLOSE)[0],
-                tokens=tuple(model.tokenize(prompts.forced_answer(task.answer_prefix))),
-                answer_tokens=spec.answer_tokens,
-                starts_reasoning=spec.thinking or chat.opens_reasoning(spec.thinking),
-            )
-            for index in pending:
-                if spec.deadline is not None and time.time() >= spec.deadline:
-                    events.put(("stopped", None))
-                    break
-                if _orphaned(payload["parent_pid"]):
-                    return
-                _answer(sink, config_ids, chat, task, index, items[index], model, ctx, spec, forcing, events)
-    events.put(("finished", None))
-
-
-def _answer(
-    sink: Sink,
-    config_ids: dict[int, int],
-    chat: prompts.ChatFormat,
-    task: tasks.Task,
-    index: int,
-    item: tasks.Item,
-    model: engine.Model,
-    ctx: engine.Context,
-    spec: RunSpec,
-    forcing: engine.Forcing,
-    events: Any,
-) -> None:
-    prompt = model.tokenize(_prompt(chat, task, item, spec.thinking))
-    ladder = ctx.generate_ladder(
-        prompt, k=spec.k, budgets=spec.rungs, sampling=spec.effective_sampling,
-        seeds=item_seeds(spec.seed, item.id, spec.k), forcing=forcing, window=spec.kv_window,
-    )  # fmt: skip
-    # A template that opens the reasoning itself (Qwen3-2507 Thinking) leaves `<think>` in the prompt: the stored
-    # text gets it back, so grading (and a later regrade) knows an unclosed reasoning from an answer.
-    opener = f"{prompts.THINK_OPEN}\n" if chat.opens_reasoning(spec.thinking) else ""
-    rows: dict[int, Sequence[SampleRow]] = {}
-    for budget, out in ladder.items():
-        rung: list[SampleRow] = []
-        rows[config_ids[budget]] = rung
-        for j in range(spec.k):
-            text = opener + out.texts[j]
-            verdict = grading.judge(task.kind, text, item.answer)
-            rung.append(
-                SampleRow(index, item.id, j, item.answer, text, verdict.answer, verdict.correct,
-                          out.generated[j], out.forced[j], out.finish[j], out.prompt_tokens, out.evicted[j])
-            )  # fmt: skip
-    out = ladder[spec.budget]
-    # Every rung's row gets the generation's timing: the rungs were produced together, by one decode.
-    timing = ItemTiming(index, out.prompt_tokens, out.prompt_s, out.decoded_tokens, out.decode_s, out.ttft_s)
-    sink(rows, timing)
-    events.put(("item", (index, out.decoded_tokens, out.decode_s + out.prompt_s)))
 
 
 # ---------------------------------------------------------------- the parent
@@ -614,7 +472,7 @@ def supervise(
     worker's answers go to `on_rows`), call `tick` about every HEARTBEAT_S."""
     spawn = multiprocessing.get_context("spawn")
     events = spawn.Queue()
-    worker = spawn.Process(target=_worker, args=(payload, events), daemon=True)
+    worker = spawn.Process(target=worker_main, args=(payload, events), daemon=True)
     started = time.perf_counter()
     load_s = None
     stopped = False
@@ -693,7 +551,7 @@ def record_unfit(prepared: Prepared, store: Store, message: str) -> None:
 def mark_running(prepared: Prepared, store: Store) -> None:
     """Mark every rung of a configuration as running now."""
     for config_id in prepared.config_ids.values():
-        mode = _repack_mode(prepared.spec)
+        mode = prepared.spec.repack_mode
         store.update_config(config_id, status="running", message=None, log_tail=None, repack=int(mode.on),
                             repack_mode=mode.value)  # fmt: skip
 

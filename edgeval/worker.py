@@ -1,0 +1,169 @@
+"""The worker process: a fresh process that loads one configuration's model once and answers its pending
+questions, handing each question's k samples on as it finishes (to the store, or back to the parent).
+
+`sweep` starts it (`main` is the process's target), samples its memory from outside and reads its events; a crash
+inside llama.cpp ends only this process. Nothing here is imported by the parent beyond the prompt text and the
+vote seeds, which `sweep` also needs to size a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeval import grading, prompts, tasks
+from edgeval.errors import describe
+from edgeval.quants import KVType
+from edgeval.store import ItemTiming, SampleRow, Store
+
+if TYPE_CHECKING:
+    from edgeval import engine
+    from edgeval.sweep import RunSpec
+
+
+def prompt_text(chat: prompts.ChatFormat, task: tasks.Task, item: tasks.Item, thinking: bool) -> str:
+    """A question as the model is prompted with it (its chat template, the task's instruction)."""
+    return chat.prompt(item.question, task.instruction, thinking=thinking)
+
+
+def item_seeds(seed: int, item_id: str, k: int) -> list[int]:
+    """One sampler seed per vote, fixed by the run's seed and the question's id (not its position)."""
+    base = int(hashlib.sha256(f"{seed}:{item_id}".encode()).hexdigest()[:8], 16)
+    return [(base + 7919 * j) & 0xFFFFFFFF for j in range(k)]
+
+
+def main(payload: dict[str, Any], events: Any) -> None:
+    """Runs in a fresh process: load once, answer every pending question, commit each as it finishes (to the store,
+    or — with no store — back to the parent as an event).
+
+    A Python failure is written to the log as one `edgeval:` line and the process exits with code 1;
+    a crash inside llama.cpp kills the process, and the parent reads the log's last lines.
+    """
+    from edgeval import engine
+
+    _die_with_parent(payload["parent_pid"])
+    engine.LOG.tee(Path(payload["log_path"]))
+    engine.LOG.set_echo(payload["verbose"])
+    try:
+        _work(payload, events)
+    except BaseException as exc:
+        with Path(payload["log_path"]).open("a", encoding="utf-8") as log:
+            log.write(f"\nedgeval: {describe(exc)}\n")
+        raise SystemExit(1) from None
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this worker when the process that supervises it dies (killed, say, as a cluster's task): an orphaned
+    llama.cpp would go on taking the cores and memory of whatever runs next. Linux asks the kernel; elsewhere the
+    worker checks between questions (`_orphaned`)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if _orphaned(parent):
+        os._exit(1)
+
+
+def _orphaned(parent: int) -> bool:
+    return os.getppid() != parent
+
+
+Sink = Callable[[Mapping[int, Sequence[SampleRow]], ItemTiming], None]
+
+
+def _work(payload: dict[str, Any], events: Any) -> None:
+    if payload["db_path"] is None:  # no store here: each question goes back to the parent, which hands it on
+
+        def send(rows: Mapping[int, Sequence[SampleRow]], timing: ItemTiming) -> None:
+            events.put(("rows", (dict(rows), timing)))
+
+        _answer_all(payload, events, send)
+        return
+    with Store(Path(payload["db_path"])) as store:
+        _answer_all(payload, events, store.add_items)
+
+
+def _answer_all(payload: dict[str, Any], events: Any, sink: Sink) -> None:
+    from edgeval import engine
+    from edgeval.sweep import RunSpec
+
+    raw = payload["spec"]
+    sampling = prompts.Sampling(**raw["sampling"]) if raw["sampling"] else None
+    spec = RunSpec(**{
+        **raw, "model_path": Path(raw["model_path"]), "kv_type_k": KVType(raw["kv_type_k"]),
+        "kv_type_v": KVType(raw["kv_type_v"]), "sampling": sampling, "ladder": tuple(raw["ladder"]),
+    })  # fmt: skip
+    task: tasks.Task = payload["task"]
+    items = task.take(spec.limit)
+    pending = payload["pending"]
+    config_ids = {int(b): int(c) for b, c in payload["config_ids"].items()}
+    chat = prompts.ChatFormat(payload["chat_template"])
+    t0 = time.perf_counter()
+    load = engine.LoadOptions(n_gpu_layers=spec.gpu_layers, repack=spec.repack_mode, cpu_moe=spec.cpu_moe)
+    with engine.Model(spec.model_path, load) as model:
+        options = engine.ContextOptions(
+            n_ctx=payload["n_ctx"], n_seq=payload["n_seq"], type_k=spec.kv_type_k, type_v=spec.kv_type_v,
+            n_threads=spec.threads,
+        )  # fmt: skip
+        with engine.Context(model, options) as ctx:
+            events.put(("loaded", time.perf_counter() - t0))
+            forcing = engine.Forcing(
+                think_close=model.tokenize(prompts.THINK_CLOSE)[0],
+                tokens=tuple(model.tokenize(prompts.forced_answer(task.answer_prefix))),
+                answer_tokens=spec.answer_tokens,
+                starts_reasoning=spec.thinking or chat.opens_reasoning(spec.thinking),
+            )
+            for index in pending:
+                if spec.deadline is not None and time.time() >= spec.deadline:
+                    events.put(("stopped", None))
+                    break
+                if _orphaned(payload["parent_pid"]):
+                    return
+                _answer(sink, config_ids, chat, task, index, items[index], model, ctx, spec, forcing, events)
+    events.put(("finished", None))
+
+
+def _answer(
+    sink: Sink,
+    config_ids: dict[int, int],
+    chat: prompts.ChatFormat,
+    task: tasks.Task,
+    index: int,
+    item: tasks.Item,
+    model: engine.Model,
+    ctx: engine.Context,
+    spec: RunSpec,
+    forcing: engine.Forcing,
+    events: Any,
+) -> None:
+    prompt = model.tokenize(prompt_text(chat, task, item, spec.thinking))
+    ladder = ctx.generate_ladder(
+        prompt, k=spec.k, budgets=spec.rungs, sampling=spec.effective_sampling,
+        seeds=item_seeds(spec.seed, item.id, spec.k), forcing=forcing, window=spec.kv_window,
+    )  # fmt: skip
+    # A template that opens the reasoning itself (Qwen3-2507 Thinking) leaves `<think>` in the prompt: the stored
+    # text gets it back, so grading (and a later regrade) knows an unclosed reasoning from an answer.
+    opener = f"{prompts.THINK_OPEN}\n" if chat.opens_reasoning(spec.thinking) else ""
+    rows: dict[int, Sequence[SampleRow]] = {}
+    for budget, out in ladder.items():
+        rung: list[SampleRow] = []
+        rows[config_ids[budget]] = rung
+        for j in range(spec.k):
+            text = opener + out.texts[j]
+            verdict = grading.judge(task.kind, text, item.answer)
+            rung.append(
+                SampleRow(index, item.id, j, item.answer, text, verdict.answer, verdict.correct,
+                          out.generated[j], out.forced[j], out.finish[j], out.prompt_tokens, out.evicted[j])
+            )  # fmt: skip
+    out = ladder[spec.budget]
+    # Every rung's row gets the generation's timing: the rungs were produced together, by one decode.
+    timing = ItemTiming(index, out.prompt_tokens, out.prompt_s, out.decoded_tokens, out.decode_s, out.ttft_s)
+    sink(rows, timing)
+    events.put(("item", (index, out.decoded_tokens, out.decode_s + out.prompt_s)))
