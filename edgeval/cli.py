@@ -99,6 +99,23 @@ class ExpertLayers(click.ParamType):  # type: ignore[type-arg]
         self.fail(f"'{value}' is not a layer count (example: --cpu-moe 20, or --cpu-moe all)", param, ctx)
 
 
+def kv_type_options(whose: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--kv`, `--kv-k`, `--kv-v` (one KV-cache type, or K and V apart), shared by run and kld."""
+    choice = click.Choice([t.value for t in KVType])
+
+    def add(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = click.option("--kv-v", type=choice, help=f"{whose}V-cache type (overrides --kv).")(f)
+        f = click.option("--kv-k", type=choice, help=f"{whose}K-cache type (overrides --kv).")(f)
+        return click.option("--kv", type=choice, help=f"{whose}KV-cache type for K and V.")(f)
+
+    return add
+
+
+def kv_types(kv: str | None, kv_k: str | None, kv_v: str | None) -> tuple[KVType, KVType]:
+    """The K and V cache types `kv_type_options` gave (f16 where none was named)."""
+    return KVType(kv_k or kv or "f16"), KVType(kv_v or kv or "f16")
+
+
 def cpu_moe_option(f: Callable[..., Any]) -> Callable[..., Any]:
     """`--cpu-moe N|all`, shared by plan and run."""
     return click.option(
@@ -418,9 +435,7 @@ def plan(
     required=True,
     help="aime25, math500, gpqa-diamond, gsm8k, arith[:DIFFICULTY[:SEED]], or a .jsonl file.",
 )
-@click.option("--kv", type=click.Choice([t.value for t in KVType]), help="KV-cache type for K and V.")
-@click.option("--kv-k", type=click.Choice([t.value for t in KVType]), help="K-cache type (overrides --kv).")
-@click.option("--kv-v", type=click.Choice([t.value for t in KVType]), help="V-cache type (overrides --kv).")
+@kv_type_options()
 @click.option(
     "--ctx",
     type=CommaList("N", _tokens),
@@ -499,9 +514,9 @@ def run(
         if path is None:
             with ui.download_progress(ref.label) as pulled:
                 path = hub.pull(ref.file, progress=pulled, sha256=lambda p: store.file_sha256(p, hub.sha256_of))
+        type_k, type_v = kv_types(kv, kv_k, kv_v)
         spec = sweep.RunSpec(
-            model_path=path, model_label=ref.label, task=task_name,
-            kv_type_k=KVType(kv_k or kv or "f16"), kv_type_v=KVType(kv_v or kv or "f16"),
+            model_path=path, model_label=ref.label, task=task_name, kv_type_k=type_k, kv_type_v=type_v,
             budget_tokens=budgets[-1] if budgets else None, ladder=budgets[:-1], ctx=ctx[0] if ctx else None,
             kv_window=kv_window[0] if kv_window else 0,
             k=votes, thinking=thinking, sampling=None if sampling == base else sampling, seed=seed, limit=limit,
@@ -546,9 +561,7 @@ def _local_file(catalogs: tuple[Path, ...], ref_text: str, store: Any) -> tuple[
     metavar="REF|PATH",
     help="The configuration to compare against (usually the same model at 16 bits); f16 KV, no window.",
 )
-@click.option("--kv", type=click.Choice([t.value for t in KVType]), help="Tested KV-cache type for K and V.")
-@click.option("--kv-k", type=click.Choice([t.value for t in KVType]), help="Tested K-cache type (overrides --kv).")
-@click.option("--kv-v", type=click.Choice([t.value for t in KVType]), help="Tested V-cache type (overrides --kv).")
+@kv_type_options("Tested ")
 @click.option(
     "--kv-window",
     type=CommaList("N", _window),
@@ -594,9 +607,10 @@ def kld_command(
     with Store(db) as store:
         ref_label, ref_path, ref_sha = _local_file(catalogs, reference_ref, store)
         label, path, sha = _local_file(catalogs, tested_ref, store)
+        type_k, type_v = kv_types(kv, kv_k, kv_v)
         request = kld_run.Request(
             reference=ref_path, reference_label=ref_label, tested=path, tested_label=label, task=task_name,
-            kv_type_k=KVType(kv_k or kv or "f16"), kv_type_v=KVType(kv_v or kv or "f16"),
+            kv_type_k=type_k, kv_type_v=type_v,
             kv_window=kv_window[0] if kv_window else 0, limit=limit, budget_tokens=budget_tokens, thinking=thinking,
             exact=exact, seed=seed, threads=threads, repack=repack, reference_sha256=ref_sha, tested_sha256=sha,
         )  # fmt: skip

@@ -319,9 +319,7 @@ class LoadOptions:
     @property
     def repack_mode(self) -> memory.RepackMode:
         """The repacking mode asked for."""
-        if isinstance(self.repack, memory.RepackMode):
-            return self.repack
-        return memory.RepackMode.ALL if self.repack else memory.RepackMode.OFF
+        return memory.RepackMode.of(self.repack)
 
     @property
     def mmap(self) -> bool:

@@ -275,6 +275,13 @@ class RepackMode(str, Enum):
     CPU_REPACK = "cpu_repack"  # only CPU_REPACK's layouts, by per-tensor buffer overrides: for CPUs whose AMX crashes
     OFF = "off"
 
+    @classmethod
+    def of(cls, repack: bool | RepackMode) -> RepackMode:
+        """A mode as given, or from the on/off flag (True: llama.cpp's own choice, False: none)."""
+        if isinstance(repack, RepackMode):
+            return repack
+        return cls.ALL if repack else cls.OFF
+
     @property
     def on(self) -> bool:
         """Whether any weight is repacked (and the file therefore read, not mapped: `mmap_for`)."""

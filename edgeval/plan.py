@@ -17,6 +17,7 @@ from edgeval.memory import (
     cells_for,
     own_cells,
     predict,
+    repack_for_offload,
 )
 from edgeval.quants import KVType
 
@@ -125,9 +126,9 @@ def repack_setting(repack: bool | None, gpu_layers: int = 0) -> tuple[RepackMode
     CPU_REPACK only becomes off with layers on a GPU, as a run's load does)."""
     if repack is False:  # without asking llama.cpp anything: `plan --no-repack` never loads it
         return RepackMode.OFF, {}
-    from edgeval import doctor, memory
+    from edgeval import doctor
 
-    mode = memory.repack_for_offload(doctor.repack_expected(repack), gpu_layers)
+    mode = repack_for_offload(doctor.repack_expected(repack), gpu_layers)
     if not mode.on:
         return mode, {}
     from edgeval import engine

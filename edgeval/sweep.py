@@ -77,9 +77,7 @@ class RunSpec:
     @property
     def repack_mode(self) -> memory.RepackMode:
         """The repacking mode (`prepare` resolves True/None through the doctor's probe)."""
-        if isinstance(self.repack, memory.RepackMode):
-            return self.repack
-        return memory.RepackMode.ALL if self.repack else memory.RepackMode.OFF
+        return memory.RepackMode.of(self.repack or False)
 
     @property
     def rungs(self) -> tuple[int, ...]:
