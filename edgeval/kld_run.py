@@ -33,6 +33,7 @@ from edgeval.errors import EdgevalError
 from edgeval.paths import cache_dir
 from edgeval.quants import KVType
 from edgeval.store import SampleRow, Store
+from edgeval.worker import prompt_text
 
 if TYPE_CHECKING:  # engine (llama.cpp) is imported where a model is scored, not with this module
     from edgeval import engine
@@ -155,7 +156,7 @@ def run(
     pending = [s for s in samples if s.item_index not in stored]
     speeds: tuple[float | None, float | None] = (None, None)
     if pending:
-        traces = _traces(request, config, task, pending)
+        traces = _traces(request, config, task, pending, prompts.ChatFormat(ref_header.chat_template))
         store.update_kld(kld_id, status="running")
         speeds = _score(request, store, kld_id, ref_sha, traces, progress) if traces else speeds
     wanted = {s.item_index for s in samples}
@@ -231,31 +232,32 @@ def _key(request: Request, ref_sha: str, tested_sha: str, trace_key: str) -> str
     return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def _traces(request: Request, config: sqlite3.Row, task: tasks.Task, samples: Sequence[SampleRow]) -> list[Trace]:
-    """The samples as token sequences, after refusing a tested file whose tokenizer differs from the reference's."""
+def _traces(
+    request: Request, config: sqlite3.Row, task: tasks.Task, samples: Sequence[SampleRow], chat: prompts.ChatFormat
+) -> list[Trace]:
+    """The samples as token sequences (prompted with the reference's `chat` format), after refusing a tested file
+    whose tokenizer differs from the reference's (`run` has already compared their vocabulary sizes)."""
     from edgeval import engine
 
     thinking = bool(config["thinking"])
-    chat = prompts.ChatFormat(gguf_info.read_local(request.reference).chat_template)
     opener = f"{prompts.THINK_OPEN}\n" if chat.opens_reasoning(thinking) else ""
     forced_text = prompts.forced_answer(task.answer_prefix)
     items = task.take(None)
     vocab_only = engine.LoadOptions(vocab_only=True)
     with engine.Model(request.reference, vocab_only) as ref, engine.Model(request.tested, vocab_only) as tested:
-        _same_vocabulary(request, ref.n_vocab, tested.n_vocab)
         out = []
         for s in samples:
             text = s.text[len(opener) :] if opener and s.text.startswith(opener) else s.text
-            prompt = chat.prompt(items[s.item_index].question, task.instruction, thinking=thinking)
-            tokens = ref.tokenize(text)
-            if ref.tokenize(prompt) != tested.tokenize(prompt) or tokens != tested.tokenize(text):
+            question = prompt_text(chat, task, items[s.item_index], thinking)
+            prompt, tokens = ref.tokenize(question), ref.tokenize(text)
+            if prompt != tested.tokenize(question) or tokens != tested.tokenize(text):
                 raise KLDError(
                     f"{request.tested.name} and {request.reference.name} tokenize the same text differently: "
                     "KL divergence compares distributions over one vocabulary"
                 )
             at = text.rfind(forced_text) if s.forced else -1
             evict_until = len(ref.tokenize(text[:at])) - 1 if at > 0 else None
-            out.append(Trace(s.item_index, tuple(ref.tokenize(prompt)), tuple(tokens), evict_until))
+            out.append(Trace(s.item_index, tuple(prompt), tuple(tokens), evict_until))
     return [t for t in out if t.tokens]
 
 
