@@ -1,7 +1,9 @@
-"""llama.cpp, through llama-cpp-python's low-level API: the only module that imports `llama_cpp`.
+"""llama.cpp, through llama-cpp-python's low-level API: with `edgeval.generation` (how a run's tokens are
+decoded) the only code that imports `llama_cpp`.
 
-It loads GGUF models (repacking on or off, GPU layers), creates contexts with chosen KV-cache types,
-decodes k sequences of one prompt together in one context, quantizes files, and captures llama.cpp's log.
+It loads GGUF models (repacking on or off, GPU layers), creates contexts with chosen KV-cache types, generates
+(`generation`: k votes per question, many questions in flight), scores traces, quantizes files, and captures
+llama.cpp's log.
 """
 
 from __future__ import annotations
@@ -12,19 +14,27 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, TypeVar
 
 import llama_cpp
 import numpy as np
 import numpy.typing as npt
 
-from edgeval import memory
+from edgeval import generation, memory
 from edgeval.errors import ConfigurationError, EdgevalError, LlamaError, ModelFileError, QuantizeError
-from edgeval.memory import eviction_chunk, own_cells
+from edgeval.generation import Forcing as Forcing  # the engine's names for what a run generates
+from edgeval.generation import Generation as Generation
+from edgeval.generation import Job as Job
+from edgeval.generation import Recipe as Recipe
+from edgeval.generation import cells_needed as cells_needed
+from edgeval.generation import fill_batch
+from edgeval.generation import fork_cells as fork_cells
+from edgeval.generation import ladder_sequences as ladder_sequences
+from edgeval.memory import eviction_chunk
 from edgeval.prompts import THINKING_SAMPLING, Sampling
 from edgeval.quants import KVType, WeightQuant
 
@@ -520,92 +530,6 @@ class ContextOptions:
     n_ubatch: int = 512
 
 
-@dataclass(frozen=True)
-class Forcing:
-    """Budget forcing: a sample still reasoning at its budget gets `tokens` (close the reasoning, start the answer)
-    appended, then may write `answer_tokens` more."""
-
-    think_close: int  # the `</think>` token: once generated, the sample is answering
-    tokens: tuple[int, ...]
-    answer_tokens: int = 32
-    starts_reasoning: bool = True  # thinking mode: the sample reasons until it writes `</think>`
-
-
-@dataclass
-class _Sample:
-    """One sequence being generated: a vote, or a fork of a vote at a smaller rung of the budget ladder."""
-
-    seq: int  # its sequence id in the KV cache
-    pos: int
-    reasoning: bool
-    sampler: Any
-    tokens: list[int] = field(default_factory=list)
-    generated: int = 0  # tokens the model wrote (forced tokens excluded)
-    forced: bool = False
-    answer_left: int = 0
-    finish: str = ""  # "stop" (end token), "length" (budget reached while answering) or "forced"
-    vote: int = 0  # which of the k votes it is (a fork: the vote it was forked from)
-    rung: int | None = None  # a fork: the budget it answers for
-    kept_from: int = 0  # the first position of its own tokens still in the KV cache (a KV window evicts before it)
-    evicted: int = 0  # own tokens evicted from the KV cache
-
-
-@dataclass(frozen=True)
-class Generation:
-    """The k samples of one prompt at one token budget, and how they were produced."""
-
-    texts: tuple[str, ...]
-    tokens: tuple[tuple[int, ...], ...]
-    generated: tuple[int, ...]  # tokens each sample's model wrote (forced tokens excluded)
-    forced: tuple[bool, ...]
-    finish: tuple[str, ...]
-    prompt_tokens: int
-    prompt_tokens_decoded: int  # prompt tokens sent to llama_decode (== prompt_tokens: decoded once for all k)
-    max_batch_seqs: int  # the most sequences one decode step carried
-    decode_steps: int
-    prompt_s: float
-    decode_s: float
-    ttft_s: float
-    decoded_tokens: int = 0  # tokens the whole generation decoded (every rung's forks included)
-    evicted: tuple[int, ...] = ()  # own tokens each sample evicted from the KV cache (a KV window)
-
-    @property
-    def generated_tokens(self) -> int:
-        """Tokens generated over all sequences (forced tokens excluded)."""
-        return sum(self.generated)
-
-
-def fork_cells(k: int, n_rungs: int, answer_cells: int, answer_tokens: int, *, chunk: int = 0) -> int:
-    """KV cells the forks of a budget ladder may hold at once: at every smaller rung, each vote still reasoning is
-    forked for its forced answer (its last token and `answer_cells`: the forcing text and `answer_tokens`). When
-    votes evict in chunks of `chunk` tokens (a KV window), a fork also holds the cells its vote evicts while the
-    fork lives: the fork writes its forcing text in one step and its answer one token a step, so its vote writes at
-    most the answer and a token meanwhile, and evicts that rounded up to a chunk. Forks happen only where samples
-    reason and are forced: callers count none otherwise."""
-    if n_rungs <= 1:
-        return 0
-    return k * (n_rungs - 1) * (1 + answer_cells + (answer_tokens + 1 + chunk if chunk else 0))
-
-
-def cells_needed(
-    prompt_tokens: int, k: int, max_tokens: int, forcing: Forcing | None = None, *, n_rungs: int = 1, window: int = 0
-) -> int:
-    """KV cells a generation needs: the shared prompt, each sample's budget — or its KV window and an eviction
-    chunk — and its forced answer, and the forks of a budget ladder's smaller rungs."""
-    extra = len(forcing.tokens) + forcing.answer_tokens if forcing else 0
-    own = own_cells(max_tokens, window)
-    chunk = eviction_chunk(window) if own < max_tokens else 0
-    reasoning = forcing is not None and forcing.starts_reasoning
-    forks = fork_cells(k, n_rungs, extra, forcing.answer_tokens, chunk=chunk) if forcing and reasoning else 0
-    return prompt_tokens + k * (own + extra) + forks
-
-
-def ladder_sequences(k: int, n_rungs: int, reasoning: bool) -> int:
-    """Sequences a ladder generation may use at once: the k votes and up to k forks per smaller rung (forks only
-    where samples reason and are forced)."""
-    return k * max(1, n_rungs) if reasoning else k
-
-
 class Context:
     """A llama.cpp context on a loaded model: a KV cache of n_ctx cells shared by n_seq sequences."""
 
@@ -716,45 +640,26 @@ class Context:
         fork shares). A forced answer evicts nothing (it is short and counted in the cells), and neither does a
         fork, so a rung still equals a separate run at its budget with the same window.
         """
-        rungs = sorted(set(budgets))
-        if not prompt:
-            raise ValueError("an empty prompt")
-        if not rungs or rungs[0] < 1:
-            raise ValueError("token budgets must be positive")
-        if k < 1 or ladder_sequences(k, len(rungs), forcing is not None and forcing.starts_reasoning) > self.n_seq:
-            raise ConfigurationError(
-                f"k={k} sequences over {len(rungs)} budgets, but this context holds {self.n_seq} sequences"
-            )
-        if len(seeds) != k:
-            raise ValueError("one seed per sequence")
-        if window < 0:
-            raise ValueError("a KV window cannot be negative")
-        if shift and len(rungs) > 1:
-            raise ValueError("shifted positions cannot share cells with a ladder's forks")
-        top = rungs[-1]
-        extra = len(forcing.tokens) + forcing.answer_tokens if forcing else 0
-        if len(prompt) + top + extra > self.model.n_ctx_train:
-            raise ConfigurationError(
-                f"prompt ({len(prompt)} tokens) + {top + extra} generated tokens is longer than the "
-                f"{self.model.n_ctx_train} tokens {self.model.path.name} was trained for",
-                hint="lower the token budget",
-            )
-        needed = cells_needed(len(prompt), k, top, forcing, n_rungs=len(rungs), window=window)
-        if needed > self.n_ctx:
-            raise ConfigurationError(
-                f"prompt ({len(prompt)} tokens) + {k} × {own_cells(top, window) + extra} tokens needs {needed} KV "
-                f"cells, the context has {self.n_ctx}",
-                hint="raise --ctx or lower the token budget, the KV window or k",
-            )
-        run = _LadderRun(self, prompt, k, rungs, forcing, window=window, shift=shift)
-        samplers = [_sampler_chain(sampling, seed) for seed in seeds]
-        capacity = max(self.options.n_batch, self.n_seq * (2 + (len(forcing.tokens) if forcing else 0)))
-        batch = llama_cpp.llama_batch_init(capacity, 0, self.n_seq)
-        try:
-            return run.go(samplers, batch, on_step)
-        finally:
-            llama_cpp.llama_batch_free(batch)
-            run.free_samplers()
+        recipe = Recipe(k=k, budgets=tuple(budgets), sampling=sampling, forcing=forcing, window=window, shift=shift)
+        got: list[dict[int, Generation]] = []
+        generation.run_batched(self, recipe, [Job(0, prompt, seeds)], lambda _, out: got.append(out), on_step=on_step)
+        return got[0]
+
+    def generate_many(
+        self,
+        recipe: Recipe,
+        jobs: Iterable[Job],
+        on_done: Callable[[Job, dict[int, Generation]], None],
+        *,
+        width: int = 1,
+        admit: Callable[[], bool] | None = None,
+        on_step: Callable[[int], None] | None = None,
+    ) -> None:
+        """Many questions, up to `width` in flight at once (continuous batching: `generation.run_batched`), each
+        generated as `generate_ladder` would; `on_done` hears each question's rungs as it finishes. The context
+        needs `width` × `recipe.sequences` sequences, `width` × a question's cells and a batch of `width` ×
+        `recipe.step_tokens()`."""
+        generation.run_batched(self, recipe, jobs, on_done, width=width, admit=admit, on_step=on_step)
 
     def last_logits(self, prompt: Sequence[int]) -> list[float]:
         """The next-token logits after `prompt` (a fresh decode on sequence 0), for checking a model's numbers."""
@@ -782,7 +687,7 @@ class Context:
 
         Tokens are decoded in batches of `chunk` with logits on only where a row is read, so no full-vocabulary
         row is held beyond `reduce`. With a KV `window` the cache is evicted exactly as generation evicts it
-        (`_LadderRun._step`): before the token at trace index i is fed, once the trace holds window + eviction chunk
+        (`generation._Question._step`): before the token at trace index i is fed, once the trace holds window + eviction chunk
         tokens of its own, its oldest chunk is removed, and a batch never straddles an eviction. A forced answer
         evicts nothing: no eviction happens from trace index `evict_until` on (the token before the forcing text).
         """
@@ -814,7 +719,7 @@ class Context:
                         kept_from += evict_chunk
                     end = min(end, kept_from + window + evict_chunk)  # the next eviction point ends the batch
                 items = [(tokens[p], p, 0, p >= n_prompt - 1) for p in range(start, end)]
-                _fill(batch, items)
+                fill_batch(batch, items)
                 self._decode(batch)
                 for i, (_, _, _, wanted) in enumerate(items):
                     if wanted:
@@ -836,191 +741,9 @@ class Context:
         chunk = self.options.n_batch
         for start in range(0, len(prompt), chunk):
             part = prompt[start : start + chunk]
-            _fill(batch, [(tok, start + i, 0, start + i == len(prompt) - 1) for i, tok in enumerate(part)])
+            fill_batch(batch, [(tok, start + i, 0, start + i == len(prompt) - 1) for i, tok in enumerate(part)])
             self._decode(batch)
         return (len(prompt) - 1) % chunk
-
-
-_Item = tuple[int, int, int, bool]  # (token, position, sequence, wants_logits)
-
-
-class _LadderRun:
-    """The state of one ladder generation: the votes, their forks, and each rung's finished samples."""
-
-    def __init__(
-        self, ctx: Context, prompt: Sequence[int], k: int, rungs: list[int], forcing: Forcing | None, *,
-        window: int = 0, shift: bool = False,
-    ) -> None:  # fmt: skip
-        self.ctx, self.prompt, self.k, self.rungs, self.forcing = ctx, prompt, k, rungs, forcing
-        self.window, self.chunk, self.shift = window, eviction_chunk(window), shift
-        self.top = rungs[-1]
-        self.live: list[_Sample] = []
-        self.free_seqs = list(range(ctx.n_seq - 1, k - 1, -1))  # fork ids, smallest popped first
-        # rung -> vote -> (tokens, generated, forced, finish, evicted)
-        self.results: dict[int, dict[int, tuple[list[int], int, bool, str, int]]] = {b: {} for b in rungs}
-        self.decoded = 0
-
-    def free_samplers(self) -> None:
-        for seq in self.live:
-            llama_cpp.llama_sampler_free(seq.sampler)
-        self.live = []
-
-    def go(
-        self, samplers: list[Any], batch: llama_cpp.llama_batch, on_step: Callable[[int], None] | None
-    ) -> dict[int, Generation]:
-        ctx, memory = self.ctx, self.ctx._memory
-        reasoning = self.forcing.starts_reasoning if self.forcing else False
-        self.live = [
-            _Sample(
-                seq=s,
-                pos=len(self.prompt),
-                reasoning=reasoning,
-                sampler=samplers[s],
-                vote=s,
-                kept_from=len(self.prompt),
-            )
-            for s in range(self.k)
-        ]
-        llama_cpp.llama_memory_clear(memory, True)
-        t0 = time.perf_counter()
-        last = ctx._decode_prompt(self.prompt, batch)
-        # The other votes share the prompt's cells (a unified KV cache: no copy of the data).
-        for s in range(1, self.k):
-            llama_cpp.llama_memory_seq_cp(memory, 0, s, -1, -1)
-        prompt_s = time.perf_counter() - t0
-        logits_at = dict.fromkeys(range(self.k), last)
-        ttft = 0.0
-        max_batch = steps = 0
-        t1 = time.perf_counter()
-        while True:
-            step: list[_Item] = []
-            for seq in list(self.live):
-                step += self._advance(seq, logits_at[seq.seq])
-            self._retire()
-            if not ttft:
-                ttft = time.perf_counter() - t0
-            if not step:
-                break
-            _fill(batch, step)
-            for i, (_, _, s, wants_logits) in enumerate(step):
-                if wants_logits:
-                    logits_at[s] = i
-            max_batch = max(max_batch, len({s for _, _, s, _ in step}))
-            ctx._decode(batch)
-            self.decoded += len(step)
-            steps += 1
-            if on_step is not None:
-                on_step(len(step))
-        decode_s = time.perf_counter() - t1
-        out = {}
-        for b in self.rungs:
-            got = [self.results[b][v] for v in range(self.k)]
-            out[b] = Generation(
-                texts=tuple(ctx.model.detokenize(r[0]) for r in got),
-                tokens=tuple(tuple(r[0]) for r in got),
-                generated=tuple(r[1] for r in got),
-                forced=tuple(r[2] for r in got),
-                finish=tuple(r[3] for r in got),
-                prompt_tokens=len(self.prompt), prompt_tokens_decoded=len(self.prompt), max_batch_seqs=max_batch,
-                decode_steps=steps, prompt_s=prompt_s, decode_s=decode_s, ttft_s=ttft, decoded_tokens=self.decoded,
-                evicted=tuple(r[4] for r in got),
-            )  # fmt: skip
-        return out
-
-    def _record(self, rung: int, seq: _Sample, finish: str) -> None:
-        self.results[rung][seq.vote] = (list(seq.tokens), seq.generated, seq.forced, finish, seq.evicted)
-
-    def _finish(self, seq: _Sample, finish: str) -> None:
-        """A sequence is done: a vote gives its result to the top rung and to every rung it never reached."""
-        seq.finish = finish
-        if seq.rung is not None:
-            self._record(seq.rung, seq, finish)
-            return
-        for b in self.rungs:
-            if seq.vote not in self.results[b] and (b == self.top or seq.generated < b):
-                self._record(b, seq, finish)
-
-    def _retire(self) -> None:
-        """Drop finished sequences; a finished fork's cells and sequence id are freed for the next fork."""
-        for seq in [s for s in self.live if s.finish]:
-            self.live.remove(seq)
-            if seq.rung is not None:
-                llama_cpp.llama_memory_seq_rm(self.ctx._memory, seq.seq, -1, -1)
-                self.free_seqs.append(seq.seq)
-            llama_cpp.llama_sampler_free(seq.sampler)
-
-    def _force(self, seq: _Sample, token: int) -> list[_Item]:
-        """Close the reasoning and start the answer; only the last forced token needs logits."""
-        assert self.forcing is not None
-        seq.forced, seq.reasoning, seq.answer_left = True, False, self.forcing.answer_tokens
-        feed = [token, *self.forcing.tokens]
-        seq.tokens.extend(self.forcing.tokens)
-        items = [(t, seq.pos + i, seq.seq, i == len(feed) - 1) for i, t in enumerate(feed)]
-        seq.pos += len(feed)
-        return items
-
-    def _fork(self, vote: _Sample, token: int, rung: int) -> list[_Item]:
-        """A copy of a reasoning vote at a smaller rung, forced to answer as a run at that budget would be."""
-        seq_id = self.free_seqs.pop()
-        llama_cpp.llama_memory_seq_cp(self.ctx._memory, vote.seq, seq_id, -1, -1)
-        fork = _Sample(
-            seq=seq_id, pos=vote.pos, reasoning=False, sampler=llama_cpp.llama_sampler_clone(vote.sampler),
-            tokens=list(vote.tokens), generated=vote.generated, vote=vote.vote, rung=rung, kept_from=vote.kept_from,
-            evicted=vote.evicted,
-        )  # fmt: skip
-        self.live.append(fork)
-        return self._force(fork, token)
-
-    def _advance(self, seq: _Sample, logits_at: int) -> list[_Item]:
-        """Sample one token for a sequence; return what to feed the next decode (nothing when it finished)."""
-        forcing = self.forcing
-        token = int(llama_cpp.llama_sampler_sample(seq.sampler, self.ctx._ptr, logits_at))
-        if self.ctx.model.is_end(token):
-            self._finish(seq, "forced" if seq.forced else "stop")
-            return []
-        seq.tokens.append(token)
-        seq.generated += 1
-        if forcing is not None and token == forcing.think_close:
-            seq.reasoning = False
-        if seq.forced:
-            seq.answer_left -= 1
-            if seq.answer_left <= 0:
-                self._finish(seq, "forced")
-                return []
-            return self._step(seq, token)
-        if seq.generated < self.top:
-            if seq.generated not in self.results:
-                return self._step(seq, token)
-            # A smaller rung: what a run at this budget would do now.
-            if forcing is not None and seq.reasoning:
-                return [*self._fork(seq, token, seq.generated), *self._step(seq, token)]
-            self._record(seq.generated, seq, "length")
-            return self._step(seq, token)
-        if forcing is None or not seq.reasoning:
-            self._finish(seq, "length")
-            return []
-        return self._force(seq, token)
-
-    def _step(self, seq: _Sample, token: int) -> list[_Item]:
-        if self.window and not seq.forced and seq.pos - seq.kept_from >= self.window + self.chunk:
-            self._evict(seq)
-        item = (token, seq.pos, seq.seq, True)
-        seq.pos += 1
-        return [item]
-
-    def _evict(self, seq: _Sample) -> None:
-        """Remove a sample's oldest chunk of own tokens from the cache (cells a fork shares stay, the fork's)."""
-        start, end = seq.kept_from, seq.kept_from + self.chunk
-        memory = self.ctx._memory
-        if not llama_cpp.llama_memory_seq_rm(memory, seq.seq, start, end):
-            raise LlamaError(f"llama.cpp could not evict positions {start}–{end} of sequence {seq.seq}")
-        seq.evicted += self.chunk
-        if self.shift:
-            # StreamingLLM: the kept tokens move down over the gap (llama.cpp re-ropes K at the next decode).
-            llama_cpp.llama_memory_seq_add(memory, seq.seq, end, -1, -self.chunk)
-            seq.pos -= self.chunk
-        else:
-            seq.kept_from = end
 
 
 def _allocation_failed(log: Sequence[str]) -> bool:
@@ -1043,32 +766,3 @@ def _context_failure(options: ContextOptions, log: Sequence[str], *, on_gpu: boo
     if on_gpu and options.type_k != options.type_v and "CUDA" in backend_name():
         hint = "a CUDA build needs -DGGML_CUDA_FA_ALL_QUANTS=ON for mixed K and V types; " + hint
     return ConfigurationError(f"llama.cpp could not create a context with {what}{detail}", hint=hint)
-
-
-def _fill(batch: llama_cpp.llama_batch, items: Sequence[tuple[int, int, int, bool]]) -> None:
-    """Put (token, position, sequence, wants_logits) items into a llama_batch."""
-    for i, (token, pos, seq, logits) in enumerate(items):
-        batch.token[i] = token
-        # llama-cpp-python annotates pos as an array of arrays; at run time it is a flat int32 array.
-        batch.pos[i] = pos  # type: ignore[call-overload]
-        batch.n_seq_id[i] = 1
-        batch.seq_id[i][0] = seq
-        batch.logits[i] = logits
-    batch.n_tokens = len(items)
-
-
-def _sampler_chain(sampling: Sampling, seed: int) -> llama_cpp.llama_sampler_p:
-    params = llama_cpp.llama_sampler_chain_default_params()
-    chain: llama_cpp.llama_sampler_p = llama_cpp.llama_sampler_chain_init(params)
-    if sampling.temperature <= 0:
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
-        return chain
-    if sampling.top_k > 0:
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(sampling.top_k))
-    if sampling.top_p < 1.0:
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(sampling.top_p, 1))
-    if sampling.min_p > 0.0:
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_min_p(sampling.min_p, 1))
-    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(sampling.temperature))
-    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-    return chain
