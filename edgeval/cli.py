@@ -278,6 +278,33 @@ repack_option = click.option(
 seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same samples.")
 
 
+class Parallel(click.ParamType):  # type: ignore[type-arg]
+    """--parallel: a positive number of questions in flight, or `auto` (sweep.AUTO)."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return 0
+        if not text.isdigit() or not 1 <= int(text) <= 256:
+            self.fail(f"'{value}' is not a number of questions from 1 to 256, or auto", param, ctx)
+        return int(text)
+
+
+parallel_option = click.option(
+    "--parallel",
+    type=Parallel(),
+    default="1",
+    show_default=True,
+    help="Questions in flight at once, decoded in one batch (continuous batching): more decode the same tokens "
+    "faster. auto: as many as gain throughput on this machine (measured once per model size) and fit in the "
+    "memory free. The configuration's memory is still one question's.",
+)
+
+
 def _window(text: str) -> int:
     return 0 if text.strip() == "0" else _tokens(text)
 
@@ -475,6 +502,7 @@ def plan(
 @click.option("--gpu-layers", type=int, help="Layers on the GPU (default: all on a GPU build, 0 on CPU).")
 @cpu_moe_option
 @repack_option
+@parallel_option
 @click.option("--force", is_flag=True, help="Run even where the predicted memory exceeds what is available.")
 @db_option
 @catalog_option
@@ -483,7 +511,7 @@ def run(
     model_ref: str, task_name: str, kv: str | None, kv_k: str | None, kv_v: str | None, ctx: tuple[int, ...] | None,
     budget_tokens: tuple[int, ...] | None, kv_window: tuple[int, ...], votes: int, limit: int | None, thinking: bool, temperature: float | None,
     top_p: float | None, top_k: int | None, min_p: float | None, seed: int, threads: int | None,
-    gpu_layers: int | None, cpu_moe: int, repack: bool | None, force: bool, db: Path | None,
+    gpu_layers: int | None, cpu_moe: int, repack: bool | None, parallel: int, force: bool, db: Path | None,
     catalogs: tuple[Path, ...], as_json: bool,
 ) -> None:  # fmt: skip
     """Run one configuration over a task: k votes per question, graded, with memory and speed measured.
@@ -521,7 +549,7 @@ def run(
             kv_window=kv_window[0] if kv_window else 0,
             k=votes, thinking=thinking, sampling=None if sampling == base else sampling, seed=seed, limit=limit,
             threads=threads, repack=repack, gpu_layers=gpu_layers, cpu_moe=cpu_moe, expected_sha256=ref.file.sha256,
-            force=force,
+            force=force, parallel=parallel,
         )  # fmt: skip
         with ui.run_progress(ref.label, task_name, votes, quiet=as_json) as progress:
             rungs = sweep.run_ladder(spec, store, progress, " ".join(sys.argv), ui.note)

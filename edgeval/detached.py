@@ -71,6 +71,8 @@ class UnitResult:
     answers: tuple[Answer, ...] = ()
     supervised: sweep.Supervised | None = None
     message: str | None = None
+    width: int = 1  # questions the node kept in flight
+    shape: sweep.Supervised | None = None  # the footprint pass of the deployment shape (a node that ran wider)
 
     @property
     def tokens(self) -> int:
@@ -139,7 +141,7 @@ def run(unit: Unit) -> UnitResult:
             from edgeval import doctor
 
             spec = replace(spec, repack=doctor.repack_default())
-        prepared = replace(prepared, spec=spec)
+        prepared = sweep.resolve_width(replace(prepared, spec=spec), len(unit.pending))  # this node's width
         if not prepared.spec.force:
             sweep.check_fits(prepared)
     except NotEnoughMemoryError as exc:
@@ -154,9 +156,13 @@ def run(unit: Unit) -> UnitResult:
     log_path = cache_dir("logs") / f"unit-{prepared.config_id}.log"
     log_path.write_text("")
     payload = sweep.worker_payload(prepared, list(unit.pending), log_path, None)
+    shape = None
     with _bare_main():
+        if prepared.width > 1:  # the configuration's own memory: one question's context
+            footprint = sweep.worker_payload(prepared, list(unit.pending[:1]), log_path, None, footprint=True)
+            shape = sweep.supervise(footprint, sweep.Progress())
         done = sweep.supervise(payload, sweep.Progress(items_total=len(unit.pending)), on_rows=keep)
-    return UnitResult(node, "ran", tuple(answers), done)
+    return UnitResult(node, "ran", tuple(answers), done, width=prepared.width, shape=shape)
 
 
 def commit(unit: Unit, result: UnitResult, store: Store) -> None:
@@ -173,6 +179,9 @@ def commit(unit: Unit, result: UnitResult, store: Store) -> None:
     if result.status != "ran" or result.supervised is None:
         fail(unit, store, result.message or "failed")
         return
+    prepared = replace(prepared, width=result.width)
+    if result.shape is not None and result.shape.exitcode == 0:
+        sweep.record_footprint(prepared, store, result.shape)
     node_id = store.add_node(result.node)
     for answer in result.answers:
         store.add_items(answer.rows, answer.timing, node_id)

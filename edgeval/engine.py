@@ -661,6 +661,33 @@ class Context:
         `recipe.step_tokens()`."""
         generation.run_batched(self, recipe, jobs, on_done, width=width, admit=admit, on_step=on_step)
 
+    def decode_rate(self, width: int, *, prompt_tokens: int = 32, steps: int = 8) -> float:
+        """Aggregate decode tokens/s with `width` sequences in one batch, each after a shared `prompt_tokens`
+        prompt and one warm-up step: `steps` decodes timed, every row's logits on (as sampling needs them), nothing
+        sampled — an upper bound on what generation reaches, as llama-batched-bench's S_TG is."""
+        if width > self.n_seq or width * (prompt_tokens + steps + 1) > self.n_ctx or width > self.options.n_batch:
+            raise ConfigurationError(f"a batch of {width} sequences does not fit this context")
+        vocab = self.model.n_vocab
+        llama_cpp.llama_memory_clear(self._memory, True)
+        batch = llama_cpp.llama_batch_init(max(self.options.n_batch, 1), 0, 1)
+        try:
+            self._decode_prompt([(p * 7919 + 11) % vocab for p in range(prompt_tokens)], batch)
+            for s in range(1, width):
+                llama_cpp.llama_memory_seq_cp(self._memory, 0, s, -1, -1)
+            elapsed = 0.0
+            for step in range(steps + 1):
+                pos = prompt_tokens + step
+                fill_batch(batch, [((pos * 31 + s) % vocab, pos, s, True) for s in range(width)])
+                t0 = time.perf_counter()
+                self._decode(batch)
+                llama_cpp.llama_synchronize(self._ptr)
+                if step:  # the first step warms up
+                    elapsed += time.perf_counter() - t0
+            return width * steps / elapsed
+        finally:
+            llama_cpp.llama_batch_free(batch)
+            llama_cpp.llama_memory_clear(self._memory, True)
+
     def last_logits(self, prompt: Sequence[int]) -> list[float]:
         """The next-token logits after `prompt` (a fresh decode on sequence 0), for checking a model's numbers."""
         llama_cpp.llama_memory_clear(self._memory, True)

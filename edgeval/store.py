@@ -260,6 +260,15 @@ M9_REPACK_MODE = """
         ALTER TABLE configs ADD COLUMN repack_mode TEXT;
 """
 
+# Throughput runs (several questions in flight): how many, and the run's own peak and prediction, apart from the
+# configuration's memory (peak_rss_bytes: one question's context, measured by a footprint pass).
+M10_PARALLEL = """
+        ALTER TABLE configs ADD COLUMN parallel INTEGER;
+        ALTER TABLE configs ADD COLUMN throughput_peak_rss_bytes INTEGER;
+        ALTER TABLE configs ADD COLUMN throughput_peak_vram_bytes INTEGER;
+        ALTER TABLE configs ADD COLUMN throughput_predicted_bytes INTEGER;
+"""
+
 MIGRATIONS: list[str] = [
     M1_INITIAL,
     M2_LADDER,
@@ -270,6 +279,7 @@ MIGRATIONS: list[str] = [
     M7_KLD,
     M8_NODES,
     M9_REPACK_MODE,
+    M10_PARALLEL,
 ]
 
 

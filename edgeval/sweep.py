@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import edgeval
-from edgeval import gguf_info, hub, memory, prompts, results, tasks
+from edgeval import gguf_info, hub, memory, prompts, results, tasks, throughput
 from edgeval.errors import ConfigurationError, NotEnoughMemoryError, describe
 from edgeval.paths import cache_dir
 from edgeval.quants import KVType
@@ -38,6 +38,7 @@ DEFAULT_BUDGET_TOKENS = 2048  # lowered, with a note, where the model's context 
 ANSWER_TOKENS = 32  # what a forced sample may still write after its reasoning is closed
 HEARTBEAT_S = 10.0  # how often a running configuration's claim says its process is alive
 STALE_CLAIM_S = 120.0  # a claim from another host silent this long is taken over
+AUTO = 0  # RunSpec.parallel: as many questions in flight as gain throughput and fit
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class RunSpec:
     deadline: float | None = None  # wall-clock time (time.time()) after which no new question is started
     expected_sha256: str | None = None  # the catalog's hash: a file that does not match is never evaluated
     force: bool = False  # run even where the prediction exceeds the memory available
+    parallel: int = 1  # questions in flight at once (AUTO: what this machine's knee and free memory allow)
 
     @property
     def budget(self) -> int:
@@ -104,6 +106,15 @@ class Prepared:
     config_ids: dict[int, int]  # token budget -> its configuration row
     notes: tuple[str, ...] = ()  # what the user should know about settings edgeval chose (one line each)
     chat: prompts.ChatFormat = field(default_factory=prompts.ChatFormat)  # the file's template, or the built-in
+    # What a run with w questions in flight takes, for w = 1, 2, …: w × the cells, sequences and forced tokens.
+    # The first is `predicted`, the deployment shape: one question, which is the configuration's own memory.
+    by_width: tuple[memory.Footprint, ...] = ()
+    width: int = 1  # questions in flight (`resolve_width` sets it before the run)
+
+    @property
+    def wide(self) -> memory.Footprint:
+        """The footprint of the run as it will go: `width` questions in flight."""
+        return self.by_width[self.width - 1] if self.width > 1 else self.predicted
 
     @property
     def config_id(self) -> int:
@@ -244,6 +255,8 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
 
     forks = spec.k if n_rungs > 1 and forced_each else 0
     predicted = footprint(n_ctx, n_seq, spec.k * forced_each + forks)
+    most = 1 if spec.parallel == 1 else min(len(items), throughput.MAX_SEQUENCES // n_seq)
+    by_width = tuple(footprint(n_ctx * w, n_seq * w, w * (spec.k * forced_each + forks)) for w in range(1, most + 1))
     arm = _arm_key(spec, task, model_sha)
     config_ids = {}
     for rung in spec.rungs:
@@ -267,7 +280,58 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
         }  # fmt: skip
         config_ids[rung] = store.upsert_config(_config_key(spec, task, model_sha, rung), fields)
         store.raise_items(config_ids[rung], len(items))
-    return Prepared(spec, task, items, n_ctx, n_seq, predicted, config_ids, notes, chat)
+    return Prepared(spec, task, items, n_ctx, n_seq, predicted, config_ids, notes, chat, by_width)
+
+
+def _free_memory() -> tuple[int, int | None]:
+    """Free RAM, and free GPU memory (None without a GPU)."""
+    import psutil
+
+    from edgeval import engine
+
+    free = memory.gpu_free_bytes()
+    if free is None and engine.gpu_devices(with_memory=False):
+        free = sum(d.memory_free for d in engine.gpu_devices())
+    return int(psutil.virtual_memory().available), free
+
+
+def resolve_width(
+    prepared: Prepared, questions: int, notify: Callable[[str], None] | None = None, *, probe: bool = True
+) -> Prepared:
+    """How many of `questions` the run keeps in flight: --parallel N (at most what fits and what there is), or
+    with AUTO the knee this machine measured for the model's size class (measured now, once, if `probe`) — never
+    a width whose prediction does not fit in AUTO_MEMORY_SHARE of the memory free, so a configuration that fits
+    with one question in flight still runs."""
+    spec = prepared.spec
+    if spec.parallel == 1 or questions <= 1 or len(prepared.by_width) <= 1:
+        return replace(prepared, width=1)
+    ram, vram = _free_memory()
+    share = throughput.AUTO_MEMORY_SHARE
+
+    def fits(width: int) -> bool:
+        need = prepared.by_width[width - 1]
+        return need.host_bytes <= share * ram and (need.device_bytes == 0 or (vram or 0) * share >= need.device_bytes)
+
+    available = min(questions, len(prepared.by_width))
+    if spec.parallel != AUTO:
+        width = min(spec.parallel, available)
+        while width > 1 and not fits(width):
+            width -= 1
+        if width < min(spec.parallel, available) and notify is not None:
+            notify(f"--parallel {spec.parallel}: {width} question(s) in flight fit in the memory free")
+        return replace(prepared, width=width)
+    from edgeval import engine
+
+    weights = prepared.predicted.weight_bytes
+    gpu_layers = engine.LoadOptions(n_gpu_layers=spec.gpu_layers).gpu_layers()
+    knee = throughput.cached(throughput.knee_key(weights, gpu_layers))
+    if knee is None and probe:
+        knee = throughput.probe(spec.model_path, weights, gpu_layers=gpu_layers, repack=spec.repack_mode.value,
+                                threads=spec.threads, notify=notify)  # fmt: skip
+    chosen = throughput.auto_width(prepared.n_seq, available, knee, fits)
+    if notify is not None:
+        notify(f"--parallel auto: {chosen.questions} question(s) in flight ({chosen.reason})")
+    return replace(prepared, width=chosen.questions)
 
 
 def _budget(spec: RunSpec, n_ctx_train: int, prompt: int, answer: int) -> tuple[int, tuple[str, ...]]:
@@ -382,23 +446,17 @@ def _wait_for_claim(
 
 
 def check_fits(prepared: Prepared) -> None:
-    """Refuse a configuration whose predicted footprint exceeds the free RAM, or the free GPU memory for the part
-    that goes there."""
-    import psutil
-
-    from edgeval import engine
-
+    """Refuse a configuration whose predicted footprint — with its questions in flight — exceeds the free RAM, or
+    the free GPU memory for the part that goes there."""
     label = f"{prepared.spec.model_label} with k={prepared.spec.k}"
-    predicted = prepared.predicted
-    available = int(psutil.virtual_memory().available)
+    if prepared.width > 1:
+        label += f" and {prepared.width} questions in flight"
+    predicted = prepared.wide
+    available, free = _free_memory()
     if predicted.host_bytes > available:
         raise NotEnoughMemoryError(label, "RAM", predicted.host_bytes, available)
-    if predicted.device_bytes > 0:
-        free = memory.gpu_free_bytes()  # NVML where it answers: asking llama.cpp would put a GPU context here
-        if free is None:
-            free = sum(d.memory_free for d in engine.gpu_devices())
-        if predicted.device_bytes > free:
-            raise NotEnoughMemoryError(label, "GPU memory", predicted.device_bytes, free)
+    if predicted.device_bytes > 0 and predicted.device_bytes > (free or 0):
+        raise NotEnoughMemoryError(label, "GPU memory", predicted.device_bytes, free or 0)
 
 
 def execute_ladder(
@@ -443,9 +501,12 @@ class Supervised:
         return status, error_line or message
 
 
-def worker_payload(prepared: Prepared, pending: list[int], log_path: Path, db_path: Path | None) -> dict[str, Any]:
-    """What the worker process is given: the configuration, its questions, and where the answers go (the store at
-    `db_path`, or with None back to the parent as events)."""
+def worker_payload(
+    prepared: Prepared, pending: list[int], log_path: Path, db_path: Path | None, *, footprint: bool = False
+) -> dict[str, Any]:
+    """What the worker process is given: the configuration, its questions, how many in flight, and where the
+    answers go (the store at `db_path`, or with None back to the parent as events). With `footprint` the worker
+    only measures the deployment shape (`worker._footprint`) on the first question and answers nothing."""
     from edgeval import engine
 
     spec = prepared.spec
@@ -455,7 +516,8 @@ def worker_payload(prepared: Prepared, pending: list[int], log_path: Path, db_pa
         "task": prepared.task, "db_path": None if db_path is None else str(db_path),
         "config_ids": {str(b): c for b, c in prepared.config_ids.items()}, "n_ctx": prepared.n_ctx,
         "n_seq": prepared.n_seq, "pending": pending, "log_path": str(log_path), "verbose": engine.LOG.echo,
-        "chat_template": prepared.chat.template, "parent_pid": os.getpid(),
+        "chat_template": prepared.chat.template, "parent_pid": os.getpid(), "width": prepared.width,
+        "footprint": footprint,
     }  # fmt: skip
 
 
@@ -519,6 +581,13 @@ def _execute_claimed(
     ids = prepared.config_ids
     if not left and all(store.config(i)["status"] == "done" for i in ids.values()):
         return _results(prepared, store)
+
+    def tell(line: str) -> None:
+        state.events.append(line)
+        if progress is not None:
+            progress(state)
+
+    prepared = resolve_width(prepared, len(left), tell)
     if not spec.force:
         try:
             check_fits(prepared)
@@ -527,9 +596,16 @@ def _execute_claimed(
             raise
     log_path = cache_dir("logs") / f"config-{prepared.config_id}.log"
     log_path.write_text("")
-    payload = worker_payload(prepared, left, log_path, store.path)
     mark_running(prepared, store)
     try:
+        if prepared.width > 1 and not store.config(prepared.config_id)["peak_rss_bytes"]:
+            # The configuration's memory is one question's (what a user deploys), not the throughput run's.
+            shape = supervise(worker_payload(prepared, left[:1], log_path, None, footprint=True), Progress())
+            if shape.exitcode != 0:
+                record(prepared, store, shape, store.timings(prepared.config_id))
+                return _results(prepared, store)
+            record_footprint(prepared, store, shape)
+        payload = worker_payload(prepared, left, log_path, store.path)
         done = supervise(payload, state, progress, tick=lambda: store.heartbeat(prepared.config_id, me, time.time()))
     except KeyboardInterrupt:
         # Ctrl-C: every finished question is stored; the rows wait, resumable, for the next run.
@@ -538,6 +614,15 @@ def _execute_claimed(
         raise
     record(prepared, store, done, store.timings(prepared.config_id))
     return _results(prepared, store)
+
+
+def record_footprint(prepared: Prepared, store: Store, shape: Supervised) -> None:
+    """Store the deployment shape's measured peak (a footprint pass: one question's context) as every rung's
+    memory, beside the prediction it calibrates."""
+    for config_id in prepared.config_ids.values():
+        row = store.config(config_id)
+        fields = _peak_fields(row, shape.peak, shape.peak_vram_bytes, prepared.predicted.total_bytes)
+        store.update_config(config_id, **fields)
 
 
 def record_unfit(prepared: Prepared, store: Store, message: str) -> None:
@@ -572,10 +657,17 @@ def record(
     status, message = done.outcome(unfinished=bool(pending(prepared, store)))
     for config_id in prepared.config_ids.values():
         row = store.config(config_id)
+        if prepared.width > 1:  # a throughput run: its peak is its own, not the configuration's (record_footprint)
+            peak: dict[str, object] = {
+                "throughput_peak_rss_bytes": max(done.peak.total or 0, row["throughput_peak_rss_bytes"] or 0) or None,
+                "throughput_peak_vram_bytes": done.peak_vram_bytes,
+                "throughput_predicted_bytes": prepared.wide.total_bytes,
+            }
+        else:
+            peak = _peak_fields(row, done.peak, done.peak_vram_bytes, prepared.predicted.total_bytes)
         measured: dict[str, object] = {
-            **_peak_fields(row, done.peak, done.peak_vram_bytes, prepared.predicted.total_bytes),
-            "prompt_tokens_per_s": prompt_tps, "decode_tokens_per_s": decode_tps, "ttft_s": ttft,
-            "wall_s": (row["wall_s"] or 0.0) + done.wall_s, **facts,
+            **peak, "parallel": prepared.width, "prompt_tokens_per_s": prompt_tps, "decode_tokens_per_s": decode_tps,
+            "ttft_s": ttft, "wall_s": (row["wall_s"] or 0.0) + done.wall_s, **facts,
         }  # fmt: skip
         if done.load_s is not None:
             measured["load_s"] = done.load_s

@@ -13,7 +13,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,27 +108,73 @@ def _answer_all(payload: dict[str, Any], events: Any, sink: Sink) -> None:
     chat = prompts.ChatFormat(payload["chat_template"])
     t0 = time.perf_counter()
     load = engine.LoadOptions(n_gpu_layers=spec.gpu_layers, repack=spec.repack_mode, cpu_moe=spec.cpu_moe)
+    footprint = payload.get("footprint", False)
+    width = 1 if footprint else payload["width"]
     with engine.Model(spec.model_path, load) as model:
+        forcing = engine.Forcing(
+            think_close=model.tokenize(prompts.THINK_CLOSE)[0],
+            tokens=tuple(model.tokenize(prompts.forced_answer(task.answer_prefix))),
+            answer_tokens=spec.answer_tokens,
+            starts_reasoning=spec.thinking or chat.opens_reasoning(spec.thinking),
+        )
+        recipe = engine.Recipe(
+            k=spec.k, budgets=spec.rungs, sampling=spec.effective_sampling, forcing=forcing, window=spec.kv_window
+        )
         options = engine.ContextOptions(
-            n_ctx=payload["n_ctx"], n_seq=payload["n_seq"], type_k=spec.kv_type_k, type_v=spec.kv_type_v,
-            n_threads=spec.threads,
+            n_ctx=payload["n_ctx"] * width, n_seq=payload["n_seq"] * width, type_k=spec.kv_type_k,
+            type_v=spec.kv_type_v, n_threads=spec.threads, n_batch=batch_size(recipe.step_tokens(), width),
         )  # fmt: skip
         with engine.Context(model, options) as ctx:
             events.put(("loaded", time.perf_counter() - t0))
-            forcing = engine.Forcing(
-                think_close=model.tokenize(prompts.THINK_CLOSE)[0],
-                tokens=tuple(model.tokenize(prompts.forced_answer(task.answer_prefix))),
-                answer_tokens=spec.answer_tokens,
-                starts_reasoning=spec.thinking or chat.opens_reasoning(spec.thinking),
-            )
-            for index in pending:
+            if footprint:
+                _footprint(ctx, chat, task, items[pending[0]], spec, recipe)
+                events.put(("finished", None))
+                return
+
+            def jobs() -> Iterator[engine.Job]:
+                for index in pending:
+                    prompt = model.tokenize(prompt_text(chat, task, items[index], spec.thinking))
+                    yield engine.Job(index, prompt, item_seeds(spec.seed, items[index].id, spec.k))
+
+            def admit() -> bool:
                 if spec.deadline is not None and time.time() >= spec.deadline:
                     events.put(("stopped", None))
-                    break
+                    return False
                 if _orphaned(payload["parent_pid"]):
-                    return
-                _answer(sink, config_ids, chat, task, index, items[index], model, ctx, spec, forcing, events)
+                    os._exit(1)
+                return True
+
+            def done(job: engine.Job, ladder: dict[int, engine.Generation]) -> None:
+                _answer(sink, config_ids, chat, task, job.key, items[job.key], spec, ladder, events)
+
+            ctx.generate_many(recipe, jobs(), done, width=width, admit=admit)
     events.put(("finished", None))
+
+
+def batch_size(step_tokens: int, width: int) -> int:
+    """The context's batch (tokens one decode may carry): llama.cpp's 512, or what `width` questions may feed
+    one step when that is more (each of their sequences' token and a forcing text)."""
+    return max(512, step_tokens * width)
+
+
+FOOTPRINT_STEPS = 4  # tokens each vote writes in the footprint pass before it is forced to answer
+
+
+def _footprint(
+    ctx: engine.Context, chat: prompts.ChatFormat, task: tasks.Task, item: tasks.Item, spec: RunSpec,
+    recipe: engine.Recipe,
+) -> None:  # fmt: skip
+    """The deployment shape, briefly: one question's context (created at the caller), its prompt read, its k votes
+    decoding together for a few steps, forked once (a ladder) and forced to answer (in thinking mode). llama.cpp allocates and clears
+    the whole KV cache when the context is created, so what is resident then is what answering the question takes."""
+    from edgeval import engine
+
+    prompt = ctx.model.tokenize(prompt_text(chat, task, item, spec.thinking))
+    top = min(FOOTPRINT_STEPS, recipe.rungs[-1])
+    budgets = (top // 2, top) if len(recipe.rungs) > 1 and top > 1 else (top,)  # a ladder: fork once too
+    forcing = replace(recipe.forcing, answer_tokens=2) if recipe.forcing else None
+    short = replace(recipe, budgets=budgets, forcing=forcing)
+    ctx.generate_many(short, [engine.Job(0, prompt, item_seeds(spec.seed, item.id, spec.k))], lambda *_: None)
 
 
 def _answer(
@@ -137,17 +184,11 @@ def _answer(
     task: tasks.Task,
     index: int,
     item: tasks.Item,
-    model: engine.Model,
-    ctx: engine.Context,
     spec: RunSpec,
-    forcing: engine.Forcing,
+    ladder: dict[int, engine.Generation],
     events: Any,
 ) -> None:
-    prompt = model.tokenize(prompt_text(chat, task, item, spec.thinking))
-    ladder = ctx.generate_ladder(
-        prompt, k=spec.k, budgets=spec.rungs, sampling=spec.effective_sampling,
-        seeds=item_seeds(spec.seed, item.id, spec.k), forcing=forcing, window=spec.kv_window,
-    )  # fmt: skip
+    """Grade one question's samples at every rung and hand them on in one piece, with its timing."""
     # A template that opens the reasoning itself (Qwen3-2507 Thinking) leaves `<think>` in the prompt: the stored
     # text gets it back, so grading (and a later regrade) knows an unclosed reasoning from an answer.
     opener = f"{prompts.THINK_OPEN}\n" if chat.opens_reasoning(spec.thinking) else ""
