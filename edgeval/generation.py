@@ -205,14 +205,19 @@ def run_batched(
     width: int = 1,
     admit: Callable[[], bool] | None = None,
     on_step: Callable[[int], None] | None = None,
+    mix: bool = False,
 ) -> None:
     """Generate `jobs` with up to `width` questions in flight, calling `on_done` with each question's rungs as it
     finishes (in the order questions finish). `admit` is asked before each new question starts: once it says no,
     the questions in flight finish and nothing more starts. `on_step` hears the tokens each decode carried.
 
     Question i of the flight holds sequence ids [slot × s, (slot + 1) × s) for s = `recipe.sequences`, and at most
-    n_ctx / width cells. The decode batch carries every live sequence's next token first, then prompt tokens up to
-    the context's n_batch (a prompt is read over several steps when the batch is full)."""
+    n_ctx / width cells. The decode batch carries every live sequence's next token. A new question's prompt is read
+    in decodes of its own, as with one question in flight, unless `mix`: then its tokens join the step's batch up
+    to the context's n_batch (llama.cpp's server does so; a prompt is read over several steps when the batch is
+    full). On the CPU, llama.cpp's attention picks its kernel by the batch's shape (tiled from 64 query rows, the
+    KV split over threads for a single row), whose rounding differs: reading prompts alone keeps every prompt on
+    the kernel it has with one question in flight."""
     per_q = recipe.sequences
     capacity = ctx.options.n_batch
     if width * recipe.step_tokens() > capacity:
@@ -259,11 +264,18 @@ def run_batched(
                 q.release()
                 on_done(q.job, q.result())
             parts = [p for p in parts if not p[0].done]
-            fill_flight()  # a new question's prompt joins this very batch
+            fill_flight()  # a new question's prompt is read at this very step
             reading: list[tuple[_Question, int, int]] = []
             for q in flight:
+                if not q.reading:
+                    continue
+                if not mix:
+                    # Its own decode, as with one question in flight (the same kernels: CPU attention picks its
+                    # kernel by the batch's shape), then its first tokens join this step's batch.
+                    parts += _read_alone(ctx, q, batch, capacity, step)
+                    continue
                 room = capacity - len(step)
-                if not q.reading or room <= 0:
+                if room <= 0:
                     continue
                 start = len(step)
                 step += q.prompt_items(room)
@@ -286,6 +298,22 @@ def run_batched(
 
 
 _Item = tuple[int, int, int, bool]  # (token, position, sequence, wants_logits)
+
+
+def _read_alone(
+    ctx: Context, q: _Question, batch: llama_cpp.llama_batch, capacity: int, step: list[_Item]
+) -> list[tuple[_Question, int, int]]:
+    """Read a question's whole prompt in decodes of its own (chunks of the batch's capacity), sample its votes'
+    first tokens from the prompt's logits at once, and put what they feed into `step`."""
+    while q.reading:
+        t0 = time.perf_counter()
+        items = q.prompt_items(capacity)
+        fill_batch(batch, items)
+        ctx._decode(batch)
+        q.read(items, 0, len(items), time.perf_counter() - t0, len(items))
+    start = len(step)
+    step += q.sample()
+    return [] if q.done else [(q, start, len(step))]
 
 
 class _Question:
