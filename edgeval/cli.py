@@ -127,6 +127,23 @@ def cpu_moe_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def ram_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """`--ram BYTES`, shared by plan and compare: the host memory an offloaded configuration's host part must fit."""
+    return click.option(
+        "--ram",
+        "ram",
+        type=ByteSize(),
+        help="With layers on a GPU (the budget then bounds the GPU part): the system RAM the host part must fit "
+        "(default: what is free on this machine now).",
+    )(f)
+
+
+def _free_ram(ram: int | None) -> int:
+    import psutil
+
+    return ram if ram is not None else int(psutil.virtual_memory().available)
+
+
 class CommaList(click.ParamType):  # type: ignore[type-arg]
     """A comma-separated list (`f16,q8_0`, `2k,8k`), each item converted by `item`."""
 
@@ -294,15 +311,17 @@ class Parallel(click.ParamType):  # type: ignore[type-arg]
         return int(text)
 
 
-parallel_option = click.option(
-    "--parallel",
-    type=Parallel(),
-    default="1",
-    show_default=True,
-    help="Questions in flight at once, decoded in one batch (continuous batching): more decode the same tokens "
-    "faster. auto: as many as gain throughput on this machine (measured once per model size) and fit in the "
-    "memory free. The configuration's memory is still one question's.",
-)
+def parallel_option(default: str) -> Decorator:
+    """`--parallel N|auto` (run: 1 by default, compare: auto)."""
+    return click.option(
+        "--parallel",
+        type=Parallel(),
+        default=default,
+        show_default=True,
+        help="Questions in flight at once, decoded in one batch (continuous batching): more decode the same tokens "
+        "faster. auto: as many as gain throughput on this machine (measured once per model size) and fit in the "
+        "memory free. The configuration's memory is still one question's.",
+    )
 
 
 def _window(text: str) -> int:
@@ -405,6 +424,7 @@ def inspect(ref: str, catalogs: tuple[Path, ...], as_json: bool) -> None:
     type=ByteSize(),
     help="The GPU's memory: with --gpu-layers, also leave out configurations whose device part exceeds it.",
 )
+@ram_option
 @click.option(
     "--repack/--no-repack",
     default=None,
@@ -425,6 +445,7 @@ def plan(
     gpu_layers: int,
     cpu_moe: int,
     vram: int | None,
+    ram: int | None,
     repack: bool | None,
     show_all: bool,
     catalogs: tuple[Path, ...],
@@ -447,7 +468,7 @@ def plan(
         kv=kv, ctx=ctx, k=votes, kv_window=kv_windows or (0,), prompt_tokens=prompt_tokens, gpu_layers=gpu_layers,
         cpu_moe=cpu_moe, repack=repacking, repack_types=types,
     )  # fmt: skip
-    result = planner.plan(refs, axes, budget, vram_bytes=vram)
+    result = planner.plan(refs, axes, budget, vram_bytes=vram, ram_bytes=_free_ram(ram) if gpu_layers else None)
     if as_json:
         click.echo(json.dumps([c.to_json() for c in result.fits], indent=2))
     else:
@@ -502,7 +523,7 @@ def plan(
 @click.option("--gpu-layers", type=int, help="Layers on the GPU (default: all on a GPU build, 0 on CPU).")
 @cpu_moe_option
 @repack_option
-@parallel_option
+@parallel_option("1")
 @click.option("--force", is_flag=True, help="Run even where the predicted memory exceeds what is available.")
 @db_option
 @catalog_option
@@ -679,8 +700,10 @@ def _run_compare(request: compare_mod.Request, db: Path | None, as_json: bool, d
 
     if dry_run:
         plans = []
+        with Store(db) as store:
+            speeds = compare_mod.measured_speeds(store)
         for task in request.tasks:
-            arms = compare_mod.arms(request, task)
+            arms = compare_mod.arms(request, task, speeds=speeds)
             plans.append((task, arms, {a.ref.label: hub.local_path(a.ref.file) is not None for a in arms}))
         if as_json:
             click.echo(json.dumps([[ui.arm_row(a, t, cached[a.ref.label]) for a in arms] for t, arms, cached in plans],
@@ -733,6 +756,16 @@ def _run_compare(request: compare_mod.Request, db: Path | None, as_json: bool, d
 @seed_option
 @threads_option
 @repack_option
+@click.option(
+    "--gpu-layers",
+    type=int,
+    help="Layers on the GPU, as in plan (default: all on a GPU build, 0 on CPU); "
+    "with layers on a GPU the budget bounds the GPU part and the host part must fit --ram.",
+)
+@cpu_moe_option
+@click.option("--vram", type=ByteSize(), help="The GPU's memory: also leave out runs whose GPU part exceeds it.")
+@ram_option
+@parallel_option("auto")
 @click.option("--dry-run", is_flag=True, help="Show the runs, the download and a time plan; run nothing.")
 @click.option("--ray", "ray_address", metavar="ADDRESS", help="Run on a Ray cluster: HOST:PORT of its head, auto (the "
               "cluster this machine belongs to) or local (a throw-away one here). Needs edgeval[ray].")  # fmt: skip
@@ -742,7 +775,8 @@ def _run_compare(request: compare_mod.Request, db: Path | None, as_json: bool, d
 def compare_command(
     budget: int, task_names: tuple[str, ...], model_refs: tuple[str, ...], kv: tuple[KVType, ...],
     budgets: tuple[int, ...], votes: tuple[int, ...], kv_windows: tuple[int, ...] | None, time_s: float, limit: int | None, exhaustive: bool, seed: int,
-    threads: int | None, repack: bool | None, dry_run: bool, ray_address: str | None, db: Path | None,
+    threads: int | None, repack: bool | None, gpu_layers: int | None, cpu_moe: int, vram: int | None,
+    ram: int | None, parallel: int, dry_run: bool, ray_address: str | None, db: Path | None,
     catalogs: tuple[Path, ...], as_json: bool,
 ) -> None:  # fmt: skip
     """Find the best configuration that fits the budget, in the time you give: a race over rounds of questions
@@ -755,7 +789,8 @@ def compare_command(
     request = compare_mod.Request(
         budget_bytes=budget, tasks=task_names, models=_model_names(model_refs), kv=kv, budgets=budgets, votes=votes, kv_window=kv_windows or (0,),
         time_s=time_s, limit=limit, exhaustive=exhaustive, seed=seed, threads=threads, repack=repack,
-        catalogs=catalogs, ray=ray_address,
+        catalogs=catalogs, ray=ray_address, gpu_layers=gpu_layers, cpu_moe=cpu_moe, vram_bytes=vram, ram_bytes=ram,
+        parallel=parallel,
     )  # fmt: skip
     _run_compare(request, db, as_json, dry_run)
 

@@ -73,6 +73,26 @@ class Request:
     prompt_tokens: int = plan.DEFAULT_PROMPT_TOKENS
     alpha: float = racing.ALPHA
     ray: str | None = None  # run the runs as tasks on a Ray cluster: its address, `auto` or `local`
+    parallel: int = sweep.AUTO  # questions in flight per run (sweep.AUTO: what gains throughput and fits)
+    gpu_layers: int | None = None  # None: every layer on a build that offloads, none on a CPU build
+    cpu_moe: int = 0
+    vram_bytes: int | None = None  # the GPU's memory, when the device part must also fit it
+    ram_bytes: int | None = None  # the host part's limit under offload (None: the RAM free now)
+
+    @property
+    def offload(self) -> int:
+        """Layers on the GPU as `plan --gpu-layers` reads it (-1: all)."""
+        return (-1 if plan.offload_build() else 0) if self.gpu_layers is None else self.gpu_layers
+
+    def fits(self, footprint: Any) -> bool:
+        """Whether a predicted footprint fits the budget: on a GPU its device part, with its host part in the RAM
+        (as `plan` reads a budget)."""
+        ram = self.ram_bytes
+        if ram is None and footprint.device_bytes > 0:
+            import psutil
+
+            ram = int(psutil.virtual_memory().available)
+        return plan.fits(footprint, self.budget_bytes, vram_bytes=self.vram_bytes, ram_bytes=ram)
 
     @property
     def question_limit(self) -> int | None:
@@ -93,6 +113,8 @@ class Arm:
     predicted: dict[tuple[int, int], int]  # (budget, votes) -> predicted bytes of a separate run
     estimated_s: float  # per question
     window: int = 0  # the KV window (0: no eviction)
+    device: dict[tuple[int, int], int] = field(default_factory=dict)  # (budget, votes) -> the GPU part of `predicted`
+    estimate: Estimate | None = None
 
     @property
     def label(self) -> str:
@@ -107,7 +129,9 @@ class Arm:
         return len(self.budgets) * len(self.votes)
 
 
-def arms(request: Request, task: str, catalog: Catalog | None = None) -> list[Arm]:
+def arms(
+    request: Request, task: str, catalog: Catalog | None = None, speeds: dict[str, float] | None = None
+) -> list[Arm]:
     """The runs that answer every configuration fitting the budget.
 
     For each model file, KV type and KV window, each budget of the ladder can afford some largest number of votes
@@ -117,16 +141,19 @@ def arms(request: Request, task: str, catalog: Catalog | None = None) -> list[Ar
     book = catalog or Catalog.load(request.catalogs)
     refs = book.resolve_all(request.models) if request.models else default_refs(book, request)
     votes = tuple(sorted(set(request.votes)))
-    repacking, types = plan.repack_setting(request.repack)
+    gpu_layers = request.offload
+    repacking, types = plan.repack_setting(request.repack, gpu_layers)
     axes = plan.Axes(kv=request.kv, ctx=tuple(request.prompt_tokens + b for b in request.budgets), k=votes,
                      kv_window=request.kv_window, prompt_tokens=request.prompt_tokens, repack=repacking,
-                     repack_types=types)  # fmt: skip
+                     repack_types=types, gpu_layers=gpu_layers, cpu_moe=request.cpu_moe)  # fmt: skip
     fitting: dict[tuple[str, KVType, int], dict[int, dict[int, int]]] = {}
+    devices: dict[tuple[str, KVType, int, int, int], int] = {}
     refs_by_label = {r.label: r for r in refs}
     for c in plan.configurations(refs, axes):
-        if c.footprint.total_bytes <= request.budget_bytes:
+        if request.fits(c.footprint):
             per_budget = fitting.setdefault((c.ref.label, c.kv_type_k, c.kv_window), {})
             per_budget.setdefault(c.budget_tokens, {})[c.k] = c.footprint.total_bytes
+            devices[(c.ref.label, c.kv_type_k, c.kv_window, c.budget_tokens, c.k)] = c.footprint.device_bytes
     out = []
     for (label, kv, window), per_budget in fitting.items():
         by_k: dict[int, list[int]] = {}
@@ -136,8 +163,10 @@ def arms(request: Request, task: str, catalog: Catalog | None = None) -> list[Ar
             ladder = tuple(sorted(budgets))
             compared = tuple(j for j in votes if j <= k)
             predicted = {(b, j): per_budget[b][j] for b in ladder for j in compared}
+            device = {(b, j): devices[(label, kv, window, b, j)] for b in ladder for j in compared}
             ref = refs_by_label[label]
-            out.append(Arm(ref, kv, ladder, k, compared, predicted, _estimate_s(ref, ladder[-1], k), window))
+            estimate = estimate_s(ref, ladder[-1], k, gpu_layers, speeds)
+            out.append(Arm(ref, kv, ladder, k, compared, predicted, estimate.seconds, window, device, estimate))
     return sorted(out, key=lambda a: (a.ref.weight_bytes, a.kv.value, a.window, a.k))
 
 
@@ -146,22 +175,52 @@ def default_refs(book: Catalog, request: Request) -> list[ModelRef]:
     think."""
     # The hybrid Qwen3 family the study measured (the 2507 Thinking/Instruct models join by --models).
     candidates = [r for r in book.everything() if r.file.quant in DEFAULT_QUANTS and r.model.thinking == "hybrid"]
-    repacking, types = plan.repack_setting(request.repack)
+    repacking, types = plan.repack_setting(request.repack, request.offload)
     smallest_run = plan.Axes(kv=(KVType.Q8_0,), ctx=(request.prompt_tokens + min(request.budgets),), k=(1,),
-                             prompt_tokens=request.prompt_tokens, repack=repacking, repack_types=types)  # fmt: skip
-    fits = {c.ref.label for c in plan.configurations(candidates, smallest_run)
-            if c.footprint.total_bytes <= request.budget_bytes}  # fmt: skip
+                             prompt_tokens=request.prompt_tokens, repack=repacking, repack_types=types,
+                             gpu_layers=request.offload, cpu_moe=request.cpu_moe)  # fmt: skip
+    fits = {c.ref.label for c in plan.configurations(candidates, smallest_run) if request.fits(c.footprint)}
     sizes = sorted({r.model.params for r in candidates if r.label in fits}, reverse=True)[:DEFAULT_SIZES]
     return [r for r in candidates if r.model.params in sizes and r.label in fits]
 
 
-def _estimate_s(ref: ModelRef, budget: int, k: int) -> float:
-    """A rough time per question: every sample uses half its budget, decode is memory-bound, k sequences go twice
-    as fast."""
-    rate = _TOKENS_PER_S_AT_1GB / max(ref.weight_bytes / 1e9, 0.05)
-    if k > 1:
-        rate *= 2
-    return k * budget * 0.5 / rate
+@dataclass(frozen=True)
+class Estimate:
+    """What a question of a run is expected to cost, and where the speed comes from."""
+
+    seconds: float
+    tokens_per_s: float  # aggregate decode rate assumed
+    source: str  # "measured" (earlier runs of this file here), "probe" (the throughput knee) or "rough"
+    width: int = 1  # questions in flight assumed
+
+
+def estimate_s(
+    ref: ModelRef, budget: int, k: int, gpu_layers: int = 0, speeds: dict[str, float] | None = None
+) -> Estimate:
+    """Time per question: k samples using half their largest budget, at the aggregate decode rate this machine
+    measured — its earlier runs of this file (`measured_speeds`), else the throughput probe's knee for the model's
+    size class (an upper bound: no sampling, a short context), else a rate scaled from one CPU's figure by weight
+    bytes (memory-bound decoding), twice as fast for k > 1."""
+    tokens = k * budget * 0.5
+    if speeds and speeds.get(ref.label):
+        return Estimate(tokens / speeds[ref.label], speeds[ref.label], "measured")
+    from edgeval import throughput
+
+    knee = throughput.remembered_for(ref.weight_bytes, gpu_layers != 0)
+    if knee is not None:
+        width = max(1, knee.knee // k)
+        rate = knee.rate(width * k)
+        return Estimate(tokens / rate, rate, "probe", width)
+    rate = _TOKENS_PER_S_AT_1GB / max(ref.weight_bytes / 1e9, 0.05) * (2 if k > 1 else 1)
+    return Estimate(tokens / rate, rate, "rough")
+
+
+def measured_speeds(store: Store) -> dict[str, float]:
+    """The best aggregate decode rate each model file reached in this store's earlier runs on this backend."""
+    rows = store.db.execute(
+        "SELECT model, MAX(decode_tokens_per_s) FROM configs WHERE decode_tokens_per_s > 0 GROUP BY model"
+    ).fetchall()
+    return {str(r[0]): float(r[1]) for r in rows}
 
 
 # ---------------------------------------------------------------- running the race
@@ -231,7 +290,7 @@ def run(
         deadline = started + request.time_s if request.time_s and not request.exhaustive else None
         out = []
         for task in request.tasks:
-            planned = arms(request, task, book)
+            planned = arms(request, task, book, measured_speeds(store))
             n_task = len(tasks_mod.load_task(task).items)
             race = _Race(request, task, planned, run_id, started, deadline, cluster=cluster)
             race.n_questions = min(n_task, request.question_limit or n_task)
@@ -371,7 +430,8 @@ def _prepare(
         budget_tokens=budgets[-1], ladder=budgets[:-1], kv_window=arm.window, k=arm.k,
         thinking=arm.ref.model.thinks(request.thinking),
         seed=request.seed, limit=asked, threads=threads, repack=request.repack, deadline=deadline,
-        expected_sha256=arm.ref.file.sha256,
+        expected_sha256=arm.ref.file.sha256, gpu_layers=request.gpu_layers, cpu_moe=request.cpu_moe,
+        parallel=request.parallel,
     )  # fmt: skip
     prepared = sweep.prepare(spec, store, race.run_id)
     race.config_ids[index] = {**race.config_ids.get(index, {}), **prepared.config_ids}

@@ -172,16 +172,42 @@ def configurations(refs: Sequence[ModelRef], axes: Axes) -> list[Config]:
     return out
 
 
-def plan(refs: Sequence[ModelRef], axes: Axes, budget_bytes: int, *, vram_bytes: int | None = None) -> Plan:
-    """The configurations whose predicted footprint fits `budget_bytes` (and, given `vram_bytes`, whose device
-    part fits the GPU), smallest first."""
+def fits(
+    footprint: Footprint, budget_bytes: int, *, vram_bytes: int | None = None, ram_bytes: int | None = None
+) -> bool:
+    """What a budget means. On the CPU: the whole footprint within it. With layers on a GPU: the device part within
+    it (and within `vram_bytes`, the GPU's memory, when given) and the host part within `ram_bytes` (the RAM free,
+    when given) — the budget a GPU machine's doctor suggests is its GPU memory."""
+    if footprint.device_bytes <= 0:
+        return footprint.total_bytes <= budget_bytes
+    return (
+        footprint.device_bytes <= budget_bytes
+        and (vram_bytes is None or footprint.device_bytes <= vram_bytes)
+        and (ram_bytes is None or footprint.host_bytes <= ram_bytes)
+    )
+
+
+def plan(
+    refs: Sequence[ModelRef], axes: Axes, budget_bytes: int, *, vram_bytes: int | None = None,
+    ram_bytes: int | None = None,
+) -> Plan:  # fmt: skip
+    """The configurations whose predicted footprint fits `budget_bytes` as `fits` reads it, smallest first."""
     every = configurations(refs, axes)
-
-    def fits_gpu(c: Config) -> bool:
-        return vram_bytes is None or c.footprint.device_bytes <= vram_bytes
-
-    fits = sorted(
-        (c for c in every if c.footprint.total_bytes <= budget_bytes and fits_gpu(c)),
+    fitting = sorted(
+        (c for c in every if fits(c.footprint, budget_bytes, vram_bytes=vram_bytes, ram_bytes=ram_bytes)),
         key=lambda c: (c.footprint.total_bytes, c.ref.label, c.kv_type_k.value, c.ctx, c.kv_window, c.k),
     )
-    return Plan(budget_bytes, tuple(fits), len(every), vram_bytes)
+    return Plan(budget_bytes, tuple(fitting), len(every), vram_bytes)
+
+
+def offload_build() -> bool:
+    """Whether the installed llama-cpp-python was built with a GPU backend (CUDA, Metal, Vulkan, HIP, SYCL), read
+    from its library files without loading llama.cpp (so plans stay quick and llama.cpp-free)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    names = [p.name.lower() for loc in spec.submodule_search_locations for p in Path(loc).rglob("*ggml-*")]
+    return any(f"ggml-{b}" in n for n in names for b in ("cuda", "metal", "vulkan", "hip", "sycl", "opencl"))

@@ -93,6 +93,14 @@ def cached(key: str) -> Knee | None:
     return next((k for k in remembered() if k.key == key), None)
 
 
+def remembered_for(weight_bytes: int, offload: bool) -> Knee | None:
+    """The latest knee measured on this machine for a size class on the CPU or a GPU, whatever the build (for
+    time plans, which load nothing)."""
+    tail = f"|{size_class(weight_bytes)}"
+    found = [k for k in remembered() if k.key.endswith(tail) and (k.key.split("|")[-2] != "cpu") == offload]
+    return max(found, key=lambda k: k.measured_at) if found else None
+
+
 def _remember(knee: Knee) -> Knee:
     records = {k.key: asdict(k) for k in remembered()}
     records[knee.key] = asdict(knee)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -461,7 +462,10 @@ def arm_row(arm: Arm, task: str, cached: bool) -> dict[str, object]:
             "budgets": list(arm.budgets), "k": arm.k,
             "votes": list(arm.votes), "configurations": arm.configurations, "file_bytes": arm.ref.file.size,
             "cached": cached, "predicted_bytes": arm.predicted[(arm.budgets[-1], arm.votes[-1])],
-            "estimated_s_per_question": round(arm.estimated_s, 2)}  # fmt: skip
+            "estimated_s_per_question": round(arm.estimated_s, 2),
+            "device_bytes": arm.device.get((arm.budgets[-1], arm.votes[-1]), 0),
+            "estimate_source": arm.estimate.source if arm.estimate else "rough",
+            "estimated_tokens_per_s": round(arm.estimate.tokens_per_s, 1) if arm.estimate else None}  # fmt: skip
 
 
 def render_dry_run(request: Request, plans: list[tuple[str, list[Arm], dict[str, bool]]]) -> None:
@@ -475,22 +479,32 @@ def render_dry_run(request: Request, plans: list[tuple[str, list[Arm], dict[str,
         n_configs = sum(a.configurations for a in arms)
         table = Table(title=f"compare --dry-run: {task}, {len(arms)} runs answering {n_configs} configurations "
                       f"within {format_bytes(request.budget_bytes)}", title_justify="left")  # fmt: skip
-        for name in ("model", "KV", "budgets", "k", "votes", "pred.", "s/q"):
+        offload = any(a.device.get((a.budgets[-1], a.votes[-1]), 0) for a in arms)
+        names = ("model", "KV", "budgets", "k", "votes", "pred.", *(("GPU", "host") if offload else ()), "tok/s", "s/q")
+        for name in names:
             table.add_column(name, justify="left" if name in ("model", "KV", "budgets", "votes") else "right")
+        mark = {"measured": "", "probe": "≤", "rough": "~"}
         for a in arms:
+            top = (a.budgets[-1], a.votes[-1])
+            parts = (format_bytes(a.device.get(top, 0)), format_bytes(a.predicted[top] - a.device.get(top, 0)))
+            source = a.estimate.source if a.estimate else "rough"
+            rate = f"{mark[source]}{a.estimate.tokens_per_s:.0f}" if a.estimate else "?"
             table.add_row(a.ref.label + ("" if cached[a.ref.label] else " ↓"), a.kv.value,
                           ",".join(str(b) for b in a.budgets), str(a.k), ",".join(str(j) for j in a.votes),
-                          format_bytes(a.predicted[(a.budgets[-1], a.votes[-1])]), f"{a.estimated_s:.0f}")  # fmt: skip
+                          format_bytes(a.predicted[top]), *(parts if offload else ()), rate,
+                          f"{a.estimated_s:.0f}")  # fmt: skip
         console.print(table)
         files = {a.ref.label: a.ref.file.size or 0 for a in arms}
         fetch = sum(size for label, size in files.items() if not cached[label])
         have = sum(size for label, size in files.items() if cached[label])
         console.print(f"Download: {format_bytes(fetch)} to fetch (↓), {format_bytes(have)} already cached.")
         per_round = sum(a.estimated_s for a in arms)
+        sources = {a.estimate.source if a.estimate else "rough" for a in arms}
+        how = "; ".join(_SOURCES[x] for x in ("measured", "probe", "rough") if x in sources)
         if request.exhaustive:
             limit = request.question_limit or 0
             console.print(f"--exhaustive: every run on {limit} questions, about {format_duration(per_round * limit)} "
-                          "(rough: memory-bound decoding, samples using half their largest budget).")  # fmt: skip
+                          f"(samples using half their largest budget; tok/s {how}).")  # fmt: skip
             continue
         first = min(FIRST_ROUND, request.question_limit or FIRST_ROUND)
         budget = f"--time {format_duration(request.time_s)}" if request.time_s else "no time limit"
@@ -498,14 +512,25 @@ def render_dry_run(request: Request, plans: list[tuple[str, list[Arm], dict[str,
         if fit is None:
             reach = ""
         elif fit >= 1:
-            reach = f"; about {fit} questions each if nothing were dropped"
+            half = 100 / math.sqrt(fit)
+            reach = (
+                f"; about {fit} questions each if nothing were dropped — with {fit} questions an accuracy is "
+                f"known to about ±{half:.0f} points (95%), so only gaps wider than that can be settled"
+            )
         else:
             reach = ("; less than one question each fits: every run still answers one (the time is then exceeded), "
                      "and the answer will say what more time would settle — --models, a shorter --budget-tokens "
                      "or a GPU go further")  # fmt: skip
         console.print(f"Time plan ({budget}): a question for every run takes about {format_duration(per_round)}; "
                       f"the first round asks {first}, then ×{ROUND_GROWTH} for what is still in the race{reach} "
-                      "(rough: memory-bound decoding, samples using half their largest budget).")  # fmt: skip
+                      f"(samples using half their largest budget; tok/s {how}).")  # fmt: skip
+
+
+_SOURCES = {
+    "measured": "measured by earlier runs of the file here",
+    "probe": "≤: this machine's throughput probe for the size class, an upper bound",
+    "rough": "~: rough, scaled by weight size from one CPU's figure — run `edgeval run` or a compare once to measure",
+}
 
 
 @contextmanager

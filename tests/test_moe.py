@@ -114,7 +114,7 @@ def test_cpu_moe_moves_the_experts_to_the_host_and_keeps_the_total() -> None:
 def test_plan_with_a_gpu_budget_needs_cpu_moe_for_the_30b_moe() -> None:
     runner = CliRunner()
     base = ["plan", "--budget", "40GB", "--models", "qwen3-30b-a3b:Q4_K_M", "--kv", "f16", "--ctx", "32k", "--k", "1",
-            "--gpu-layers", "-1", "--vram", "12GB", "--no-repack"]  # fmt: skip
+            "--gpu-layers", "-1", "--vram", "12GB", "--ram", "64GB", "--no-repack"]  # fmt: skip
     without = runner.invoke(cli, [*base, "--json"])
     assert without.exit_code == 0, without.output
     assert json.loads(without.stdout) == []
