@@ -9,7 +9,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psutil
@@ -92,6 +92,8 @@ class MachineReport:
     repack: RepackProbe
     suggested_budget_bytes: int
     suggested_budget_reason: str
+    # The throughput knees remembered for this build: (size class, device, knee in sequences, its gain over one).
+    throughput: list[tuple[str, str, int, float]] = field(default_factory=list)
 
     def to_json(self) -> str:
         """One JSON object (the keys of `--json`)."""
@@ -328,4 +330,17 @@ def examine(probe: bool = True) -> MachineReport:
         repack=repack,
         suggested_budget_bytes=budget,
         suggested_budget_reason=reason,
+        throughput=throughput_knees(),
     )
+
+
+def throughput_knees() -> list[tuple[str, str, int, float]]:
+    """What `--parallel auto` measured on this machine for this llama.cpp build (`throughput.probe`)."""
+    from edgeval import throughput
+
+    build = f"{engine.build_version()}|{engine.LLAMA_CPP_PYTHON_VERSION}|"
+    return [
+        (k.key.split("|")[-1], k.key.split("|")[-2], k.knee, round(k.gain, 2))
+        for k in throughput.remembered()
+        if k.key.startswith(build)
+    ]

@@ -97,6 +97,11 @@ def render_doctor(report: MachineReport) -> None:
     table.add_row("HF_HUB_OFFLINE", _yes_no(report.hf_offline))
     table.add_row("HF token configured", _yes_no(report.hf_token_configured))
     table.add_row("edgeval home", report.edgeval_home)
+    for size, device, knee, gain in report.throughput:
+        table.add_row(f"throughput ({size}, {device.split(':')[0]})",
+                      f"{knee} sequences in one batch decode {gain:.1f}× one sequence's tokens/s (--parallel auto)")  # fmt: skip
+    if not report.throughput:
+        table.add_row("throughput", "[dim]not measured yet (the first `--parallel auto` run measures it)[/]")
     section("suggestion")
     table.add_row(
         "memory budget",

@@ -136,8 +136,21 @@ def _answer_all(payload: dict[str, Any], events: Any, sink: Sink) -> None:
                     prompt = model.tokenize(prompt_text(chat, task, items[index], spec.thinking))
                     yield engine.Job(index, prompt, item_seeds(spec.seed, items[index].id, spec.k))
 
+            pace = {"last": 0.0, "step_s": 0.0}
+
+            def stepped(_: int) -> None:
+                now = time.perf_counter()
+                if pace["last"]:
+                    pace["step_s"] = (
+                        0.8 * pace["step_s"] + 0.2 * (now - pace["last"]) if pace["step_s"] else now - pace["last"]
+                    )
+                pace["last"] = now
+
             def admit() -> bool:
-                if spec.deadline is not None and time.time() >= spec.deadline:
+                # With many questions in flight a step is slower, so a question started late would end long after
+                # the deadline: start one only if its budget of steps, at the present pace, ends before it.
+                late = spec.budget * pace["step_s"] if width > 1 else 0.0
+                if spec.deadline is not None and time.time() + late >= spec.deadline:
                     events.put(("stopped", None))
                     return False
                 if _orphaned(payload["parent_pid"]):
@@ -147,7 +160,7 @@ def _answer_all(payload: dict[str, Any], events: Any, sink: Sink) -> None:
             def done(job: engine.Job, ladder: dict[int, engine.Generation]) -> None:
                 _answer(sink, config_ids, chat, task, job.key, items[job.key], spec, ladder, events)
 
-            ctx.generate_many(recipe, jobs(), done, width=width, admit=admit)
+            ctx.generate_many(recipe, jobs(), done, width=width, admit=admit, on_step=stepped)
     events.put(("finished", None))
 
 

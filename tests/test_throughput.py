@@ -1,0 +1,214 @@
+"""Many questions in flight (continuous batching): the same samples as one at a time, the configuration's own
+memory measured apart from the throughput run's, the width `auto` chooses, and a kill in the middle of a batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgeval import compare, demo, doctor, engine, plan, prompts, sweep, throughput
+from edgeval.cli import cli
+from edgeval.memory import RepackMode
+from edgeval.quants import KVType, WeightQuant
+
+from .conftest import GREEDY, SAMPLED, arith_forcing, arith_prompts
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _generate(path: Path, recipe: engine.Recipe, prompts_: list[list[int]], width: int,
+              repack: RepackMode = RepackMode.ALL) -> dict[int, dict[int, engine.Generation]]:  # fmt: skip
+    with engine.Model(path, engine.LoadOptions(n_gpu_layers=0, repack=repack)) as model:
+        cells = max(recipe.cells(len(p)) for p in prompts_)
+        options = engine.ContextOptions(n_ctx=cells * width, n_seq=recipe.sequences * width,
+                                        n_batch=max(512, width * recipe.step_tokens()))  # fmt: skip
+        got: dict[int, dict[int, engine.Generation]] = {}
+        with engine.Context(model, options) as ctx:
+            jobs = [engine.Job(i, p, [100 + 7 * i + j for j in range(recipe.k)]) for i, p in enumerate(prompts_)]
+            ctx.generate_many(recipe, jobs, lambda job, out: got.__setitem__(job.key, out), width=width)
+    return got
+
+
+@pytest.mark.parametrize("sampling", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+def test_questions_in_flight_give_the_samples_of_one_at_a_time(sampling: prompts.Sampling) -> None:
+    # The trained family on the CPU: votes, a ladder's forks and budget forcing, 3 questions at once.
+    path = demo.family_sources()[1]
+    with engine.Model(path, engine.LoadOptions(vocab_only=True)) as vocab:
+        forcing, questions = arith_forcing(vocab), arith_prompts(vocab, 7)
+    recipe = engine.Recipe(k=2, budgets=(6, 20), sampling=sampling, forcing=forcing)
+    alone, together = _generate(path, recipe, questions, 1), _generate(path, recipe, questions, 3)
+    assert sorted(together) == list(range(7))
+    forced = 0
+    for i in range(7):
+        for budget in (6, 20):
+            a, b = alone[i][budget], together[i][budget]
+            assert (a.tokens, a.finish, a.forced) == (b.tokens, b.finish, b.forced), (i, budget)
+            forced += sum(b.forced)
+    assert forced > 0  # the forcing and the forks were exercised
+    assert max(g[20].max_batch_tokens for g in together.values()) > max(g[20].max_batch_tokens for g in alone.values())
+
+
+def test_a_kv_window_and_repacking_off_hold_in_flight_too(tiny_models: dict[WeightQuant, Path]) -> None:
+    path = tiny_models[WeightQuant.Q4_K_M]
+    with engine.Model(path, engine.LoadOptions(vocab_only=True)) as vocab:
+        questions = arith_prompts(vocab, 5)
+    recipe = engine.Recipe(k=2, budgets=(80,), sampling=GREEDY, window=32)
+    alone = _generate(path, recipe, questions, 1, RepackMode.OFF)
+    together = _generate(path, recipe, questions, 4, RepackMode.OFF)
+    for i in range(5):
+        assert alone[i][80].tokens == together[i][80].tokens
+        assert alone[i][80].evicted == together[i][80].evicted
+    assert any(sum(g[80].evicted) for g in together.values())
+
+
+def test_a_context_too_small_for_the_flight_is_refused() -> None:
+    path = demo.family_sources()[0]
+    with engine.Model(path, engine.LoadOptions(n_gpu_layers=0)) as model:
+        prompt = arith_prompts(model, 1)[0]
+        recipe = engine.Recipe(k=2, budgets=(16,), sampling=GREEDY)
+        options = engine.ContextOptions(n_ctx=recipe.cells(len(prompt)) * 2, n_seq=4)
+        with engine.Context(model, options) as ctx, pytest.raises(engine.ConfigurationError, match="sequences"):
+            ctx.generate_many(recipe, [engine.Job(0, prompt, [1, 2])], lambda *_: None, width=3)
+
+
+def _run(tmp_path: Path, db: str, *extra: str, limit: int = 6) -> dict[str, object]:
+    args = ["run", str(demo.family_sources()[1]), "--task", "arith", "--limit", str(limit), "--budget-tokens", "24",
+            "--k", "2", "--temperature", "0", "--db", str(tmp_path / db), "--json", *extra]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    return dict(json.loads(result.stdout))
+
+
+def _texts(db: Path) -> list[tuple[int, int, str]]:
+    with sqlite3.connect(db) as conn:
+        return [tuple(r) for r in conn.execute("SELECT item_index, sample_index, text FROM samples ORDER BY 1, 2")]
+
+
+def test_run_in_flight_stores_the_samples_and_the_memory_of_one_question(tmp_path: Path) -> None:
+    one = _run(tmp_path, "one.db", "--parallel", "1")
+    wide = _run(tmp_path, "wide.db", "--parallel", "4")
+    assert _texts(tmp_path / "one.db") == _texts(tmp_path / "wide.db") and len(_texts(tmp_path / "one.db")) == 12
+    assert one["accuracy_maj"] == wide["accuracy_maj"]
+    with sqlite3.connect(tmp_path / "wide.db") as conn:
+        conn.row_factory = sqlite3.Row
+        row = conn.execute("SELECT * FROM configs").fetchone()
+    # The configuration's memory is the footprint pass's (one question's context), predicted as with --parallel 1;
+    # the throughput run's own peak and prediction (four questions' cells) are stored apart.
+    assert row["parallel"] == 4
+    assert row["predicted_bytes"] == one["predicted_bytes"]
+    assert row["peak_rss_bytes"] == pytest.approx(one["peak_rss_bytes"], rel=0.05)
+    assert row["throughput_predicted_bytes"] > row["predicted_bytes"]
+    assert row["throughput_peak_rss_bytes"] > 0
+    assert wide["memory_source"] == "measured"
+
+
+def test_auto_takes_the_knee_that_fits_and_doctor_tells_it(tmp_path: Path) -> None:
+    path = demo.family_sources()[1]
+    knee = throughput.probe(path, path.stat().st_size)
+    assert knee.rates[0][0] == 1 and len(knee.rates) >= 3 and knee.knee in dict(knee.rates)
+    assert throughput.cached(knee.key) == knee  # remembered: the next auto run does not probe
+    assert any(k == knee.knee for _, _, k, _ in doctor.throughput_knees())
+    _run(tmp_path, "auto.db", "--parallel", "auto", limit=40)
+    with sqlite3.connect(tmp_path / "auto.db") as conn:
+        width = conn.execute("SELECT parallel FROM configs").fetchone()[0]
+    assert width == max(1, min(40, knee.knee // 2))
+
+
+def test_auto_width_never_takes_what_does_not_fit() -> None:
+    knee = throughput.Knee("k", ((1, 10.0), (2, 18.0), (4, 30.0), (8, 31.0), (16, 31.5)), 4, "m", 0.0)
+    assert throughput.knee_of(list(knee.rates)) == 4  # the narrowest within 5% of the best (30 ≥ 0.95 × 31.5)
+    assert throughput.knee_of([(1, 10.0), (2, 18.0), (4, 25.0), (8, 31.0)]) == 8
+    assert throughput.auto_width(1, 100, knee, lambda w: True).questions == 4
+    assert throughput.auto_width(2, 100, knee, lambda w: True).questions == 2
+    assert throughput.auto_width(1, 3, knee, lambda w: True).questions == 3  # only three questions
+    narrow = throughput.auto_width(1, 100, knee, lambda w: w <= 2)
+    assert narrow.questions == 2 and "would not fit" in narrow.reason
+    assert throughput.auto_width(1, 100, knee, lambda w: False).questions == 1  # one question always runs
+    assert throughput.auto_width(1, 100, None, lambda w: True).questions == 1
+    assert throughput.auto_width(64, 100, throughput.Knee("k", ((1, 1.0),), 512, "m", 0.0), lambda w: True) \
+        .questions == 4  # llama.cpp's 256 sequences  # fmt: skip
+
+
+def test_kill_mid_batch_loses_only_the_questions_in_flight(tmp_path: Path) -> None:
+    db = tmp_path / "kill.db"
+    args = [sys.executable, "-m", "edgeval", "run", str(demo.family_sources()[2]), "--task", "arith", "--limit", "48",
+            "--budget-tokens", "96", "--k", "2", "--parallel", "4", "--db", str(db), "--json"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    stored: list[tuple[int, int, str]] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+        if db.exists():
+            try:
+                stored = _texts(db)
+            except sqlite3.Error:
+                continue
+            if len(stored) >= 12:
+                break
+    assert proc.poll() is None, "the run finished before it could be killed: give it more work"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its worker, mid-batch
+    proc.wait()
+    before = _texts(db)
+    assert 12 <= len(before) < 96 and len(before) % 2 == 0  # whole questions only (one transaction each)
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    after = _texts(db)
+    assert len(after) == 96 == len(set((i, j) for i, j, _ in after))  # nothing duplicated, nothing missing
+    assert set(before) <= set(after)  # what was stored before the kill is kept as it was
+
+
+def test_compare_plans_with_offload_as_plan_does() -> None:
+    # On this CPU build the planning is checked through the functions `plan --gpu-layers` uses.
+    request = compare.Request(budget_bytes=int(3e9), models=("qwen3-4b",), kv=(KVType.F16,), budgets=(1024, 2048),
+                              votes=(1, 4), gpu_layers=-1, ram_bytes=int(64e9), repack=False)  # fmt: skip
+    arms = compare.arms(request, "math500")
+    assert arms and all(a.device for a in arms)
+    top = [(a, (a.budgets[-1], a.votes[-1])) for a in arms]
+    assert all(0 < a.device[t] <= request.budget_bytes for a, t in top)
+    assert any(a.predicted[t] > request.budget_bytes for a, t in top)  # the host part is not the budget's
+    from edgeval.catalog import Catalog
+
+    refs = Catalog.load(()).resolve_all(["qwen3-4b"])
+    axes = plan.Axes(kv=(KVType.F16,), ctx=tuple(plan.DEFAULT_PROMPT_TOKENS + b for b in (1024, 2048)), k=(1, 4),
+                     gpu_layers=-1)  # fmt: skip
+    planned = plan.plan(refs, axes, request.budget_bytes, ram_bytes=request.ram_bytes)
+    assert {(c.ref.label, c.ctx - c.prompt_tokens, c.k) for c in planned.fits} == {
+        (a.ref.label, b, j) for a in arms for (b, j) in a.predicted
+    }
+    starved = compare.arms(replace_ram(request, 1), "math500")
+    assert starved == []  # the host part must fit the RAM too
+
+
+def replace_ram(request: compare.Request, ram: int) -> compare.Request:
+    from dataclasses import replace
+
+    return replace(request, ram_bytes=ram)
+
+
+def test_sweep_refuses_a_parallel_run_that_does_not_fit_by_narrowing_it(tmp_path: Path) -> None:
+    from edgeval.store import Store
+
+    spec = sweep.RunSpec(model_path=demo.family_sources()[0], model_label="s", task="arith", budget_tokens=8,
+                         limit=6, parallel=6, repack=False)  # fmt: skip
+    with Store(tmp_path / "s.db") as store:
+        prepared = sweep.prepare(spec, store)
+        assert len(prepared.by_width) == 6 and prepared.by_width[0] == prepared.predicted
+        assert prepared.by_width[5].kv_bytes > prepared.by_width[0].kv_bytes
+        assert sweep.resolve_width(prepared, 6).width == 6
+        assert sweep.resolve_width(prepared, 2).width == 2  # never wider than the questions left
+        huge = sweep.replace(prepared, by_width=(prepared.predicted, *(
+            sweep.replace(f, weight_bytes=1 << 50) for f in prepared.by_width[1:])))  # fmt: skip
+        notes: list[str] = []
+        assert sweep.resolve_width(huge, 6, notes.append).width == 1  # what fits with one question still runs
+        assert notes and "fit" in notes[0]
