@@ -95,7 +95,7 @@ def main() -> None:
             n = args.questions or width
             auto = edgeval_row(path, k, sweep.AUTO, args.budget, n, args.threads)
             one = edgeval_row(path, k, 1, args.budget, max(1, min(n, 2 if k > 1 else 3)), args.threads)
-            b = auto["width"] * k
+            b = int(auto["width"]) * k
             rates = batched_bench(args.batched_bench, path, sorted({1, k, b}), args.threads, 96, 128)
             for label, row in (("1", one), ("auto", auto)):
                 seqs = k * int(row["width"])

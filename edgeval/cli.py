@@ -696,12 +696,14 @@ class Duration(click.ParamType):  # type: ignore[type-arg]
 
 def _run_compare(request: compare_mod.Request, db: Path | None, as_json: bool, dry_run: bool) -> list[Any]:
     from edgeval import hub, ui
-    from edgeval.store import Store
+    from edgeval.store import Store, default_db_path
 
     if dry_run:
         plans = []
-        with Store(db) as store:
-            speeds = compare_mod.measured_speeds(store)
+        speeds: dict[str, float] = {}
+        if (db or default_db_path()).exists():  # earlier runs' speeds; a dry run creates nothing
+            with Store(db) as store:
+                speeds = compare_mod.measured_speeds(store)
         for task in request.tasks:
             arms = compare_mod.arms(request, task, speeds=speeds)
             plans.append((task, arms, {a.ref.label: hub.local_path(a.ref.file) is not None for a in arms}))

@@ -79,4 +79,5 @@ def request(setup: DemoSetup, *, limit: int | None = None, time_s: float = TIME_
     return compare.Request(
         budget_bytes=BUDGET_BYTES, tasks=("arith",), models=names, kv=(KVType.F16,), budgets=BUDGETS, votes=(1, 4),
         limit=limit, time_s=time_s, seed=seed, catalogs=(setup.catalog,), prompt_tokens=PROMPT_TOKENS, repack=repack,
+        parallel=1,  # the family's files decode a question in milliseconds: a throughput probe would cost more
     )  # fmt: skip
