@@ -9,7 +9,8 @@ for each k, `sweep.run_ladder` (what `edgeval run` calls) answers arith question
 Printed per row: questions answered, wall seconds (everything the command does after loading the task), questions
 per hour, aggregate decode tokens/s (every sequence's tokens over the decode time, sampling included) and the
 width auto chose; then llama-batched-bench's S_TG (no sampling: an upper bound) at B = 1 and at B = width × k,
-and the two ratios the issue asks for: edgeval's auto ÷ its --parallel 1, against S_TG(B) ÷ S_TG(1).
+at the same 96-token prompt and as many tokens per sequence as the budget (attention over a longer cache costs
+more: a short-context S_TG is not this ceiling), and the two ratios the issue asks for: edgeval's auto ÷ its --parallel 1, against S_TG(B) ÷ S_TG(1).
 
 Build llama-batched-bench once (about 4 minutes on 2 cores):
     pip download --no-deps --no-binary :all: llama-cpp-python==$(python -c 'import llama_cpp; print(llama_cpp.__version__)')
@@ -96,7 +97,7 @@ def main() -> None:
             auto = edgeval_row(path, k, sweep.AUTO, args.budget, n, args.threads)
             one = edgeval_row(path, k, 1, args.budget, max(1, min(n, 2 if k > 1 else 3)), args.threads)
             b = int(auto["width"]) * k
-            rates = batched_bench(args.batched_bench, path, sorted({1, k, b}), args.threads, 96, 128)
+            rates = batched_bench(args.batched_bench, path, sorted({1, k, b}), args.threads, 96, args.budget)
             for label, row in (("1", one), ("auto", auto)):
                 seqs = k * int(row["width"])
                 ceiling = rates.get(seqs, 0.0)
