@@ -72,10 +72,28 @@ def _dataset_file(repo: str, filename: str) -> Path:
     return hub.download_dataset_file(repo, filename)
 
 
+def _utf8_text(path: Path, source: str) -> str:
+    """The file's text; bytes that are not UTF-8 are an error naming the line they are on (a leading UTF-8 byte
+    order mark is allowed)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise TaskError(
+            f"{source} line {line}: not UTF-8 (byte 0x{data[exc.start]:02x} at column {column}); "
+            "a task file must be UTF-8 JSONL",
+            hint="it looks like UTF-16: save it as UTF-8" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else
+            "save the file as UTF-8",
+        ) from None  # fmt: skip
+
+
 def _jsonl_lines(path: Path, source: str) -> list[tuple[int, dict[str, object]]]:
     """(line number, object) for every non-blank line; a malformed line is an error naming it."""
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    # Lines end at "\n" alone (JSONL's rule): U+2028 and the like are valid inside JSON strings.
+    for number, line in enumerate(_utf8_text(path, source).split("\n"), start=1):
         if not line.strip():
             continue
         try:

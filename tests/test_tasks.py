@@ -122,3 +122,39 @@ def test_offline_task_without_cache_names_the_way_out(monkeypatch: pytest.Monkey
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(Exception, match="HF_HUB_OFFLINE"):
         tasks.load_task("math500")
+
+
+def test_a_task_file_that_is_not_utf8_names_the_file_and_line(tmp_path: Path) -> None:
+    utf16 = tmp_path / "bin.jsonl"
+    utf16.write_bytes(b'\xff\xfe{"question": "x"}\n')
+    with pytest.raises(tasks.TaskError, match=r"bin\.jsonl line 1: not UTF-8.*must be UTF-8 JSONL") as caught:
+        tasks.load_task(str(utf16))
+    assert "UTF-16" in caught.value.hint
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(b'{"question": "2+2?", "answer": "4"}\r\n\n{"question": "caf\xe9?", "answer": "1"}\n')
+    with pytest.raises(tasks.TaskError, match=r"latin1\.jsonl line 3: not UTF-8 \(byte 0xe9 at column 18\)"):
+        tasks.load_task(str(latin1))
+    # A UTF-8 byte order mark, CRLF line ends and a line separator inside a string are all still UTF-8 JSONL.
+    fine = tmp_path / "fine.jsonl"
+    fine.write_bytes(
+        b'\xef\xbb\xbf{"question": "a\xe2\x80\xa8b?", "answer": "4"}\r\n{"question": "c?", "answer": "5"}\r\n'
+    )
+    task = tasks.load_task(str(fine))
+    assert [(i.id, i.question, i.answer) for i in task.items] == [("1", "a\u2028b?", "4"), ("2", "c?", "5")]
+
+
+def test_the_cli_reports_a_non_utf8_task_file_in_one_line_with_exit_1(tmp_path: Path) -> None:
+    """`run` reads the task before loading the model, so this needs no llama.cpp model load."""
+    from click.testing import CliRunner
+
+    from edgeval.cli import cli
+
+    bad = tmp_path / "bin.jsonl"
+    bad.write_bytes(b'\xff\xfe{"question": "x"}\n')
+    model = Path(__file__).resolve().parents[1] / "edgeval" / "family" / "edgeval-tiny-s.gguf"
+    args = ["run", str(model), "--task", str(bad), "--no-repack", "--db", str(tmp_path / "r.db")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "internal error" not in lines[0]
+    assert f"{bad} line 1: not UTF-8" in lines[0] and "UTF-8 JSONL" in lines[0]
