@@ -493,10 +493,10 @@ def plan(
 )
 @click.option("--limit", type=click.IntRange(1), help="Only the first N questions (in the task's fixed order).")
 @click.option("--thinking/--no-thinking", default=True, show_default=True, help="Qwen3's reasoning mode.")
-@click.option("--temperature", type=float, help="Override the mode's recommended temperature.")
-@click.option("--top-p", type=float, help="Override the recommended top-p.")
-@click.option("--top-k", type=int, help="Override the recommended top-k.")
-@click.option("--min-p", type=float, help="Override the recommended min-p.")
+@click.option("--temperature", type=click.FloatRange(0), help="Override the recommended temperature (0: greedy).")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Override the recommended top-p.")
+@click.option("--top-k", type=click.IntRange(0), help="Override the recommended top-k (0: off).")
+@click.option("--min-p", type=click.FloatRange(0, 1), help="Override the recommended min-p (0: off).")
 @seed_option
 @threads_option
 @click.option("--gpu-layers", type=int, help="Layers on the GPU (default: all on a GPU build, 0 on CPU).")
