@@ -197,18 +197,30 @@ def load_arith(difficulty: int = 2, seed: int = 0) -> Task:
 
 
 def load_jsonl(path: Path) -> Task:
-    """A user task: one JSON object per line with `question`, `answer`, optional `choices` and `id`."""
+    """A user task: one JSON object per line with `question`, `answer`, optional `choices` and `id`. A record without
+    an `id` is given its line number (counting blank lines); ids must be unique and questions not empty."""
     if not path.is_file():
         raise TaskError(f"task file {path} does not exist", hint="check the path")
     items = []
     rows = _jsonl_lines(path, str(path))
     has_choices = any("choices" in r for _, r in rows)
+    lines_of: dict[str, int] = {}
     for number, row in rows:
         if "question" not in row or "answer" not in row:
             raise TaskError(f"{path} line {number}: needs `question` and `answer`", hint="fix that line")
+        if row["question"] is None or not str(row["question"]).strip():
+            raise TaskError(f"{path} line {number}: the question is empty", hint="fix that line")
+        item_id = str(row.get("id", number))
+        if item_id in lines_of:
+            given = "" if "id" in row else " (a record without `id` takes its line number)"
+            raise TaskError(
+                f"{path} line {number}: id '{item_id}'{given} is already line {lines_of[item_id]}'s",
+                hint="give each record its own `id`",
+            )
+        lines_of[item_id] = number
         choices = tuple(str(c) for c in row.get("choices", []))  # type: ignore[attr-defined]
         question = format_choices(str(row["question"]), choices) if choices else str(row["question"])
-        items.append(Item(str(row.get("id", number)), question, str(row["answer"]), choices))
+        items.append(Item(item_id, question, str(row["answer"]), choices))
     kind = AnswerKind.CHOICE if has_choices else _guess_kind([i.answer for i in items])
     instruction = CHOICE_INSTRUCTION if has_choices else MATH_INSTRUCTION
     return Task(path.stem, kind, instruction, BOXED, tuple(items), source=str(path))

@@ -158,3 +158,32 @@ def test_the_cli_reports_a_non_utf8_task_file_in_one_line_with_exit_1(tmp_path: 
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "internal error" not in lines[0]
     assert f"{bad} line 1: not UTF-8" in lines[0] and "UTF-8 JSONL" in lines[0]
+
+
+def test_jsonl_empty_questions_and_duplicate_ids_are_errors_naming_the_line(tmp_path: Path) -> None:
+    def task_file(*records: dict[str, object]) -> str:
+        path = tmp_path / "t.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        return str(path)
+
+    for empty in ("", "   \n", None):
+        with pytest.raises(tasks.TaskError, match=r"t\.jsonl line 2: the question is empty"):
+            tasks.load_task(task_file({"question": "1+1?", "answer": "2"}, {"question": empty, "answer": "3"}))
+    same_id = task_file(
+        {"id": "a", "question": "1+1?", "answer": "2"},
+        {"id": "b", "question": "2+2?", "answer": "4"},
+        {"id": "a", "question": "3+3?", "answer": "6"},
+    )
+    with pytest.raises(tasks.TaskError, match=r"t\.jsonl line 3: id 'a' is already line 1's") as caught:
+        tasks.load_task(same_id)
+    assert "own `id`" in caught.value.hint
+    # A record without an id takes its line number, which may collide with an id given elsewhere (1 and "1" too).
+    with pytest.raises(tasks.TaskError, match=r"line 2: id '1' is already line 1's"):
+        tasks.load_task(
+            task_file({"id": 1, "question": "1+1?", "answer": "2"}, {"id": "1", "question": "x", "answer": "1"})
+        )
+    with pytest.raises(tasks.TaskError, match=r"line 2: id '2' \(a record without `id` takes its line number\)"):
+        tasks.load_task(task_file({"id": 2, "question": "1+1?", "answer": "2"}, {"question": "x", "answer": "1"}))
+    # The same question twice without ids is two items, told apart by their lines.
+    twice = tasks.load_task(task_file({"question": "1+1?", "answer": "2"}, {"question": "1+1?", "answer": "2"}))
+    assert [i.id for i in twice.items] == ["1", "2"]
