@@ -76,6 +76,12 @@ class ModelFile:
         """The Hub file names to download (several for a split GGUF)."""
         return self.parts or ((self.file,) if self.file else ())
 
+    @property
+    def unchecked(self) -> bool:
+        """A Hub file a download of which cannot be checked: the catalog has no published sha256 for it (one sha256
+        cannot vouch for the parts of a split file either)."""
+        return not self.local and (self.sha256 is None or len(self.files) > 1)
+
 
 @dataclass(frozen=True)
 class Model:

@@ -361,18 +361,23 @@ def models(catalogs: tuple[Path, ...], as_json: bool) -> None:
 @cli.command()
 @click.argument("refs", nargs=-1, required=True)
 @catalog_option
-def pull(refs: tuple[str, ...], catalogs: tuple[Path, ...]) -> None:
+@db_option
+def pull(refs: tuple[str, ...], catalogs: tuple[Path, ...], db: Path | None) -> None:
     """Download models into the Hugging Face cache (REF: qwen3-8b:Q4_K_M, or qwen3-8b for all its files).
 
-    An interrupted download resumes; each file is checked to be a readable Qwen3 GGUF (and its sha256 where
-    the catalog has one). Respects HF_HOME, HF_TOKEN and HF_HUB_OFFLINE.
+    An interrupted download resumes; each file is checked to be a readable Qwen3 GGUF and its sha256 the
+    catalog's; where the catalog has none, the sha256 is computed, recorded in the results database and shown,
+    unchecked. Respects HF_HOME, HF_TOKEN and HF_HUB_OFFLINE.
     """
     from edgeval import catalog, hub, ui
+    from edgeval.store import Store
 
-    for ref in catalog.Catalog.load(catalogs).resolve_all(refs):
-        with ui.download_progress(ref.label) as progress:
-            path = hub.pull(ref.file, progress=progress)
-        ui.console.print(f"[green]✓[/] {ref.label} → {path}")
+    with Store(db) as store:
+        for ref in catalog.Catalog.load(catalogs).resolve_all(refs):
+            with ui.download_progress(ref.label) as progress:
+                path = hub.pull(ref.file, progress=progress, sha256=lambda p: store.file_sha256(p, hub.sha256_of))
+            parts = hub.part_paths(ref.file) if ref.file.unchecked else []
+            ui.pulled(ref.label, path, [(p.name, store.file_sha256(p, hub.sha256_of)) for p in parts])
 
 
 @cli.command()
@@ -514,10 +519,10 @@ def plan(
 )
 @click.option("--limit", type=click.IntRange(1), help="Only the first N questions (in the task's fixed order).")
 @click.option("--thinking/--no-thinking", default=True, show_default=True, help="Qwen3's reasoning mode.")
-@click.option("--temperature", type=float, help="Override the mode's recommended temperature.")
-@click.option("--top-p", type=float, help="Override the recommended top-p.")
-@click.option("--top-k", type=int, help="Override the recommended top-k.")
-@click.option("--min-p", type=float, help="Override the recommended min-p.")
+@click.option("--temperature", type=click.FloatRange(0), help="Override the recommended temperature (0: greedy).")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Override the recommended top-p.")
+@click.option("--top-k", type=click.IntRange(0), help="Override the recommended top-k (0: off).")
+@click.option("--min-p", type=click.FloatRange(0, 1), help="Override the recommended min-p (0: off).")
 @seed_option
 @threads_option
 @click.option("--gpu-layers", type=int, help="Layers on the GPU (default: all on a GPU build, 0 on CPU).")

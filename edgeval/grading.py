@@ -14,6 +14,7 @@ import json
 import re
 from dataclasses import dataclass
 from enum import Enum
+from fractions import Fraction
 
 from edgeval.errors import EdgevalError
 from edgeval.prompts import THINK_CLOSE, THINK_OPEN
@@ -125,6 +126,11 @@ _ANSWER_IS = re.compile(
 )  # fmt: skip
 _JSON_ANSWER = re.compile(r"\{[^{}]*\"answer\"\s*:[^{}]*\}", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
+_EQUALS = re.compile(r"(?<![<>!=:])=(?!=)")  # an equals sign, not part of <=, >=, !=, == or :=
+_OPERATOR = re.compile(r"\s*(?:[+\-−*/×·÷^]|\\(?:times|cdot|div)\b)")
+# Worked arithmetic before an `=`: numbers, operators, brackets and LaTeX commands, no words (so "12 since x = 3"
+# is not one, and its answer stays 12).
+_EXPRESSION = re.compile(r"(?:[\s\d.,+\-−*/×·÷^(){}\[\]$]|\\[a-zA-Z]+)+")
 
 
 def _json_answer(body: str) -> str | None:
@@ -148,6 +154,14 @@ def _candidates(body: str, kind: AnswerKind) -> list[tuple[str, bool]]:
     said = _ANSWER_IS.findall(body)
     if said:
         stated = said[-1].strip().rstrip(".").strip().rstrip("*").strip()
+        *worked, result = _EQUALS.split(stated)
+        if kind is not AnswerKind.CHOICE and worked and result.strip() and _EXPRESSION.fullmatch("".join(worked)):
+            # "the answer is 25 * 6 = 150": what a reader takes is the value after the last `=`.
+            result = result.strip().rstrip(".").strip()
+            found.append((result, False))
+            leading = _NUMBER.match(result.replace("−", "-"))
+            if leading and not _OPERATOR.match(result, leading.end()):
+                found.append((leading.group(), False))  # "= 150. So we are done", not "= 25 * 6"
         found.append((stated, False))
         leading = _NUMBER.match(stated.replace("−", "-"))
         if leading and kind is not AnswerKind.CHOICE:
@@ -207,6 +221,16 @@ _FRACTION = re.compile(r"(-?)\\frac\{(-?\d+)\}\{(\d+)\}|(-?\d+)\s*/\s*(\d+)")
 
 
 def _number(text: str) -> str | None:
+    """The canonical form of a number: an integer's exact digits (never rounded through a float, so integers past
+    2^53 stay apart), anything else its float's shortest repr (its exact fraction beyond a float's range); None for
+    numbers longer than Python converts (4,300 digits)."""
+    try:
+        return _exact_number(text)
+    except ValueError:  # int's limit on digits
+        return None
+
+
+def _exact_number(text: str) -> str | None:
     s = _strip_latex(text).replace(",", "").replace("$", "").replace(" ", "")
     s = re.sub(r"^[a-zA-Z]\s*=", "", s)
     fraction = _FRACTION.fullmatch(s)
@@ -215,13 +239,18 @@ def _number(text: str) -> str | None:
         numerator, denominator = (int(num), int(den)) if num is not None else (int(plain_num), int(plain_den))
         if denominator == 0:
             return None
-        value = (-1 if sign else 1) * numerator / denominator
+        value = (-1 if sign else 1) * Fraction(numerator, denominator)
     else:
         m = re.fullmatch(r"\(?(-?(?:\d+(?:\.\d+)?|\.\d+))\)?(?:[a-zA-Z]+)?", s)
         if not m:
             return None
-        value = float(m.group(1))
-    return str(int(value)) if value == int(value) else repr(value)
+        value = Fraction(m.group(1))
+    if value.denominator == 1:
+        return str(value.numerator)
+    try:
+        return repr(float(value))
+    except OverflowError:
+        return f"{value.numerator}/{value.denominator}"
 
 
 def _choice(text: str) -> str | None:

@@ -376,6 +376,16 @@ def local_path(file: ModelFile) -> Path | None:
     return paths[0] if paths and all(p is not None for p in paths) else None
 
 
+def part_paths(file: ModelFile) -> list[Path]:
+    """Where each part of a catalog file is on this machine (one path for a whole file; none missing)."""
+    if file.path is not None:
+        return [file.path] if file.path.exists() else []
+    if file.repo is None:
+        return []
+    paths = [cached_file(file.repo, name, file.revision) for name in file.files]
+    return [p for p in paths if p is not None]
+
+
 QWEN3_ARCHITECTURES = ("qwen3", "qwen3moe")  # llama.cpp's names for the dense and the mixture-of-experts Qwen3
 
 

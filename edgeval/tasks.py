@@ -72,10 +72,28 @@ def _dataset_file(repo: str, filename: str) -> Path:
     return hub.download_dataset_file(repo, filename)
 
 
+def _utf8_text(path: Path, source: str) -> str:
+    """The file's text; bytes that are not UTF-8 are an error naming the line they are on (a leading UTF-8 byte
+    order mark is allowed)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise TaskError(
+            f"{source} line {line}: not UTF-8 (byte 0x{data[exc.start]:02x} at column {column}); "
+            "a task file must be UTF-8 JSONL",
+            hint="it looks like UTF-16: save it as UTF-8" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else
+            "save the file as UTF-8",
+        ) from None  # fmt: skip
+
+
 def _jsonl_lines(path: Path, source: str) -> list[tuple[int, dict[str, object]]]:
     """(line number, object) for every non-blank line; a malformed line is an error naming it."""
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    # Lines end at "\n" alone (JSONL's rule): U+2028 and the like are valid inside JSON strings.
+    for number, line in enumerate(_utf8_text(path, source).split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -179,18 +197,30 @@ def load_arith(difficulty: int = 2, seed: int = 0) -> Task:
 
 
 def load_jsonl(path: Path) -> Task:
-    """A user task: one JSON object per line with `question`, `answer`, optional `choices` and `id`."""
+    """A user task: one JSON object per line with `question`, `answer`, optional `choices` and `id`. A record without
+    an `id` is given its line number (counting blank lines); ids must be unique and questions not empty."""
     if not path.is_file():
         raise TaskError(f"task file {path} does not exist", hint="check the path")
     items = []
     rows = _jsonl_lines(path, str(path))
     has_choices = any("choices" in r for _, r in rows)
+    lines_of: dict[str, int] = {}
     for number, row in rows:
         if "question" not in row or "answer" not in row:
             raise TaskError(f"{path} line {number}: needs `question` and `answer`", hint="fix that line")
+        if row["question"] is None or not str(row["question"]).strip():
+            raise TaskError(f"{path} line {number}: the question is empty", hint="fix that line")
+        item_id = str(row.get("id", number))
+        if item_id in lines_of:
+            given = "" if "id" in row else " (a record without `id` takes its line number)"
+            raise TaskError(
+                f"{path} line {number}: id '{item_id}'{given} is already line {lines_of[item_id]}'s",
+                hint="give each record its own `id`",
+            )
+        lines_of[item_id] = number
         choices = tuple(str(c) for c in row.get("choices", []))  # type: ignore[attr-defined]
         question = format_choices(str(row["question"]), choices) if choices else str(row["question"])
-        items.append(Item(str(row.get("id", number)), question, str(row["answer"]), choices))
+        items.append(Item(item_id, question, str(row["answer"]), choices))
     kind = AnswerKind.CHOICE if has_choices else _guess_kind([i.answer for i in items])
     instruction = CHOICE_INSTRUCTION if has_choices else MATH_INSTRUCTION
     return Task(path.stem, kind, instruction, BOXED, tuple(items), source=str(path))

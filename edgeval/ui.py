@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -26,6 +27,8 @@ from edgeval import memory
 from edgeval.units import format_bytes, format_duration, format_tokens
 
 if TYPE_CHECKING:  # types only: importing these here would load llama.cpp for `plan` and `models`
+    from pathlib import Path
+
     from edgeval.catalog import ModelRef
     from edgeval.compare import Arm, RaceProgress, Request
     from edgeval.doctor import MachineReport
@@ -128,6 +131,8 @@ def model_row(ref: ModelRef) -> dict[str, object]:
         "weight_quant": ref.file.quant.value,
         "source": str(ref.file.path) if ref.file.path else f"{ref.file.repo}/{ref.file.file}",
         "size_bytes": ref.file.size,
+        "sha256": ref.file.sha256,  # the published one a download is checked against (None: none is known)
+        "checked": not ref.file.unchecked,
         "weight_bytes": ref.weight_bytes,
         "kv_bytes_per_1k_tokens_f16": int(memory.kv_bytes_per_token(arch) * 1000),
         "n_ctx_train": arch.n_ctx_train,
@@ -151,6 +156,10 @@ def _params(total: int, active: int | None) -> str:
     return f"{total / 1e9:.2f}B" + (f" ({active / 1e9:.2f}B active)" if active and active != total else "")
 
 
+UNCHECKED_MARK = "†"  # a catalog file without a published sha256 (`models`, `pull`)
+UNCHECKED_LEGEND = "no published sha256: `pull` records the one it computes but cannot check it"
+
+
 def render_models(refs: list[ModelRef]) -> None:
     """The catalog as one table, a row per file (its source only where the terminal is wide)."""
     wide = console.width >= WIDE
@@ -161,11 +170,13 @@ def render_models(refs: list[ModelRef]) -> None:
     if wide:
         table.add_column("source", overflow="ellipsis", max_width=40)
     table.add_column("here", justify="center", no_wrap=True)
+    unchecked = False
     for ref in refs:
         row = model_row(ref)
         size = row["size_bytes"]
+        unchecked |= ref.file.unchecked
         cells = [
-            ref.label,
+            escape(ref.label) + (f" [yellow]{UNCHECKED_MARK}[/]" if ref.file.unchecked else ""),
             _params(ref.model.params, ref.model.active_params),
             _gb(size) if isinstance(size, int) else "?",
             _gb(ref.weight_bytes),
@@ -176,6 +187,17 @@ def render_models(refs: list[ModelRef]) -> None:
         table.add_row(*cells, "[green]✓[/]" if row["downloaded"] else "")
     console.print(table)
     console.print("[dim]KV/1k tok: the f16 KV cache of 1,000 tokens; here: downloaded[/]")
+    if unchecked:
+        console.print(f"[yellow]{UNCHECKED_MARK}[/][dim] {UNCHECKED_LEGEND}[/]")
+
+
+def pulled(label: str, path: Path, computed: list[tuple[str, str]]) -> None:
+    """What `pull` got: the file, and for a file the catalog has no sha256 for, the sha256 of each part as computed
+    (and recorded), which nothing published could check."""
+    console.print(f"[green]✓[/] {escape(label)} → {escape(str(path))}")
+    for name, digest in computed:
+        console.print(f"  [yellow]{UNCHECKED_MARK}[/] {escape(name)}: not checked, the catalog has no published sha256")
+        console.print(f"    sha256 {digest} (computed and recorded)")
 
 
 @contextmanager

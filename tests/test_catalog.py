@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from edgeval import ui
 from edgeval.catalog import Catalog, CatalogError, UnknownModelError
 from edgeval.cli import cli
 from edgeval.quants import WeightQuant
@@ -161,3 +162,38 @@ def test_a_thinking_mode_must_be_one_the_catalog_knows(tmp_path: Path) -> None:
                         "files": [{"quant": "Q8_0", "repo": "a/b", "file": "x.gguf"}]}})  # fmt: skip
     with pytest.raises(CatalogError, match="sometimes"):
         Catalog.load([bad])
+
+
+def test_models_marks_the_files_without_a_published_sha256(tmp_path: Path) -> None:
+    arch = {"params": 1_000_000, "n_layer": 2, "n_embd": 256, "n_head": 4, "n_head_kv": 2, "head_dim": 64,
+            "n_ff": 512, "n_vocab": 2048, "n_ctx_train": 4096}  # fmt: skip
+    extra = write_catalog(
+        tmp_path / "c.toml",
+        {"mine": {**arch, "files": [
+            {"quant": "Q8_0", "repo": "me/mine-GGUF", "file": "mine-Q8_0.gguf", "size": 10, "sha256": "ab" * 32},
+            {"quant": "Q4_K_M", "repo": "me/mine-GGUF", "file": "mine-Q4_K_M.gguf", "size": 6},
+            {"quant": "BF16", "repo": "me/mine-GGUF", "file": "a.gguf", "parts": ["a.gguf", "b.gguf"],
+             "sha256": "cd" * 32},
+        ]}},
+    )  # fmt: skip
+    rows = {
+        r["model"]: r for r in json.loads(CliRunner().invoke(cli, ["models", "--json", "--catalog", str(extra)]).output)
+    }
+    assert (rows["mine:Q8_0"]["sha256"], rows["mine:Q8_0"]["checked"]) == ("ab" * 32, True)
+    assert (rows["mine:Q4_K_M"]["sha256"], rows["mine:Q4_K_M"]["checked"]) == (None, False)
+    assert rows["mine:BF16"]["checked"] is False  # one sha256 cannot vouch for the parts of a split file
+    # The built-in catalog's MoE and 2507 files carry no sha256 (yet); its Qwen3-8B Q4_K_M does.
+    assert rows["qwen3-30b-a3b:Q4_K_M"]["checked"] is False and rows["qwen3-8b:Q4_K_M"]["checked"] is True
+    table = CliRunner().invoke(cli, ["models", "--catalog", str(extra)])
+    assert table.exit_code == 0, table.output
+    lines = table.output.splitlines()
+    marked = {label: next(line for line in lines if f" {label} " in line).split()[1] == "†"
+              for label in ("mine:Q8_0", "mine:Q4_K_M", "mine:BF16")}  # fmt: skip
+    assert marked == {"mine:Q8_0": False, "mine:Q4_K_M": True, "mine:BF16": True}
+    assert "† no published sha256: `pull` records the one it computes but cannot check it" in table.output
+    # A catalog of checked files only has no legend to give.
+    only = write_catalog(tmp_path / "only.toml", {"mine": {**arch, "files": [
+        {"quant": "Q8_0", "repo": "me/mine-GGUF", "file": "mine-Q8_0.gguf", "size": 10, "sha256": "ab" * 32}]}})  # fmt: skip
+    with ui.console.capture() as captured:
+        ui.render_models([r for r in Catalog.load([only]).everything() if r.model.name == "mine"])
+    assert "mine:Q8_0" in captured.get() and "†" not in captured.get()

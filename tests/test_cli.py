@@ -96,3 +96,37 @@ def test_debug_traceback_reaches_stderr_of_the_real_process(tmp_path: Path) -> N
     )
     assert quiet.returncode == 1 and "Traceback" not in quiet.stderr
     assert loud.returncode == 1 and "Traceback" in loud.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "the_range"),
+    [
+        ("--temperature", "-1", "x>=0"),
+        ("--top-p", "2", "0<x<=1"),
+        ("--top-p", "0", "0<x<=1"),
+        ("--top-k", "-1", "x>=0"),
+        ("--min-p", "1.5", "0<=x<=1"),
+        ("--min-p", "-0.1", "0<=x<=1"),
+    ],
+)
+def test_sampling_values_out_of_range_are_usage_errors_naming_the_range(
+    tmp_path: Path, option: str, value: str, the_range: str
+) -> None:
+    """Refused while the arguments are parsed: nothing is resolved, loaded or stored."""
+    db = tmp_path / "r.db"
+    result = CliRunner().invoke(cli, ["run", "no-such-model", "--task", "arith", option, value, "--db", str(db)])
+    assert result.exit_code == 2, result.output
+    assert option in result.output and the_range in result.output
+    assert not db.exists()
+
+
+def test_every_command_with_sampling_options_bounds_them() -> None:
+    bounded = {"temperature": click.FloatRange, "top_p": click.FloatRange, "top_k": click.IntRange,
+               "min_p": click.FloatRange}  # fmt: skip
+    seen = 0
+    for name, command in cli.commands.items():
+        for param in command.params:
+            if param.name in bounded:
+                seen += 1
+                assert isinstance(param.type, bounded[param.name]), f"`edgeval {name} --{param.name}` is unbounded"
+    assert seen >= len(bounded)

@@ -21,6 +21,7 @@ from edgeval import mathcheck
 from edgeval.grading import (
     AnswerKind,
     GradingError,
+    Verdict,
     extract,
     grade,
     is_correct,
@@ -499,3 +500,60 @@ def test_aime_answers_normalize_to_their_integer(n: int) -> None:
 def test_any_text_grades_without_raising(text: str) -> None:
     for task in TABLES:
         assert grade(task, text, "5") in (True, False)
+
+
+TWO_53 = 2**53
+
+
+@pytest.mark.parametrize("kind", [N, M])
+@pytest.mark.parametrize(
+    ("written", "reference", "stored"),
+    [
+        ("12345678901234567891", "12345678901234567890", "12345678901234567891"),  # found on real model text
+        (str(TWO_53 + 1), str(TWO_53), str(TWO_53 + 1)),  # the first integer a float cannot hold
+        (str(TWO_53 - 1), str(TWO_53), str(TWO_53 - 1)),  # below 2^53, where floats are still exact
+        (f"{TWO_53 + 1:,}", str(TWO_53 + 3), str(TWO_53 + 1)),  # with commas
+        (str(-(10**30) - 1), str(-(10**30)), str(-(10**30) - 1)),
+        ("\\frac{24691357802469135782}{2}", "12345678901234567890", "12345678901234567891"),  # an exact quotient
+    ],
+)
+def test_integers_past_two_to_the_53_are_compared_and_stored_exactly(
+    kind: AnswerKind, written: str, reference: str, stored: str
+) -> None:
+    assert judge(kind, f"</think>The answer is $\\boxed{{{written}}}$", reference) == Verdict(stored, False)
+    assert judge(kind, f"</think>The answer is $\\boxed{{{reference}}}$", reference) == Verdict(reference, True)
+
+
+@given(n=st.integers(-(2**80), 2**80))
+def test_any_large_boxed_integer_round_trips_as_written(n: int) -> None:
+    assert extract(f"</think>The final answer is $\\boxed{{{n}}}$.", N) == str(n)
+    assert normalize(f"{n:,}", N) == str(n) == normalize(f"{n}.000", N)
+    assert grade(N, f"\\boxed{{{n + 1}}}", str(n)) is False
+
+
+def test_numbers_too_long_for_a_float_or_for_int_are_no_answer_not_a_crash() -> None:
+    assert normalize("7" * 400, N) == "7" * 400  # beyond a float's range: main raised OverflowError
+    assert (
+        normalize("7" * 400 + ".5", N) == f"{2 * int('7' * 400) + 1}/2"
+    )  # a non-integer beyond it: its exact fraction
+    assert normalize("7" * 5000, N) is None  # past Python's 4,300-digit limit on int(str)
+    assert grade(N, "\\boxed{" + "7" * 5000 + "}", "7") is False
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("So, the final answer is 25 * 6 = 150.", "150"),  # found on real model text (main read 25)
+        ("The answer is 3 \\times 4 = 12. That is all.", "12"),
+        ("The answer is (2 + 3) * 4 = 20", "20"),
+        ("The answer is 10 / 4 = 2.5", "2.5"),
+        ("The answer is 1 + 1 = 2 = 2.0", "2"),  # the last `=`
+        ("The answer is 150 = 25 * 6.", "150"),  # after the `=` is no number: the leading one stands
+        ("The answer is 12 since x = 3", "12"),  # words before the `=`: not worked arithmetic
+        ("The answer is 7, as 2 + 5 = 7", "7"),
+        ("The answer is 4 >= 3", "4"),  # not an equals sign
+    ],
+)
+def test_the_value_after_the_last_equals_sign_is_the_answer(text: str, expected: str) -> None:
+    assert extract(f"</think>{text}", N) == expected
+    assert judge(N, f"</think>{text}", expected).correct

@@ -210,3 +210,25 @@ def test_a_file_that_fails_its_check_is_never_evaluated(fake_hub: FakeHub, serve
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT COUNT(*) FROM configs").fetchone()[0] == 0
         assert con.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 0
+
+
+def test_pull_of_a_file_without_a_published_sha256_records_the_one_it_computed_and_says_it_is_unchecked(
+    fake_hub: FakeHub, served_model: Path, tmp_path: Path
+) -> None:
+    data = served_model.read_bytes()
+    sha = fake_hub.add(REPO, FILE, data)
+    unlisted = _catalog(tmp_path, size=len(data))  # as models.toml lists the Qwen3-30B-A3B and 2507 files
+    db = tmp_path / "results.db"
+    result = CliRunner().invoke(cli, ["pull", "served:Q8_0", "--catalog", str(unlisted), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert f"† {FILE}: not checked, the catalog has no published sha256" in said
+    assert f"sha256 {sha} (computed and recorded)" in said
+    (path,) = (tmp_path / "hf-home" / "hub").rglob(f"snapshots/*/{FILE}")
+    with sqlite3.connect(db) as con:
+        recorded = con.execute("SELECT path, size, sha256 FROM file_hashes").fetchall()
+    assert recorded == [(str(path.resolve()), len(data), sha)]
+    # A file the catalog has a sha256 for is checked against it and says nothing more.
+    listed = _catalog(tmp_path, size=len(data), sha256=sha)
+    again = CliRunner().invoke(cli, ["pull", "served:Q8_0", "--catalog", str(listed), "--db", str(db)])
+    assert again.exit_code == 0 and "not checked" not in again.output and "†" not in again.output, again.output

@@ -57,3 +57,31 @@ def test_regrade_moves_the_verdicts_the_grader_now_reads_differently_and_only_on
     again = CliRunner().invoke(cli, ["regrade", "--db", str(db)])
     assert again.exit_code == 0, again.output
     assert "4 samples in 2 configurations: 0 verdicts moved" in again.output
+
+
+def test_regrade_of_integers_past_two_to_the_53_and_worked_answers_moves_their_verdicts(tmp_path: Path) -> None:
+    """Samples as the float-rounding grader stored them: a different integer past 2^53 graded right under its
+    rounded value, and "25 * 6 = 150" read as 25."""
+    db = tmp_path / "results.db"
+    with Store(db) as store:
+        big = _config(store, "big", "my-sums", "number")
+        for sample in [
+            _sample(0, "</think>The answer is $\\boxed{12345678901234567891}$", "12345678901234567890",
+                    "12345678901234567168", True),
+            _sample(1, "</think>\\boxed{9007199254740993}", "9007199254740992", "9007199254740992", True),
+            _sample(2, "</think>\\boxed{9007199254740993}", "9007199254740993", "9007199254740992", True),
+            _sample(3, "</think>So, the final answer is 25 * 6 = 150.", "150", "25", False),
+        ]:  # fmt: skip
+            store.add_item(big, [sample], ItemTiming(sample.item_index, 5, 0.1, 10, 0.1, 0.1))
+    result = CliRunner().invoke(cli, ["regrade", "--db", str(db), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {
+        "configs": 1, "samples": 4, "now_right": 1, "now_wrong": 2, "answers_changed": 4, "moved": 3,
+    }  # fmt: skip
+    with Store(db) as store:
+        assert [(s.answer, s.correct) for s in store.samples(big)] == [
+            ("12345678901234567891", False),  # as written, and wrong
+            ("9007199254740993", False),
+            ("9007199254740993", True),  # right, and now stored as written
+            ("150", True),
+        ]

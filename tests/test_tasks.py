@@ -122,3 +122,68 @@ def test_offline_task_without_cache_names_the_way_out(monkeypatch: pytest.Monkey
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(Exception, match="HF_HUB_OFFLINE"):
         tasks.load_task("math500")
+
+
+def test_a_task_file_that_is_not_utf8_names_the_file_and_line(tmp_path: Path) -> None:
+    utf16 = tmp_path / "bin.jsonl"
+    utf16.write_bytes(b'\xff\xfe{"question": "x"}\n')
+    with pytest.raises(tasks.TaskError, match=r"bin\.jsonl line 1: not UTF-8.*must be UTF-8 JSONL") as caught:
+        tasks.load_task(str(utf16))
+    assert "UTF-16" in caught.value.hint
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(b'{"question": "2+2?", "answer": "4"}\r\n\n{"question": "caf\xe9?", "answer": "1"}\n')
+    with pytest.raises(tasks.TaskError, match=r"latin1\.jsonl line 3: not UTF-8 \(byte 0xe9 at column 18\)"):
+        tasks.load_task(str(latin1))
+    # A UTF-8 byte order mark, CRLF line ends and a line separator inside a string are all still UTF-8 JSONL.
+    fine = tmp_path / "fine.jsonl"
+    fine.write_bytes(
+        b'\xef\xbb\xbf{"question": "a\xe2\x80\xa8b?", "answer": "4"}\r\n{"question": "c?", "answer": "5"}\r\n'
+    )
+    task = tasks.load_task(str(fine))
+    assert [(i.id, i.question, i.answer) for i in task.items] == [("1", "a\u2028b?", "4"), ("2", "c?", "5")]
+
+
+def test_the_cli_reports_a_non_utf8_task_file_in_one_line_with_exit_1(tmp_path: Path) -> None:
+    """`run` reads the task before loading the model, so this needs no llama.cpp model load."""
+    from click.testing import CliRunner
+
+    from edgeval.cli import cli
+
+    bad = tmp_path / "bin.jsonl"
+    bad.write_bytes(b'\xff\xfe{"question": "x"}\n')
+    model = Path(__file__).resolve().parents[1] / "edgeval" / "family" / "edgeval-tiny-s.gguf"
+    args = ["run", str(model), "--task", str(bad), "--no-repack", "--db", str(tmp_path / "r.db")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "internal error" not in lines[0]
+    assert f"{bad} line 1: not UTF-8" in lines[0] and "UTF-8 JSONL" in lines[0]
+
+
+def test_jsonl_empty_questions_and_duplicate_ids_are_errors_naming_the_line(tmp_path: Path) -> None:
+    def task_file(*records: dict[str, object]) -> str:
+        path = tmp_path / "t.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        return str(path)
+
+    for empty in ("", "   \n", None):
+        with pytest.raises(tasks.TaskError, match=r"t\.jsonl line 2: the question is empty"):
+            tasks.load_task(task_file({"question": "1+1?", "answer": "2"}, {"question": empty, "answer": "3"}))
+    same_id = task_file(
+        {"id": "a", "question": "1+1?", "answer": "2"},
+        {"id": "b", "question": "2+2?", "answer": "4"},
+        {"id": "a", "question": "3+3?", "answer": "6"},
+    )
+    with pytest.raises(tasks.TaskError, match=r"t\.jsonl line 3: id 'a' is already line 1's") as caught:
+        tasks.load_task(same_id)
+    assert "own `id`" in caught.value.hint
+    # A record without an id takes its line number, which may collide with an id given elsewhere (1 and "1" too).
+    with pytest.raises(tasks.TaskError, match=r"line 2: id '1' is already line 1's"):
+        tasks.load_task(
+            task_file({"id": 1, "question": "1+1?", "answer": "2"}, {"id": "1", "question": "x", "answer": "1"})
+        )
+    with pytest.raises(tasks.TaskError, match=r"line 2: id '2' \(a record without `id` takes its line number\)"):
+        tasks.load_task(task_file({"id": 2, "question": "1+1?", "answer": "2"}, {"question": "x", "answer": "1"}))
+    # The same question twice without ids is two items, told apart by their lines.
+    twice = tasks.load_task(task_file({"question": "1+1?", "answer": "2"}, {"question": "1+1?", "answer": "2"}))
+    assert [i.id for i in twice.items] == ["1", "2"]
