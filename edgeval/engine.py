@@ -654,13 +654,12 @@ class Context:
         width: int = 1,
         admit: Callable[[], bool] | None = None,
         on_step: Callable[[int], None] | None = None,
-        mix: bool = False,
     ) -> None:
         """Many questions, up to `width` in flight at once (continuous batching: `generation.run_batched`), each
         generated as `generate_ladder` would; `on_done` hears each question's rungs as it finishes. The context
         needs `width` × `recipe.sequences` sequences, `width` × a question's cells and a batch of `width` ×
         `recipe.step_tokens()`."""
-        generation.run_batched(self, recipe, jobs, on_done, width=width, admit=admit, on_step=on_step, mix=mix)
+        generation.run_batched(self, recipe, jobs, on_done, width=width, admit=admit, on_step=on_step)
 
     def decode_rate(self, width: int, *, prompt_tokens: int = 32, steps: int = 8) -> float:
         """Aggregate decode tokens/s with `width` sequences in one batch, each after a shared `prompt_tokens`

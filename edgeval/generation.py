@@ -3,9 +3,9 @@
 A question's k votes share its prompt's KV cells (decoded once, then copied to the other sequences by reference).
 Each vote is generated to the largest budget; a vote still reasoning at a smaller rung is forked, so every rung
 equals a separate run at its budget (`_Question`). Several questions are in flight at once (`run_batched`):
-each step samples one token for every live sequence of every question and decodes them in one batch, beside the
-next chunk of any prompt still being read — llama.cpp's server calls this continuous batching. A question that
-is done frees its sequences and cells, and the next question's prompt starts in the same step.
+each step samples one token for every live sequence of every question and decodes them in one batch (continuous
+batching, as llama.cpp's server does). A question that is done frees its sequences and cells, and the next
+question's prompt is read in the same step, in decodes of its own.
 
 With `edgeval.engine` this is the only code that calls llama.cpp; it reaches the context's pointers through
 `engine.Context`, which imports it.
@@ -205,7 +205,6 @@ def run_batched(
     width: int = 1,
     admit: Callable[[], bool] | None = None,
     on_step: Callable[[int], None] | None = None,
-    mix: bool = False,
 ) -> None:
     """Generate `jobs` with up to `width` questions in flight, calling `on_done` with each question's rungs as it
     finishes (in the order questions finish). `admit` is asked before each new question starts: once it says no,
@@ -213,11 +212,10 @@ def run_batched(
 
     Question i of the flight holds sequence ids [slot × s, (slot + 1) × s) for s = `recipe.sequences`, and at most
     n_ctx / width cells. The decode batch carries every live sequence's next token. A new question's prompt is read
-    in decodes of its own, as with one question in flight, unless `mix`: then its tokens join the step's batch up
-    to the context's n_batch (llama.cpp's server does so; a prompt is read over several steps when the batch is
-    full). On the CPU, llama.cpp's attention picks its kernel by the batch's shape (tiled from 64 query rows, the
-    KV split over threads for a single row), whose rounding differs: reading prompts alone keeps every prompt on
-    the kernel it has with one question in flight."""
+    in decodes of its own (chunks of the context's n_batch), as with one question in flight, not mixed into the
+    step's batch as llama.cpp's server does: on the CPU, llama.cpp's attention picks its kernel by the batch's shape
+    (tiled from 64 query rows, the KV split over threads for a single row), whose rounding differs, and reading
+    prompts alone keeps every prompt on the kernel it has with one question in flight."""
     per_q = recipe.sequences
     capacity = ctx.options.n_batch
     if width * recipe.step_tokens() > capacity:
@@ -265,21 +263,11 @@ def run_batched(
                 on_done(q.job, q.result())
             parts = [p for p in parts if not p[0].done]
             fill_flight()  # a new question's prompt is read at this very step
-            reading: list[tuple[_Question, int, int]] = []
             for q in flight:
-                if not q.reading:
-                    continue
-                if not mix:
-                    # Its own decode, as with one question in flight (the same kernels: CPU attention picks its
+                if q.reading:
+                    # Its own decodes, as with one question in flight (the same kernels: CPU attention picks its
                     # kernel by the batch's shape), then its first tokens join this step's batch.
                     parts += _read_alone(ctx, q, batch, capacity, step)
-                    continue
-                room = capacity - len(step)
-                if room <= 0:
-                    continue
-                start = len(step)
-                step += q.prompt_items(room)
-                reading.append((q, start, len(step)))
             if not step:
                 continue  # every question in flight finished at this step; the next ones were admitted
             fill_batch(batch, step)
@@ -287,8 +275,6 @@ def run_batched(
             dt = time.perf_counter() - t0
             for q, start, end in parts:
                 q.stepped(step, start, end, dt * (end - start) / len(step), len(step))
-            for q, start, end in reading:
-                q.read(step, start, end, dt * (end - start) / len(step), len(step))
             if on_step is not None:
                 on_step(len(step))
     finally:
@@ -310,7 +296,7 @@ def _read_alone(
         items = q.prompt_items(capacity)
         fill_batch(batch, items)
         ctx._decode(batch)
-        q.read(items, 0, len(items), time.perf_counter() - t0, len(items))
+        q.read(len(items), time.perf_counter() - t0)
     start = len(step)
     step += q.sample()
     return [] if q.done else [(q, start, len(step))]
@@ -358,16 +344,17 @@ class _Question:
         self.read_to = end
         return items
 
-    def read(self, step: Sequence[_Item], start: int, end: int, share_s: float, batch_tokens: int) -> None:
-        """A chunk of the prompt was decoded; after its last chunk the other votes share its cells."""
-        self.prompt_s += share_s
-        self.max_tokens = max(self.max_tokens, batch_tokens)
+    def read(self, tokens: int, seconds: float) -> None:
+        """A chunk of `tokens` prompt tokens was decoded on its own; after the last chunk the other votes share the
+        prompt's cells, and every vote's first logits are the chunk's last row."""
+        self.prompt_s += seconds
+        self.max_tokens = max(self.max_tokens, tokens)
         if self.reading:
             return
         memory = self.ctx._memory
         for v in range(1, self.k):
             llama_cpp.llama_memory_seq_cp(memory, self.base, self.base + v, -1, -1)
-        self.logits_at = dict.fromkeys(range(self.base, self.base + self.k), end - 1)
+        self.logits_at = dict.fromkeys(range(self.base, self.base + self.k), tokens - 1)
 
     def sample(self) -> list[_Item]:
         """Sample one token for each live sequence; return what to feed the next decode."""
