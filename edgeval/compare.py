@@ -84,15 +84,15 @@ class Request:
         """Layers on the GPU as `plan --gpu-layers` reads it (-1: all)."""
         return (-1 if plan.offload_build() else 0) if self.gpu_layers is None else self.gpu_layers
 
-    def fits(self, footprint: Any) -> bool:
+    def fitting(self) -> Callable[[Any], bool]:
         """Whether a predicted footprint fits the budget: on a GPU its device part, with its host part in the RAM
-        (as `plan` reads a budget)."""
+        (as `plan` reads a budget; the RAM free is read once, here, when --ram does not say)."""
         ram = self.ram_bytes
-        if ram is None and footprint.device_bytes > 0:
+        if ram is None and self.offload:
             import psutil
 
             ram = int(psutil.virtual_memory().available)
-        return plan.fits(footprint, self.budget_bytes, vram_bytes=self.vram_bytes, ram_bytes=ram)
+        return lambda footprint: plan.fits(footprint, self.budget_bytes, vram_bytes=self.vram_bytes, ram_bytes=ram)
 
     @property
     def question_limit(self) -> int | None:
@@ -149,8 +149,9 @@ def arms(
     fitting: dict[tuple[str, KVType, int], dict[int, dict[int, int]]] = {}
     devices: dict[tuple[str, KVType, int, int, int], int] = {}
     refs_by_label = {r.label: r for r in refs}
+    fits_budget = request.fitting()
     for c in plan.configurations(refs, axes):
-        if request.fits(c.footprint):
+        if fits_budget(c.footprint):
             per_budget = fitting.setdefault((c.ref.label, c.kv_type_k, c.kv_window), {})
             per_budget.setdefault(c.budget_tokens, {})[c.k] = c.footprint.total_bytes
             devices[(c.ref.label, c.kv_type_k, c.kv_window, c.budget_tokens, c.k)] = c.footprint.device_bytes
@@ -179,7 +180,8 @@ def default_refs(book: Catalog, request: Request) -> list[ModelRef]:
     smallest_run = plan.Axes(kv=(KVType.Q8_0,), ctx=(request.prompt_tokens + min(request.budgets),), k=(1,),
                              prompt_tokens=request.prompt_tokens, repack=repacking, repack_types=types,
                              gpu_layers=request.offload, cpu_moe=request.cpu_moe)  # fmt: skip
-    fits = {c.ref.label for c in plan.configurations(candidates, smallest_run) if request.fits(c.footprint)}
+    fitting = request.fitting()
+    fits = {c.ref.label for c in plan.configurations(candidates, smallest_run) if fitting(c.footprint)}
     sizes = sorted({r.model.params for r in candidates if r.label in fits}, reverse=True)[:DEFAULT_SIZES]
     return [r for r in candidates if r.model.params in sizes and r.label in fits]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -200,6 +201,7 @@ def plan(
     return Plan(budget_bytes, tuple(fitting), len(every), vram_bytes)
 
 
+@functools.cache
 def offload_build() -> bool:
     """Whether the installed llama-cpp-python was built with a GPU backend (CUDA, Metal, Vulkan, HIP, SYCL), read
     from its library files without loading llama.cpp (so plans stay quick and llama.cpp-free)."""

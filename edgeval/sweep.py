@@ -283,14 +283,15 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
     return Prepared(spec, task, items, n_ctx, n_seq, predicted, config_ids, notes, chat, by_width)
 
 
-def _free_memory() -> tuple[int, int | None]:
-    """Free RAM, and free GPU memory (None without a GPU)."""
+def _free_memory(gpu: bool) -> tuple[int, int | None]:
+    """Free RAM, and with `gpu` the free GPU memory (NVML where it answers: asking llama.cpp would put a GPU
+    context here); None when not asked."""
     import psutil
 
     from edgeval import engine
 
-    free = memory.gpu_free_bytes()
-    if free is None and engine.gpu_devices(with_memory=False):
+    free = memory.gpu_free_bytes() if gpu else None
+    if gpu and free is None:
         free = sum(d.memory_free for d in engine.gpu_devices())
     return int(psutil.virtual_memory().available), free
 
@@ -305,7 +306,7 @@ def resolve_width(
     spec = prepared.spec
     if spec.parallel == 1 or questions <= 1 or len(prepared.by_width) <= 1:
         return replace(prepared, width=1)
-    ram, vram = _free_memory()
+    ram, vram = _free_memory(prepared.predicted.device_bytes > 0)
     share = throughput.AUTO_MEMORY_SHARE
 
     def fits(width: int) -> bool:
@@ -314,9 +315,7 @@ def resolve_width(
 
     available = min(questions, len(prepared.by_width))
     if spec.parallel != AUTO:
-        width = min(spec.parallel, available)
-        while width > 1 and not fits(width):
-            width -= 1
+        width = throughput.widest_fitting(min(spec.parallel, available), fits)
         if width < min(spec.parallel, available) and notify is not None:
             notify(f"--parallel {spec.parallel}: {width} question(s) in flight fit in the memory free")
         return replace(prepared, width=width)
@@ -452,7 +451,7 @@ def check_fits(prepared: Prepared) -> None:
     if prepared.width > 1:
         label += f" and {prepared.width} questions in flight"
     predicted = prepared.wide
-    available, free = _free_memory()
+    available, free = _free_memory(predicted.device_bytes > 0)
     if predicted.host_bytes > available:
         raise NotEnoughMemoryError(label, "RAM", predicted.host_bytes, available)
     if predicted.device_bytes > 0 and predicted.device_bytes > (free or 0):

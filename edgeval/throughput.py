@@ -16,6 +16,7 @@ import itertools
 import json
 import math
 import multiprocessing
+import queue
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -156,7 +157,7 @@ def probe(
     while child.is_alive() or not out.empty():
         try:
             kind, value = out.get(timeout=0.2)
-        except Exception:  # queue.Empty
+        except queue.Empty:
             if time.monotonic() > deadline:
                 child.kill()
                 break
@@ -177,6 +178,14 @@ class Width:
     reason: str
 
 
+def widest_fitting(want: int, fits: Callable[[int], bool]) -> int:
+    """The widest flight of at most `want` questions that `fits`; 1 when none wider does."""
+    width = want
+    while width > 1 and not fits(width):
+        width -= 1
+    return width
+
+
 def auto_width(
     per_question: int,
     questions: int,
@@ -188,9 +197,7 @@ def auto_width(
     limit = max(1, MAX_SEQUENCES // max(per_question, 1))
     target = max(1, (knee.knee if knee else 1) // max(per_question, 1))
     want = min(target, questions, limit)
-    width = want
-    while width > 1 and not fits(width):
-        width -= 1
+    width = widest_fitting(want, fits)
     if knee is None:
         return Width(1, "no throughput probe for this machine yet")
     why = f"the knee is {knee.knee} sequences ({knee.gain:.1f}× one sequence's decode rate)"
