@@ -527,8 +527,9 @@ def _unit(
         return None  # another edgeval process runs it now: the next round sees what it stored
     sweep.mark_running(prepared, store)
     sha = store.file_sha256(prepared.spec.model_path, hub.sha256_of)
+    measured = bool(store.config(prepared.config_id)["peak_rss_bytes"])
     return detached.Unit(prepared, tuple(pending), sha, arm.ref.file, share_s=share, deadline=race.deadline,
-                         repack_auto=race.request.repack is None)  # fmt: skip
+                         repack_auto=race.request.repack is None, measure_shape=not measured)  # fmt: skip
 
 
 def _land(race: _Race, index: int, unit: detached.Unit, result: detached.UnitResult | str, store: Store) -> None:

@@ -40,6 +40,7 @@ class Unit:
     share_s: float | None = None  # its share of the race's time, counted from when the node starts it
     deadline: float | None = None  # the race's end (time.time()): no question is started after it
     repack_auto: bool = False  # repacking left to each machine: the node loads with what its own probe found
+    measure_shape: bool = True  # the store has no memory of the configuration yet: a wider node measures it
 
     def deadline_from(self, start: float) -> float | None:
         """When the node stops starting questions: at the end of its share or of the race, whichever is first
@@ -158,7 +159,7 @@ def run(unit: Unit) -> UnitResult:
     payload = sweep.worker_payload(prepared, list(unit.pending), log_path, None)
     shape = None
     with _bare_main():
-        if prepared.width > 1:  # the configuration's own memory: one question's context
+        if prepared.width > 1 and unit.measure_shape:  # the configuration's own memory: one question's context
             footprint = sweep.worker_payload(prepared, list(unit.pending[:1]), log_path, None, footprint=True)
             shape = sweep.supervise(footprint, sweep.Progress())
         done = sweep.supervise(payload, sweep.Progress(items_total=len(unit.pending)), on_rows=keep)

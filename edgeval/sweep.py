@@ -600,8 +600,8 @@ def _execute_claimed(
         if prepared.width > 1 and not store.config(prepared.config_id)["peak_rss_bytes"]:
             # The configuration's memory is one question's (what a user deploys), not the throughput run's.
             shape = supervise(worker_payload(prepared, left[:1], log_path, None, footprint=True), Progress())
-            if shape.exitcode != 0:
-                record(prepared, store, shape, store.timings(prepared.config_id))
+            if shape.exitcode != 0:  # recorded as the one-question run it was
+                record(replace(prepared, width=1), store, shape, store.timings(prepared.config_id))
                 return _results(prepared, store)
             record_footprint(prepared, store, shape)
         payload = worker_payload(prepared, left, log_path, store.path)
