@@ -52,18 +52,22 @@ def edgeval_row(path: Path, k: int, parallel: int, budget: int, questions: int, 
         "questions": result.n_done, "wall_s": wall, "qph": result.n_done / wall * 3600,
         "decode_tps": float(row["decode_tokens_per_s"] or 0.0), "width": int(row["parallel"] or 1),
         "memory": float(row["peak_rss_bytes"] or 0), "predicted": float(row["predicted_bytes"] or 0),
+        "wide_peak": float(row["throughput_peak_rss_bytes"] or 0),
+        "wide_predicted": float(row["throughput_predicted_bytes"] or 0),
     }  # fmt: skip
 
 
 def batched_bench(
-    binary: Path, path: Path, widths: list[int], threads: int, prompt: int, tokens: int
+    binary: Path, path: Path, widths: list[int], threads: int, prompt: int, tokens: int, *, unified: bool = True
 ) -> dict[int, float]:
-    """llama-batched-bench's S_TG (aggregate decode tokens/s) at each width: shared prompt, unified KV, flash
-    attention, the same threads, llama.cpp's own repacking (edgeval's default where its probe passes)."""
-    cells = max(widths) * (prompt + tokens) + 256
+    """llama-batched-bench's S_TG (aggregate decode tokens/s) at each width: shared prompt, flash attention, the
+    same threads, llama.cpp's own repacking (edgeval's default where its probe passes); one unified KV buffer, or
+    with `unified` off a KV stream per sequence (as edgeval keeps several questions in flight)."""
+    cells = max(widths) * (prompt + tokens + 256)
     done = subprocess.run(
         [str(binary), "-m", str(path), "-c", str(cells), "-b", "2048", "-ub", "512", "-npp", str(prompt),
-         "-ntg", str(tokens), "-npl", ",".join(map(str, widths)), "-t", str(threads), "-fa", "on", "-kvu", "-pps"],
+         "-ntg", str(tokens), "-npl", ",".join(map(str, widths)), "-t", str(threads), "-fa", "on",
+         "-kvu" if unified else "-no-kvu", "-pps"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     rates = {}
@@ -84,9 +88,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     print(f"llama.cpp build {engine.build_version()}, llama-cpp-python {engine.LLAMA_CPP_PYTHON_VERSION}")
-    print("| shape | k | --parallel | width | questions | wall s | questions/h | decode tok/s | S_TG(B) | "
-          "auto ÷ 1 | S_TG(B) ÷ S_TG(k) | edgeval ÷ S_TG(B) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| shape | k | --parallel | width | questions | wall s | questions/h | decode tok/s | S_TG(B) unified | "
+          "S_TG(B) streams | auto ÷ 1 | S_TG(B) ÷ S_TG(k) | edgeval ÷ S_TG(B) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for shape in args.shape.split(","):
         path = synth.build(synth.QWEN3_SHAPES[shape], WeightQuant.Q4_K_M, cache_dir("models"), threads=2)
         for k in (int(v) for v in args.k.split(",")):
@@ -98,15 +102,25 @@ def main() -> None:
             one = edgeval_row(path, k, 1, args.budget, max(1, min(n, 2 if k > 1 else 3)), args.threads)
             b = int(auto["width"]) * k
             rates = batched_bench(args.batched_bench, path, sorted({1, k, b}), args.threads, 96, args.budget)
+            streams = (
+                batched_bench(args.batched_bench, path, [b], args.threads, 96, args.budget, unified=False)
+                if auto["width"] > 1 else {}
+            )  # fmt: skip
             for label, row in (("1", one), ("auto", auto)):
                 seqs = k * int(row["width"])
-                ceiling = rates.get(seqs, 0.0)
+                # The ceiling of the layout edgeval ran: one question on a unified cache, several on streams.
+                own = streams.get(seqs, 0.0) if row["width"] > 1 else rates.get(seqs, 0.0)
                 gain = auto["qph"] / one["qph"] if label == "auto" else 1.0
-                bb_gain = ceiling / rates[k] if label == "auto" and rates.get(k) else 1.0
+                bb_gain = own / rates[k] if label == "auto" and rates.get(k) else 1.0
                 print(f"| {shape} | {k} | {label} | {int(row['width'])} | {int(row['questions'])} | "
-                      f"{row['wall_s']:.0f} | {row['qph']:.0f} | {row['decode_tps']:.1f} | {ceiling:.1f} | "
-                      f"{gain:.2f}× | {bb_gain:.2f}× | {row['decode_tps'] / ceiling if ceiling else 0:.2f}× |",
+                      f"{row['wall_s']:.0f} | {row['qph']:.0f} | {row['decode_tps']:.1f} | "
+                      f"{rates.get(seqs, 0.0):.1f} | {streams.get(seqs, 0.0) if row['width'] > 1 else 0.0:.1f} | "
+                      f"{gain:.2f}× | {bb_gain:.2f}× | {row['decode_tps'] / own if own else 0:.2f}× |",
                       flush=True)  # fmt: skip
+            print(f"memory: auto's throughput run peak / predicted ({shape}, k = {k}): "
+                  f"{auto['wide_peak'] / 2**20:.0f} / {auto['wide_predicted'] / 2**20:.0f} MiB; the configuration's "
+                  f"own (footprint pass): {auto['memory'] / 2**20:.0f} / {auto['predicted'] / 2**20:.0f} MiB",
+                  flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -338,7 +338,7 @@ def throughput_knees() -> list[tuple[str, str, int, float]]:
     """What `--parallel auto` measured on this machine for this llama.cpp build (`throughput.probe`)."""
     from edgeval import throughput
 
-    build = f"{engine.build_version()}|{engine.LLAMA_CPP_PYTHON_VERSION}|"
+    build = throughput.build_prefix()
     return [
         (k.key.split("|")[-1], k.key.split("|")[-2], k.knee, round(k.gain, 2))
         for k in throughput.remembered()

@@ -69,6 +69,13 @@ class Recipe:
         return cells_needed(prompt_tokens, self.k, self.rungs[-1], self.forcing, n_rungs=len(self.rungs),
                             window=self.window)  # fmt: skip
 
+    def stream_cells(self, prompt_tokens: int) -> int:
+        """KV cells one sequence may hold (its own copy of the prompt, its budget or KV window and its forced
+        answer): a context with a stream per sequence gives each at least this many."""
+        forcing = self.forcing
+        extra = len(forcing.tokens) + forcing.answer_tokens if forcing else 0
+        return prompt_tokens + own_cells(self.rungs[-1], self.window) + extra
+
     def step_tokens(self) -> int:
         """The most tokens one question may feed a single decode (a vote forced or forked feeds its forcing)."""
         return self.sequences * (2 + (len(self.forcing.tokens) if self.forcing else 0))
@@ -185,10 +192,12 @@ def check_job(ctx: Context, recipe: Recipe, job: Job, width: int = 1) -> None:
             f"{ctx.model.n_ctx_train} tokens {ctx.model.path.name} was trained for",
             hint="lower the token budget",
         )
-    needed = recipe.cells(len(job.prompt))
-    room = ctx.n_ctx // width
-    if needed > room:
+    if ctx.options.unified:
+        needed, room = recipe.cells(len(job.prompt)), ctx.n_ctx // width
         each = f" ({ctx.n_ctx} cells for {width} questions)" if width > 1 else ""
+    else:
+        needed, room, each = recipe.stream_cells(len(job.prompt)), ctx.n_ctx_seq, " for each sequence"
+    if needed > room:
         raise ConfigurationError(
             f"prompt ({len(job.prompt)} tokens) + {recipe.k} × {own_cells(rungs[-1], recipe.window) + extra} tokens "
             f"needs {needed} KV cells, the context has {room}{each}",
@@ -211,7 +220,9 @@ def run_batched(
     the questions in flight finish and nothing more starts. `on_step` hears the tokens each decode carried.
 
     Question i of the flight holds sequence ids [slot × s, (slot + 1) × s) for s = `recipe.sequences`, and at most
-    n_ctx / width cells. The decode batch carries every live sequence's next token. A new question's prompt is read
+    n_ctx / width cells of a unified cache — or, in a context with a stream per sequence (`engine.in_flight`), the
+    streams of those ids: each vote then holds its own copy of the prompt (llama.cpp copies a stream whole) and
+    attends over its own cells only. The decode batch carries every live sequence's next token. A new question's prompt is read
     in decodes of its own (chunks of the context's n_batch), as with one question in flight, not mixed into the
     step's batch as llama.cpp's server does: on the CPU, llama.cpp's attention picks its kernel by the batch's shape
     (tiled from 64 query rows, the KV split over threads for a single row), whose rounding differs, and reading

@@ -381,6 +381,15 @@ class Setting:
     cpu_moe: int = 0  # a mixture of experts under offload: first N layers' experts stay on the host (-1: all)
     repack: bool = False  # llama.cpp's weight repacking (CPU layers)
     mmap: bool | None = None  # None: as edgeval loads (`mmap_for(repack)`)
+    # A KV stream per sequence (`engine.in_flight`): n_ctx / n_seq cells each, padded; attention masks one stream.
+    streams: bool = False
+
+    @property
+    def cells(self) -> int:
+        """The KV cells llama.cpp allocates: padded once, or per stream."""
+        if self.streams:
+            return self.n_seq * padded_cells(self.n_ctx // self.n_seq)
+        return padded_cells(self.n_ctx)
 
 
 def _offloaded_layers(arch: Architecture, gpu_layers: int) -> int:
@@ -427,15 +436,16 @@ def predict(
     )
     mmap = mmap_for(setting.repack) if setting.mmap is None else setting.mmap
     weights = resident_weight_bytes(weight_bytes, host_repack if setting.repack else None, mmap)
-    cells = padded_cells(setting.n_ctx)
+    cells = setting.cells
     k, v = kv_bytes(arch, cells, setting.type_k, setting.type_v)
     quantized = setting.type_k.quantized or setting.type_v.quantized
+    masked = cells // setting.n_seq if setting.streams else cells  # the cells one query row's mask spans
     if setting.gpu_layers == 0:
         compute = compute_resident_bytes(
-            arch, cells, setting.n_ubatch, setting.n_seq, quantized, setting.prompt_tokens, setting.forced_tokens
+            arch, masked, setting.n_ubatch, setting.n_seq, quantized, setting.prompt_tokens, setting.forced_tokens
         )
     else:
-        compute = compute_reserved_bytes(arch, cells, setting.n_ubatch, setting.n_seq, quantized)
+        compute = compute_reserved_bytes(arch, masked, setting.n_ubatch, setting.n_seq, quantized)
     footprint = Footprint(
         weight_bytes=weights,
         kv_bytes=k + v,

@@ -106,10 +106,12 @@ class Prepared:
     config_ids: dict[int, int]  # token budget -> its configuration row
     notes: tuple[str, ...] = ()  # what the user should know about settings edgeval chose (one line each)
     chat: prompts.ChatFormat = field(default_factory=prompts.ChatFormat)  # the file's template, or the built-in
-    # What a run with w questions in flight takes, for w = 1, 2, …: w × the cells, sequences and forced tokens.
-    # The first is `predicted`, the deployment shape: one question, which is the configuration's own memory.
+    # What a run with w questions in flight takes, for w = 1, 2, …: w × the sequences and forced tokens, each
+    # sequence on a KV stream of its own. The first is `predicted`, the deployment shape: one question (one unified
+    # cache, the votes sharing the prompt's cells), which is the configuration's own memory.
     by_width: tuple[memory.Footprint, ...] = ()
     width: int = 1  # questions in flight (`resolve_width` sets it before the run)
+    stream_cells: int = 0  # with several questions in flight, each sequence's own KV stream (`engine.in_flight`)
 
     @property
     def wide(self) -> memory.Footprint:
@@ -242,11 +244,11 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
     # step (with a ladder, a smaller rung's forks go beside the votes' own tokens).
     forced_each = 1 + answer_cells - spec.answer_tokens if spec.thinking or chat.opens_reasoning(spec.thinking) else 0
 
-    def footprint(cells: int, seqs: int, forced: int) -> memory.Footprint:
+    def footprint(cells: int, seqs: int, forced: int, streams: bool = False) -> memory.Footprint:
         setting = memory.Setting(
             n_ctx=cells, n_seq=seqs, type_k=spec.kv_type_k, type_v=spec.kv_type_v, prompt_tokens=longest,
             gpu_layers=gpu_layers, cpu_moe=spec.cpu_moe, repack=mode.on,
-            forced_tokens=forced,
+            forced_tokens=forced, streams=streams,
         )  # fmt: skip
         return memory.predict(
             arch, header.weight_bytes, setting, embd_bytes=header.embd_bytes, expert_bytes=header.expert_bytes,
@@ -256,7 +258,13 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
     forks = spec.k if n_rungs > 1 and forced_each else 0
     predicted = footprint(n_ctx, n_seq, spec.k * forced_each + forks)
     most = 1 if spec.parallel == 1 else min(len(items), throughput.MAX_SEQUENCES // n_seq)
-    by_width = tuple(footprint(n_ctx * w, n_seq * w, w * (spec.k * forced_each + forks)) for w in range(1, most + 1))
+    # A sequence's stream holds a copy of the prompt and what the sample may see (--ctx, by default what it needs).
+    stream_cells = (spec.ctx or per_sample) - budget + own
+    wider = (
+        footprint(stream_cells * n_seq * w, n_seq * w, w * (spec.k * forced_each + forks), streams=True)
+        for w in range(2, most + 1)
+    )
+    by_width = (predicted, *wider)
     arm = _arm_key(spec, task, model_sha)
     config_ids = {}
     for rung in spec.rungs:
@@ -280,7 +288,8 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
         }  # fmt: skip
         config_ids[rung] = store.upsert_config(_config_key(spec, task, model_sha, rung), fields)
         store.raise_items(config_ids[rung], len(items))
-    return Prepared(spec, task, items, n_ctx, n_seq, predicted, config_ids, notes, chat, by_width)
+    return Prepared(spec, task, items, n_ctx, n_seq, predicted, config_ids, notes, chat, by_width,
+                    stream_cells=stream_cells)  # fmt: skip
 
 
 def _free_memory(gpu: bool) -> tuple[int, int | None]:
@@ -514,7 +523,7 @@ def worker_payload(
                  "kv_type_v": spec.kv_type_v.value},
         "task": prepared.task, "db_path": None if db_path is None else str(db_path),
         "config_ids": {str(b): c for b, c in prepared.config_ids.items()}, "n_ctx": prepared.n_ctx,
-        "n_seq": prepared.n_seq, "pending": pending, "log_path": str(log_path), "verbose": engine.LOG.echo,
+        "n_seq": prepared.n_seq, "stream_cells": prepared.stream_cells, "pending": pending, "log_path": str(log_path), "verbose": engine.LOG.echo,
         "chat_template": prepared.chat.template, "parent_pid": os.getpid(), "width": prepared.width,
         "footprint": footprint,
     }  # fmt: skip

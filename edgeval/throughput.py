@@ -31,6 +31,7 @@ GPU_WIDTHS = (*CPU_WIDTHS, 128, 256)
 KNEE_SHARE = 0.95  # the knee: the narrowest batch decoding at least this share of the best rate
 PROBE_PROMPT = 32  # prompt tokens each probed sequence attends to
 PROBE_STEPS = 8  # decode steps timed per width
+PROBE_LAYOUT = "streams"  # how the probe lays out its KV cache (a KV stream per sequence, as a wide run has)
 AUTO_MEMORY_SHARE = 0.9  # a throughput run may take this share of the memory free (the rest: headroom)
 
 
@@ -61,15 +62,19 @@ def size_class(weight_bytes: int) -> str:
     return f"{2 ** math.ceil(math.log2(gib)):g}GiB"
 
 
+def build_prefix() -> str:
+    """The start of every knee key this probe and this llama.cpp build write."""
+    from edgeval import engine
+
+    return f"{PROBE_LAYOUT}:{engine.build_version()}|{engine.LLAMA_CPP_PYTHON_VERSION}|"
+
+
 def knee_key(weight_bytes: int, gpu_layers: int) -> str:
     """The build, device and size class a knee holds for."""
     from edgeval import doctor, engine
 
     device = "gpu:" + ",".join(d.description for d in engine.gpu_devices(with_memory=False)) if gpu_layers else "cpu"
-    return (
-        f"{engine.build_version()}|{engine.LLAMA_CPP_PYTHON_VERSION}|{doctor.cpu_model()}|{device}|"
-        f"{size_class(weight_bytes)}"
-    )
+    return f"{build_prefix()}{doctor.cpu_model()}|{device}|{size_class(weight_bytes)}"
 
 
 def _cache() -> Path:
@@ -98,7 +103,10 @@ def remembered_for(weight_bytes: int, offload: bool) -> Knee | None:
     """The latest knee measured on this machine for a size class on the CPU or a GPU, whatever the build (for
     time plans, which load nothing)."""
     tail = f"|{size_class(weight_bytes)}"
-    found = [k for k in remembered() if k.key.endswith(tail) and (k.key.split("|")[-2] != "cpu") == offload]
+    found = [
+        k for k in remembered()
+        if k.key.startswith(f"{PROBE_LAYOUT}:") and k.key.endswith(tail) and (k.key.split("|")[-2] != "cpu") == offload
+    ]  # fmt: skip
     return max(found, key=lambda k: k.measured_at) if found else None
 
 
@@ -124,8 +132,9 @@ def _probe_child(path: str, gpu_layers: int, repack: str, threads: int | None, w
 
     load = engine.LoadOptions(n_gpu_layers=gpu_layers, repack=RepackMode(repack))
     most = max(widths)
-    cells = most * (PROBE_PROMPT + PROBE_STEPS + 2)
-    options = engine.ContextOptions(n_ctx=cells, n_seq=most, n_threads=threads, n_batch=max(512, most))
+    # A KV stream per sequence, as a run with several questions in flight has (`engine.in_flight`).
+    options = engine.ContextOptions(n_ctx=most * (PROBE_PROMPT + PROBE_STEPS + 2), n_seq=most, n_threads=threads,
+                                    n_batch=max(512, most), unified=False)  # fmt: skip
     with engine.Model(Path(path), load) as model, engine.Context(model, options) as ctx:
         rates: list[tuple[int, float]] = []
         for width in widths:

@@ -120,10 +120,10 @@ def _answer_all(payload: dict[str, Any], events: Any, sink: Sink) -> None:
         recipe = engine.Recipe(
             k=spec.k, budgets=spec.rungs, sampling=spec.effective_sampling, forcing=forcing, window=spec.kv_window
         )
-        options = engine.ContextOptions(
-            n_ctx=payload["n_ctx"] * width, n_seq=payload["n_seq"] * width, type_k=spec.kv_type_k,
-            type_v=spec.kv_type_v, n_threads=spec.threads, n_batch=batch_size(recipe.step_tokens(), width),
-        )  # fmt: skip
+        options = engine.in_flight(engine.ContextOptions(
+            n_ctx=payload["n_ctx"], n_seq=payload["n_seq"], type_k=spec.kv_type_k, type_v=spec.kv_type_v,
+            n_threads=spec.threads, n_batch=batch_size(recipe.step_tokens(), width),
+        ), width, payload["stream_cells"])  # fmt: skip
         with engine.Context(model, options) as ctx:
             events.put(("loaded", time.perf_counter() - t0))
             if footprint:

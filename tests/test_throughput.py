@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def _generate(path: Path, recipe: engine.Recipe, prompts_: list[list[int]], width: int,
               repack: RepackMode = RepackMode.ALL) -> dict[int, dict[int, engine.Generation]]:  # fmt: skip
     with engine.Model(path, engine.LoadOptions(n_gpu_layers=0, repack=repack)) as model:
-        cells = max(recipe.cells(len(p)) for p in prompts_)
-        options = engine.ContextOptions(n_ctx=cells * width, n_seq=recipe.sequences * width,
-                                        n_batch=max(512, width * recipe.step_tokens()))  # fmt: skip
+        one = engine.ContextOptions(n_ctx=max(recipe.cells(len(p)) for p in prompts_), n_seq=recipe.sequences,
+                                    n_batch=max(512, width * recipe.step_tokens()))  # fmt: skip
+        options = engine.in_flight(one, width, max(recipe.stream_cells(len(p)) for p in prompts_))
         got: dict[int, dict[int, engine.Generation]] = {}
         with engine.Context(model, options) as ctx:
             jobs = [engine.Job(i, p, [100 + 7 * i + j for j in range(recipe.k)]) for i, p in enumerate(prompts_)]
