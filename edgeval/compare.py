@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeval import hub, plan, racing, results, sweep
+from edgeval import hub, plan, racing, results, sweep, tasks
 from edgeval.catalog import Catalog, ModelRef
 from edgeval.errors import EdgevalError, describe
 from edgeval.quants import KVType, WeightQuant
@@ -43,7 +43,7 @@ DEFAULT_BUDGETS = (1024, 2048, 4096)
 DEFAULT_VOTES = (1, 4)
 DEFAULT_TIME_S = 3600.0
 DEFAULT_EXHAUSTIVE_LIMIT = 10
-DEFAULT_TASK = "math500"
+DEFAULT_TASK = tasks.DEFAULT_TASK
 FIRST_ROUND = 10  # questions every configuration answers before the first look
 ROUND_GROWTH = 4  # each round asks for this many times the questions of the one before
 # Rough single-sequence decode speed on a CPU, scaled by weight bytes (memory-bound): 27 tok/s at 0.39 GB measured

@@ -181,9 +181,7 @@ def _checked_sha(store: Store, path: Path, expected: str | None) -> str:
 
 def _default_task(store: Store, ref_sha: str) -> str:
     """The task the reference has the most stored samples of (compare's default task when none)."""
-    from edgeval.compare import DEFAULT_TASK
-
-    return store.most_sampled_task(ref_sha) or DEFAULT_TASK
+    return store.most_sampled_task(ref_sha) or tasks.DEFAULT_TASK
 
 
 def _trace_config(

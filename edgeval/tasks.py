@@ -16,6 +16,7 @@ from edgeval.errors import EdgevalError
 from edgeval.grading import AnswerKind
 
 CHOICE_LETTERS = "ABCDEFGHIJ"
+DEFAULT_TASK = "math500"  # what `compare` (and `kld`, without stored samples) evaluates unless told
 
 
 class TaskError(EdgevalError):

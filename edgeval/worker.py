@@ -25,7 +25,7 @@ from edgeval.store import ItemTiming, SampleRow, Store
 
 if TYPE_CHECKING:
     from edgeval import engine
-    from edgeval.sweep import RunSpec
+    from edgeval.configuration import RunSpec
 
 
 def prompt_text(chat: prompts.ChatFormat, task: tasks.Task, item: tasks.Item, thinking: bool) -> str:
@@ -93,7 +93,7 @@ def _work(payload: dict[str, Any], events: Any) -> None:
 
 def _answer_all(payload: dict[str, Any], events: Any, sink: Sink) -> None:
     from edgeval import engine
-    from edgeval.sweep import RunSpec
+    from edgeval.configuration import RunSpec
 
     raw = payload["spec"]
     sampling = prompts.Sampling(**raw["sampling"]) if raw["sampling"] else None
