@@ -17,9 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgeval import compare, demo, prompts, sweep
-from edgeval.store import Store
-from edgeval.verdict import Row
+from edgeval.comparison import compare
+from edgeval.comparison.verdict import Row
+from edgeval.core import prompts
+from edgeval.edges.store import Store
+from edgeval.faces import demo
+from edgeval.running import sweep
 
 
 def _setup(folder: Path) -> demo.DemoSetup:

@@ -1,6 +1,6 @@
 """Decode speed through edgeval against a plain llama.cpp loop, and k votes decoded together against k in a row.
 
-On a random-weight model with Qwen3-0.6B's exact shapes (edgeval.synth), 2 threads, f16 KV, repacking off or in
+On a random-weight model with Qwen3-0.6B's exact shapes (edgeval.llama.synth), 2 threads, f16 KV, repacking off or in
 one of edgeval's modes (`--repack cpu_repack` / `all`; the plain loop loads the same way: extra buffers or the same
 per-tensor overrides, the file read rather than mapped):
 1. one sequence: edgeval's Context.generate ÷ a minimal loop on llama-cpp-python's low-level API with the same
@@ -20,10 +20,11 @@ from pathlib import Path
 
 import llama_cpp  # the plain loop is the baseline, so this benchmark talks to llama.cpp directly
 
-from edgeval import engine, prompts, synth
-from edgeval.memory import RepackMode
-from edgeval.paths import cache_dir
-from edgeval.quants import WeightQuant
+from edgeval.core import prompts
+from edgeval.core.memory import RepackMode
+from edgeval.core.paths import cache_dir
+from edgeval.core.quants import WeightQuant
+from edgeval.llama import engine, synth
 
 PROMPT = "<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n<|im_start|>assistant\n<think>\n"
 SAMPLING = prompts.Sampling(temperature=0.6, top_p=0.95, top_k=20, min_p=0.0)

@@ -19,10 +19,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeval import demo, engine, gguf_info, grading, memory, prompts, sweep, synth, tasks, vote, worker
-from edgeval.paths import cache_dir
-from edgeval.quants import KVType, WeightQuant
-from edgeval.store import Store
+from edgeval.core import grading, memory, prompts, vote
+from edgeval.core.paths import cache_dir
+from edgeval.core.quants import KVType, WeightQuant
+from edgeval.edges import gguf_info, tasks
+from edgeval.edges.store import Store
+from edgeval.faces import demo
+from edgeval.llama import engine, synth
+from edgeval.running import sweep, worker
 
 BUDGET = 48
 K = 4

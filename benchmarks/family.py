@@ -13,9 +13,10 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from edgeval import demo, sweep
-from edgeval.quants import WeightQuant
-from edgeval.store import Store
+from edgeval.core.quants import WeightQuant
+from edgeval.edges.store import Store
+from edgeval.faces import demo
+from edgeval.running import sweep
 
 QUANTS = (WeightQuant.F16, WeightQuant.Q8_0, WeightQuant.Q4_K_M, WeightQuant.Q3_K_M, WeightQuant.Q2_K)
 

@@ -13,16 +13,18 @@ import argparse
 import multiprocessing
 from pathlib import Path
 
-from edgeval import engine, gguf_info, memory
-from edgeval.paths import cache_dir
-from edgeval.prompts import Sampling
+from edgeval.core import memory
+from edgeval.core.paths import cache_dir
+from edgeval.core.prompts import Sampling
+from edgeval.edges import gguf_info
+from edgeval.llama import engine
 
 PROMPT_TOKENS = 256
 GENERATED = 16
 
 
 def _child(path: str, n_ctx: int) -> None:
-    import edgeval.sweep  # noqa: F401  (the same modules edgeval's worker process has loaded)
+    import edgeval.running.sweep  # noqa: F401  (the same modules edgeval's worker process has loaded)
 
     options = engine.ContextOptions(n_ctx=n_ctx, n_seq=1)
     with engine.Model(Path(path)) as model, engine.Context(model, options) as ctx:

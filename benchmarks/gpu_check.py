@@ -22,11 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgeval import engine, sweep, synth
-from edgeval.paths import cache_dir
-from edgeval.quants import WeightQuant
-from edgeval.store import Store
-from edgeval.units import format_bytes
+from edgeval.core.paths import cache_dir
+from edgeval.core.quants import WeightQuant
+from edgeval.core.units import format_bytes
+from edgeval.edges.store import Store
+from edgeval.llama import engine, synth
+from edgeval.running import sweep
 
 
 def run_once(path: Path, k: int, parallel: int, questions: int, store: Store) -> dict[str, object]:

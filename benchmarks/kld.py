@@ -30,10 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeval import demo, engine, kld, kld_run, synth
-from edgeval.paths import cache_dir
-from edgeval.quants import WeightQuant
-from edgeval.store import Store
+from edgeval.core import kld
+from edgeval.core.paths import cache_dir
+from edgeval.core.quants import WeightQuant
+from edgeval.edges.store import Store
+from edgeval.faces import demo
+from edgeval.llama import engine, synth
+from edgeval.running import kld_run
 
 BUILD_ROOT = Path.home() / ".cache" / "edgeval" / "llama-perplexity"
 

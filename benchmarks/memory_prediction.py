@@ -4,7 +4,7 @@ Each cell is one `sweep.run` — the library call behind `edgeval run`: the pare
 the worker loads the model as the product does (repacking on — the doctor probe's mode on this machine, read without
 mmap; off: mmapped) and answers one
 arith question, and the parent samples the worker's RSS (with its RssAnon and RssFile parts) every 10 ms.
-Models: random weights with Qwen3-0.6B's and Qwen3-1.7B's exact shapes (edgeval.synth), Q4_K_M, CPU.
+Models: random weights with Qwen3-0.6B's and Qwen3-1.7B's exact shapes (edgeval.llama.synth), Q4_K_M, CPU.
 
 Decoding a 4,096-token budget on this 2-core machine takes minutes per cell, and the resident memory does not
 depend on it: llama.cpp allocates the whole KV cache and clears it (writes every byte) when the context is made,
@@ -26,10 +26,11 @@ import json
 import tempfile
 from pathlib import Path
 
-from edgeval import doctor, sweep, synth
-from edgeval.paths import cache_dir
-from edgeval.quants import KVType, WeightQuant
-from edgeval.store import Store
+from edgeval.core.paths import cache_dir
+from edgeval.core.quants import KVType, WeightQuant
+from edgeval.edges.store import Store
+from edgeval.llama import doctor, synth
+from edgeval.running import sweep
 
 MIB = 1 << 20
 DECODED = 16  # tokens each sample writes before its answer is forced (the run's --budget-tokens)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import time
 
-from edgeval import plan
-from edgeval.catalog import Catalog
-from edgeval.quants import KVType
+from edgeval.comparison import plan
+from edgeval.core.quants import KVType
+from edgeval.edges.catalog import Catalog
 
 
 def main() -> None:

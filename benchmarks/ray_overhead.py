@@ -18,8 +18,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from edgeval import compare, demo
-from edgeval.store import Store
+from edgeval.comparison import compare
+from edgeval.edges.store import Store
+from edgeval.faces import demo
 
 
 def _samples(db: Path) -> set[tuple[str, int, int, str]]:
@@ -50,7 +51,7 @@ def once(folder: Path, limit: int, ray: str | None, tag: str) -> tuple[float, fl
 
 
 def cluster_start_stop() -> tuple[float, float]:
-    from edgeval.cluster import Cluster
+    from edgeval.running.cluster import Cluster
 
     start = time.monotonic()
     cluster = Cluster("local")

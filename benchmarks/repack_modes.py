@@ -2,7 +2,7 @@
 
 For each weight quantization and repacking mode (off; CPU_REPACK only, by per-tensor buffer overrides; all of
 llama.cpp's extra buffers, AMX first where the build has it), a child process loads a random-weight model with
-Qwen3-0.6B's exact shapes (edgeval.synth) as `edgeval run` does (`engine.LoadOptions(repack=mode)`: mmap only
+Qwen3-0.6B's exact shapes (edgeval.llama.synth) as `edgeval run` does (`engine.LoadOptions(repack=mode)`: mmap only
 without repacking), decodes a 256-token prompt, then 64 tokens for one sequence and 32 tokens each for k = 8
 sequences together; 2 threads, f16 KV. A mode that crashes the child (llama.cpp's AMX path on some Xeons) is
 reported with its signal. The doctor's probe picks the first of all → cpu_repack that survives; these figures say
@@ -19,10 +19,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from edgeval import engine, memory, prompts, synth
-from edgeval.memory import RepackMode
-from edgeval.paths import cache_dir
-from edgeval.quants import WeightQuant
+from edgeval.core import memory, prompts
+from edgeval.core.memory import RepackMode
+from edgeval.core.paths import cache_dir
+from edgeval.core.quants import WeightQuant
+from edgeval.llama import engine, synth
 
 MIB = 1 << 20
 SAMPLING = prompts.Sampling(temperature=0.6, top_p=0.95, top_k=20, min_p=0.0)

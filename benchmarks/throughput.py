@@ -1,7 +1,7 @@
 """Questions per hour through `edgeval run`'s own path, one question in flight against `--parallel auto`, beside
 llama.cpp's own llama-batched-bench (built from the installed llama-cpp-python's sources) at the same widths.
 
-On random-weight models with Qwen3's exact shapes (edgeval.synth; they rarely write an end token, so every sample
+On random-weight models with Qwen3's exact shapes (edgeval.llama.synth; they rarely write an end token, so every sample
 reasons to its budget and is forced to answer: a fixed amount of work), Q4_K_M, f16 KV, thinking mode, 2 threads,
 repacking as the doctor's probe found:
 for each k, `sweep.run_ladder` (what `edgeval run` calls) answers arith questions with `--parallel 1` and with
@@ -31,10 +31,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgeval import engine, sweep, synth, throughput
-from edgeval.paths import cache_dir
-from edgeval.quants import WeightQuant
-from edgeval.store import Store
+from edgeval.core.paths import cache_dir
+from edgeval.core.quants import WeightQuant
+from edgeval.edges.store import Store
+from edgeval.llama import engine, synth, throughput
+from edgeval.running import sweep
 
 
 def edgeval_row(path: Path, k: int, parallel: int, budget: int, questions: int, threads: int) -> dict[str, float]:

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from edgeval import engine, prompts, synth, tasks
-from edgeval.quants import WeightQuant
+from edgeval.core import prompts
+from edgeval.core.quants import WeightQuant
+from edgeval.edges import tasks
+from edgeval.llama import engine, synth
 
 from .hub_server import FakeHub, serve
 
@@ -36,7 +38,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_models(model_dir: Path) -> dict[WeightQuant, Path]:
-    """The tiny Qwen3 model at F16 and each quantization the tests use, built by edgeval.synth."""
+    """The tiny Qwen3 model at F16 and each quantization the tests use, built by edgeval.llama.synth."""
     quants = [
         WeightQuant.F16,
         WeightQuant.Q8_0,

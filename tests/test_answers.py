@@ -16,10 +16,13 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from edgeval import compare, plan, sweep, synth, units
-from edgeval.cli import cli
-from edgeval.errors import DiskFullError, describe
-from edgeval.quants import WeightQuant
+from edgeval.comparison import compare, plan
+from edgeval.core import units
+from edgeval.core.errors import DiskFullError, describe
+from edgeval.core.quants import WeightQuant
+from edgeval.faces.cli import cli
+from edgeval.llama import synth
+from edgeval.running import sweep
 
 from .conftest import TINY
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgeval import ui
-from edgeval.catalog import Catalog, CatalogError, UnknownModelError
-from edgeval.cli import cli
-from edgeval.quants import WeightQuant
+from edgeval.core.quants import WeightQuant
+from edgeval.edges.catalog import Catalog, CatalogError, UnknownModelError
+from edgeval.faces import ui
+from edgeval.faces.cli import cli
 
 from .conftest import TINY, write_catalog
 

@@ -10,8 +10,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from edgeval.cli import EdgevalGroup, cli
-from edgeval.errors import ModelFileError
+from edgeval.core.errors import ModelFileError
+from edgeval.faces.cli import EdgevalGroup, cli
 
 
 def test_help_lists_every_command_and_each_has_help() -> None:
@@ -79,7 +79,7 @@ def test_debug_env_shows_the_exception(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_debug_traceback_reaches_stderr_of_the_real_process(tmp_path: Path) -> None:
     script = (
         "import click, sys\n"
-        "from edgeval.cli import EdgevalGroup\n"
+        "from edgeval.faces.cli import EdgevalGroup\n"
         "@click.group(cls=EdgevalGroup)\n"
         "def g(): pass\n"
         "@g.command()\n"

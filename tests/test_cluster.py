@@ -19,9 +19,10 @@ import pytest
 from click.testing import CliRunner
 
 import edgeval
-from edgeval import demo, doctor, synth
-from edgeval.cli import cli
-from edgeval.quants import WeightQuant
+from edgeval.core.quants import WeightQuant
+from edgeval.faces import demo
+from edgeval.faces.cli import cli
+from edgeval.llama import doctor, synth
 
 from .conftest import TINY, write_catalog
 
@@ -173,7 +174,7 @@ def test_without_ray_or_without_a_cluster_the_error_is_one_line(tmp_path: Path) 
     code = (
         "import sys\n"
         "sys.modules['ray'] = None  # what an environment without Ray gives: `import ray` fails\n"
-        "from edgeval.cli import main\n"
+        "from edgeval.faces.cli import main\n"
         f"sys.argv = ['edgeval', *{[*args, '--ray', 'local']!r}]\n"
         "main()\n"
     )
@@ -187,8 +188,10 @@ def test_without_ray_or_without_a_cluster_the_error_is_one_line(tmp_path: Path) 
 def test_a_node_loads_with_its_own_probes_repacking_mode_when_the_request_left_it_open(tmp_path: Path) -> None:
     """A unit travels with the driver's repacking mode; a node whose CPU crashes in that mode (AMX) must use what
     its own probe found. Here the node's remembered verdict is "off" and the driver's mode llama.cpp's full choice."""
-    from edgeval import detached, hub, memory, sweep
-    from edgeval.store import Store
+    from edgeval.core import memory
+    from edgeval.edges import hub
+    from edgeval.edges.store import Store
+    from edgeval.running import detached, sweep
 
     doctor._remember(doctor.RepackProbe(True, False, "none survived", memory.RepackMode.OFF))
     source = demo.family_sources()[0]

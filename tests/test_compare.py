@@ -19,10 +19,13 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeval import compare, demo, memory, synth, verdict
-from edgeval.catalog import Catalog
-from edgeval.cli import cli
-from edgeval.quants import KVType, WeightQuant
+from edgeval.comparison import compare, verdict
+from edgeval.core import memory
+from edgeval.core.quants import KVType, WeightQuant
+from edgeval.edges.catalog import Catalog
+from edgeval.faces import demo
+from edgeval.faces.cli import cli
+from edgeval.llama import synth
 
 from .conftest import TINY, write_catalog
 
@@ -345,8 +348,9 @@ def test_terminal_tables_keep_every_number_whole_at_80_columns(
 ) -> None:
     from rich.console import Console
 
-    from edgeval import plan, ui
-    from edgeval.store import Store
+    from edgeval.comparison import plan
+    from edgeval.edges.store import Store
+    from edgeval.faces import ui
 
     catalog, db, _ = compared
     with Store(db) as store:
@@ -368,8 +372,8 @@ def test_terminal_tables_keep_every_number_whole_at_80_columns(
 
 
 def test_once_its_larger_budgets_are_beaten_a_run_generates_only_up_to_the_largest_left(tmp_path: Path) -> None:
-    from edgeval import racing
-    from edgeval.store import Store
+    from edgeval.core import racing
+    from edgeval.edges.store import Store
 
     catalog = _family_catalog(tmp_path, ("edgeval-tiny-s",))
     request = compare.Request(budget_bytes=10**9, tasks=("arith",), models=("edgeval-tiny-s",), kv=(KVType.F16,),

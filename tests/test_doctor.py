@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgeval import doctor
-from edgeval.cli import cli
-from edgeval.memory import RepackMode
+from edgeval.core.memory import RepackMode
+from edgeval.faces.cli import cli
+from edgeval.llama import doctor
 
 GB = 10**9
 GIB = 2**30

@@ -1,4 +1,4 @@
-"""llama.cpp through edgeval.engine: loading, contexts, k sequences decoded together, a quiet log."""
+"""llama.cpp through edgeval.llama.engine: loading, contexts, k sequences decoded together, a quiet log."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from edgeval import demo, engine, gguf_info
-from edgeval.errors import ConfigurationError, ModelFileError, QuantizeError
-from edgeval.quants import KVType, WeightQuant
+from edgeval.core.errors import ConfigurationError, ModelFileError, QuantizeError
+from edgeval.core.quants import KVType, WeightQuant
+from edgeval.edges import gguf_info
+from edgeval.faces import demo
+from edgeval.llama import engine
 
 CHAT = "<|im_start|>user\nWhat is 7 times 6?<|im_end|>\n<|im_start|>assistant\n<think>\n"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeval.errors import (
+from edgeval.core.errors import (
     ConfigurationError,
     LlamaError,
     ModelFileError,

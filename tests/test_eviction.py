@@ -9,11 +9,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgeval import compare, demo, engine, memory, prompts
-from edgeval.catalog import Catalog
-from edgeval.cli import cli
-from edgeval.errors import ConfigurationError
-from edgeval.quants import KVType, WeightQuant
+from edgeval.comparison import compare
+from edgeval.core import memory, prompts
+from edgeval.core.errors import ConfigurationError
+from edgeval.core.quants import KVType, WeightQuant
+from edgeval.edges.catalog import Catalog
+from edgeval.faces import demo
+from edgeval.faces.cli import cli
+from edgeval.llama import engine
 
 from .conftest import GREEDY, SAMPLED, arith_forcing, arith_prompts, write_catalog
 
@@ -150,7 +153,7 @@ def test_plan_with_a_2k_window_at_32k_needs_under_a_fifth_of_the_kv() -> None:
 
 
 def test_a_window_no_shorter_than_the_budget_is_not_planned_twice() -> None:
-    from edgeval import plan
+    from edgeval.comparison import plan
 
     refs = Catalog.load().resolve("qwen3-0.6b:Q8_0")
     configs = plan.configurations(refs, plan.Axes(kv=(KVType.F16,), ctx=(2048,), k=(1,), kv_window=(0, 2048, 4096)))

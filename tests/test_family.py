@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgeval import demo, engine, prompts, tasks
-from edgeval.cli import cli
-from edgeval.quants import WeightQuant
+from edgeval.core import prompts
+from edgeval.core.quants import WeightQuant
+from edgeval.edges import tasks
+from edgeval.faces import demo
+from edgeval.faces.cli import cli
+from edgeval.llama import engine
 
 
 def _accuracy(model: Path, db: Path, *extra: str, limit: int = 40) -> float:

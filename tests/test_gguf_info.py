@@ -8,9 +8,9 @@ import gguf
 import pytest
 from click.testing import CliRunner
 
-from edgeval import gguf_info
-from edgeval.cli import cli
-from edgeval.quants import WeightQuant
+from edgeval.core.quants import WeightQuant
+from edgeval.edges import gguf_info
+from edgeval.faces.cli import cli
 
 from .conftest import TINY
 

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeval import mathcheck
-from edgeval.grading import (
+from edgeval.core import mathcheck
+from edgeval.core.grading import (
     AnswerKind,
     GradingError,
     Verdict,

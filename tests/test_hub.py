@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgeval import gguf_info, synth
-from edgeval.cli import cli
-from edgeval.quants import WeightQuant
+from edgeval.core.quants import WeightQuant
+from edgeval.edges import gguf_info
+from edgeval.faces.cli import cli
+from edgeval.llama import synth
 
 from .conftest import write_catalog
 from .hub_server import ALLOWED_TOKEN, FakeHub

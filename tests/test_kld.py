@@ -15,10 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from edgeval import compare, demo, engine, kld, kld_run, prompts, report, ui
-from edgeval.cli import cli
-from edgeval.quants import KVType, WeightQuant
-from edgeval.store import Store
+from edgeval.comparison import compare
+from edgeval.core import kld, prompts
+from edgeval.core.quants import KVType, WeightQuant
+from edgeval.edges.store import Store
+from edgeval.faces import demo, report, ui
+from edgeval.faces.cli import cli
+from edgeval.llama import engine
+from edgeval.running import kld_run
 
 from .conftest import GREEDY, arith_prompts
 

@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgeval import demo, engine, prompts, sweep
-from edgeval.cli import cli
-from edgeval.store import Store
+from edgeval.core import prompts
+from edgeval.edges.store import Store
+from edgeval.faces import demo
+from edgeval.faces.cli import cli
+from edgeval.llama import engine
+from edgeval.running import sweep
 
 from .conftest import GREEDY, SAMPLED, arith_forcing, arith_prompts
 

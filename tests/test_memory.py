@@ -10,9 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeval import engine, gguf_info, memory, plan
-from edgeval.catalog import Catalog
-from edgeval.quants import KVType, WeightQuant
+from edgeval.comparison import plan
+from edgeval.core import memory
+from edgeval.core.quants import KVType, WeightQuant
+from edgeval.edges import gguf_info
+from edgeval.edges.catalog import Catalog
+from edgeval.llama import engine
 
 KIB = 1024
 MIB = 1 << 20
@@ -193,7 +196,7 @@ def test_predicted_weights_equal_llama_cpp_model_buffers_with_repacking(
 def test_a_measured_footprint_counts_gpu_memory_beside_rss() -> None:
     import sqlite3
 
-    from edgeval import results
+    from edgeval.edges import results
 
     db = sqlite3.connect(":memory:")
     db.row_factory = sqlite3.Row

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgeval import engine, gguf_info, memory, synth
-from edgeval.catalog import Catalog
-from edgeval.cli import cli
-from edgeval.quants import KVType, WeightQuant
+from edgeval.core import memory
+from edgeval.core.quants import KVType, WeightQuant
+from edgeval.edges import gguf_info
+from edgeval.edges.catalog import Catalog
+from edgeval.faces.cli import cli
+from edgeval.llama import engine, synth
 
 # FFN-heavy on purpose (32 experts of 256, 8 used per token), so the compute buffer's FFN phase decides its size.
 MOE = synth.SynthSpec(

@@ -6,9 +6,9 @@ import json
 
 from click.testing import CliRunner
 
-from edgeval import plan
-from edgeval.catalog import Catalog
-from edgeval.cli import cli
+from edgeval.comparison import plan
+from edgeval.edges.catalog import Catalog
+from edgeval.faces.cli import cli
 
 KEYS = {"model", "params", "active_params", "weight_quant", "kv_type_k", "kv_type_v", "ctx", "k", "weight_bytes", "kv_bytes",
         "other_bytes", "total_bytes"}  # fmt: skip

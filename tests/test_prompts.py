@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from edgeval import engine, gguf_info, prompts, sweep, synth, tasks
-from edgeval.quants import WeightQuant
-from edgeval.store import Store
+from edgeval.core import prompts
+from edgeval.core.quants import WeightQuant
+from edgeval.edges import gguf_info, tasks
+from edgeval.edges.store import Store
+from edgeval.llama import engine, synth
+from edgeval.running import sweep
 
 QUESTIONS = [
     ("What is 2 + 2?", tasks.MATH_INSTRUCTION),

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from edgeval.cli import cli
-from edgeval.store import ItemTiming, SampleRow, Store
+from edgeval.edges.store import ItemTiming, SampleRow, Store
+from edgeval.faces.cli import cli
 
 
 def _config(store: Store, key: str, task: str, answer_kind: str | None) -> int:

@@ -16,11 +16,13 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from edgeval import doctor, engine, prompts, sweep
-from edgeval.cli import cli
-from edgeval.memory import RepackMode
-from edgeval.quants import KVType, WeightQuant
-from edgeval.store import Store
+from edgeval.core import prompts
+from edgeval.core.memory import RepackMode
+from edgeval.core.quants import KVType, WeightQuant
+from edgeval.edges.store import Store
+from edgeval.faces.cli import cli
+from edgeval.llama import doctor, engine
+from edgeval.running import sweep
 
 JSON_KEYS = {"model", "task", "kv_type_k", "kv_type_v", "ctx", "budget_tokens", "k", "n_items", "accuracy_maj",
              "accuracy_avg", "ci95", "peak_rss_bytes", "peak_rss_anon_bytes", "peak_rss_file_bytes", "predicted_bytes",

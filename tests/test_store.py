@@ -13,14 +13,14 @@ from pathlib import Path
 
 import psutil
 
-from edgeval import sweep
-from edgeval.quants import WeightQuant
-from edgeval.store import MIGRATIONS, Claim, Store
+from edgeval.core.quants import WeightQuant
+from edgeval.edges.store import MIGRATIONS, Claim, Store
+from edgeval.running import sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 OPEN_AND_ADD = """
 import sys, time
-from edgeval.store import Store
+from edgeval.edges.store import Store
 from tests.test_store import config_fields
 while time.time() < float(sys.argv[2]):
     time.sleep(0.001)

@@ -1,4 +1,4 @@
-"""Tiny Qwen3 models from edgeval.synth load in llama.cpp, generate, and quantize to the expected sizes."""
+"""Tiny Qwen3 models from edgeval.llama.synth load in llama.cpp, generate, and quantize to the expected sizes."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import gguf
 import numpy as np
 import pytest
 
-from edgeval import engine, synth
-from edgeval.quants import WeightQuant
+from edgeval.core.quants import WeightQuant
+from edgeval.llama import engine, synth
 
 from .conftest import TINY
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeval import tasks
-from edgeval.grading import AnswerKind
+from edgeval.core.grading import AnswerKind
+from edgeval.edges import tasks
 
 from .hub_server import ALLOWED_TOKEN, FakeHub
 
@@ -147,7 +147,7 @@ def test_the_cli_reports_a_non_utf8_task_file_in_one_line_with_exit_1(tmp_path: 
     """`run` reads the task before loading the model, so this needs no llama.cpp model load."""
     from click.testing import CliRunner
 
-    from edgeval.cli import cli
+    from edgeval.faces.cli import cli
 
     bad = tmp_path / "bin.jsonl"
     bad.write_bytes(b'\xff\xfe{"question": "x"}\n')

@@ -3,6 +3,7 @@ memory measured apart from the throughput run's, the width `auto` chooses, and a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,10 +16,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgeval import compare, demo, doctor, engine, plan, prompts, sweep, throughput
-from edgeval.cli import cli
-from edgeval.memory import RepackMode
-from edgeval.quants import KVType, WeightQuant
+from edgeval.comparison import compare, plan
+from edgeval.core import prompts
+from edgeval.core.errors import ConfigurationError
+from edgeval.core.memory import RepackMode
+from edgeval.core.quants import KVType, WeightQuant
+from edgeval.faces import demo
+from edgeval.faces.cli import cli
+from edgeval.llama import doctor, engine, throughput
+from edgeval.running import sweep
 
 from .conftest import GREEDY, SAMPLED, arith_forcing, arith_prompts
 
@@ -76,7 +82,7 @@ def test_a_context_too_small_for_the_flight_is_refused() -> None:
         prompt = arith_prompts(model, 1)[0]
         recipe = engine.Recipe(k=2, budgets=(16,), sampling=GREEDY)
         options = engine.ContextOptions(n_ctx=recipe.cells(len(prompt)) * 2, n_seq=4)
-        with engine.Context(model, options) as ctx, pytest.raises(engine.ConfigurationError, match="sequences"):
+        with engine.Context(model, options) as ctx, pytest.raises(ConfigurationError, match="sequences"):
             ctx.generate_many(recipe, [engine.Job(0, prompt, [1, 2])], lambda *_: None, width=3)
 
 
@@ -177,7 +183,7 @@ def test_compare_plans_with_offload_as_plan_does() -> None:
     top = [(a, (a.budgets[-1], a.votes[-1])) for a in arms]
     assert all(0 < a.device[t] <= request.budget_bytes for a, t in top)
     assert any(a.predicted[t] > request.budget_bytes for a, t in top)  # the host part is not the budget's
-    from edgeval.catalog import Catalog
+    from edgeval.edges.catalog import Catalog
 
     refs = Catalog.load(()).resolve_all(["qwen3-4b"])
     axes = plan.Axes(kv=(KVType.F16,), ctx=tuple(plan.DEFAULT_PROMPT_TOKENS + b for b in (1024, 2048)), k=(1, 4),
@@ -197,7 +203,7 @@ def replace_ram(request: compare.Request, ram: int) -> compare.Request:
 
 
 def test_sweep_refuses_a_parallel_run_that_does_not_fit_by_narrowing_it(tmp_path: Path) -> None:
-    from edgeval.store import Store
+    from edgeval.edges.store import Store
 
     spec = sweep.RunSpec(model_path=demo.family_sources()[0], model_label="s", task="arith", budget_tokens=8,
                          limit=6, parallel=6, repack=False)  # fmt: skip
@@ -207,8 +213,8 @@ def test_sweep_refuses_a_parallel_run_that_does_not_fit_by_narrowing_it(tmp_path
         assert prepared.by_width[5].kv_bytes > prepared.by_width[0].kv_bytes
         assert sweep.resolve_width(prepared, 6).width == 6
         assert sweep.resolve_width(prepared, 2).width == 2  # never wider than the questions left
-        huge = sweep.replace(prepared, by_width=(prepared.predicted, *(
-            sweep.replace(f, weight_bytes=1 << 50) for f in prepared.by_width[1:])))  # fmt: skip
+        huge = dataclasses.replace(prepared, by_width=(prepared.predicted, *(
+            dataclasses.replace(f, weight_bytes=1 << 50) for f in prepared.by_width[1:])))  # fmt: skip
         notes: list[str] = []
         assert sweep.resolve_width(huge, 6, notes.append).width == 1  # what fits with one question still runs
         assert notes and "fit" in notes[0]

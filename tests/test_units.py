@@ -7,8 +7,8 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeval.cli import cli
-from edgeval.units import UnitError, format_bytes, parse_bytes, parse_tokens
+from edgeval.core.units import UnitError, format_bytes, parse_bytes, parse_tokens
+from edgeval.faces.cli import cli
 
 UNITS = {"B": 1, "kB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeval import vote
+from edgeval.core import vote
 
 answers_st = st.lists(st.sampled_from(["1", "2", "3", None]), min_size=1, max_size=8)
 

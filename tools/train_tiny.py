@@ -4,7 +4,7 @@ Each model is a Qwen3-architecture transformer — RMSNorm, NEOX rotary embeddin
 QK-norm, SwiGLU, tied embeddings — exactly what llama.cpp's qwen3 graph computes, trained on arith questions in
 edgeval's own prompt format: a Qwen3 chat turn, digit-by-digit reasoning inside <think>…</think>, then the answer
 as budget forcing would write it. Held-out: no training question is one of the built-in `arith` task's items.
-The trained weights are written as F16 GGUF by edgeval's own writer (edgeval.synth) into edgeval/family/.
+The trained weights are written as F16 GGUF by edgeval's own writer (edgeval.llama.synth) into edgeval/family/.
 
 Run: pip install torch==2.13.0 && python -m tools.train_tiny [--size s|m|l|all] [--steps N] [--check-only]
 
@@ -33,8 +33,11 @@ from gguf.quants import dequantize
 from torch import nn
 
 from benchmarks import family
-from edgeval import demo, engine, prompts, synth, tasks
-from edgeval.quants import WeightQuant
+from edgeval.core import prompts
+from edgeval.edges import tasks
+from edgeval.faces import demo
+from edgeval.llama import engine, synth
+from edgeval.core.quants import WeightQuant
 
 FAMILY_DIR = Path(__file__).resolve().parent.parent / "edgeval" / "family"
 
@@ -107,7 +110,7 @@ def rope_neox(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.T
 
 
 class Qwen3Tiny(nn.Module):
-    """A Qwen3 decoder whose parameters are named and shaped as the GGUF tensors edgeval.synth writes."""
+    """A Qwen3 decoder whose parameters are named and shaped as the GGUF tensors edgeval.llama.synth writes."""
 
     def __init__(self, spec: synth.SynthSpec) -> None:
         super().__init__()

@@ -1,0 +1,147 @@
+"""Prompts: the model's own chat template (rendered with jinja2), thinking on or off, and Qwen's sampling advice.
+
+Every GGUF carries its chat template (`tokenizer.chat_template`); edgeval renders it as transformers and
+llama-cpp-python do — a sandboxed jinja2 environment with `trim_blocks`/`lstrip_blocks`, the `loopcontrols`
+extension, a `tojson` filter that keeps non-ASCII text, `raise_exception` and `strftime_now` — passing
+`enable_thinking`. Qwen3's template needs `namespace`, slicing and string methods, all in jinja2's sandbox. A file
+without a template gets the built-in Qwen3 format, and the run says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from edgeval.core.errors import EdgevalError
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """A sampler chain: top-k, top-p, min-p, temperature, then a seeded draw (greedy at temperature 0)."""
+
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 20
+    min_p: float = 0.0
+
+
+# Qwen3 model cards: thinking mode never greedy (it loops); non-thinking slightly hotter but narrower.
+THINKING_SAMPLING = Sampling(temperature=0.6, top_p=0.95, top_k=20, min_p=0.0)
+NON_THINKING_SAMPLING = Sampling(temperature=0.7, top_p=0.8, top_k=20, min_p=0.0)
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+END_OF_TURN = "<|im_end|>"
+BUILT_IN = "built-in Qwen3 format (the file has no chat template)"
+FROM_FILE = "the file's chat template"
+
+
+class TemplateError(EdgevalError):
+    """A model's chat template that cannot be rendered."""
+
+    hint = "the GGUF's tokenizer.chat_template is broken; fix it with gguf's editor, or use another file"
+
+
+def recommended_sampling(thinking: bool) -> Sampling:
+    """Qwen's recommended sampler settings for the mode."""
+    return THINKING_SAMPLING if thinking else NON_THINKING_SAMPLING
+
+
+def chat_prompt(question: str, instruction: str = "", *, thinking: bool = True) -> str:
+    """One user turn and the start of the assistant's in Qwen3's chat format (the built-in fallback).
+
+    With thinking off, Qwen3's template pre-fills an empty reasoning block, so the model answers at once.
+    """
+    user = f"{question}\n\n{instruction}" if instruction else question
+    prompt = f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+    if not thinking:
+        prompt += f"{THINK_OPEN}\n\n{THINK_CLOSE}\n\n"
+    return prompt
+
+
+def qwen3_template() -> str:
+    """The chat template Qwen3's official files carry (kept as data: tiny models and tests carry the real one)."""
+    return resources.files("edgeval").joinpath("templates/qwen3.jinja").read_text(encoding="utf-8")
+
+
+def _raise(message: str) -> None:
+    raise TemplateError(f"the chat template refused the conversation: {message}")
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, **kwargs: Any) -> str:
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, **kwargs)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(template: str) -> Any:
+    from jinja2 import TemplateSyntaxError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise
+    env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
+    try:
+        return env.from_string(template)
+    except TemplateSyntaxError as exc:
+        raise TemplateError(f"the chat template does not parse (line {exc.lineno}: {exc.message})") from None
+
+
+def render(
+    template: str,
+    messages: list[dict[str, str]],
+    *,
+    add_generation_prompt: bool = True,
+    enable_thinking: bool = True,
+    bos_token: str = "",
+    eos_token: str = "",
+) -> str:
+    """A conversation through a jinja chat template, as transformers' apply_chat_template renders it."""
+    from jinja2 import TemplateError as JinjaError
+
+    variables = {
+        "messages": messages, "add_generation_prompt": add_generation_prompt, "enable_thinking": enable_thinking,
+        "bos_token": bos_token, "eos_token": eos_token, "tools": None,
+    }  # fmt: skip
+    try:
+        return str(_compiled(template).render(**variables))
+    except JinjaError as exc:
+        raise TemplateError(f"the chat template failed to render ({exc})") from None
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """How a model file wants its prompts: its own template, or (None) the built-in Qwen3 format."""
+
+    template: str | None = None
+    bos_token: str = ""
+    eos_token: str = ""
+
+    @property
+    def source(self) -> str:
+        """Where the prompt format comes from, for provenance."""
+        return FROM_FILE if self.template else BUILT_IN
+
+    def prompt(self, question: str, instruction: str = "", *, thinking: bool = True) -> str:
+        """One user turn and the start of the assistant's."""
+        if not self.template:
+            return chat_prompt(question, instruction, thinking=thinking)
+        user = f"{question}\n\n{instruction}" if instruction else question
+        return render(
+            self.template, [{"role": "user", "content": user}], enable_thinking=thinking,
+            bos_token=self.bos_token, eos_token=self.eos_token,
+        )  # fmt: skip
+
+    def opens_reasoning(self, thinking: bool = True) -> bool:
+        """Whether the prompt itself opens the reasoning block (Qwen3-2507 Thinking: `<think>` is pre-filled)."""
+        tail = self.prompt("", thinking=thinking).rsplit(END_OF_TURN, 1)[-1]
+        return tail.rfind(THINK_OPEN) > tail.rfind(THINK_CLOSE)
+
+
+def forced_answer(answer_prefix: str) -> str:
+    """What budget forcing appends to a sample still reasoning at its budget: close the reasoning, start the answer."""
+    return f"\n{THINK_CLOSE}\n\n{answer_prefix}"

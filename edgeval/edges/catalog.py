@@ -1,0 +1,351 @@
+"""The model catalog (models.toml, built in and the user's), and model references like `qwen3-8b:Q4_K_M`."""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from gguf import LlamaFileType
+
+from edgeval.core.errors import EdgevalError, ModelFileError
+from edgeval.core.memory import Architecture, Repack, RepackRule
+from edgeval.core.paths import edgeval_home
+from edgeval.core.quants import WeightQuant
+from edgeval.edges.gguf_info import GGUFInfo, read_local
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+# Bytes a Qwen3 GGUF spends on its header (the 151,936-entry tokenizer, merges, chat template): file size
+# minus tensor bytes, measured on the official Qwen3-0.6B-Q8_0.gguf (exact for 0.6B/1.7B, ~5 kB low above).
+QWEN3_HEADER_BYTES = 5_951_136
+
+# Bits per parameter of the dense Qwen3 GGUF files at each quantization ((file size − header) × 8 / params, Qwen3-8B's
+# files in this catalog): the estimate for a catalog file whose size is not listed.
+BITS_PER_PARAM: dict[WeightQuant, float] = {
+    WeightQuant.BF16: 16.0, WeightQuant.F16: 16.0, WeightQuant.Q8_0: 8.5, WeightQuant.Q6_K: 6.563,
+    WeightQuant.Q5_K_M: 5.709, WeightQuant.Q5_0: 5.582, WeightQuant.Q4_K_M: 4.905, WeightQuant.Q4_0: 4.625,
+    WeightQuant.Q3_K_M: 4.022, WeightQuant.Q2_K: 3.2,
+}  # fmt: skip
+THINKING_MODES = ("hybrid", "always", "never")
+
+
+class CatalogError(EdgevalError):
+    """A catalog file that cannot be read, or an entry missing what it needs."""
+
+    hint = "fix the catalog file named in the message (format: see the README's models.toml section)"
+
+
+class UnknownModelError(EdgevalError):
+    """A model reference that names nothing in the catalog."""
+
+    def __init__(self, ref: str, suggestions: list[str]) -> None:
+        near = f" (closest: {', '.join(suggestions)})" if suggestions else ""
+        super().__init__(f"unknown model '{ref}'{near}", hint="run `edgeval models` to list the catalog")
+        self.ref = ref
+        self.suggestions = suggestions
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One quantization of a model: a Hub file (repo + file, maybe in parts) or a local path."""
+
+    quant: WeightQuant
+    repo: str | None = None
+    file: str | None = None
+    parts: tuple[str, ...] = ()
+    size: int | None = None
+    sha256: str | None = None
+    revision: str | None = None
+    path: Path | None = None
+
+    @property
+    def local(self) -> bool:
+        """Whether the file is a local path rather than a Hub file."""
+        return self.path is not None
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The Hub file names to download (several for a split GGUF)."""
+        return self.parts or ((self.file,) if self.file else ())
+
+    @property
+    def unchecked(self) -> bool:
+        """A Hub file a download of which cannot be checked: the catalog has no published sha256 for it (one sha256
+        cannot vouch for the parts of a split file either)."""
+        return not self.local and (self.sha256 is None or len(self.files) > 1)
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model size: its architecture numbers and the quantizations the catalog knows."""
+
+    name: str
+    title: str
+    params: int
+    arch: Architecture
+    files: tuple[ModelFile, ...]
+    active_params: int | None = None  # mixture of experts: parameters one token uses (None: all of them)
+    n_expert: int = 0  # mixture of experts: experts per layer, all resident
+    n_expert_used: int = 0  # … of which each token uses this many
+    thinking: str = "hybrid"  # "always" (Qwen3-2507 Thinking), "never" (-2507 Instruct), or as asked
+
+    def file(self, quant: WeightQuant) -> ModelFile | None:
+        """The entry for one quantization."""
+        return next((f for f in self.files if f.quant == quant), None)
+
+    def thinks(self, requested: bool) -> bool:
+        """Whether a run reasons: the model's fixed mode, or the one asked for when it has both."""
+        return {"always": True, "never": False}.get(self.thinking, requested)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One resolved model file: what a configuration runs."""
+
+    model: Model
+    file: ModelFile
+    header: GGUFInfo | None = None  # the parsed header, for local files
+
+    @property
+    def label(self) -> str:
+        """`qwen3-8b:Q4_K_M`."""
+        return f"{self.model.name}:{self.file.quant.value}"
+
+    @property
+    def weight_bytes(self) -> int:
+        """Tensor bytes: exact from a read header, else the catalog's file size less Qwen3's header."""
+        if self.header is not None:
+            return self.header.weight_bytes
+        if self.file.size is None:
+            bits = BITS_PER_PARAM.get(self.file.quant)
+            if bits is None:
+                raise CatalogError(f"{self.label} has no size in the catalog")
+            return int(self.model.params * bits / 8)
+        return max(self.file.size - QWEN3_HEADER_BYTES, 0)
+
+    @property
+    def embd_bytes(self) -> int:
+        """Token-embedding bytes (they stay on the host under GPU offload); estimated from the weights."""
+        if self.header is not None:
+            return self.header.embd_bytes
+        share = self.model.arch.n_vocab * self.model.arch.n_embd / max(self.model.params, 1)
+        return int(self.weight_bytes * share)
+
+    @property
+    def expert_bytes(self) -> int:
+        """A mixture of experts' expert-weight bytes (0 for a dense model): exact from a read header; from the
+        catalog, the weights' share of expert parameters (3 matrices of n_embd × the expert width, per expert and
+        layer; the expert width is the active FFN width over the experts used)."""
+        if self.header is not None:
+            return self.header.expert_bytes
+        arch = self.model.arch
+        if not arch.n_expert or not arch.n_expert_used:
+            return 0
+        expert_params = arch.n_layer * arch.n_expert * 3 * arch.n_embd * (arch.ffn_width // arch.n_expert_used)
+        return int(self.weight_bytes * expert_params / max(self.model.params, 1))
+
+    def repack(self, types: Mapping[str, tuple[RepackRule, ...]], *, tied_copy: bool = True) -> Repack:
+        """What llama.cpp repacks of this file (`types`: `memory.repacked_types`): exact from a read header; from
+        the catalog, the tied output copy (when `tied_copy`) by the quantizer's rule and, as an upper bound, every
+        matrix weight beside the embeddings when the file's main type repacks (layout overheads of a few % left
+        out)."""
+        if self.header is not None:
+            return self.header.repack(types, tied_copy=tied_copy)
+        quant = self.file.quant
+        tied = tied_copy and self.model.arch.tied_embeddings
+        copy = self.embd_bytes if tied and quant.tied_output_type in types else 0
+        matrices = self.weight_bytes - self.embd_bytes if quant.main_tensor_type in types else 0
+        return Repack(repacked_bytes=matrices + copy, source_bytes=matrices, copy_bytes=copy)
+
+
+def _quant(value: object, where: str) -> WeightQuant:
+    try:
+        return WeightQuant(str(value).upper())
+    except ValueError:
+        names = ", ".join(q.value for q in WeightQuant)
+        raise CatalogError(f"{where}: unknown quantization '{value}' (known: {names})") from None
+
+
+def quant_of(info: GGUFInfo) -> WeightQuant:
+    """The weight quantization a GGUF header declares (`general.file_type`)."""
+    raw = info.get("general.file_type")
+    try:
+        name = LlamaFileType(int(raw)).name if isinstance(raw, int) else ""
+    except ValueError:
+        name = ""
+    name = name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    try:
+        return WeightQuant(name)
+    except ValueError:
+        return WeightQuant.F16 if not name else _guess_from_types(info)
+
+
+def _guess_from_types(info: GGUFInfo) -> WeightQuant:
+    dominant = max(info.bytes_by_type.items(), key=lambda kv: kv[1])[0] if info.bytes_by_type else "F16"
+    return {"Q8_0": WeightQuant.Q8_0, "Q4_0": WeightQuant.Q4_0, "BF16": WeightQuant.BF16}.get(dominant, WeightQuant.F16)
+
+
+def model_from_header(info: GGUFInfo, name: str, path: Path) -> Model:
+    """A catalog model describing one local GGUF file."""
+    file = ModelFile(quant=quant_of(info), path=path, size=path.stat().st_size)
+    return Model(name=name, title=str(info.get("general.name", name)), params=info.n_params,
+                 arch=info.architecture(), files=(file,))  # fmt: skip
+
+
+def _arch_from(entry: dict[str, Any], where: str) -> Architecture:
+    try:
+        head_dim = int(entry.get("head_dim", entry["n_embd"] // entry["n_head"]))
+        return Architecture(
+            n_layer=int(entry["n_layer"]),
+            n_embd=int(entry["n_embd"]),
+            n_head=int(entry["n_head"]),
+            n_head_kv=int(entry.get("n_head_kv", entry["n_head"])),
+            head_dim_k=head_dim,
+            head_dim_v=head_dim,
+            n_ff=int(entry["n_ff"]),
+            n_vocab=int(entry["n_vocab"]),
+            n_ctx_train=int(entry["n_ctx_train"]),
+            tied_embeddings=bool(entry.get("tied_embeddings", False)),
+            n_expert=int(entry.get("n_expert", 0)),
+            n_expert_used=int(entry.get("n_expert_used", 0)),
+            n_ff_exp=int(entry.get("n_ff_exp", 0)),
+        )
+    except KeyError as missing:
+        raise CatalogError(f"{where}: missing {missing} (or give a local `path` to read it from)") from None
+
+
+def _file_from(entry: dict[str, Any], where: str, base: Path) -> ModelFile:
+    quant = _quant(entry.get("quant"), where)
+    if "path" in entry:
+        path = Path(str(entry["path"])).expanduser()
+        return ModelFile(quant=quant, path=path if path.is_absolute() else base / path)
+    if "repo" not in entry or "file" not in entry:
+        raise CatalogError(f"{where}: a file entry needs `repo` and `file`, or a local `path`")
+    return ModelFile(
+        quant=quant,
+        repo=str(entry["repo"]),
+        file=str(entry["file"]),
+        parts=tuple(str(p) for p in entry.get("parts", ())),
+        size=int(entry["size"]) if "size" in entry else None,
+        sha256=str(entry["sha256"]).lower() if "sha256" in entry else None,
+        revision=str(entry["revision"]) if "revision" in entry else None,
+    )
+
+
+def _model_from(name: str, entry: dict[str, Any], where: str, base: Path) -> Model:
+    files = tuple(_file_from(f, f"{where} [{name}]", base) for f in entry.get("files", ()))
+    if not files:
+        raise CatalogError(f"{where}: model '{name}' has no files")
+    arch_keys = {"n_layer", "n_embd", "n_head", "n_ff", "n_vocab", "n_ctx_train"}
+    local = next((f.path for f in files if f.path is not None), None)
+    if not arch_keys <= entry.keys() and local is not None:
+        # A local model: its header has the facts the entry left out.
+        header = read_local(local)
+        return Model(name, str(entry.get("title", name)), int(entry.get("params", header.n_params)),
+                     header.architecture(), files)  # fmt: skip
+    params = entry.get("params")
+    if params is None:
+        raise CatalogError(f"{where}: model '{name}' needs `params`")
+    thinking = str(entry.get("thinking", "hybrid"))
+    if thinking not in THINKING_MODES:
+        raise CatalogError(f"{where}: model '{name}' has thinking = '{thinking}' (use {', '.join(THINKING_MODES)})")
+    return Model(
+        name, str(entry.get("title", name)), int(params), _arch_from(entry, f"{where} [{name}]"), files,
+        active_params=int(entry["active_params"]) if "active_params" in entry else None,
+        n_expert=int(entry.get("n_expert", 0)), n_expert_used=int(entry.get("n_expert_used", 0)), thinking=thinking,
+    )  # fmt: skip
+
+
+def builtin_catalog_path() -> Path:
+    """models.toml shipped with edgeval (inside the package when installed, at the repository root in a clone)."""
+    package = Path(__file__).resolve().parents[1]  # edgeval/: the wheel puts models.toml there
+    packaged = package / "models.toml"
+    return packaged if packaged.exists() else package.parent / "models.toml"
+
+
+def user_catalog_path() -> Path:
+    """The user's own catalog, read on top of the built-in one when it exists."""
+    return edgeval_home() / "models.toml"
+
+
+def read_catalog_file(path: Path) -> dict[str, Model]:
+    """The models one catalog file defines."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CatalogError(f"catalog file {path} does not exist", hint="check the --catalog path") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogError(f"{path}: not valid TOML ({exc})") from None
+    models = data.get("models", {})
+    if not isinstance(models, dict):
+        raise CatalogError(f"{path}: `models` must be a table of models")
+    return {name: _model_from(name, entry, str(path), path.parent) for name, entry in models.items()}
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """All models edgeval knows: built-in entries, then the user's catalog, then --catalog files."""
+
+    models: dict[str, Model]
+
+    @classmethod
+    def load(cls, extra: Iterable[Path] = (), *, builtin: bool = True) -> Catalog:
+        """Read the built-in catalog, the user catalog (if present) and any extra files, later ones winning."""
+        models: dict[str, Model] = {}
+        sources = [builtin_catalog_path()] if builtin else []
+        if user_catalog_path().exists():
+            sources.append(user_catalog_path())
+        for path in [*sources, *extra]:
+            models.update(read_catalog_file(path))
+        return cls(models)
+
+    @cached_property
+    def labels(self) -> list[str]:
+        """Every `model:QUANT` reference."""
+        return [f"{m.name}:{f.quant.value}" for m in self.models.values() for f in m.files]
+
+    def resolve(self, ref: str) -> list[ModelRef]:
+        """`qwen3-8b:Q4_K_M` → one file; `qwen3-8b` → all its files; a path to a .gguf → that file."""
+        path = Path(ref).expanduser()
+        if ref.endswith(".gguf") or path.is_file():
+            info = read_local(path)
+            local = model_from_header(info, path.stem, path)
+            return [ModelRef(local, local.files[0], info)]
+        name, _, quant = ref.partition(":")
+        model = self.models.get(name.lower())
+        if model is not None and not quant:
+            return [self._ref(model, f) for f in model.files]
+        if model is not None:
+            wanted = WeightQuant(quant.upper()) if quant.upper() in WeightQuant.__members__ else None
+            file = model.file(wanted) if wanted else None
+            if file is not None:
+                return [self._ref(model, file)]
+        if path.is_dir():
+            raise ModelFileError(path, "is a folder, not a .gguf file", hint="name the .gguf file inside it")
+        close = difflib.get_close_matches(ref, [*self.models, *self.labels], n=3, cutoff=0.5)
+        raise UnknownModelError(ref, close)
+
+    def resolve_all(self, refs: Iterable[str]) -> list[ModelRef]:
+        """Resolve several references, dropping repeats, keeping order."""
+        seen: dict[str, ModelRef] = {}
+        for ref in refs:
+            for resolved in self.resolve(ref):
+                seen.setdefault(resolved.label, resolved)
+        return list(seen.values())
+
+    def everything(self) -> list[ModelRef]:
+        """Every file of every model."""
+        return [self._ref(m, f) for m in self.models.values() for f in m.files]
+
+    @staticmethod
+    def _ref(model: Model, file: ModelFile) -> ModelRef:
+        header = read_local(file.path) if file.path is not None else None
+        return ModelRef(model, file, header)

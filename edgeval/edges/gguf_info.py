@@ -1,0 +1,322 @@
+"""What a GGUF header says: architecture facts and tensor bytes by type, from a local file or any byte source.
+
+gguf's own GGUFReader memory-maps a whole file; edgeval must also read the header of a multi-gigabyte file on
+the Hub through a few HTTP range requests, so this module parses the header from a byte source itself and
+takes the format's constants (value types, tensor block sizes) from the gguf package.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+
+from edgeval.core.errors import ModelFileError
+from edgeval.core.memory import Architecture, Repack, RepackRule
+
+# A function returning up to n bytes at an offset (fewer only at the end of the file).
+ReadAt = Callable[[int, int], bytes]
+
+_SCALARS: dict[GGUFValueType, str] = {
+    GGUFValueType.UINT8: "<B",
+    GGUFValueType.INT8: "<b",
+    GGUFValueType.UINT16: "<H",
+    GGUFValueType.INT16: "<h",
+    GGUFValueType.UINT32: "<I",
+    GGUFValueType.INT32: "<i",
+    GGUFValueType.FLOAT32: "<f",
+    GGUFValueType.BOOL: "<?",
+    GGUFValueType.UINT64: "<Q",
+    GGUFValueType.INT64: "<q",
+    GGUFValueType.FLOAT64: "<d",
+}
+# The expert weights of a mixture of experts, as llama.cpp names them (its LLM_FFN_EXPS_REGEX).
+EXPERT_TENSOR = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
+# Arrays longer than this are counted, not kept (token lists, merges).
+_KEEP_ARRAY = 64
+_MAX_COUNT = 1 << 28  # beyond any real header: a larger count means corruption
+
+
+class GGUFFormatError(ModelFileError):
+    """A file that is not a readable GGUF (corrupt or truncated header, tensor data past the end)."""
+
+    hint = "the file is damaged or incomplete: download it again (`edgeval pull`)"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor's entry in the header."""
+
+    name: str
+    shape: tuple[int, ...]  # GGUF order: ne0 (the row length) first
+    ggml_type: GGMLQuantizationType
+    offset: int
+
+    @property
+    def n_elements(self) -> int:
+        """Number of values."""
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def n_bytes(self) -> int:
+        """Bytes of the tensor's data."""
+        block, size = GGML_QUANT_SIZES[self.ggml_type]
+        return self.n_elements // block * size
+
+
+def _repacked_size(t: TensorInfo, types: Mapping[str, tuple[RepackRule, ...]]) -> int | None:
+    """A weight's bytes in the first extra buffer whose rule its shape fits; None when it stays plain."""
+    block = GGML_QUANT_SIZES[t.ggml_type][0]
+    for rule in types.get(t.ggml_type.name, ()):
+        if len(t.shape) == 2 and t.shape[1] % rule.rows == 0 and t.shape[0] % rule.cols == 0:
+            return t.n_bytes + t.n_elements // block * rule.extra_per_block
+    return None
+
+
+@dataclass(frozen=True)
+class GGUFInfo:
+    """A GGUF file's header: metadata (small values; long arrays only counted) and tensor table."""
+
+    source: str
+    version: int
+    metadata: dict[str, object]
+    array_lengths: dict[str, int]
+    tensors: tuple[TensorInfo, ...]
+    data_offset: int
+    file_size: int | None = None
+    bytes_by_type: dict[str, int] = field(default_factory=dict)
+
+    def get(self, key: str, default: object = None) -> object:
+        """A metadata value by key."""
+        return self.metadata.get(key, default)
+
+    @property
+    def chat_template(self) -> str | None:
+        """`tokenizer.chat_template` (Jinja), or None when the file carries none."""
+        value = self.metadata.get("tokenizer.chat_template")
+        return value if isinstance(value, str) and value.strip() else None
+
+    @property
+    def arch_name(self) -> str:
+        """`general.architecture`, e.g. qwen3."""
+        return str(self.metadata.get("general.architecture", ""))
+
+    def _arch_int(self, key: str, default: int | None = None) -> int:
+        value = self.metadata.get(f"{self.arch_name}.{key}", default)
+        if value is None:
+            raise GGUFFormatError(Path(self.source), f"header has no {self.arch_name}.{key}")
+        if not isinstance(value, int):
+            raise GGUFFormatError(Path(self.source), f"{self.arch_name}.{key} is not an integer")
+        return value
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of all tensors."""
+        return sum(t.n_bytes for t in self.tensors)
+
+    @property
+    def n_params(self) -> int:
+        """Parameter count (tied embeddings counted once)."""
+        return sum(t.n_elements for t in self.tensors)
+
+    @property
+    def tied_embeddings(self) -> bool:
+        """Whether the output projection reuses the token embeddings (no output.weight)."""
+        return all(t.name != "output.weight" for t in self.tensors)
+
+    @property
+    def embd_bytes(self) -> int:
+        """Bytes of the token embedding matrix."""
+        return sum(t.n_bytes for t in self.tensors if t.name == "token_embd.weight")
+
+    @property
+    def expert_bytes(self) -> int:
+        """Bytes of a mixture of experts' expert weights (`blk.N.ffn_{gate,up,down}_exps`; 0 for a dense model)."""
+        return sum(t.n_bytes for t in self.tensors if EXPERT_TENSOR.search(t.name))
+
+    def repack(self, types: Mapping[str, tuple[RepackRule, ...]], *, tied_copy: bool = True) -> Repack:
+        """What llama.cpp's CPU backend repacks of this model, given its rules per type (`memory.repacked_types`).
+
+        The matrix-product weights are the 2-D tensors other than the token embeddings (looked up by row, never
+        repacked); each takes the first rule its shape fits. With tied embeddings the output projection is the
+        token-embedding tensor used for a product: when it repacks (and `tied_copy`: llama.cpp's own buffer
+        choice, `RepackMode.repacks_tied_output`), that is a copy beside the plain embeddings.
+        """
+        moved = [(t.n_bytes, size) for t, size in self._repacked(types)]
+        embd = next((t for t in self.tensors if t.name == "token_embd.weight"), None)
+        copy = _repacked_size(embd, types) if tied_copy and self.tied_embeddings and embd is not None else None
+        return Repack(
+            repacked_bytes=sum(size for _, size in moved) + (copy or 0),
+            source_bytes=sum(n for n, _ in moved),
+            copy_bytes=copy or 0,
+        )
+
+    def repacked_tensors(self, types: Mapping[str, tuple[RepackRule, ...]]) -> tuple[str, ...]:
+        """The names of the weights that repack under these rules (the token embeddings never do)."""
+        return tuple(t.name for t, _ in self._repacked(types))
+
+    def _repacked(self, types: Mapping[str, tuple[RepackRule, ...]]) -> list[tuple[TensorInfo, int]]:
+        sizes = [(t, _repacked_size(t, types)) for t in self.tensors if t.name != "token_embd.weight"]
+        return [(t, size) for t, size in sizes if size is not None]
+
+    def architecture(self) -> Architecture:
+        """The numbers the memory model needs."""
+        n_head = self._arch_int("attention.head_count")
+        n_embd = self._arch_int("embedding_length")
+        head_k = self._arch_int("attention.key_length", n_embd // n_head)
+        n_vocab = self.array_lengths.get("tokenizer.ggml.tokens")
+        if n_vocab is None:
+            embd = next((t for t in self.tensors if t.name == "token_embd.weight"), None)
+            n_vocab = embd.shape[1] if embd else 0
+        return Architecture(
+            n_layer=self._arch_int("block_count"),
+            n_embd=n_embd,
+            n_head=n_head,
+            n_head_kv=self._arch_int("attention.head_count_kv", n_head),
+            head_dim_k=head_k,
+            head_dim_v=self._arch_int("attention.value_length", head_k),
+            n_ff=self._arch_int("feed_forward_length"),
+            n_vocab=n_vocab,
+            n_ctx_train=self._arch_int("context_length"),
+            tied_embeddings=self.tied_embeddings,
+            n_merges=self.array_lengths.get("tokenizer.ggml.merges", 0),
+            n_expert=self._arch_int("expert_count", 0),
+            n_expert_used=self._arch_int("expert_used_count", 0),
+            n_ff_exp=self._arch_int("expert_feed_forward_length", 0),
+        )
+
+
+class _Cursor:
+    """Sequential reads over a ReadAt source, fetched in growing chunks."""
+
+    def __init__(self, read_at: ReadAt, source: str, first_chunk: int) -> None:
+        self._read_at = read_at
+        self._source = source
+        self._buf = b""
+        self._buf_start = 0
+        self._chunk = first_chunk
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        end = self.pos + n
+        while end > self._buf_start + len(self._buf):
+            got = self._read_at(self._buf_start + len(self._buf), max(self._chunk, n))
+            if not got:
+                raise GGUFFormatError(Path(self._source), f"truncated: the header ends past the file's end ({end} B)")
+            # Keep only what is still ahead of the cursor, then grow the next request.
+            keep_from = self.pos - self._buf_start
+            self._buf = self._buf[keep_from:] + got
+            self._buf_start = self.pos
+            self._chunk = min(self._chunk * 2, 16 << 20)
+        start = self.pos - self._buf_start
+        self.pos = end
+        return self._buf[start : start + n]
+
+    def scalar(self, fmt: str) -> int | float | bool:
+        value: int | float | bool = struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
+        return value
+
+    def count(self, what: str) -> int:
+        n = int(self.scalar("<Q"))
+        if n > _MAX_COUNT:
+            raise GGUFFormatError(Path(self._source), f"corrupt header: {what} of {n}")
+        return n
+
+    def string(self) -> str:
+        return self.take(self.count("a string length")).decode("utf-8", errors="replace")
+
+
+def _value(cur: _Cursor, vtype: int, key: str, lengths: dict[str, int]) -> object:
+    try:
+        kind = GGUFValueType(vtype)
+    except ValueError:
+        raise GGUFFormatError(Path(cur._source), f"corrupt header: unknown value type {vtype} for {key}") from None
+    if kind == GGUFValueType.STRING:
+        return cur.string()
+    if kind == GGUFValueType.ARRAY:
+        item_type = int(cur.scalar("<I"))
+        n = cur.count(f"an array length ({key})")
+        lengths[key] = n
+        items = [_value(cur, item_type, key, {}) for _ in range(n)] if n <= _KEEP_ARRAY else None
+        if items is None:
+            _skip_items(cur, item_type, n, key)
+        return items
+    return cur.scalar(_SCALARS[kind])
+
+
+def _skip_items(cur: _Cursor, item_type: int, n: int, key: str) -> None:
+    kind = GGUFValueType(item_type)
+    if kind in _SCALARS:
+        cur.take(n * struct.calcsize(_SCALARS[kind]))
+    elif kind == GGUFValueType.STRING:
+        for _ in range(n):
+            cur.take(cur.count("a string length"))
+    else:
+        for _ in range(n):
+            _value(cur, item_type, key, {})
+
+
+def read_header(read_at: ReadAt, source: str, *, file_size: int | None = None, first_chunk: int = 1 << 20) -> GGUFInfo:
+    """Parse a GGUF header from a byte source; checks the tensor data fits in `file_size` when known."""
+    cur = _Cursor(read_at, source, first_chunk)
+    if cur.take(4) != b"GGUF":
+        raise GGUFFormatError(Path(source), "not a GGUF file (its first bytes are not 'GGUF')")
+    version = int(cur.scalar("<I"))
+    if version not in (2, 3):
+        raise GGUFFormatError(Path(source), f"GGUF version {version} is not supported (only 2 and 3)")
+    n_tensors = cur.count("a tensor count")
+    n_kv = cur.count("a key count")
+    metadata: dict[str, object] = {}
+    lengths: dict[str, int] = {}
+    for _ in range(n_kv):
+        key = cur.string()
+        metadata[key] = _value(cur, int(cur.scalar("<I")), key, lengths)
+    tensors = []
+    for _ in range(n_tensors):
+        name = cur.string()
+        n_dims = int(cur.scalar("<I"))
+        if n_dims > 8:
+            raise GGUFFormatError(Path(source), f"corrupt header: tensor {name} has {n_dims} dimensions")
+        shape = tuple(int(cur.scalar("<Q")) for _ in range(n_dims))
+        raw_type = int(cur.scalar("<I"))
+        try:
+            ggml_type = GGMLQuantizationType(raw_type)
+        except ValueError:
+            raise GGUFFormatError(Path(source), f"tensor {name} has unknown type {raw_type}") from None
+        tensors.append(TensorInfo(name, shape, ggml_type, int(cur.scalar("<Q"))))
+    alignment = metadata.get("general.alignment", 32)
+    align = alignment if isinstance(alignment, int) and alignment > 0 else 32
+    data_offset = (cur.pos + align - 1) // align * align
+    by_type: dict[str, int] = {}
+    for t in tensors:
+        by_type[t.ggml_type.name] = by_type.get(t.ggml_type.name, 0) + t.n_bytes
+    info = GGUFInfo(source, version, metadata, lengths, tuple(tensors), data_offset, file_size, by_type)
+    if file_size is not None and tensors:
+        end = data_offset + max(t.offset + t.n_bytes for t in tensors)
+        if end > file_size:
+            raise GGUFFormatError(
+                Path(source), f"truncated: tensor data needs {end:,} bytes but the file has {file_size:,}"
+            )
+    return info
+
+
+def read_local(path: Path) -> GGUFInfo:
+    """The header of a local GGUF file, checked against the file's size."""
+    if not path.is_file():
+        raise ModelFileError(path, "no such file" if not path.exists() else "is not a file")
+    if path.stat().st_size == 0:
+        raise GGUFFormatError(path, "empty file (0 bytes)")
+    with path.open("rb") as f:
+
+        def read_at(offset: int, n: int) -> bytes:
+            f.seek(offset)
+            return f.read(n)
+
+        return read_header(read_at, str(path), file_size=path.stat().st_size, first_chunk=4 << 20)

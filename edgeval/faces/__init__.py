@@ -1,0 +1,1 @@
+"""The faces: the command line, terminal rendering, markdown reports and the demo."""

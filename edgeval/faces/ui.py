@@ -1,0 +1,676 @@
+"""Rendering for the terminal: the only module that imports rich."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.progress import Progress as RichProgress
+from rich.table import Table
+
+from edgeval.core import memory
+from edgeval.core.units import format_bytes, format_duration, format_tokens
+
+if TYPE_CHECKING:  # types only: importing these here would load llama.cpp for `plan` and `models`
+    from pathlib import Path
+
+    from edgeval.comparison.compare import Arm, RaceProgress, Request
+    from edgeval.comparison.plan import Config, Plan
+    from edgeval.comparison.verdict import Comparison, Row
+    from edgeval.edges.catalog import ModelRef
+    from edgeval.edges.gguf_info import GGUFInfo
+    from edgeval.edges.hub import Progress
+    from edgeval.edges.results import ConfigResult
+    from edgeval.edges.store import NodeRun
+    from edgeval.llama.doctor import MachineReport
+    from edgeval.running.kld_run import Progress as KLDProgress
+    from edgeval.running.kld_run import Result as KLDResult
+    from edgeval.running.sweep import Progress as SweepProgress
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def note(line: str) -> None:
+    """A one-line note on stderr: something edgeval chose that the user should know."""
+    err_console.print(f"note: {line}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _yes_no(value: bool | None) -> str:
+    return {True: "[green]yes[/]", False: "[red]no[/]", None: "[dim]unknown[/]"}[value]
+
+
+_REPACK_LABELS = {"all": "[green]on[/]", "cpu_repack": "[green]CPU_REPACK only[/]", "off": "[yellow]off[/]"}
+
+
+def _repack_label(mode: memory.RepackMode | None) -> str:
+    return "[dim]unknown[/]" if mode is None else _REPACK_LABELS[mode.value]
+
+
+def render_doctor(report: MachineReport) -> None:
+    """The machine report as one two-column table, grouped by topic."""
+    table = Table(title="edgeval doctor", show_header=False, title_justify="left", pad_edge=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", overflow="fold")
+
+    def section(name: str) -> None:
+        table.add_row(f"[cyan]{name}[/]", "", end_section=False)
+
+    section("software")
+    table.add_row("python", report.python)
+    table.add_row("platform", report.platform)
+    table.add_row("edgeval", report.edgeval)
+    table.add_row("llama-cpp-python", report.llama_cpp_python)
+    table.add_row("llama.cpp build", report.llama_cpp_build or "[dim]unknown[/]")
+    table.add_row("backend", report.backend)
+    table.add_row("GPU offload", _yes_no(report.gpu_offload))
+    repack = report.repack
+    table.add_row(
+        "weight repacking", f"{_repack_label(repack.mode)} — {repack.detail}" if repack.tested else repack.detail
+    )
+    section("hardware")
+    table.add_row("CPU", f"{report.cpu} ({report.cpu_cores} cores, {report.cpu_threads} threads)")
+    table.add_row("CPU features", " ".join(report.cpu_features) or "[dim]none detected[/]")
+    table.add_row(
+        "RAM",
+        f"{format_bytes(report.ram_total_bytes)} total, {format_bytes(report.ram_available_bytes)} available",
+    )
+    if report.gpus:
+        for gpu in report.gpus:
+            table.add_row("GPU", f"{gpu.name}: {format_bytes(gpu.vram_total_bytes)} ({gpu.source})")
+    else:
+        table.add_row("GPU", "[dim]none found (NVIDIA figures need `pip install 'edgeval\\[nvidia]'`)[/]")
+    section("files")
+    table.add_row("Hugging Face cache", report.hf_cache)
+    table.add_row("HF_HUB_OFFLINE", _yes_no(report.hf_offline))
+    table.add_row("HF token configured", _yes_no(report.hf_token_configured))
+    table.add_row("edgeval home", report.edgeval_home)
+    for size, device, knee, gain in report.throughput:
+        table.add_row(f"throughput ({size}, {device.split(':')[0]})",
+                      f"{knee} sequences in one batch decode {gain:.1f}× one sequence's tokens/s (--parallel auto)")  # fmt: skip
+    if not report.throughput:
+        table.add_row("throughput", "[dim]not measured yet (the first `--parallel auto` run measures it)[/]")
+    section("suggestion")
+    table.add_row(
+        "memory budget",
+        f"[bold]{format_bytes(report.suggested_budget_bytes)}[/] — {report.suggested_budget_reason}",
+    )
+    console.print(table)
+
+
+# ---------------------------------------------------------------- models, inspect, pull
+
+
+def model_row(ref: ModelRef) -> dict[str, object]:
+    """One catalog file as `models --json` prints it."""
+    from edgeval.edges import hub
+
+    path = hub.local_path(ref.file)
+    arch = ref.model.arch
+    return {
+        "model": ref.label,
+        "title": ref.model.title,
+        "params": ref.model.params,
+        "active_params": ref.model.active_params or ref.model.params,
+        "thinking": ref.model.thinking,
+        "weight_quant": ref.file.quant.value,
+        "source": str(ref.file.path) if ref.file.path else f"{ref.file.repo}/{ref.file.file}",
+        "size_bytes": ref.file.size,
+        "sha256": ref.file.sha256,  # the published one a download is checked against (None: none is known)
+        "checked": not ref.file.unchecked,
+        "weight_bytes": ref.weight_bytes,
+        "kv_bytes_per_1k_tokens_f16": int(memory.kv_bytes_per_token(arch) * 1000),
+        "n_ctx_train": arch.n_ctx_train,
+        "downloaded": path is not None,
+        "path": str(path) if path else None,
+    }
+
+
+# Below this many columns a terminal table drops its least needed columns; `--json` and the markdown report
+# keep everything.
+WIDE = 120
+
+
+def _compact_table(title: str) -> Table:
+    """A table without vertical rules, so its numbers keep their room at 80 columns."""
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+
+
+def _params(total: int, active: int | None) -> str:
+    """`8.19B`, or `30.53B (3.35B active)` for a mixture of experts: speed follows the active count."""
+    return f"{total / 1e9:.2f}B" + (f" ({active / 1e9:.2f}B active)" if active and active != total else "")
+
+
+UNCHECKED_MARK = "†"  # a catalog file without a published sha256 (`models`, `pull`)
+UNCHECKED_LEGEND = "no published sha256: `pull` records the one it computes but cannot check it"
+
+
+def render_models(refs: list[ModelRef]) -> None:
+    """The catalog as one table, a row per file (its source only where the terminal is wide)."""
+    wide = console.width >= WIDE
+    table = _compact_table("edgeval models (sizes in GB)")
+    table.add_column("model", overflow="fold")
+    for name in ("params", "on disk", "weights", "KV/1k tok"):
+        table.add_column(name, justify="right", no_wrap=True)
+    if wide:
+        table.add_column("source", overflow="ellipsis", max_width=40)
+    table.add_column("here", justify="center", no_wrap=True)
+    unchecked = False
+    for ref in refs:
+        row = model_row(ref)
+        size = row["size_bytes"]
+        unchecked |= ref.file.unchecked
+        cells = [
+            escape(ref.label) + (f" [yellow]{UNCHECKED_MARK}[/]" if ref.file.unchecked else ""),
+            _params(ref.model.params, ref.model.active_params),
+            _gb(size) if isinstance(size, int) else "?",
+            _gb(ref.weight_bytes),
+            f"{int(row['kv_bytes_per_1k_tokens_f16']) / 1e9:.3f}",  # type: ignore[call-overload]
+        ]
+        if wide:
+            cells.append(str(row["source"]))
+        table.add_row(*cells, "[green]✓[/]" if row["downloaded"] else "")
+    console.print(table)
+    console.print("[dim]KV/1k tok: the f16 KV cache of 1,000 tokens; here: downloaded[/]")
+    if unchecked:
+        console.print(f"[yellow]{UNCHECKED_MARK}[/][dim] {UNCHECKED_LEGEND}[/]")
+
+
+def pulled(label: str, path: Path, computed: list[tuple[str, str]]) -> None:
+    """What `pull` got: the file, and for a file the catalog has no sha256 for, the sha256 of each part as computed
+    (and recorded), which nothing published could check."""
+    console.print(f"[green]✓[/] {escape(label)} → {escape(str(path))}")
+    for name, digest in computed:
+        console.print(f"  [yellow]{UNCHECKED_MARK}[/] {escape(name)}: not checked, the catalog has no published sha256")
+        console.print(f"    sha256 {digest} (computed and recorded)")
+
+
+@contextmanager
+def download_progress(label: str) -> Iterator[Progress]:
+    """A rich progress bar fed by huggingface_hub's download callbacks."""
+    with RichProgress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+        console=err_console, transient=True, disable=not err_console.is_terminal,
+    ) as bar:  # fmt: skip
+        tasks: dict[str, TaskID] = {}
+
+        def update(filename: str, done: int, total: int | None) -> None:
+            if filename not in tasks:
+                tasks[filename] = bar.add_task(f"{label} {filename}", total=total)
+            bar.update(tasks[filename], completed=done, total=total)
+
+        yield update
+
+
+def inspect_row(info: GGUFInfo) -> dict[str, object]:
+    """A GGUF header's facts as `inspect --json` prints them."""
+    arch = info.architecture()
+    return {
+        "source": info.source,
+        "gguf_version": info.version,
+        "architecture": info.arch_name,
+        "name": info.get("general.name"),
+        "file_type": info.get("general.file_type"),
+        "n_layer": arch.n_layer,
+        "n_embd": arch.n_embd,
+        "n_head": arch.n_head,
+        "n_head_kv": arch.n_head_kv,
+        "key_length": arch.head_dim_k,
+        "value_length": arch.head_dim_v,
+        "n_ff": arch.n_ff,
+        "n_vocab": arch.n_vocab,
+        "n_ctx_train": arch.n_ctx_train,
+        "n_params": info.n_params,
+        "tied_embeddings": arch.tied_embeddings,
+        "weight_bytes": info.weight_bytes,
+        "bytes_by_type": dict(sorted(info.bytes_by_type.items(), key=lambda kv: -kv[1])),
+        "n_tensors": len(info.tensors),
+        "file_size": info.file_size,
+        "kv_bytes_per_1k_tokens_f16": int(memory.kv_bytes_per_token(arch) * 1000),
+    }
+
+
+def render_inspect(info: GGUFInfo) -> None:
+    """A GGUF header as a facts table and a bytes-by-type table."""
+    row = inspect_row(info)
+    facts = Table(title=f"GGUF header: {info.source}", show_header=False, title_justify="left")
+    facts.add_column("key", style="bold")
+    facts.add_column("value")
+    for key in ("architecture", "name", "n_layer", "n_embd", "n_head", "n_head_kv", "key_length", "value_length",
+                "n_ff", "n_vocab", "n_ctx_train", "tied_embeddings", "n_tensors"):  # fmt: skip
+        facts.add_row(key, str(row[key]))
+    facts.add_row("parameters", f"{info.n_params:,} ({info.n_params / 1e9:.3f}B)")
+    facts.add_row("weight bytes", f"{info.weight_bytes:,} ({format_bytes(info.weight_bytes)})")
+    if info.file_size is not None:
+        facts.add_row("file size", f"{info.file_size:,} ({format_bytes(info.file_size)})")
+    facts.add_row("KV per 1k tokens (f16)", format_bytes(int(row["kv_bytes_per_1k_tokens_f16"])))  # type: ignore[call-overload]
+    console.print(facts)
+    types = Table(title="weight bytes by tensor type", title_justify="left")
+    types.add_column("type")
+    types.add_column("bytes", justify="right")
+    types.add_column("share", justify="right")
+    for name, n in sorted(info.bytes_by_type.items(), key=lambda kv: -kv[1]):
+        types.add_row(name, format_bytes(n), f"{n / max(info.weight_bytes, 1):.1%}")
+    console.print(types)
+
+
+# ---------------------------------------------------------------- plan
+
+PLAN_ROWS_PER_BAND = 8
+
+
+def footprint_band(total: int) -> str:
+    """The band a footprint falls in: doubling steps from 0.5 GB."""
+    upper = 0.5
+    while total > upper * 1e9:
+        upper *= 2
+    return f"≤{upper:g}"
+
+
+def _share_bar(weights: int, kv: int, other: int, width: int = 12) -> str:
+    total = max(weights + kv + other, 1)
+    w = round(width * weights / total)
+    k = round(width * kv / total)
+    return f"[blue]{'█' * w}[/][magenta]{'█' * k}[/][dim]{'█' * max(width - w - k, 0)}[/]"
+
+
+def render_plan(result: Plan, *, show_all: bool = False) -> None:
+    """Fitting configurations grouped by footprint band, with what each spends on weights and on KV cache."""
+    if not result.fits:
+        gpu = "" if result.vram_bytes is None else f" with at most {format_bytes(result.vram_bytes)} on the GPU"
+        advice = "raise --budget or try smaller --ctx / --k"
+        if result.vram_bytes is not None:
+            advice += ", fewer --gpu-layers, or --cpu-moe for a mixture of experts"
+        err_console.print(
+            f"Nothing fits in {format_bytes(result.budget_bytes)}{gpu} "
+            f"({result.considered} configurations considered): {advice}."
+        )
+        return
+    summary = Table(title=f"Largest model per weight precision within {format_bytes(result.budget_bytes)}",
+                    title_justify="left")  # fmt: skip
+    for name in ("precision", "model", "weights", "with ctx × k", "total"):
+        summary.add_column(name, justify="right" if name in ("weights", "total") else "left")
+    for bits, c in result.largest_per_precision().items():
+        summary.add_row(f"{bits}-bit", c.ref.label, format_bytes(c.footprint.weight_bytes), f"{c.ctx} × {c.k}",
+                        format_bytes(c.footprint.total_bytes))  # fmt: skip
+    console.print(summary)
+    wide = console.width >= WIDE
+    legend = " ([blue]█ weights[/] [magenta]█ KV cache[/] [dim]█ other[/])" if wide else ""
+    table = _compact_table(f"{len(result.fits)} of {result.considered} configurations fit, in GB{legend}")
+    names: tuple[str, ...] = ("band", "model", "KV", "ctx", "k", "weights", "KV cache", "other", "total", "GPU", "split")  # fmt: skip
+    if not wide:  # other = total − weights − KV cache; the split bar is a picture of the same numbers
+        names = tuple(n for n in names if n not in ("other", "split"))
+    if not any(c.footprint.device_bytes for c in result.fits):  # the GPU's part of the total, when offloading
+        names = tuple(n for n in names if n != "GPU")
+    for name in names:
+        table.add_column(name, justify="left" if name in ("band", "model", "KV", "split") else "right",
+                         no_wrap=name != "model", overflow="fold")  # fmt: skip
+    bands: dict[str, list[Config]] = {}
+    for c in result.fits:
+        bands.setdefault(footprint_band(c.footprint.total_bytes), []).append(c)
+    for band, configs in bands.items():
+        shown = configs if show_all else _spread(configs, PLAN_ROWS_PER_BAND)
+        for i, c in enumerate(shown):
+            fp = c.footprint
+            cells = {
+                "band": band if i == 0 else "", "model": c.ref.label, "KV": _plan_kv(c), "ctx": str(c.ctx),
+                "k": str(c.k), "weights": _gb(fp.weight_bytes), "KV cache": _gb(fp.kv_bytes),
+                "other": _gb(fp.other_bytes), "total": f"[bold]{_gb(fp.total_bytes)}[/]", "GPU": _gb(fp.device_bytes),
+                "split": _share_bar(fp.weight_bytes, fp.kv_bytes, fp.other_bytes),
+            }  # fmt: skip
+            table.add_row(*(cells[n] for n in names), end_section=i == len(shown) - 1)
+        if len(shown) < len(configs):
+            table.add_row("", f"[dim]… {len(configs) - len(shown)} more (--all)[/]", end_section=True)
+    console.print(table)
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f}"
+
+
+def _spread(configs: list[Config], n: int) -> list[Config]:
+    """Up to n configurations of a band, from most memory on weights to most on KV cache."""
+    ordered = sorted(configs, key=lambda c: -c.footprint.weight_bytes / max(c.footprint.total_bytes, 1))
+    if len(ordered) <= n:
+        return ordered
+    step = (len(ordered) - 1) / (n - 1)
+    return [ordered[round(i * step)] for i in range(n)]
+
+
+# ---------------------------------------------------------------- run
+
+
+@contextmanager
+def run_progress(label: str, task: str, k: int, *, quiet: bool = False) -> Iterator[Callable[[SweepProgress], None]]:
+    """A progress bar over questions × votes with live decode tokens/s (on stderr; silent when quiet)."""
+    if quiet:
+        yield lambda state: None
+        return
+    columns = (
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[speed]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(),
+    )  # fmt: skip
+    with RichProgress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
+        task_id = bar.add_task(f"{label} · {task} · k={k}", total=None, speed="")
+
+        def update(state: SweepProgress) -> None:
+            speed = f"{state.tokens / state.decode_s:.1f} tok/s" if state.decode_s > 0 else ""
+            bar.update(task_id, completed=state.items_done * k, total=state.items_total * k, speed=speed)
+
+        yield update
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _plan_kv(c: Config) -> str:
+    return c.kv_type_k.value + (f", window {format_tokens(c.kv_window)}" if c.kv_window else "")
+
+
+def render_run(result: ConfigResult) -> None:
+    """One configuration's accuracy, memory and speed."""
+    table = Table(title=f"{result.model} on {result.task}", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    status = "[green]done[/]" if result.status == "done" else f"[red]{result.status}[/] — {result.message or ''}"
+    table.add_row("status", status)
+    table.add_row("configuration", f"KV {result.kv_label}, budget {result.budget_tokens} tokens, "
+                  f"ctx {result.ctx}, k={result.k}")  # fmt: skip
+    if result.kv_window:
+        table.add_row("KV window", f"{result.kv_cells} cells; {result.mean_evicted:.0f} tokens evicted per sample "
+                      "on average")  # fmt: skip
+    table.add_row("questions", f"{result.n_done} of {result.n_items}")
+    low, high = result.ci95
+    table.add_row(
+        f"maj@{result.k}", f"[bold]{_pct(result.accuracy_maj)}[/]  (95% CI {_pct(low)}–{_pct(high)}, n={result.n_done})"
+    )
+    table.add_row("avg@k (pass@1)", _pct(result.accuracy_avg))
+    if result.k > 1:
+        table.add_row(f"pass@{result.k}", _pct(result.pass_at_k))
+        table.add_row("maj@j", "  ".join(f"@{j}: {_pct(v)}" for j, v in result.maj_at.items()))
+    table.add_row(
+        "answers forced", f"{_pct(result.forced_share)} of samples; {result.mean_tokens:.0f} tokens each on average"
+    )
+    measured = format_bytes(result.peak_rss_bytes) if result.peak_rss_bytes else "—"
+    if result.peak_rss_anon_bytes is not None and result.peak_rss_file_bytes is not None:
+        measured += (f" ({format_bytes(result.peak_rss_anon_bytes)} anonymous, "
+                     f"{format_bytes(result.peak_rss_file_bytes)} file-backed)")  # fmt: skip
+    repacking = "" if result.repack is None else f"; weight repacking {'on' if result.repack else 'off'}"
+    if result.repack_mode == memory.RepackMode.CPU_REPACK.value:
+        repacking = "; weight repacking CPU_REPACK only"
+    table.add_row(
+        "memory", f"predicted {format_bytes(result.predicted_bytes)}, measured peak RSS {measured}{repacking}"
+    )
+    if result.peak_vram_bytes:
+        table.add_row("GPU memory", f"peak {format_bytes(result.peak_vram_bytes)}")
+    if result.decode_tokens_per_s:
+        table.add_row("speed", f"prompt {result.prompt_tokens_per_s or 0:.0f} tok/s, decode {result.decode_tokens_per_s:.1f} "
+                      f"tok/s (all {result.k} sequences), first token {1000 * (result.ttft_s or 0):.0f} ms")  # fmt: skip
+    if result.wall_s is not None:
+        table.add_row("time", f"load {result.load_s or 0:.2f} s, wall {result.wall_s:.1f} s")
+    console.print(table)
+
+
+# ---------------------------------------------------------------- kld
+
+
+@contextmanager
+def kld_progress(label: str, *, quiet: bool = False) -> Iterator[Callable[[KLDProgress], None]]:
+    """A progress bar over traces, one phase at a time (generating traces, the reference, the tested file)."""
+    if quiet:
+        yield lambda state: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with RichProgress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
+        task_id = bar.add_task(label, total=None)
+
+        def update(state: KLDProgress) -> None:
+            bar.update(task_id, description=f"{label} · {state.phase}", completed=state.done, total=state.total)
+
+        yield update
+
+
+def _kld_figure(mean: float, ci: tuple[float, float] | None) -> str:
+    return f"{mean:.3g}" + (f" ({ci[0]:.3g}–{ci[1]:.3g})" if ci else "")
+
+
+def render_kld(result: KLDResult) -> None:
+    """A tested configuration's KL divergence from the reference: overall, then by position in the trace."""
+    s = result.overall
+    kv = result.kv_type_k if result.kv_type_k == result.kv_type_v else f"{result.kv_type_k}/{result.kv_type_v}"
+    kv += f", window {format_tokens(result.kv_window)}" if result.kv_window else ""
+    table = Table(title=f"{result.tested} (KV {kv}) against {result.reference} on {result.task}",
+                  title_justify="left", show_header=False)  # fmt: skip
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("mean KLD", f"[bold]{_kld_figure(s.mean_kld, s.kld_ci95)}[/] nats per token (95% CI over traces)")
+    table.add_row("median / p99", f"{s.median_kld:.3g} / {s.p99_kld:.3g}")
+    table.add_row("top-1 agreement", _pct(s.top1_agreement))
+    table.add_row("scored", f"{s.tokens:,} tokens of {s.traces} traces")
+    table.add_row("reference kept", f"its {result.top_k}–{result.max_k:,} most likely tokens a position; mean mass "
+                  f"left out {s.rest_mass:.2g} (KLD is a lower bound, as tight as that is small)")  # fmt: skip
+    if result.tested_tokens_per_s:
+        rates = f"tested {result.tested_tokens_per_s:.0f} tok/s"
+        rates += f", reference {result.reference_tokens_per_s:.0f} tok/s" if result.reference_tokens_per_s else ""
+        table.add_row("speed", rates + ("" if result.scored_now else " (stored)"))
+    console.print(table)
+    by_position = Table(title="by position in the trace", title_justify="left", box=box.SIMPLE)
+    for name in ("tokens", "n", "traces", "mean KLD (95% CI)", "p99", "top-1"):
+        by_position.add_column(name, justify="left" if name == "tokens" else "right", no_wrap=True)
+    for b in result.by_position:
+        bs = b.summary
+        by_position.add_row(b.label, f"{bs.tokens:,}", str(bs.traces), _kld_figure(bs.mean_kld, bs.kld_ci95),
+                            f"{bs.p99_kld:.3g}", _pct(bs.top1_agreement))  # fmt: skip
+    console.print(by_position)
+
+
+# ---------------------------------------------------------------- compare
+
+
+def arm_row(arm: Arm, task: str, cached: bool) -> dict[str, object]:
+    """One run of a dry run, as JSON."""
+    return {"model": arm.ref.label, "task": task, "kv_type": arm.kv.value, "kv_window": arm.window,
+            "budgets": list(arm.budgets), "k": arm.k,
+            "votes": list(arm.votes), "configurations": arm.configurations, "file_bytes": arm.ref.file.size,
+            "cached": cached, "predicted_bytes": arm.predicted[(arm.budgets[-1], arm.votes[-1])],
+            "estimated_s_per_question": round(arm.estimated_s, 2),
+            "device_bytes": arm.device.get((arm.budgets[-1], arm.votes[-1]), 0),
+            "estimate_source": arm.estimate.source if arm.estimate else "rough",
+            "estimated_tokens_per_s": round(arm.estimate.tokens_per_s, 1) if arm.estimate else None}  # fmt: skip
+
+
+def render_dry_run(request: Request, plans: list[tuple[str, list[Arm], dict[str, bool]]]) -> None:
+    """The runs each task would make, what they answer, the download and a time plan."""
+    from edgeval.comparison.compare import FIRST_ROUND, ROUND_GROWTH
+
+    for task, arms, cached in plans:
+        if not arms:
+            err_console.print(f"Nothing fits in {format_bytes(request.budget_bytes)}.")
+            continue
+        n_configs = sum(a.configurations for a in arms)
+        table = Table(title=f"compare --dry-run: {task}, {len(arms)} runs answering {n_configs} configurations "
+                      f"within {format_bytes(request.budget_bytes)}", title_justify="left")  # fmt: skip
+        offload = any(a.device.get((a.budgets[-1], a.votes[-1]), 0) for a in arms)
+        names = ("model", "KV", "budgets", "k", "votes", "pred.", *(("GPU", "host") if offload else ()), "tok/s", "s/q")
+        for name in names:
+            table.add_column(name, justify="left" if name in ("model", "KV", "budgets", "votes") else "right")
+        mark = {"measured": "", "probe": "≤", "rough": "~"}
+        for a in arms:
+            top = (a.budgets[-1], a.votes[-1])
+            parts = (format_bytes(a.device.get(top, 0)), format_bytes(a.predicted[top] - a.device.get(top, 0)))
+            source = a.estimate.source if a.estimate else "rough"
+            rate = f"{mark[source]}{a.estimate.tokens_per_s:.0f}" if a.estimate else "?"
+            table.add_row(a.ref.label + ("" if cached[a.ref.label] else " ↓"), a.kv.value,
+                          ",".join(str(b) for b in a.budgets), str(a.k), ",".join(str(j) for j in a.votes),
+                          format_bytes(a.predicted[top]), *(parts if offload else ()), rate,
+                          f"{a.estimated_s:.0f}")  # fmt: skip
+        console.print(table)
+        files = {a.ref.label: a.ref.file.size or 0 for a in arms}
+        fetch = sum(size for label, size in files.items() if not cached[label])
+        have = sum(size for label, size in files.items() if cached[label])
+        console.print(f"Download: {format_bytes(fetch)} to fetch (↓), {format_bytes(have)} already cached.")
+        per_round = sum(a.estimated_s for a in arms)
+        sources = {a.estimate.source if a.estimate else "rough" for a in arms}
+        how = "; ".join(_SOURCES[x] for x in ("measured", "probe", "rough") if x in sources)
+        if request.exhaustive:
+            limit = request.question_limit or 0
+            console.print(f"--exhaustive: every run on {limit} questions, about {format_duration(per_round * limit)} "
+                          f"(samples using half their largest budget; tok/s {how}).")  # fmt: skip
+            continue
+        first = min(FIRST_ROUND, request.question_limit or FIRST_ROUND)
+        budget = f"--time {format_duration(request.time_s)}" if request.time_s else "no time limit"
+        fit = int(request.time_s / per_round) if request.time_s and per_round > 0 else None
+        if fit is None:
+            reach = ""
+        elif fit >= 1:
+            half = 100 / math.sqrt(fit)
+            reach = (
+                f"; about {fit} questions each if nothing were dropped — with {fit} questions an accuracy is "
+                f"known to about ±{half:.0f} points (95%), so only gaps wider than that can be settled"
+            )
+        else:
+            reach = ("; less than one question each fits: every run still answers one (the time is then exceeded), "
+                     "and the answer will say what more time would settle — --models, a shorter --budget-tokens "
+                     "or a GPU go further")  # fmt: skip
+        console.print(f"Time plan ({budget}): a question for every run takes about {format_duration(per_round)}; "
+                      f"the first round asks {first}, then ×{ROUND_GROWTH} for what is still in the race{reach} "
+                      f"(samples using half their largest budget; tok/s {how}).")  # fmt: skip
+
+
+_SOURCES = {
+    "measured": "measured by earlier runs of the file here",
+    "probe": "≤: this machine's throughput probe for the size class, an upper bound",
+    "rough": "~: rough, scaled by weight size from one CPU's figure — run `edgeval run` or a compare once to measure",
+}
+
+
+@contextmanager
+def compare_progress(*, quiet: bool = False) -> Iterator[Callable[[RaceProgress], None]]:
+    """Two lines on stderr: the round (runs done, leader, configurations in the race, time left) and the current
+    run's questions."""
+    if quiet:
+        yield lambda state: None
+        return
+    with RichProgress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        console=err_console, transient=True, disable=not err_console.is_terminal,
+    ) as bar:  # fmt: skip
+        race_id = bar.add_task("round", total=None, info="")
+        item_id = bar.add_task("questions", total=None, info="")
+
+        def update(state: RaceProgress) -> None:
+            left = f", {format_duration(max(0.0, state.time_left_s))} left" if state.time_left_s is not None else ""
+            info = f"{state.in_race}/{state.configurations} in the race{left}; leader {state.leader or '—'}"
+            bar.update(race_id, description=f"round {state.round} ({state.questions} q)", completed=state.done,
+                       total=state.total or None, info=info)  # fmt: skip
+            inner = state.inner
+            speed = f"{inner.tokens / inner.decode_s:.0f} tok/s" if inner.decode_s > 0 else ""
+            bar.update(item_id, description=state.current[:40], completed=inner.items_done,
+                       total=inner.items_total or None, info=speed)  # fmt: skip
+
+        yield update
+
+
+def comparison_json(c: Comparison) -> dict[str, object]:
+    """A comparison as `compare --json` prints it: rows, the recommended row, the tied set, the paired
+    comparisons behind each statement, the recommendation, time and tokens."""
+    recommended = c.row(c.recommended)
+    return {
+        "task": c.task,
+        "budget_bytes": c.budget_bytes,
+        "rows": [r.to_json() for r in c.rows],
+        "recommended": recommended.to_json() if recommended else None,
+        "tied": [r.to_json() for key in c.tied if (r := c.row(key)) is not None],
+        "comparisons": [s.to_json() for s in c.statements],
+        "recommendation": list(c.recommendation),
+        "frontier": [r.key for r in c.frontier],
+        "alpha": c.alpha,
+        "stopped": c.stopped,
+        "time_s": round(c.time_s, 2),
+        "tokens_decoded": c.tokens_decoded,
+        "failures": list(c.failures),
+        "nodes": [node_json(n) for n in c.nodes],
+    }
+
+
+def node_json(n: NodeRun) -> dict[str, object]:
+    """What one Ray node measured of one configuration, with the node's facts (never averaged across nodes)."""
+    node = n.node
+    return {"config_id": n.config_id, "node": n.node_id, "hostname": node.hostname, "ip": node.ip,
+            "ray_node_id": node.ray_node_id, "cpu": node.cpu, "backend": node.backend,
+            "edgeval": node.edgeval_version, "llama_cpp_python": node.llama_cpp_python,
+            "llama_cpp_build": node.llama_cpp_build, "hardware": node.hardware, "n_items": n.items,
+            "peak_rss_bytes": n.peak_rss_bytes, "peak_vram_bytes": n.peak_vram_bytes, "load_s": n.load_s,
+            "wall_s": n.wall_s, "prompt_tokens_per_s": n.prompt_tokens_per_s,
+            "decode_tokens_per_s": n.decode_tokens_per_s, "ttft_s": n.ttft_s}  # fmt: skip
+
+
+_MARKS = {"eliminated": "[dim]✗[/]", "failed": "[red]![/]", "running": "…", "done": ""}
+
+
+def _compare_cells(r: Row, tied: set[str], recommended: str | None, with_kld: bool = False) -> list[str]:
+    res = r.result
+    kv = res.kv_label
+    if r.status == "failed":
+        accuracy = "[red]failed[/]"
+    else:
+        accuracy = f"{100 * res.accuracy_maj:.0f}% {100 * res.ci95[0]:.0f}–{100 * res.ci95[1]:.0f}"
+    mark = "[green]◆[/]" if r.key == recommended else ("=" if r.key in tied else _MARKS.get(r.status, ""))
+    source = {"measured": "", "calibrated": "~", "predicted": "?"}[r.memory_source]
+    cells = [r.model, kv, str(res.budget_tokens), str(res.k), format_bytes(r.memory_bytes) + source, accuracy,
+             str(res.n_done), mark + ("★" if r.pareto else "")]  # fmt: skip
+    if with_kld:
+        cells.insert(6, f"{r.kld:.2g}" if r.kld is not None else "")
+    return cells
+
+
+def render_compare(comparisons: list[Comparison]) -> None:
+    """Equal-footprint tables (fits 80 columns): memory, accuracy with its interval and n, the recommended (◆),
+    those tied with the best (=), dropped (✗), the frontier (★); then the answer in words."""
+    for c in comparisons:
+        table = Table(title=f"{c.task} within {format_bytes(c.budget_bytes)}: ◆ recommended, = tied with the best, "
+                      "✗ dropped, ★ frontier", title_justify="left")  # fmt: skip
+        measured = [r for r in c.rows if r.kld is not None]  # configurations `edgeval kld` measured
+        with_kld = bool(measured) and console.width >= 80 + 8  # the column fits beside the eight; else a line below
+        names = ("model", "KV", "budget", "k", "memory", "maj@k 95% CI", *(("KLD",) if with_kld else ()), "n", "")
+        for name in names:
+            table.add_column(name, justify="left" if name in ("model", "KV", "") else "right", no_wrap=True)
+        tied = set(c.tied)
+        for r in c.rows:
+            table.add_row(*_compare_cells(r, tied, c.recommended, with_kld),
+                          style="dim" if r.status == "eliminated" else None)  # fmt: skip
+        console.print(table)
+        console.print("memory: measured peak RSS; ~ calibrated (predicted for this budget and k, corrected by the run "
+                      "that measured it); ? predicted", style="dim")  # fmt: skip
+        if with_kld:
+            console.print("KLD: mean KL divergence per token from the reference of `edgeval kld` (nats)", style="dim")
+        elif measured:
+            shown = dict.fromkeys(f"{r.model} {r.result.kv_label} {r.kld:.2g}" for r in measured)
+            console.print("KLD from `edgeval kld` (nats per token): " + "; ".join(shown), style="dim")
+        for line in c.recommendation:
+            console.print(f"• {line}")
+        console.print(f"[dim]{format_duration(c.time_s)}, {c.tokens_decoded:,} tokens decoded; paired intervals at "
+                      f"{c.alpha:.2g} each, anytime-valid: the best is wrongly dropped or left untied ≤ 5%[/]")  # fmt: skip
+        hosts = {n.node_id: n.node.label for n in c.nodes}
+        if hosts:
+            console.print(f"[dim]Ran on {len(hosts)} Ray node{'s' if len(hosts) > 1 else ''}: "
+                          f"{', '.join(sorted(hosts.values()))}. Accuracy pools their samples; memory is the highest "
+                          "peak any node measured; speed and memory per node: --json or edgeval report.[/]")  # fmt: skip
+        for failure in c.failures:
+            err_console.print(f"[red]failed[/] {failure}")

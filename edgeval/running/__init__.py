@@ -1,0 +1,3 @@
+"""Running configurations: preparing one, its worker process and the supervision from outside, units run
+detached on a Ray cluster, kld runs and regrading.
+"""

@@ -1,0 +1,334 @@
+"""One configuration before it runs: what the user asked for (`RunSpec`), and what it takes (`prepare`: the
+task's questions, the longest prompt, KV cells and sequences, the predicted footprint with one question and with
+several in flight, its rows in the store), and how many questions it keeps in flight (`resolve_width`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgeval.core import memory, prompts
+from edgeval.core.errors import ConfigurationError
+from edgeval.core.quants import KVType
+from edgeval.edges import gguf_info, hub, tasks
+from edgeval.edges.store import Store
+from edgeval.edges.tasks import prompt_text
+from edgeval.llama import throughput
+
+if TYPE_CHECKING:  # engine (llama.cpp) is imported where a configuration is prepared or run, not with this module
+    pass
+
+DEFAULT_BUDGET_TOKENS = 2048  # lowered, with a note, where the model's context cannot hold it
+ANSWER_TOKENS = 32  # what a forced sample may still write after its reasoning is closed
+AUTO = 0  # RunSpec.parallel: as many questions in flight as gain throughput and fit
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that decides one configuration's samples, plus how to run it."""
+
+    model_path: Path
+    model_label: str
+    task: str
+    kv_type_k: KVType = KVType.F16
+    kv_type_v: KVType = KVType.F16
+    budget_tokens: int | None = None  # None: DEFAULT_BUDGET_TOKENS, or what the model's context holds
+    ctx: int | None = None  # tokens one sample may see (prompt + budget + forced answer); None: what it needs
+    k: int = 1
+    thinking: bool = True
+    sampling: prompts.Sampling | None = None  # None: Qwen's recommendation for the mode
+    seed: int = 0
+    limit: int | None = None
+    threads: int | None = None
+    # Weight repacking: True/None the doctor probe's mode (probed once, when a run needs it; True forces llama.cpp's
+    # own choice where the probe found none), False off; `prepare` resolves it to a RepackMode.
+    repack: bool | memory.RepackMode | None = None
+    gpu_layers: int | None = None
+    cpu_moe: int = 0  # mixture of experts: the first N layers keep their expert weights on the CPU (-1: all)
+    answer_tokens: int = ANSWER_TOKENS
+    ladder: tuple[int, ...] = ()  # smaller token budgets answered by the same generation (the budget ladder)
+    kv_window: int = 0  # each sample keeps the prompt and its most recent N tokens in the KV cache (0: all)
+    deadline: float | None = None  # wall-clock time (time.time()) after which no new question is started
+    expected_sha256: str | None = None  # the catalog's hash: a file that does not match is never evaluated
+    force: bool = False  # run even where the prediction exceeds the memory available
+    parallel: int = 1  # questions in flight at once (AUTO: what this machine's knee and free memory allow)
+
+    @property
+    def budget(self) -> int:
+        """The largest token budget (the default until `prepare` has fitted it to the model)."""
+        return DEFAULT_BUDGET_TOKENS if self.budget_tokens is None else self.budget_tokens
+
+    @property
+    def repack_mode(self) -> memory.RepackMode:
+        """The repacking mode (`prepare` resolves True/None through the doctor's probe)."""
+        return memory.RepackMode.of(self.repack or False)
+
+    @property
+    def rungs(self) -> tuple[int, ...]:
+        """Every token budget this run answers for, smallest first (the largest is `budget`)."""
+        return tuple(sorted({*self.ladder, self.budget}))
+
+    @property
+    def effective_sampling(self) -> prompts.Sampling:
+        """The sampler settings used."""
+        return self.sampling or prompts.recommended_sampling(self.thinking)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A configuration ready to run: its task items, KV cells, prediction and store rows (one per rung of the
+    budget ladder; the samples of each rung equal a separate run at that budget)."""
+
+    spec: RunSpec
+    task: tasks.Task
+    items: tuple[tasks.Item, ...]
+    n_ctx: int
+    n_seq: int  # the votes and the ladder's forks
+    predicted: memory.Footprint  # the whole run: the largest budget, k votes and the ladder's forks
+    config_ids: dict[int, int]  # token budget -> its configuration row
+    notes: tuple[str, ...] = ()  # what the user should know about settings edgeval chose (one line each)
+    chat: prompts.ChatFormat = field(default_factory=prompts.ChatFormat)  # the file's template, or the built-in
+    # What a run with w questions in flight takes, for w = 1, 2, …: w × the sequences and forced tokens, each
+    # sequence on a KV stream of its own. The first is `predicted`, the deployment shape: one question (one unified
+    # cache, the votes sharing the prompt's cells), which is the configuration's own memory.
+    by_width: tuple[memory.Footprint, ...] = ()
+    width: int = 1  # questions in flight (`resolve_width` sets it before the run)
+    stream_cells: int = 0  # with several questions in flight, each sequence's own KV stream (`engine.in_flight`)
+
+    @property
+    def wide(self) -> memory.Footprint:
+        """The footprint of the run as it will go: `width` questions in flight."""
+        return self.by_width[self.width - 1] if self.width > 1 else self.predicted
+
+    @property
+    def config_id(self) -> int:
+        """The row of the largest budget."""
+        return self.config_ids[self.spec.budget]
+
+
+def _config_key(spec: RunSpec, task: tasks.Task, model_sha: str, budget: int) -> str:
+    """What decides a configuration's samples. Not the number of questions: a later run with a higher --limit adds
+    questions to the same configuration; not the ladder: a rung's samples equal a separate run at its budget."""
+    decisive = {
+        "model_sha256": model_sha,
+        "task": task.fingerprint,
+        "kv": [spec.kv_type_k.value, spec.kv_type_v.value],
+        "budget": budget,
+        "answer_tokens": spec.answer_tokens,
+        "k": spec.k,
+        "thinking": spec.thinking,
+        "sampling": asdict(spec.effective_sampling),
+        "seed": spec.seed,
+    }
+    from edgeval.llama import engine
+
+    offload = engine.LoadOptions(n_gpu_layers=spec.gpu_layers).gpu_layers()
+    if offload:  # GPU kernels give other numbers and other measurements: not the CPU run's configuration
+        decisive["gpu_layers"] = offload
+        if spec.cpu_moe:  # experts computed on the CPU: other kernels again
+            decisive["cpu_moe"] = spec.cpu_moe
+    if spec.kv_window:  # only when set: the keys of configurations without a window stay what they were
+        decisive["kv_window"] = spec.kv_window
+    return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _arm_key(spec: RunSpec, task: tasks.Task, model_sha: str) -> str:
+    """The rows one generation fills: the same configuration at every rung of the ladder."""
+    return _config_key(spec, task, model_sha, 0)
+
+
+def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
+    """Load the task, measure prompts with the model's tokenizer, size the KV cache, predict memory, find or
+    create the configuration's row. A file whose sha256 is not the catalog's is refused first; repacking left
+    open is decided here (the doctor's probe, run once), since the prediction depends on it."""
+    from edgeval.llama import doctor, engine
+
+    model_sha = store.file_sha256(spec.model_path, hub.sha256_of)
+    if spec.expected_sha256 and model_sha != spec.expected_sha256.lower():
+        raise hub.reject(spec.model_path, spec.expected_sha256, model_sha)
+    if not isinstance(spec.repack, memory.RepackMode):
+        spec = replace(spec, repack=doctor.repack_mode(spec.repack))
+    header = gguf_info.read_local(spec.model_path)
+    task = tasks.load_task(spec.task)
+    items = task.take(spec.limit)
+    if not items:
+        raise ConfigurationError(f"task {task.name} has no items", hint="check --limit and the task file")
+    chat = prompts.ChatFormat(header.chat_template)
+    longest, needed = _sample_tokens(spec, task, items, chat)
+    answer_cells = needed - longest - spec.budget
+    arch = header.architecture()
+    budget, notes = _budget(spec, arch.n_ctx_train, longest, answer_cells)
+    spec = replace(spec, budget_tokens=budget)
+    per_sample = longest + budget + answer_cells
+    if spec.ctx is not None and spec.ctx < per_sample:
+        raise ConfigurationError(
+            f"--ctx {spec.ctx} cannot hold the longest prompt ({longest} tokens) + the token budget "
+            f"({budget}) + a forced answer ({answer_cells})",
+            hint=f"use --ctx {per_sample} or more, or a smaller --budget-tokens",
+        )
+    if per_sample > arch.n_ctx_train:
+        raise ConfigurationError(
+            f"a sample needs {per_sample} tokens but {spec.model_path.name} was trained for {arch.n_ctx_train}",
+            hint="lower --budget-tokens",
+        )
+    n_rungs = len(spec.rungs)
+    # Each sample may see --ctx tokens (what it needs by default); the k samples share the prompt's cells. With a KV
+    # window a sample holds its window and an eviction chunk of its own tokens instead of its whole budget.
+    own = memory.own_cells(budget, spec.kv_window)
+    chunk = memory.eviction_chunk(spec.kv_window) if own < budget else 0
+    n_ctx = engine.cells_needed(longest, spec.k, (spec.ctx or per_sample) - longest - budget + own)
+    if spec.thinking:  # the ladder's forks, with a window also what a vote evicts meanwhile
+        n_ctx += engine.fork_cells(spec.k, n_rungs, answer_cells, spec.answer_tokens, chunk=chunk)
+    n_seq = engine.ladder_sequences(spec.k, n_rungs, spec.thinking)
+    gpu_layers = engine.LoadOptions(n_gpu_layers=spec.gpu_layers).gpu_layers()
+    mode = memory.repack_for_offload(spec.repack_mode, gpu_layers)
+    spec = replace(spec, repack=mode)
+    tied_copy = mode.repacks_tied_output
+    repack = header.repack(engine.repacked_types(mode), tied_copy=tied_copy) if mode.on else memory.Repack()
+
+    # Votes still reasoning at the budget are forced together: each feeds its last token and the forcing text in one
+    # step (with a ladder, a smaller rung's forks go beside the votes' own tokens).
+    forced_each = 1 + answer_cells - spec.answer_tokens if spec.thinking or chat.opens_reasoning(spec.thinking) else 0
+
+    def footprint(cells: int, seqs: int, forced: int, streams: bool = False) -> memory.Footprint:
+        setting = memory.Setting(
+            n_ctx=cells, n_seq=seqs, type_k=spec.kv_type_k, type_v=spec.kv_type_v, prompt_tokens=longest,
+            gpu_layers=gpu_layers, cpu_moe=spec.cpu_moe, repack=mode.on,
+            forced_tokens=forced, streams=streams,
+        )  # fmt: skip
+        return memory.predict(
+            arch, header.weight_bytes, setting, embd_bytes=header.embd_bytes, expert_bytes=header.expert_bytes,
+            repack=repack,
+        )  # fmt: skip
+
+    forks = spec.k if n_rungs > 1 and forced_each else 0
+    predicted = footprint(n_ctx, n_seq, spec.k * forced_each + forks)
+    most = 1 if spec.parallel == 1 else min(len(items), throughput.MAX_SEQUENCES // n_seq)
+    # A sequence's stream holds a copy of the prompt and what the sample may see (--ctx, by default what it needs).
+    stream_cells = (spec.ctx or per_sample) - budget + own
+    wider = (
+        footprint(stream_cells * n_seq * w, n_seq * w, w * (spec.k * forced_each + forks), streams=True)
+        for w in range(2, most + 1)
+    )
+    by_width = (predicted, *wider)
+    arm = _arm_key(spec, task, model_sha)
+    config_ids = {}
+    for rung in spec.rungs:
+        # What a separate run at this budget with j ≤ k votes would take (the rung's memory is that, calibrated by
+        # what this run measures).
+        # The largest budget holds what --ctx gives each sample (by default what it needs), as the run itself does.
+        own = memory.own_cells(rung, spec.kv_window)
+        cells = own + answer_cells if rung != budget else (spec.ctx or per_sample) - longest - budget + own
+        by_votes = {j: footprint(longest + j * cells, j, j * forced_each).total_bytes for j in range(1, spec.k + 1)}
+        fields: dict[str, object] = {
+            "run_id": run_id, "model": spec.model_label, "model_path": str(spec.model_path), "model_sha256": model_sha,
+            "weight_quant": _quant_name(header), "params": header.n_params, "task": task.name,
+            "task_fingerprint": task.fingerprint, "answer_kind": task.kind.value, "prompt_format": chat.source,
+            "kv_type_k": spec.kv_type_k.value, "kv_type_v": spec.kv_type_v.value,
+            "ctx": longest + rung + answer_cells if rung != budget or spec.ctx is None else spec.ctx,
+            "budget_tokens": rung, "k": spec.k, "thinking": int(spec.thinking),
+            "sampling": json.dumps(asdict(spec.effective_sampling)), "seed": spec.seed, "n_items": len(items),
+            "kv_cells": memory.padded_cells(n_ctx), "predicted_bytes": by_votes[spec.k],
+            "predicted_by_votes": json.dumps(by_votes), "arm": arm, "arm_predicted_bytes": predicted.total_bytes,
+            "kv_window": spec.kv_window,
+        }  # fmt: skip
+        config_ids[rung] = store.upsert_config(_config_key(spec, task, model_sha, rung), fields)
+        store.raise_items(config_ids[rung], len(items))
+    return Prepared(spec, task, items, n_ctx, n_seq, predicted, config_ids, notes, chat, by_width,
+                    stream_cells=stream_cells)  # fmt: skip
+
+
+def free_memory(gpu: bool) -> tuple[int, int | None]:
+    """Free RAM, and with `gpu` the free GPU memory (NVML where it answers: asking llama.cpp would put a GPU
+    context here); None when not asked."""
+    import psutil
+
+    from edgeval.llama import engine
+
+    free = memory.gpu_free_bytes() if gpu else None
+    if gpu and free is None:
+        free = sum(d.memory_free for d in engine.gpu_devices())
+    return int(psutil.virtual_memory().available), free
+
+
+def resolve_width(
+    prepared: Prepared, questions: int, notify: Callable[[str], None] | None = None, *, probe: bool = True
+) -> Prepared:
+    """How many of `questions` the run keeps in flight: --parallel N (at most what fits and what there is), or
+    with AUTO the knee this machine measured for the model's size class (measured now, once, if `probe`) — never
+    a width whose prediction does not fit in AUTO_MEMORY_SHARE of the memory free, so a configuration that fits
+    with one question in flight still runs."""
+    spec = prepared.spec
+    if spec.parallel == 1 or questions <= 1 or len(prepared.by_width) <= 1:
+        return replace(prepared, width=1)
+    ram, vram = free_memory(prepared.predicted.device_bytes > 0)
+    share = throughput.AUTO_MEMORY_SHARE
+
+    def fits(width: int) -> bool:
+        need = prepared.by_width[width - 1]
+        return need.host_bytes <= share * ram and (need.device_bytes == 0 or (vram or 0) * share >= need.device_bytes)
+
+    available = min(questions, len(prepared.by_width))
+    if spec.parallel != AUTO:
+        width = throughput.widest_fitting(min(spec.parallel, available), fits)
+        if width < min(spec.parallel, available) and notify is not None:
+            notify(f"--parallel {spec.parallel}: {width} question(s) in flight fit in the memory free")
+        return replace(prepared, width=width)
+    from edgeval.llama import engine
+
+    weights = prepared.predicted.weight_bytes
+    gpu_layers = engine.LoadOptions(n_gpu_layers=spec.gpu_layers).gpu_layers()
+    knee = throughput.cached(throughput.knee_key(weights, gpu_layers))
+    if knee is None and probe:
+        knee = throughput.probe(spec.model_path, weights, gpu_layers=gpu_layers, repack=spec.repack_mode.value,
+                                threads=spec.threads, notify=notify)  # fmt: skip
+    chosen = throughput.auto_width(prepared.n_seq, available, knee, fits)
+    if notify is not None:
+        notify(f"--parallel auto: {chosen.questions} question(s) in flight ({chosen.reason})")
+    return replace(prepared, width=chosen.questions)
+
+
+def _budget(spec: RunSpec, n_ctx_train: int, prompt: int, answer: int) -> tuple[int, tuple[str, ...]]:
+    """The token budget: the one asked for, else the default — lowered, with a note, to what the model's context
+    (or --ctx) holds beside the longest prompt and a forced answer."""
+    if spec.budget_tokens is not None:
+        return spec.budget_tokens, ()
+    room = min(n_ctx_train, spec.ctx or n_ctx_train) - prompt - answer
+    if room >= DEFAULT_BUDGET_TOKENS or room < 1:
+        return DEFAULT_BUDGET_TOKENS, ()  # (room < 1: not even the prompt fits; prepare's checks say so)
+    holds = f"--ctx {spec.ctx}" if spec.ctx and spec.ctx < n_ctx_train else f"{spec.model_path.name} ({n_ctx_train})"
+    note = (
+        f"token budget {room}, not the default {DEFAULT_BUDGET_TOKENS}: that is what {holds} holds beside the "
+        f"{prompt}-token prompt and a {answer}-token forced answer (set --budget-tokens to choose)"
+    )
+    return room, (note,)
+
+
+def _sample_tokens(
+    spec: RunSpec, task: tasks.Task, items: tuple[tasks.Item, ...], chat: prompts.ChatFormat
+) -> tuple[int, int]:
+    """The longest prompt, and the tokens one sample needs: that prompt + the budget + a forced answer."""
+    from edgeval.llama import engine
+
+    with engine.Model(spec.model_path, engine.LoadOptions(vocab_only=True)) as vocab:
+        forced = vocab.tokenize(prompts.forced_answer(task.answer_prefix))
+        longest = max(len(vocab.tokenize(prompt_text(chat, task, item, spec.thinking))) for item in items)
+    return longest, longest + spec.budget + len(forced) + spec.answer_tokens
+
+
+def sample_tokens(spec: RunSpec) -> int:
+    """The context one sample of `spec` needs (what `--ctx` defaults to)."""
+    task = tasks.load_task(spec.task)
+    chat = prompts.ChatFormat(gguf_info.read_local(spec.model_path).chat_template)
+    return _sample_tokens(spec, task, task.take(spec.limit), chat)[1]
+
+
+def _quant_name(header: gguf_info.GGUFInfo) -> str:
+    from edgeval.edges.catalog import quant_of
+
+    return quant_of(header).value

@@ -1,0 +1,220 @@
+"""The worker process: a fresh process that loads one configuration's model once and answers its pending
+questions, handing each question's k samples on as it finishes (to the store, or back to the parent).
+
+`sweep` starts it (`main` is the process's target), samples its memory from outside and reads its events; a crash
+inside llama.cpp ends only this process. Nothing here is imported by the parent beyond the prompt text and the
+vote seeds, which `sweep` also needs to size a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeval.core import grading, prompts
+from edgeval.core.errors import describe
+from edgeval.core.quants import KVType
+from edgeval.edges import tasks
+from edgeval.edges.store import ItemTiming, SampleRow, Store
+from edgeval.edges.tasks import prompt_text
+
+if TYPE_CHECKING:
+    from edgeval.llama import engine
+    from edgeval.running.configuration import RunSpec
+
+
+def item_seeds(seed: int, item_id: str, k: int) -> list[int]:
+    """One sampler seed per vote, fixed by the run's seed and the question's id (not its position)."""
+    base = int(hashlib.sha256(f"{seed}:{item_id}".encode()).hexdigest()[:8], 16)
+    return [(base + 7919 * j) & 0xFFFFFFFF for j in range(k)]
+
+
+def main(payload: dict[str, Any], events: Any) -> None:
+    """Runs in a fresh process: load once, answer every pending question, commit each as it finishes (to the store,
+    or — with no store — back to the parent as an event).
+
+    A Python failure is written to the log as one `edgeval:` line and the process exits with code 1;
+    a crash inside llama.cpp kills the process, and the parent reads the log's last lines.
+    """
+    from edgeval.llama import engine
+
+    _die_with_parent(payload["parent_pid"])
+    engine.LOG.tee(Path(payload["log_path"]))
+    engine.LOG.set_echo(payload["verbose"])
+    try:
+        _work(payload, events)
+    except BaseException as exc:
+        with Path(payload["log_path"]).open("a", encoding="utf-8") as log:
+            log.write(f"\nedgeval: {describe(exc)}\n")
+        raise SystemExit(1) from None
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this worker when the process that supervises it dies (killed, say, as a cluster's task): an orphaned
+    llama.cpp would go on taking the cores and memory of whatever runs next. Linux asks the kernel; elsewhere the
+    worker checks between questions (`_orphaned`)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if _orphaned(parent):
+        os._exit(1)
+
+
+def _orphaned(parent: int) -> bool:
+    return os.getppid() != parent
+
+
+Sink = Callable[[Mapping[int, Sequence[SampleRow]], ItemTiming], None]
+
+
+def _work(payload: dict[str, Any], events: Any) -> None:
+    if payload["db_path"] is None:  # no store here: each question goes back to the parent, which hands it on
+
+        def send(rows: Mapping[int, Sequence[SampleRow]], timing: ItemTiming) -> None:
+            events.put(("rows", (dict(rows), timing)))
+
+        _answer_all(payload, events, send)
+        return
+    with Store(Path(payload["db_path"])) as store:
+        _answer_all(payload, events, store.add_items)
+
+
+def _answer_all(payload: dict[str, Any], events: Any, sink: Sink) -> None:
+    from edgeval.llama import engine
+    from edgeval.running.configuration import RunSpec
+
+    raw = payload["spec"]
+    sampling = prompts.Sampling(**raw["sampling"]) if raw["sampling"] else None
+    spec = RunSpec(**{
+        **raw, "model_path": Path(raw["model_path"]), "kv_type_k": KVType(raw["kv_type_k"]),
+        "kv_type_v": KVType(raw["kv_type_v"]), "sampling": sampling, "ladder": tuple(raw["ladder"]),
+    })  # fmt: skip
+    task: tasks.Task = payload["task"]
+    items = task.take(spec.limit)
+    pending = payload["pending"]
+    config_ids = {int(b): int(c) for b, c in payload["config_ids"].items()}
+    chat = prompts.ChatFormat(payload["chat_template"])
+    t0 = time.perf_counter()
+    load = engine.LoadOptions(n_gpu_layers=spec.gpu_layers, repack=spec.repack_mode, cpu_moe=spec.cpu_moe)
+    footprint = payload.get("footprint", False)
+    width = 1 if footprint else payload["width"]
+    with engine.Model(spec.model_path, load) as model:
+        forcing = engine.Forcing(
+            think_close=model.tokenize(prompts.THINK_CLOSE)[0],
+            tokens=tuple(model.tokenize(prompts.forced_answer(task.answer_prefix))),
+            answer_tokens=spec.answer_tokens,
+            starts_reasoning=spec.thinking or chat.opens_reasoning(spec.thinking),
+        )
+        recipe = engine.Recipe(
+            k=spec.k, budgets=spec.rungs, sampling=spec.effective_sampling, forcing=forcing, window=spec.kv_window
+        )
+        options = engine.in_flight(engine.ContextOptions(
+            n_ctx=payload["n_ctx"], n_seq=payload["n_seq"], type_k=spec.kv_type_k, type_v=spec.kv_type_v,
+            n_threads=spec.threads, n_batch=batch_size(recipe.step_tokens(), width),
+        ), width, payload["stream_cells"])  # fmt: skip
+        with engine.Context(model, options) as ctx:
+            events.put(("loaded", time.perf_counter() - t0))
+            if footprint:
+                _footprint(ctx, chat, task, items[pending[0]], spec, recipe)
+                events.put(("finished", None))
+                return
+
+            def jobs() -> Iterator[engine.Job]:
+                for index in pending:
+                    prompt = model.tokenize(prompt_text(chat, task, items[index], spec.thinking))
+                    yield engine.Job(index, prompt, item_seeds(spec.seed, items[index].id, spec.k))
+
+            pace = {"last": 0.0, "step_s": 0.0}
+
+            def stepped(_: int) -> None:
+                now = time.perf_counter()
+                if pace["last"]:
+                    pace["step_s"] = (
+                        0.8 * pace["step_s"] + 0.2 * (now - pace["last"]) if pace["step_s"] else now - pace["last"]
+                    )
+                pace["last"] = now
+
+            def admit() -> bool:
+                # With many questions in flight a step is slower, so a question started late would end long after
+                # the deadline: start one only if its budget of steps, at the present pace, ends before it.
+                late = spec.budget * pace["step_s"] if width > 1 else 0.0
+                if spec.deadline is not None and time.time() + late >= spec.deadline:
+                    events.put(("stopped", None))
+                    return False
+                if _orphaned(payload["parent_pid"]):
+                    os._exit(1)
+                return True
+
+            def done(job: engine.Job, ladder: dict[int, engine.Generation]) -> None:
+                _answer(sink, config_ids, chat, task, job.key, items[job.key], spec, ladder, events)
+
+            ctx.generate_many(recipe, jobs(), done, width=width, admit=admit, on_step=stepped)
+    events.put(("finished", None))
+
+
+def batch_size(step_tokens: int, width: int) -> int:
+    """The context's batch (tokens one decode may carry): llama.cpp's 512, or what `width` questions may feed
+    one step when that is more (each of their sequences' token and a forcing text)."""
+    return max(512, step_tokens * width)
+
+
+FOOTPRINT_STEPS = 4  # tokens each vote writes in the footprint pass before it is forced to answer
+
+
+def _footprint(
+    ctx: engine.Context, chat: prompts.ChatFormat, task: tasks.Task, item: tasks.Item, spec: RunSpec,
+    recipe: engine.Recipe,
+) -> None:  # fmt: skip
+    """The deployment shape, briefly: one question's context (created at the caller), its prompt read, its k votes
+    decoding together for a few steps, forked once (a ladder) and forced to answer (in thinking mode). llama.cpp allocates and clears
+    the whole KV cache when the context is created, so what is resident then is what answering the question takes."""
+    from edgeval.llama import engine
+
+    prompt = ctx.model.tokenize(prompt_text(chat, task, item, spec.thinking))
+    top = min(FOOTPRINT_STEPS, recipe.rungs[-1])
+    budgets = (top // 2, top) if len(recipe.rungs) > 1 and top > 1 else (top,)  # a ladder: fork once too
+    forcing = replace(recipe.forcing, answer_tokens=2) if recipe.forcing else None
+    short = replace(recipe, budgets=budgets, forcing=forcing)
+    ctx.generate_many(short, [engine.Job(0, prompt, item_seeds(spec.seed, item.id, spec.k))], lambda *_: None)
+
+
+def _answer(
+    sink: Sink,
+    config_ids: dict[int, int],
+    chat: prompts.ChatFormat,
+    task: tasks.Task,
+    index: int,
+    item: tasks.Item,
+    spec: RunSpec,
+    ladder: dict[int, engine.Generation],
+    events: Any,
+) -> None:
+    """Grade one question's samples at every rung and hand them on in one piece, with its timing."""
+    # A template that opens the reasoning itself (Qwen3-2507 Thinking) leaves `<think>` in the prompt: the stored
+    # text gets it back, so grading (and a later regrade) knows an unclosed reasoning from an answer.
+    opener = f"{prompts.THINK_OPEN}\n" if chat.opens_reasoning(spec.thinking) else ""
+    rows: dict[int, Sequence[SampleRow]] = {}
+    for budget, out in ladder.items():
+        rung: list[SampleRow] = []
+        rows[config_ids[budget]] = rung
+        for j in range(spec.k):
+            text = opener + out.texts[j]
+            verdict = grading.judge(task.kind, text, item.answer)
+            rung.append(
+                SampleRow(index, item.id, j, item.answer, text, verdict.answer, verdict.correct,
+                          out.generated[j], out.forced[j], out.finish[j], out.prompt_tokens, out.evicted[j])
+            )  # fmt: skip
+    out = ladder[spec.budget]
+    # Every rung's row gets the generation's timing: the rungs were produced together, by one decode.
+    timing = ItemTiming(index, out.prompt_tokens, out.prompt_s, out.decoded_tokens, out.decode_s, out.ttft_s)
+    sink(rows, timing)
+    events.put(("item", (index, out.decoded_tokens, out.decode_s + out.prompt_s)))
