@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from edgeval.core import memory, prompts
+from edgeval.core import memory, prompts, resident
 from edgeval.core.memory import RepackMode
 from edgeval.core.paths import cache_dir
 from edgeval.core.quants import WeightQuant
@@ -39,7 +39,7 @@ def _child(path: str, mode: str, threads: int, queue: Any) -> None:
         ctx.generate(prompt[:16], max_tokens=4, sampling=SAMPLING)  # warm-up: first touches of every buffer
         one = ctx.generate(prompt, max_tokens=64, sampling=SAMPLING, seeds=[1])
         eight = ctx.generate(prompt, k=8, max_tokens=32, sampling=SAMPLING, seeds=list(range(8)))
-        rss = memory._status_rss(os.getpid())
+        rss = resident._status_rss(os.getpid())
     reported = memory.parse_llama_log(lines)
     queue.put({
         "prompt_tps": one.prompt_tokens / one.prompt_s, "k1_tps": one.generated_tokens / one.decode_s,

@@ -350,7 +350,7 @@ def test_terminal_tables_keep_every_number_whole_at_80_columns(
 
     from edgeval.comparison import plan
     from edgeval.edges.store import Store
-    from edgeval.faces import ui
+    from edgeval.faces import ui, ui_compare
 
     catalog, db, _ = compared
     with Store(db) as store:
@@ -359,7 +359,7 @@ def test_terminal_tables_keep_every_number_whole_at_80_columns(
     for width in (80, 120):
         screen = Console(width=width, file=io.StringIO(), color_system=None)
         monkeypatch.setattr(ui, "console", screen)
-        ui.render_compare(comparisons)
+        ui_compare.render_compare(comparisons)
         ui.render_plan(plan_result)
         if width == 80:  # (wide, the models table adds each file's source, cut to 40 characters)
             ui.render_models(Catalog.load([catalog]).everything())

@@ -19,7 +19,7 @@ from edgeval.comparison import compare
 from edgeval.core import kld, prompts
 from edgeval.core.quants import KVType, WeightQuant
 from edgeval.edges.store import Store
-from edgeval.faces import demo, report, ui
+from edgeval.faces import demo, report, ui, ui_compare
 from edgeval.faces.cli import cli
 from edgeval.llama import engine
 from edgeval.running import kld_run
@@ -266,7 +266,7 @@ def test_report_and_compare_show_the_stored_kld(
     for width, shown in ((100, "┃ KLD ┃"), (80, "KLD from `edgeval kld` (nats per token): tiny-s:F16 f16 0")):
         out = io.StringIO()
         monkeypatch.setattr(ui, "console", Console(file=out, width=width))
-        ui.render_compare([comparison])
+        ui_compare.render_compare([comparison])
         assert shown in out.getvalue()
         assert max(len(line) for line in out.getvalue().splitlines()) <= width
     text = written.markdown.read_text()

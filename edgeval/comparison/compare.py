@@ -2,8 +2,8 @@
 (one generation per model × KV type answers every token budget and vote count), rounds of questions that drop a
 configuration as soon as a cheaper one is better by a paired interval, and an answer that says how sure it is.
 
-The statistics are in `racing` (pure); this module plans the arms, runs them round by round within the time given,
-and builds the comparison from the store.
+The statistics are in `racing` (pure), the arms and their costs in `arms`; this module runs the arms round by
+round within the time given and builds the comparison from the store.
 """
 
 from __future__ import annotations
@@ -17,13 +17,28 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeval.comparison import plan
+from edgeval.comparison.arms import DEFAULT_BUDGETS as DEFAULT_BUDGETS
+from edgeval.comparison.arms import DEFAULT_EXHAUSTIVE_LIMIT as DEFAULT_EXHAUSTIVE_LIMIT
+from edgeval.comparison.arms import DEFAULT_KV as DEFAULT_KV
+from edgeval.comparison.arms import DEFAULT_QUANTS as DEFAULT_QUANTS
+from edgeval.comparison.arms import DEFAULT_SIZES as DEFAULT_SIZES
+from edgeval.comparison.arms import DEFAULT_TASK as DEFAULT_TASK
+from edgeval.comparison.arms import DEFAULT_TIME_S as DEFAULT_TIME_S
+from edgeval.comparison.arms import DEFAULT_VOTES as DEFAULT_VOTES
+from edgeval.comparison.arms import FIRST_ROUND as FIRST_ROUND
+from edgeval.comparison.arms import ROUND_GROWTH as ROUND_GROWTH
+from edgeval.comparison.arms import Arm as Arm
+from edgeval.comparison.arms import Estimate as Estimate
+from edgeval.comparison.arms import Request as Request
+from edgeval.comparison.arms import arms as arms
+from edgeval.comparison.arms import default_refs as default_refs
+from edgeval.comparison.arms import estimate_s as estimate_s
+from edgeval.comparison.arms import measured_speeds as measured_speeds
 from edgeval.comparison.verdict import Comparison, Row, band_of, build, contenders
 from edgeval.core import racing
 from edgeval.core.errors import EdgevalError, describe
-from edgeval.core.quants import KVType, WeightQuant
-from edgeval.core.units import format_tokens
-from edgeval.edges import hub, results, tasks
+from edgeval.core.quants import WeightQuant
+from edgeval.edges import hub, results
 from edgeval.edges.catalog import Catalog, ModelRef
 from edgeval.edges.results import ConfigResult
 from edgeval.edges.store import Claim, NodeRun, Store
@@ -32,201 +47,6 @@ from edgeval.running import sweep
 if TYPE_CHECKING:  # ray is an optional extra, imported only with --ray
     from edgeval.running import detached
     from edgeval.running.cluster import Cluster
-
-# The defaults (documented in the README). Qwen3 in thinking mode writes thousands of tokens on MATH-500, so the
-# ladder runs from 1k to 4k tokens (capped to what the model's context holds); votes generated once at 4 and compared
-# at 1 and 4 (maj@2 equals avg@1 under the tie rule, so it is never compared); 4- and 8-bit weights of the two
-# largest sizes that fit, with an f16 KV cache — the study's question is whether memory buys a bigger model or more
-# precision, tokens and votes. Each extra run (a KV type, 8 votes, an 8k rung) roughly doubles the time a question
-# costs, and a laptop CPU writes a few thousand tokens a minute: the defaults keep one run per file.
-DEFAULT_QUANTS = (WeightQuant.Q4_K_M, WeightQuant.Q8_0)
-DEFAULT_SIZES = 2
-DEFAULT_KV = (KVType.F16,)
-DEFAULT_BUDGETS = (1024, 2048, 4096)
-DEFAULT_VOTES = (1, 4)
-DEFAULT_TIME_S = 3600.0
-DEFAULT_EXHAUSTIVE_LIMIT = 10
-DEFAULT_TASK = tasks.DEFAULT_TASK
-FIRST_ROUND = 10  # questions every configuration answers before the first look
-ROUND_GROWTH = 4  # each round asks for this many times the questions of the one before
-# Rough single-sequence decode speed on a CPU, scaled by weight bytes (memory-bound): 27 tok/s at 0.39 GB measured
-# here for Qwen3-0.6B Q4_K_M; k sequences together about twice as fast in aggregate.
-_TOKENS_PER_S_AT_1GB = 27 * 0.39
-
-
-@dataclass(frozen=True)
-class Request:
-    """What `edgeval compare` was asked."""
-
-    budget_bytes: int
-    tasks: tuple[str, ...] = (DEFAULT_TASK,)
-    models: tuple[str, ...] = ()
-    kv: tuple[KVType, ...] = DEFAULT_KV
-    kv_window: tuple[int, ...] = (0,)  # KV windows (0: no eviction)
-    budgets: tuple[int, ...] = DEFAULT_BUDGETS  # the token-budget ladder
-    votes: tuple[int, ...] = DEFAULT_VOTES
-    limit: int | None = None  # questions per configuration at most (None: the whole task)
-    time_s: float | None = DEFAULT_TIME_S  # wall-time cap (None: no cap)
-    exhaustive: bool = False  # every configuration on every question up to `limit`, nothing dropped
-    thinking: bool = True
-    seed: int = 0
-    threads: int | None = None
-    repack: bool | None = None  # None: the doctor's probe decides, when a configuration first runs
-    catalogs: tuple[Path, ...] = ()
-    prompt_tokens: int = plan.DEFAULT_PROMPT_TOKENS
-    alpha: float = racing.ALPHA
-    ray: str | None = None  # run the runs as tasks on a Ray cluster: its address, `auto` or `local`
-    parallel: int = sweep.AUTO  # questions in flight per run (sweep.AUTO: what gains throughput and fits)
-    gpu_layers: int | None = None  # None: every layer on a build that offloads, none on a CPU build
-    cpu_moe: int = 0
-    vram_bytes: int | None = None  # the GPU's memory, when the device part must also fit it
-    ram_bytes: int | None = None  # the host part's limit under offload (None: the RAM free now)
-
-    @property
-    def offload(self) -> int:
-        """Layers on the GPU as `plan --gpu-layers` reads it (-1: all)."""
-        return (-1 if plan.offload_build() else 0) if self.gpu_layers is None else self.gpu_layers
-
-    def fitting(self) -> Callable[[Any], bool]:
-        """Whether a predicted footprint fits the budget: on a GPU its device part, with its host part in the RAM
-        (as `plan` reads a budget; the RAM free is read once, here, when --ram does not say)."""
-        ram = self.ram_bytes
-        if ram is None and self.offload:
-            import psutil
-
-            ram = int(psutil.virtual_memory().available)
-        return lambda footprint: plan.fits(footprint, self.budget_bytes, vram_bytes=self.vram_bytes, ram_bytes=ram)
-
-    @property
-    def question_limit(self) -> int | None:
-        """The questions each configuration may answer (exhaustive: ten unless --limit says otherwise)."""
-        return self.limit or (DEFAULT_EXHAUSTIVE_LIMIT if self.exhaustive else None)
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One run: a model file and KV type, generating k votes once up to the largest budget of its ladder. It
-    answers every (budget, j ≤ k votes) configuration of the ladder."""
-
-    ref: ModelRef
-    kv: KVType
-    budgets: tuple[int, ...]
-    k: int
-    votes: tuple[int, ...]  # the vote counts compared, each ≤ k
-    predicted: dict[tuple[int, int], int]  # (budget, votes) -> predicted bytes of a separate run
-    estimated_s: float  # per question
-    window: int = 0  # the KV window (0: no eviction)
-    device: dict[tuple[int, int], int] = field(default_factory=dict)  # (budget, votes) -> the GPU part of `predicted`
-    estimate: Estimate | None = None
-
-    @property
-    def label(self) -> str:
-        """`qwen3-8b:Q4_K_M kv q8_0 budgets 1024–8192 k=8` (`kv q8_0, window 2k` with a KV window)."""
-        ladder = "–".join(str(b) for b in (self.budgets[0], self.budgets[-1])) if len(self.budgets) > 1 else ""
-        kv = self.kv.value + (f", window {format_tokens(self.window)}" if self.window else "")
-        return f"{self.ref.label} kv {kv} budget {ladder or self.budgets[0]} k={self.k}"
-
-    @property
-    def configurations(self) -> int:
-        """How many compared configurations this run answers."""
-        return len(self.budgets) * len(self.votes)
-
-
-def arms(
-    request: Request, task: str, catalog: Catalog | None = None, speeds: dict[str, float] | None = None
-) -> list[Arm]:
-    """The runs that answer every configuration fitting the budget.
-
-    For each model file, KV type and KV window, each budget of the ladder can afford some largest number of votes
-    K(b) in the budget (K falls as b grows); budgets with the same K are one run with K votes, which answers (b, j)
-    for every j ≤ K in the votes axis. Memory is predicted from the catalog's facts, as `edgeval plan` does (a
-    window no shorter than a budget is that budget without a window, so it is not run twice)."""
-    book = catalog or Catalog.load(request.catalogs)
-    refs = book.resolve_all(request.models) if request.models else default_refs(book, request)
-    votes = tuple(sorted(set(request.votes)))
-    gpu_layers = request.offload
-    repacking, types = plan.repack_setting(request.repack, gpu_layers)
-    axes = plan.Axes(kv=request.kv, ctx=tuple(request.prompt_tokens + b for b in request.budgets), k=votes,
-                     kv_window=request.kv_window, prompt_tokens=request.prompt_tokens, repack=repacking,
-                     repack_types=types, gpu_layers=gpu_layers, cpu_moe=request.cpu_moe)  # fmt: skip
-    fitting: dict[tuple[str, KVType, int], dict[int, dict[int, int]]] = {}
-    devices: dict[tuple[str, KVType, int, int, int], int] = {}
-    refs_by_label = {r.label: r for r in refs}
-    fits_budget = request.fitting()
-    for c in plan.configurations(refs, axes):
-        if fits_budget(c.footprint):
-            per_budget = fitting.setdefault((c.ref.label, c.kv_type_k, c.kv_window), {})
-            per_budget.setdefault(c.budget_tokens, {})[c.k] = c.footprint.total_bytes
-            devices[(c.ref.label, c.kv_type_k, c.kv_window, c.budget_tokens, c.k)] = c.footprint.device_bytes
-    out = []
-    for (label, kv, window), per_budget in fitting.items():
-        by_k: dict[int, list[int]] = {}
-        for budget, ks in per_budget.items():
-            by_k.setdefault(max(ks), []).append(budget)
-        for k, budgets in sorted(by_k.items()):
-            ladder = tuple(sorted(budgets))
-            compared = tuple(j for j in votes if j <= k)
-            predicted = {(b, j): per_budget[b][j] for b in ladder for j in compared}
-            device = {(b, j): devices[(label, kv, window, b, j)] for b in ladder for j in compared}
-            ref = refs_by_label[label]
-            estimate = estimate_s(ref, ladder[-1], k, gpu_layers, speeds)
-            out.append(Arm(ref, kv, ladder, k, compared, predicted, estimate.seconds, window, device, estimate))
-    return sorted(out, key=lambda a: (a.ref.weight_bytes, a.kv.value, a.window, a.k))
-
-
-def default_refs(book: Catalog, request: Request) -> list[ModelRef]:
-    """The default models: 4- and 8-bit files of the largest hybrid Qwen3 sizes whose 4-bit file fits with room to
-    think."""
-    # The hybrid Qwen3 family the study measured (the 2507 Thinking/Instruct models join by --models).
-    candidates = [r for r in book.everything() if r.file.quant in DEFAULT_QUANTS and r.model.thinking == "hybrid"]
-    repacking, types = plan.repack_setting(request.repack, request.offload)
-    smallest_run = plan.Axes(kv=(KVType.Q8_0,), ctx=(request.prompt_tokens + min(request.budgets),), k=(1,),
-                             prompt_tokens=request.prompt_tokens, repack=repacking, repack_types=types,
-                             gpu_layers=request.offload, cpu_moe=request.cpu_moe)  # fmt: skip
-    fitting = request.fitting()
-    fits = {c.ref.label for c in plan.configurations(candidates, smallest_run) if fitting(c.footprint)}
-    sizes = sorted({r.model.params for r in candidates if r.label in fits}, reverse=True)[:DEFAULT_SIZES]
-    return [r for r in candidates if r.model.params in sizes and r.label in fits]
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """What a question of a run is expected to cost, and where the speed comes from."""
-
-    seconds: float
-    tokens_per_s: float  # aggregate decode rate assumed
-    source: str  # "measured" (earlier runs of this file here), "probe" (the throughput knee) or "rough"
-    width: int = 1  # questions in flight assumed
-
-
-def estimate_s(
-    ref: ModelRef, budget: int, k: int, gpu_layers: int = 0, speeds: dict[str, float] | None = None
-) -> Estimate:
-    """Time per question: k samples using half their largest budget, at the aggregate decode rate this machine
-    measured — its earlier runs of this file (`measured_speeds`), else the throughput probe's knee for the model's
-    size class (an upper bound: no sampling, a short context), else a rate scaled from one CPU's figure by weight
-    bytes (memory-bound decoding), twice as fast for k > 1."""
-    tokens = k * budget * 0.5
-    if speeds and speeds.get(ref.label):
-        return Estimate(tokens / speeds[ref.label], speeds[ref.label], "measured")
-    from edgeval.llama import throughput
-
-    knee = throughput.remembered_for(ref.weight_bytes, gpu_layers != 0)
-    if knee is not None:
-        width = max(1, knee.knee // k)
-        rate = knee.rate(width * k)
-        return Estimate(tokens / rate, rate, "probe", width)
-    rate = _TOKENS_PER_S_AT_1GB / max(ref.weight_bytes / 1e9, 0.05) * (2 if k > 1 else 1)
-    return Estimate(tokens / rate, rate, "rough")
-
-
-def measured_speeds(store: Store) -> dict[str, float]:
-    """The best aggregate decode rate each model file reached in this store's earlier runs on this backend."""
-    rows = store.db.execute(
-        "SELECT model, MAX(decode_tokens_per_s) FROM configs WHERE decode_tokens_per_s > 0 GROUP BY model"
-    ).fetchall()
-    return {str(r[0]): float(r[1]) for r in rows}
-
 
 # ---------------------------------------------------------------- running the race
 

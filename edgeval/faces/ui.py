@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -24,19 +23,16 @@ from rich.progress import Progress as RichProgress
 from rich.table import Table
 
 from edgeval.core import memory
-from edgeval.core.units import format_bytes, format_duration, format_tokens
+from edgeval.core.units import format_bytes, format_tokens
 
 if TYPE_CHECKING:  # types only: importing these here would load llama.cpp for `plan` and `models`
     from pathlib import Path
 
-    from edgeval.comparison.compare import Arm, RaceProgress, Request
     from edgeval.comparison.plan import Config, Plan
-    from edgeval.comparison.verdict import Comparison, Row
     from edgeval.edges.catalog import ModelRef
     from edgeval.edges.gguf_info import GGUFInfo
     from edgeval.edges.hub import Progress
     from edgeval.edges.results import ConfigResult
-    from edgeval.edges.store import NodeRun
     from edgeval.llama.doctor import MachineReport
     from edgeval.running.kld_run import Progress as KLDProgress
     from edgeval.running.kld_run import Result as KLDResult
@@ -478,199 +474,3 @@ def render_kld(result: KLDResult) -> None:
         by_position.add_row(b.label, f"{bs.tokens:,}", str(bs.traces), _kld_figure(bs.mean_kld, bs.kld_ci95),
                             f"{bs.p99_kld:.3g}", _pct(bs.top1_agreement))  # fmt: skip
     console.print(by_position)
-
-
-# ---------------------------------------------------------------- compare
-
-
-def arm_row(arm: Arm, task: str, cached: bool) -> dict[str, object]:
-    """One run of a dry run, as JSON."""
-    return {"model": arm.ref.label, "task": task, "kv_type": arm.kv.value, "kv_window": arm.window,
-            "budgets": list(arm.budgets), "k": arm.k,
-            "votes": list(arm.votes), "configurations": arm.configurations, "file_bytes": arm.ref.file.size,
-            "cached": cached, "predicted_bytes": arm.predicted[(arm.budgets[-1], arm.votes[-1])],
-            "estimated_s_per_question": round(arm.estimated_s, 2),
-            "device_bytes": arm.device.get((arm.budgets[-1], arm.votes[-1]), 0),
-            "estimate_source": arm.estimate.source if arm.estimate else "rough",
-            "estimated_tokens_per_s": round(arm.estimate.tokens_per_s, 1) if arm.estimate else None}  # fmt: skip
-
-
-def render_dry_run(request: Request, plans: list[tuple[str, list[Arm], dict[str, bool]]]) -> None:
-    """The runs each task would make, what they answer, the download and a time plan."""
-    from edgeval.comparison.compare import FIRST_ROUND, ROUND_GROWTH
-
-    for task, arms, cached in plans:
-        if not arms:
-            err_console.print(f"Nothing fits in {format_bytes(request.budget_bytes)}.")
-            continue
-        n_configs = sum(a.configurations for a in arms)
-        table = Table(title=f"compare --dry-run: {task}, {len(arms)} runs answering {n_configs} configurations "
-                      f"within {format_bytes(request.budget_bytes)}", title_justify="left")  # fmt: skip
-        offload = any(a.device.get((a.budgets[-1], a.votes[-1]), 0) for a in arms)
-        names = ("model", "KV", "budgets", "k", "votes", "pred.", *(("GPU", "host") if offload else ()), "tok/s", "s/q")
-        for name in names:
-            table.add_column(name, justify="left" if name in ("model", "KV", "budgets", "votes") else "right")
-        mark = {"measured": "", "probe": "≤", "rough": "~"}
-        for a in arms:
-            top = (a.budgets[-1], a.votes[-1])
-            parts = (format_bytes(a.device.get(top, 0)), format_bytes(a.predicted[top] - a.device.get(top, 0)))
-            source = a.estimate.source if a.estimate else "rough"
-            rate = f"{mark[source]}{a.estimate.tokens_per_s:.0f}" if a.estimate else "?"
-            table.add_row(a.ref.label + ("" if cached[a.ref.label] else " ↓"), a.kv.value,
-                          ",".join(str(b) for b in a.budgets), str(a.k), ",".join(str(j) for j in a.votes),
-                          format_bytes(a.predicted[top]), *(parts if offload else ()), rate,
-                          f"{a.estimated_s:.0f}")  # fmt: skip
-        console.print(table)
-        files = {a.ref.label: a.ref.file.size or 0 for a in arms}
-        fetch = sum(size for label, size in files.items() if not cached[label])
-        have = sum(size for label, size in files.items() if cached[label])
-        console.print(f"Download: {format_bytes(fetch)} to fetch (↓), {format_bytes(have)} already cached.")
-        per_round = sum(a.estimated_s for a in arms)
-        sources = {a.estimate.source if a.estimate else "rough" for a in arms}
-        how = "; ".join(_SOURCES[x] for x in ("measured", "probe", "rough") if x in sources)
-        if request.exhaustive:
-            limit = request.question_limit or 0
-            console.print(f"--exhaustive: every run on {limit} questions, about {format_duration(per_round * limit)} "
-                          f"(samples using half their largest budget; tok/s {how}).")  # fmt: skip
-            continue
-        first = min(FIRST_ROUND, request.question_limit or FIRST_ROUND)
-        budget = f"--time {format_duration(request.time_s)}" if request.time_s else "no time limit"
-        fit = int(request.time_s / per_round) if request.time_s and per_round > 0 else None
-        if fit is None:
-            reach = ""
-        elif fit >= 1:
-            half = 100 / math.sqrt(fit)
-            reach = (
-                f"; about {fit} questions each if nothing were dropped — with {fit} questions an accuracy is "
-                f"known to about ±{half:.0f} points (95%), so only gaps wider than that can be settled"
-            )
-        else:
-            reach = ("; less than one question each fits: every run still answers one (the time is then exceeded), "
-                     "and the answer will say what more time would settle — --models, a shorter --budget-tokens "
-                     "or a GPU go further")  # fmt: skip
-        console.print(f"Time plan ({budget}): a question for every run takes about {format_duration(per_round)}; "
-                      f"the first round asks {first}, then ×{ROUND_GROWTH} for what is still in the race{reach} "
-                      f"(samples using half their largest budget; tok/s {how}).")  # fmt: skip
-
-
-_SOURCES = {
-    "measured": "measured by earlier runs of the file here",
-    "probe": "≤: this machine's throughput probe for the size class, an upper bound",
-    "rough": "~: rough, scaled by weight size from one CPU's figure — run `edgeval run` or a compare once to measure",
-}
-
-
-@contextmanager
-def compare_progress(*, quiet: bool = False) -> Iterator[Callable[[RaceProgress], None]]:
-    """Two lines on stderr: the round (runs done, leader, configurations in the race, time left) and the current
-    run's questions."""
-    if quiet:
-        yield lambda state: None
-        return
-    with RichProgress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        console=err_console, transient=True, disable=not err_console.is_terminal,
-    ) as bar:  # fmt: skip
-        race_id = bar.add_task("round", total=None, info="")
-        item_id = bar.add_task("questions", total=None, info="")
-
-        def update(state: RaceProgress) -> None:
-            left = f", {format_duration(max(0.0, state.time_left_s))} left" if state.time_left_s is not None else ""
-            info = f"{state.in_race}/{state.configurations} in the race{left}; leader {state.leader or '—'}"
-            bar.update(race_id, description=f"round {state.round} ({state.questions} q)", completed=state.done,
-                       total=state.total or None, info=info)  # fmt: skip
-            inner = state.inner
-            speed = f"{inner.tokens / inner.decode_s:.0f} tok/s" if inner.decode_s > 0 else ""
-            bar.update(item_id, description=state.current[:40], completed=inner.items_done,
-                       total=inner.items_total or None, info=speed)  # fmt: skip
-
-        yield update
-
-
-def comparison_json(c: Comparison) -> dict[str, object]:
-    """A comparison as `compare --json` prints it: rows, the recommended row, the tied set, the paired
-    comparisons behind each statement, the recommendation, time and tokens."""
-    recommended = c.row(c.recommended)
-    return {
-        "task": c.task,
-        "budget_bytes": c.budget_bytes,
-        "rows": [r.to_json() for r in c.rows],
-        "recommended": recommended.to_json() if recommended else None,
-        "tied": [r.to_json() for key in c.tied if (r := c.row(key)) is not None],
-        "comparisons": [s.to_json() for s in c.statements],
-        "recommendation": list(c.recommendation),
-        "frontier": [r.key for r in c.frontier],
-        "alpha": c.alpha,
-        "stopped": c.stopped,
-        "time_s": round(c.time_s, 2),
-        "tokens_decoded": c.tokens_decoded,
-        "failures": list(c.failures),
-        "nodes": [node_json(n) for n in c.nodes],
-    }
-
-
-def node_json(n: NodeRun) -> dict[str, object]:
-    """What one Ray node measured of one configuration, with the node's facts (never averaged across nodes)."""
-    node = n.node
-    return {"config_id": n.config_id, "node": n.node_id, "hostname": node.hostname, "ip": node.ip,
-            "ray_node_id": node.ray_node_id, "cpu": node.cpu, "backend": node.backend,
-            "edgeval": node.edgeval_version, "llama_cpp_python": node.llama_cpp_python,
-            "llama_cpp_build": node.llama_cpp_build, "hardware": node.hardware, "n_items": n.items,
-            "peak_rss_bytes": n.peak_rss_bytes, "peak_vram_bytes": n.peak_vram_bytes, "load_s": n.load_s,
-            "wall_s": n.wall_s, "prompt_tokens_per_s": n.prompt_tokens_per_s,
-            "decode_tokens_per_s": n.decode_tokens_per_s, "ttft_s": n.ttft_s}  # fmt: skip
-
-
-_MARKS = {"eliminated": "[dim]✗[/]", "failed": "[red]![/]", "running": "…", "done": ""}
-
-
-def _compare_cells(r: Row, tied: set[str], recommended: str | None, with_kld: bool = False) -> list[str]:
-    res = r.result
-    kv = res.kv_label
-    if r.status == "failed":
-        accuracy = "[red]failed[/]"
-    else:
-        accuracy = f"{100 * res.accuracy_maj:.0f}% {100 * res.ci95[0]:.0f}–{100 * res.ci95[1]:.0f}"
-    mark = "[green]◆[/]" if r.key == recommended else ("=" if r.key in tied else _MARKS.get(r.status, ""))
-    source = {"measured": "", "calibrated": "~", "predicted": "?"}[r.memory_source]
-    cells = [r.model, kv, str(res.budget_tokens), str(res.k), format_bytes(r.memory_bytes) + source, accuracy,
-             str(res.n_done), mark + ("★" if r.pareto else "")]  # fmt: skip
-    if with_kld:
-        cells.insert(6, f"{r.kld:.2g}" if r.kld is not None else "")
-    return cells
-
-
-def render_compare(comparisons: list[Comparison]) -> None:
-    """Equal-footprint tables (fits 80 columns): memory, accuracy with its interval and n, the recommended (◆),
-    those tied with the best (=), dropped (✗), the frontier (★); then the answer in words."""
-    for c in comparisons:
-        table = Table(title=f"{c.task} within {format_bytes(c.budget_bytes)}: ◆ recommended, = tied with the best, "
-                      "✗ dropped, ★ frontier", title_justify="left")  # fmt: skip
-        measured = [r for r in c.rows if r.kld is not None]  # configurations `edgeval kld` measured
-        with_kld = bool(measured) and console.width >= 80 + 8  # the column fits beside the eight; else a line below
-        names = ("model", "KV", "budget", "k", "memory", "maj@k 95% CI", *(("KLD",) if with_kld else ()), "n", "")
-        for name in names:
-            table.add_column(name, justify="left" if name in ("model", "KV", "") else "right", no_wrap=True)
-        tied = set(c.tied)
-        for r in c.rows:
-            table.add_row(*_compare_cells(r, tied, c.recommended, with_kld),
-                          style="dim" if r.status == "eliminated" else None)  # fmt: skip
-        console.print(table)
-        console.print("memory: measured peak RSS; ~ calibrated (predicted for this budget and k, corrected by the run "
-                      "that measured it); ? predicted", style="dim")  # fmt: skip
-        if with_kld:
-            console.print("KLD: mean KL divergence per token from the reference of `edgeval kld` (nats)", style="dim")
-        elif measured:
-            shown = dict.fromkeys(f"{r.model} {r.result.kv_label} {r.kld:.2g}" for r in measured)
-            console.print("KLD from `edgeval kld` (nats per token): " + "; ".join(shown), style="dim")
-        for line in c.recommendation:
-            console.print(f"• {line}")
-        console.print(f"[dim]{format_duration(c.time_s)}, {c.tokens_decoded:,} tokens decoded; paired intervals at "
-                      f"{c.alpha:.2g} each, anytime-valid: the best is wrongly dropped or left untied ≤ 5%[/]")  # fmt: skip
-        hosts = {n.node_id: n.node.label for n in c.nodes}
-        if hosts:
-            console.print(f"[dim]Ran on {len(hosts)} Ray node{'s' if len(hosts) > 1 else ''}: "
-                          f"{', '.join(sorted(hosts.values()))}. Accuracy pools their samples; memory is the highest "
-                          "peak any node measured; speed and memory per node: --json or edgeval report.[/]")  # fmt: skip
-        for failure in c.failures:
-            err_console.print(f"[red]failed[/] {failure}")

@@ -1,0 +1,129 @@
+"""Measuring memory from outside a process: its resident set (total, anonymous and file-backed), a sampler of
+its peak while it runs, and its GPU memory and the GPU's free memory through NVML where that answers."""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RSS:
+    """A process's resident memory: the total and, where the OS tells, its anonymous and file-backed parts."""
+
+    total: int
+    anon: int | None = None  # heap, llama.cpp's buffers, repacked weights: only swap can free them
+    file: int | None = None  # mapped files (a memory-mapped model, shared libraries): the kernel can drop them
+
+
+def _status_rss(pid: int) -> RSS | None:
+    """RSS from Linux's /proc/<pid>/status (VmRSS = RssAnon + RssFile + RssShmem, in kB); None elsewhere."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    fields = dict(re.findall(r"^(VmRSS|RssAnon|RssFile):\s+(\d+) kB", text, re.MULTILINE))
+    if "VmRSS" not in fields:
+        return RSS(0, 0, 0)  # a zombie: its memory is gone
+    kb = 1024
+    return RSS(int(fields["VmRSS"]) * kb, int(fields.get("RssAnon", 0)) * kb, int(fields.get("RssFile", 0)) * kb)
+
+
+def read_rss(process: Any) -> RSS:
+    """A psutil.Process's resident memory now: /proc/<pid>/status on Linux, psutil's figures elsewhere."""
+    status = _status_rss(process.pid)
+    if status is not None:
+        return status
+    info = process.memory_info()
+    return RSS(int(info.rss))
+
+
+class PeakRSS:
+    """Samples a process's resident memory from outside, in a thread, and keeps the peak.
+
+    Use as a context manager around the child's lifetime; `peak` is the sample with the highest RSS seen
+    (sampled every `interval_s`), with its anonymous and file-backed parts at that moment.
+    """
+
+    def __init__(self, pid: int, interval_s: float = 0.01) -> None:
+        import psutil
+
+        self._process = psutil.Process(pid)
+        self._interval = interval_s
+        self.peak = RSS(0)
+        self.peak_vram_bytes: int | None = None
+        self.samples = 0
+        self._nvml = _nvml_handles()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def peak_bytes(self) -> int:
+        """The highest RSS seen."""
+        return self.peak.total
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                rss = read_rss(self._process)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                return
+            if rss.total > self.peak.total:
+                self.peak = rss
+            if self._nvml:
+                vram = _process_vram(self._nvml, self._process.pid)
+                self.peak_vram_bytes = max(self.peak_vram_bytes or 0, vram)
+            self.samples += 1
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _nvml_handles() -> list[Any]:
+    """NVML device handles when nvidia-ml-py is installed and a driver answers; else empty."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+    except Exception:  # no package, no driver, no device: no VRAM figures
+        return []
+
+
+def gpu_free_bytes() -> int | None:
+    """Free memory over the NVIDIA GPUs by NVML (no GPU context needed), or None where NVML does not answer."""
+    handles = _nvml_handles()
+    if not handles:
+        return None
+    import pynvml
+
+    try:
+        return sum(int(pynvml.nvmlDeviceGetMemoryInfo(h).free) for h in handles)
+    except Exception:  # a driver that stops answering: let the caller ask llama.cpp
+        return None
+
+
+def _process_vram(handles: list[Any], pid: int) -> int:
+    """GPU memory a process holds across devices (NVML's per-process accounting)."""
+    import pynvml
+
+    used = 0
+    for handle in handles:
+        try:
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if proc.pid == pid and proc.usedGpuMemory:
+                    used += int(proc.usedGpuMemory)
+        except Exception:  # a device that stops answering keeps the figure seen so far
+            continue
+    return used
