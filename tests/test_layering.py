@@ -163,3 +163,18 @@ def test_options_and_dry_run_do_not_probe_repacking(tmp_path: Path) -> None:
     )
     assert _python(code, tmp_path) == "None"  # the probe never ran (it would have remembered its verdict)
     assert not (tmp_path / "home" / "repack-probe.json").exists()
+
+
+def test_modules_and_functions_hold_one_idea() -> None:
+    # The house's own limits (about 600 lines a module, 60 a function), with a little slack so that a docstring
+    # line does not fail a change: past them, a module or function is holding more than one idea.
+    long_modules = sorted(
+        f"{p.relative_to(ROOT)}: {n}" for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 620
+    )
+    long_functions = sorted(
+        f"{p.relative_to(ROOT)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1}"
+        for p in PACKAGE.rglob("*.py")
+        for node in ast.walk(ast.parse(p.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and (node.end_lineno or 0) - node.lineno >= 65
+    )
+    assert (long_modules, long_functions) == ([], [])

@@ -14,7 +14,7 @@ With `edgeval.llama.engine` this is the only code that calls llama.cpp; it reach
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -227,7 +227,6 @@ def run_batched(
     step's batch as llama.cpp's server does: on the CPU, llama.cpp's attention picks its kernel by the batch's shape
     (tiled from 64 query rows, the KV split over threads for a single row), whose rounding differs, and reading
     prompts alone keeps every prompt on the kernel it has with one question in flight."""
-    per_q = recipe.sequences
     capacity = ctx.options.n_batch
     if width * recipe.step_tokens() > capacity:
         raise ConfigurationError(
@@ -236,62 +235,77 @@ def run_batched(
             hint="create the context with n_batch of at least width × Recipe.step_tokens()",
         )
     batch = llama_cpp.llama_batch_init(capacity, 0, 1)
-    pending = iter(jobs)
-    free_slots = list(range(width - 1, -1, -1))  # smallest popped first
-    flight: list[_Question] = []
-    exhausted = False
-
-    def fill_flight() -> None:
-        nonlocal exhausted
-        while free_slots and not exhausted:
-            if admit is not None and not admit():
-                exhausted = True
-                return
-            job = next(pending, None)
-            if job is None:
-                exhausted = True
-                return
-            check_job(ctx, recipe, job, width)
-            flight.append(_Question(ctx, recipe, job, base=free_slots.pop() * per_q))
-
+    flight = _Flight(ctx, recipe, iter(jobs), width, admit)
     llama_cpp.llama_memory_clear(ctx._memory, True)
     try:
-        fill_flight()
-        while flight:
-            t0 = time.perf_counter()
-            step: list[_Item] = []
-            parts: list[tuple[_Question, int, int]] = []  # (question, first item, end) in this batch
-            for q in flight:
-                if q.reading:
-                    continue
-                start = len(step)
-                step += q.sample()
-                parts.append((q, start, len(step)))
-            for q in [q for q in flight if q.done]:
-                flight.remove(q)
-                free_slots.append(q.base // per_q)
-                q.release()
-                on_done(q.job, q.result())
-            parts = [p for p in parts if not p[0].done]
-            fill_flight()  # a new question's prompt is read at this very step
-            for q in flight:
-                if q.reading:
-                    # Its own decodes, as with one question in flight (the same kernels: CPU attention picks its
-                    # kernel by the batch's shape), then its first tokens join this step's batch.
-                    parts += _read_alone(ctx, q, batch, capacity, step)
-            if not step:
-                continue  # every question in flight finished at this step; the next ones were admitted
-            fill_batch(batch, step)
-            ctx._decode(batch)
-            dt = time.perf_counter() - t0
-            for q, start, end in parts:
-                q.stepped(step, start, end, dt * (end - start) / len(step), len(step))
-            if on_step is not None:
-                on_step(len(step))
+        flight.fill()
+        while flight.questions:
+            carried = flight.step(batch, on_done)
+            if carried and on_step is not None:
+                on_step(carried)
     finally:
         llama_cpp.llama_batch_free(batch)
-        for q in flight:
+        for q in flight.questions:
             q.free_samplers()
+
+
+class _Flight:
+    """The questions in flight and the slots (blocks of sequence ids) free for the next ones."""
+
+    def __init__(
+        self, ctx: Context, recipe: Recipe, pending: Iterator[Job], width: int, admit: Callable[[], bool] | None
+    ) -> None:
+        self.ctx, self.recipe, self.pending, self.width, self.admit = ctx, recipe, pending, width, admit
+        self.free_slots = list(range(width - 1, -1, -1))  # smallest popped first
+        self.questions: list[_Question] = []
+        self.exhausted = False
+
+    def fill(self) -> None:
+        """Start pending questions in the free slots, while `admit` allows."""
+        while self.free_slots and not self.exhausted:
+            if self.admit is not None and not self.admit():
+                self.exhausted = True
+                return
+            job = next(self.pending, None)
+            if job is None:
+                self.exhausted = True
+                return
+            check_job(self.ctx, self.recipe, job, self.width)
+            base = self.free_slots.pop() * self.recipe.sequences
+            self.questions.append(_Question(self.ctx, self.recipe, job, base=base))
+
+    def step(self, batch: llama_cpp.llama_batch, on_done: Callable[[Job, dict[int, Generation]], None]) -> int:
+        """One step: sample every live sequence, hand on the questions that finished, start the next ones (their
+        prompts read alone), and decode the step's batch. Returns the tokens the decode carried (0: none)."""
+        t0 = time.perf_counter()
+        step: list[_Item] = []
+        parts: list[tuple[_Question, int, int]] = []  # (question, first item, end) in this batch
+        for q in self.questions:
+            if q.reading:
+                continue
+            start = len(step)
+            step += q.sample()
+            parts.append((q, start, len(step)))
+        for q in [q for q in self.questions if q.done]:
+            self.questions.remove(q)
+            self.free_slots.append(q.base // self.recipe.sequences)
+            q.release()
+            on_done(q.job, q.result())
+        parts = [p for p in parts if not p[0].done]
+        self.fill()  # a new question's prompt is read at this very step
+        for q in self.questions:
+            if q.reading:
+                # Its own decodes, as with one question in flight (the same kernels: CPU attention picks its
+                # kernel by the batch's shape), then its first tokens join this step's batch.
+                parts += _read_alone(self.ctx, q, batch, self.ctx.options.n_batch, step)
+        if not step:
+            return 0  # every question in flight finished at this step; the next ones were admitted
+        fill_batch(batch, step)
+        self.ctx._decode(batch)
+        dt = time.perf_counter() - t0
+        for q, start, end in parts:
+            q.stepped(step, start, end, dt * (end - start) / len(step), len(step))
+        return len(step)
 
 
 _Item = tuple[int, int, int, bool]  # (token, position, sequence, wants_logits)

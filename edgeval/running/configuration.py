@@ -164,18 +164,7 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
     arch = header.architecture()
     budget, notes = _budget(spec, arch.n_ctx_train, longest, answer_cells)
     spec = replace(spec, budget_tokens=budget)
-    per_sample = longest + budget + answer_cells
-    if spec.ctx is not None and spec.ctx < per_sample:
-        raise ConfigurationError(
-            f"--ctx {spec.ctx} cannot hold the longest prompt ({longest} tokens) + the token budget "
-            f"({budget}) + a forced answer ({answer_cells})",
-            hint=f"use --ctx {per_sample} or more, or a smaller --budget-tokens",
-        )
-    if per_sample > arch.n_ctx_train:
-        raise ConfigurationError(
-            f"a sample needs {per_sample} tokens but {spec.model_path.name} was trained for {arch.n_ctx_train}",
-            hint="lower --budget-tokens",
-        )
+    per_sample = _check_sample(spec, arch.n_ctx_train, longest, answer_cells)
     n_rungs = len(spec.rungs)
     # Each sample may see --ctx tokens (what it needs by default); the k samples share the prompt's cells. With a KV
     # window a sample holds its window and an eviction chunk of its own tokens instead of its whole budget.
@@ -195,16 +184,7 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
     # step (with a ladder, a smaller rung's forks go beside the votes' own tokens).
     forced_each = 1 + answer_cells - spec.answer_tokens if spec.thinking or chat.opens_reasoning(spec.thinking) else 0
 
-    def footprint(cells: int, seqs: int, forced: int, streams: bool = False) -> memory.Footprint:
-        setting = memory.Setting(
-            n_ctx=cells, n_seq=seqs, type_k=spec.kv_type_k, type_v=spec.kv_type_v, prompt_tokens=longest,
-            gpu_layers=gpu_layers, cpu_moe=spec.cpu_moe, repack=mode.on,
-            forced_tokens=forced, streams=streams,
-        )  # fmt: skip
-        return memory.predict(
-            arch, header.weight_bytes, setting, embd_bytes=header.embd_bytes, expert_bytes=header.expert_bytes,
-            repack=repack,
-        )  # fmt: skip
+    footprint = _Footprints(spec, header, arch, longest, gpu_layers, repack)
 
     forks = spec.k if n_rungs > 1 and forced_each else 0
     predicted = footprint(n_ctx, n_seq, spec.k * forced_each + forks)
@@ -216,6 +196,73 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
         for w in range(2, most + 1)
     )
     by_width = (predicted, *wider)
+    shape = _Shape(longest, answer_cells, per_sample, forced_each, n_ctx, predicted.total_bytes)
+    config_ids = _config_rows(spec, store, run_id, task, len(items), header, chat, model_sha, footprint, shape)
+    return Prepared(spec, task, items, n_ctx, n_seq, predicted, config_ids, notes, chat, by_width,
+                    stream_cells=stream_cells)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Footprints:
+    """The memory equation for one file and configuration: the footprint at any cells, sequences and forcing."""
+
+    spec: RunSpec
+    header: gguf_info.GGUFInfo
+    arch: memory.Architecture
+    prompt_tokens: int
+    gpu_layers: int
+    repack: memory.Repack
+
+    def __call__(self, cells: int, seqs: int, forced: int, streams: bool = False) -> memory.Footprint:
+        spec, header = self.spec, self.header
+        setting = memory.Setting(
+            n_ctx=cells, n_seq=seqs, type_k=spec.kv_type_k, type_v=spec.kv_type_v, prompt_tokens=self.prompt_tokens,
+            gpu_layers=self.gpu_layers, cpu_moe=spec.cpu_moe, repack=spec.repack_mode.on, forced_tokens=forced,
+            streams=streams,
+        )  # fmt: skip
+        return memory.predict(
+            self.arch, header.weight_bytes, setting, embd_bytes=header.embd_bytes,
+            expert_bytes=header.expert_bytes, repack=self.repack,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """The sizes `prepare` measured that every rung's row records."""
+
+    longest: int  # the longest prompt, in tokens
+    answer_cells: int  # a forced answer's cells
+    per_sample: int  # the cells one sample needs at the largest budget
+    forced_each: int  # tokens each forced vote feeds at once (0: never forced)
+    n_ctx: int  # the run's KV cells with one question
+    arm_predicted: int  # the whole run's predicted bytes
+
+
+def _check_sample(spec: RunSpec, n_ctx_train: int, longest: int, answer_cells: int) -> int:
+    """The cells one sample needs (the longest prompt, the budget, a forced answer), refused where --ctx or the
+    model's training context cannot hold it."""
+    budget = spec.budget
+    per_sample = longest + budget + answer_cells
+    if spec.ctx is not None and spec.ctx < per_sample:
+        raise ConfigurationError(
+            f"--ctx {spec.ctx} cannot hold the longest prompt ({longest} tokens) + the token budget "
+            f"({budget}) + a forced answer ({answer_cells})",
+            hint=f"use --ctx {per_sample} or more, or a smaller --budget-tokens",
+        )
+    if per_sample > n_ctx_train:
+        raise ConfigurationError(
+            f"a sample needs {per_sample} tokens but {spec.model_path.name} was trained for {n_ctx_train}",
+            hint="lower --budget-tokens",
+        )
+    return per_sample
+
+
+def _config_rows(
+    spec: RunSpec, store: Store, run_id: int | None, task: tasks.Task, n_items: int, header: gguf_info.GGUFInfo,
+    chat: prompts.ChatFormat, model_sha: str, footprint: _Footprints, shape: _Shape,
+) -> dict[int, int]:  # fmt: skip
+    """Find or create the configuration's row at every rung of the ladder; its id by budget."""
+    budget, longest, answer_cells = spec.budget, shape.longest, shape.answer_cells
     arm = _arm_key(spec, task, model_sha)
     config_ids = {}
     for rung in spec.rungs:
@@ -223,8 +270,10 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
         # what this run measures).
         # The largest budget holds what --ctx gives each sample (by default what it needs), as the run itself does.
         own = memory.own_cells(rung, spec.kv_window)
-        cells = own + answer_cells if rung != budget else (spec.ctx or per_sample) - longest - budget + own
-        by_votes = {j: footprint(longest + j * cells, j, j * forced_each).total_bytes for j in range(1, spec.k + 1)}
+        cells = own + answer_cells if rung != budget else (spec.ctx or shape.per_sample) - longest - budget + own
+        by_votes = {
+            j: footprint(longest + j * cells, j, j * shape.forced_each).total_bytes for j in range(1, spec.k + 1)
+        }
         fields: dict[str, object] = {
             "run_id": run_id, "model": spec.model_label, "model_path": str(spec.model_path), "model_sha256": model_sha,
             "weight_quant": _quant_name(header), "params": header.n_params, "task": task.name,
@@ -232,15 +281,14 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
             "kv_type_k": spec.kv_type_k.value, "kv_type_v": spec.kv_type_v.value,
             "ctx": longest + rung + answer_cells if rung != budget or spec.ctx is None else spec.ctx,
             "budget_tokens": rung, "k": spec.k, "thinking": int(spec.thinking),
-            "sampling": json.dumps(asdict(spec.effective_sampling)), "seed": spec.seed, "n_items": len(items),
-            "kv_cells": memory.padded_cells(n_ctx), "predicted_bytes": by_votes[spec.k],
-            "predicted_by_votes": json.dumps(by_votes), "arm": arm, "arm_predicted_bytes": predicted.total_bytes,
+            "sampling": json.dumps(asdict(spec.effective_sampling)), "seed": spec.seed, "n_items": n_items,
+            "kv_cells": memory.padded_cells(shape.n_ctx), "predicted_bytes": by_votes[spec.k],
+            "predicted_by_votes": json.dumps(by_votes), "arm": arm, "arm_predicted_bytes": shape.arm_predicted,
             "kv_window": spec.kv_window,
         }  # fmt: skip
         config_ids[rung] = store.upsert_config(_config_key(spec, task, model_sha, rung), fields)
-        store.raise_items(config_ids[rung], len(items))
-    return Prepared(spec, task, items, n_ctx, n_seq, predicted, config_ids, notes, chat, by_width,
-                    stream_cells=stream_cells)  # fmt: skip
+        store.raise_items(config_ids[rung], n_items)
+    return config_ids
 
 
 def free_memory(gpu: bool) -> tuple[int, int | None]:

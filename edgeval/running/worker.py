@@ -88,16 +88,35 @@ def _work(payload: dict[str, Any], events: Any) -> None:
         _answer_all(payload, events, store.add_items)
 
 
-def _answer_all(payload: dict[str, Any], events: Any, sink: Sink) -> None:
-    from edgeval.llama import engine
+def spec_of(raw: dict[str, Any]) -> RunSpec:
+    """The run's spec from its payload (`sweep.worker_payload`: JSON-safe values)."""
     from edgeval.running.configuration import RunSpec
 
-    raw = payload["spec"]
     sampling = prompts.Sampling(**raw["sampling"]) if raw["sampling"] else None
-    spec = RunSpec(**{
+    return RunSpec(**{
         **raw, "model_path": Path(raw["model_path"]), "kv_type_k": KVType(raw["kv_type_k"]),
         "kv_type_v": KVType(raw["kv_type_v"]), "sampling": sampling, "ladder": tuple(raw["ladder"]),
     })  # fmt: skip
+
+
+class _Pace:
+    """How long a decode step takes lately (a moving average over steps)."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+        self.step_s = 0.0
+
+    def stepped(self, _: int) -> None:
+        now = time.perf_counter()
+        if self.last:
+            self.step_s = 0.8 * self.step_s + 0.2 * (now - self.last) if self.step_s else now - self.last
+        self.last = now
+
+
+def _answer_all(payload: dict[str, Any], events: Any, sink: Sink) -> None:
+    from edgeval.llama import engine
+
+    spec = spec_of(payload["spec"])
     task: tasks.Task = payload["task"]
     items = task.take(spec.limit)
     pending = payload["pending"]
@@ -133,20 +152,12 @@ def _answer_all(payload: dict[str, Any], events: Any, sink: Sink) -> None:
                     prompt = model.tokenize(prompt_text(chat, task, items[index], spec.thinking))
                     yield engine.Job(index, prompt, item_seeds(spec.seed, items[index].id, spec.k))
 
-            pace = {"last": 0.0, "step_s": 0.0}
-
-            def stepped(_: int) -> None:
-                now = time.perf_counter()
-                if pace["last"]:
-                    pace["step_s"] = (
-                        0.8 * pace["step_s"] + 0.2 * (now - pace["last"]) if pace["step_s"] else now - pace["last"]
-                    )
-                pace["last"] = now
+            pace = _Pace()
 
             def admit() -> bool:
                 # With many questions in flight a step is slower, so a question started late would end long after
                 # the deadline: start one only if its budget of steps, at the present pace, ends before it.
-                late = spec.budget * pace["step_s"] if width > 1 else 0.0
+                late = spec.budget * pace.step_s if width > 1 else 0.0
                 if spec.deadline is not None and time.time() + late >= spec.deadline:
                     events.put(("stopped", None))
                     return False
@@ -157,7 +168,7 @@ def _answer_all(payload: dict[str, Any], events: Any, sink: Sink) -> None:
             def done(job: engine.Job, ladder: dict[int, engine.Generation]) -> None:
                 _answer(sink, config_ids, chat, task, job.key, items[job.key], spec, ladder, events)
 
-            ctx.generate_many(recipe, jobs(), done, width=width, admit=admit, on_step=stepped)
+            ctx.generate_many(recipe, jobs(), done, width=width, admit=admit, on_step=pace.stepped)
     events.put(("finished", None))
 
 
