@@ -172,7 +172,7 @@ def test_modules_and_functions_hold_one_idea() -> None:
         f"{p.relative_to(ROOT)}: {n}" for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 620
     )
     long_functions = sorted(
-        f"{p.relative_to(ROOT)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1}"
+        f"{p.relative_to(ROOT)}:{node.lineno} {node.name}: {(node.end_lineno or 0) - node.lineno + 1}"
         for p in PACKAGE.rglob("*.py")
         for node in ast.walk(ast.parse(p.read_text()))
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and (node.end_lineno or 0) - node.lineno >= 65

@@ -2,17 +2,42 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import click
 
 import edgeval
 from edgeval.core.errors import debug_enabled, describe
-from edgeval.faces import cmd_compare, cmd_evaluate, cmd_models
+
+# The commands beside `doctor`, each imported when it is run or listed: a bare `edgeval --version` and every worker
+# process (spawn re-runs the console script's imports in each child) load click, not the whole program.
+LAZY_COMMANDS = {
+    "models": "edgeval.faces.cmd_models:models",
+    "pull": "edgeval.faces.cmd_models:pull",
+    "inspect": "edgeval.faces.cmd_models:inspect",
+    "plan": "edgeval.faces.cmd_models:plan",
+    "run": "edgeval.faces.cmd_evaluate:run",
+    "kld": "edgeval.faces.cmd_evaluate:kld_command",
+    "regrade": "edgeval.faces.cmd_evaluate:regrade",
+    "compare": "edgeval.faces.cmd_compare:compare_command",
+    "report": "edgeval.faces.cmd_compare:report",
+    "demo": "edgeval.faces.cmd_compare:demo",
+}
 
 
 class EdgevalGroup(click.Group):
-    """A click group that turns every failure into one line and exit code 1 (the one place that does)."""
+    """A click group that turns every failure into one line and exit code 1 (the one place that does), and loads
+    the commands of `LAZY_COMMANDS` when asked for them."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS and cmd_name not in self.commands:
+            module, attr = LAZY_COMMANDS[cmd_name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -58,12 +83,10 @@ def doctor(as_json: bool, no_probe: bool) -> None:
         ui.render_doctor(report)
 
 
-for _command in (
-    cmd_models.models, cmd_models.pull, cmd_models.inspect, cmd_models.plan,
-    cmd_evaluate.run, cmd_evaluate.kld_command, cmd_evaluate.regrade,
-    cmd_compare.compare_command, cmd_compare.report, cmd_compare.demo,
-):  # fmt: skip
-    cli.add_command(_command)
+def all_commands() -> dict[str, click.Command]:
+    """Every command by name, loaded (for the docs and the tests)."""
+    ctx = click.Context(cli, info_name="edgeval")
+    return {name: command for name in cli.list_commands(ctx) if (command := cli.get_command(ctx, name)) is not None}
 
 
 def main() -> None:
