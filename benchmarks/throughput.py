@@ -115,7 +115,7 @@ def main() -> None:
                 bb_gain = own / rates[k] if label == "auto" and rates.get(k) else 1.0
                 print(f"| {shape} | {k} | {label} | {int(row['width'])} | {int(row['questions'])} | "
                       f"{row['wall_s']:.0f} | {row['qph']:.0f} | {row['decode_tps']:.1f} | "
-                      f"{rates.get(seqs, 0.0):.1f} | {streams.get(seqs, 0.0) if row['width'] > 1 else 0.0:.1f} | "
+                      f"{rates.get(seqs, 0.0):.1f} | {f'{streams[seqs]:.1f}' if seqs in streams and row['width'] > 1 else '—'} | "
                       f"{gain:.2f}× | {bb_gain:.2f}× | {row['decode_tps'] / own if own else 0:.2f}× |",
                       flush=True)  # fmt: skip
             print(f"memory: auto's throughput run peak / predicted ({shape}, k = {k}): "

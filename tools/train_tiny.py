@@ -34,10 +34,10 @@ from torch import nn
 
 from benchmarks import family
 from edgeval.core import prompts
+from edgeval.core.quants import WeightQuant
 from edgeval.edges import tasks
 from edgeval.faces import demo
 from edgeval.llama import engine, synth
-from edgeval.core.quants import WeightQuant
 
 FAMILY_DIR = Path(__file__).resolve().parent.parent / "edgeval" / "family"
 
