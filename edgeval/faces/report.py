@@ -16,8 +16,8 @@ from pathlib import Path
 
 from edgeval.comparison.verdict import Comparison
 from edgeval.core.units import format_bytes, format_tokens
-from edgeval.edges.results import ConfigResult
 from edgeval.edges.store import Store
+from edgeval.faces import tables
 
 
 @dataclass(frozen=True)
@@ -40,12 +40,7 @@ def _pct(x: float) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    def cell(value: str) -> str:
-        return value.replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return lines
+    return tables.markdown(tables.Layout.of(header, rows))
 
 
 def _provenance(store: Store, comparison: Comparison) -> tuple[list[str], str]:
@@ -90,7 +85,7 @@ def _provenance(store: Store, comparison: Comparison) -> tuple[list[str], str]:
 def _grid(comparison: Comparison) -> list[str]:
     rows = comparison.rows
     quants = sorted({r.weight_quant for r in rows})
-    kv = sorted({_kv(r.result) for r in rows})
+    kv = sorted({tables.kv_text(r.result) for r in rows})
     budgets = sorted({r.result.budget_tokens for r in rows})
     ks = sorted({r.result.k for r in rows})
     models = sorted({r.model.split(":")[0] for r in rows})
@@ -107,25 +102,9 @@ def _grid(comparison: Comparison) -> list[str]:
 
 
 def _results(comparison: Comparison) -> list[str]:
-    with_kld = any(r.kld is not None for r in comparison.rows)
-    header = ["band", "model", "KV", "budget", "k", "memory", "maj@k (95% CI, n)", "avg@k", "forced",
-              *(["KLD"] if with_kld else []), "status", "Pareto"]  # fmt: skip
-    tied = set(comparison.tied)
-    rows = []
-    for r in comparison.rows:
-        res = r.result
-        accuracy = f"{_pct(res.accuracy_maj)} ({_pct(res.ci95[0])}–{_pct(res.ci95[1])}, n={res.n_done})"
-        if r.status == "failed":
-            accuracy = f"{res.status}: {res.message or ''}"
-        status = "recommended" if r.key == comparison.recommended else ("tied with the best" if r.key in tied else (
-            f"dropped (behind {_short(comparison, r.eliminated_by)})" if r.eliminated_by else r.status))  # fmt: skip
-        kld_cell = [] if not with_kld else [_nats(r.kld) if r.kld is not None else ""]
-        rows.append([
-            r.band, r.model, _kv(res), str(res.budget_tokens), str(res.k),
-            f"{format_bytes(r.memory_bytes)} {r.memory_source}", accuracy, _pct(res.accuracy_avg),
-            _pct(res.forced_share), *kld_cell, status, "★" if r.pareto else "",
-        ])  # fmt: skip
-    return _table(header, rows)
+    return tables.markdown(
+        tables.comparison_layout(comparison, kld_column=any(r.kld is not None for r in comparison.rows))
+    )
 
 
 def _short(comparison: Comparison, key: str | None) -> str:
@@ -168,7 +147,7 @@ def _node_speed(comparison: Comparison) -> list[str]:
     rows = []
     for n in sorted(comparison.nodes, key=lambda n: (labels[n.config_id].memory_bytes, n.config_id, n.node_id)):
         res = labels[n.config_id].result
-        rows.append([labels[n.config_id].model, _kv(res), str(res.budget_tokens), n.node.hostname, str(n.items),
+        rows.append([labels[n.config_id].model, tables.kv_text(res), str(res.budget_tokens), n.node.hostname, str(n.items),
                      format_bytes(n.peak_rss_bytes) if n.peak_rss_bytes else "—",
                      f"{n.prompt_tokens_per_s:.0f}" if n.prompt_tokens_per_s else "—",
                      f"{n.decode_tokens_per_s:.1f}" if n.decode_tokens_per_s else "—",
@@ -188,7 +167,7 @@ def _speed(comparison: Comparison) -> list[str]:
         if res.status == "failed" or res.config_id in seen:
             continue
         seen.add(res.config_id)
-        rows.append([r.model, _kv(res), str(res.budget_tokens),
+        rows.append([r.model, tables.kv_text(res), str(res.budget_tokens),
                      f"{res.prompt_tokens_per_s:.0f}" if res.prompt_tokens_per_s else "—",
                      f"{res.decode_tokens_per_s:.1f}" if res.decode_tokens_per_s else "—",
                      f"{1000 * res.ttft_s:.0f} ms" if res.ttft_s is not None else "—",
@@ -366,7 +345,7 @@ def render(store: Store, comparison: Comparison, plot_file: str | None, kld_plot
               "race looked (see the README).", "", *_statements(comparison)]  # fmt: skip
     frontier = comparison.frontier
     lines += ["", "## Pareto frontier", ""]
-    lines += [f"{i}. {r.model}, KV {_kv(r.result)}, budget {r.result.budget_tokens}, "
+    lines += [f"{i}. {r.model}, KV {tables.kv_text(r.result)}, budget {r.result.budget_tokens}, "
               f"k={r.result.k}: {_pct(r.result.accuracy_maj)} at {format_bytes(r.memory_bytes)}"
               for i, r in enumerate(frontier, start=1)] or ["(no finished configuration)"]  # fmt: skip
     if plot_file:
@@ -392,8 +371,3 @@ def write(store: Store, comparison: Comparison, out: Path, name: str | None = No
     text = render(store, comparison, image.name if image else None, kld_image.name if kld_image else None)
     markdown.write_text(text, encoding="utf-8")
     return Written(markdown, image, kld_image)
-
-
-def _kv(res: ConfigResult) -> str:
-    """`f16/f16`, or `f16/f16, window 2k` with a KV window."""
-    return f"{res.kv_type_k}/{res.kv_type_v}" + (f", window {format_tokens(res.kv_window)}" if res.kv_window else "")

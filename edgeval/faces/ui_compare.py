@@ -20,9 +20,9 @@ from edgeval.core.units import format_bytes, format_duration
 
 if TYPE_CHECKING:  # types only: importing these here would load llama.cpp for `plan` and `models`
     from edgeval.comparison.compare import Arm, RaceProgress, Request
-    from edgeval.comparison.verdict import Comparison, Row
+    from edgeval.comparison.verdict import Comparison
     from edgeval.edges.store import NodeRun
-from edgeval.faces import ui
+from edgeval.faces import tables, ui
 
 
 def arm_row(arm: Arm, task: str, cached: bool) -> dict[str, object]:
@@ -163,40 +163,17 @@ def node_json(n: NodeRun) -> dict[str, object]:
             "decode_tokens_per_s": n.decode_tokens_per_s, "ttft_s": n.ttft_s}  # fmt: skip
 
 
-_MARKS = {"eliminated": "[dim]✗[/]", "failed": "[red]![/]", "running": "…", "done": ""}
-
-
-def _compare_cells(r: Row, tied: set[str], recommended: str | None, with_kld: bool = False) -> list[str]:
-    res = r.result
-    kv = res.kv_label
-    if r.status == "failed":
-        accuracy = "[red]failed[/]"
-    else:
-        accuracy = f"{100 * res.accuracy_maj:.0f}% {100 * res.ci95[0]:.0f}–{100 * res.ci95[1]:.0f}"
-    mark = "[green]◆[/]" if r.key == recommended else ("=" if r.key in tied else _MARKS.get(r.status, ""))
-    source = {"measured": "", "calibrated": "~", "predicted": "?"}[r.memory_source]
-    cells = [r.model, kv, str(res.budget_tokens), str(res.k), format_bytes(r.memory_bytes) + source, accuracy,
-             str(res.n_done), mark + ("★" if r.pareto else "")]  # fmt: skip
-    if with_kld:
-        cells.insert(6, f"{r.kld:.2g}" if r.kld is not None else "")
-    return cells
-
-
 def render_compare(comparisons: list[Comparison]) -> None:
     """Equal-footprint tables (fits 80 columns): memory, accuracy with its interval and n, the recommended (◆),
     those tied with the best (=), dropped (✗), the frontier (★); then the answer in words."""
     for c in comparisons:
-        table = Table(title=f"{c.task} within {format_bytes(c.budget_bytes)}: ◆ recommended, = tied with the best, "
-                      "✗ dropped, ★ frontier", title_justify="left")  # fmt: skip
         measured = [r for r in c.rows if r.kld is not None]  # configurations `edgeval kld` measured
         with_kld = bool(measured) and ui.console.width >= 80 + 8  # the column fits beside the eight; else a line below
-        names = ("model", "KV", "budget", "k", "memory", "maj@k 95% CI", *(("KLD",) if with_kld else ()), "n", "")
-        for name in names:
-            table.add_column(name, justify="left" if name in ("model", "KV", "") else "right", no_wrap=True)
-        tied = set(c.tied)
-        for r in c.rows:
-            table.add_row(*_compare_cells(r, tied, c.recommended, with_kld),
-                          style="dim" if r.status == "eliminated" else None)  # fmt: skip
+        table = tables.rich_table(
+            tables.comparison_layout(c, kld_column=with_kld), no_wrap=True, title_justify="left",
+            title=f"{c.task} within {format_bytes(c.budget_bytes)}: ◆ recommended, = tied with the best, ✗ dropped, "
+            "★ frontier",
+        )  # fmt: skip
         ui.console.print(table)
         ui.console.print("memory: measured peak RSS; ~ calibrated (predicted for this budget and k, corrected by the run "
                       "that measured it); ? predicted", style="dim")  # fmt: skip
