@@ -117,6 +117,30 @@ def test_run_in_flight_stores_the_samples_and_the_memory_of_one_question(tmp_pat
     assert wide["memory_source"] == "measured"
 
 
+def test_a_node_running_wider_measures_one_question_first_in_the_same_worker(tmp_path: Path) -> None:
+    """A Ray unit (here run in place, as a node runs it) keeps 3 questions in flight: its one worker measures the
+    deployment shape first — the configuration's memory — then widens; commit stores both peaks apart."""
+    from edgeval.edges import hub
+    from edgeval.edges.store import Store
+    from edgeval.running import detached
+
+    source = demo.family_sources()[1]
+    spec = sweep.RunSpec(model_path=source, model_label="tiny-m:F16", task="arith", budget_tokens=24, k=2, limit=3,
+                         repack=False, threads=2, parallel=3, sampling=GREEDY)  # fmt: skip
+    with Store(tmp_path / "driver.db") as store:
+        prepared = sweep.prepare(spec, store)
+        unit = detached.Unit(prepared, (0, 1, 2), store.file_sha256(source, hub.sha256_of))
+        result = detached.run(unit)
+        assert result.status == "ran" and result.width == 3 and len(result.answers) == 3, result.message
+        assert result.supervised is not None and result.supervised.footprint_peak is not None
+        assert 0 < result.supervised.footprint_peak.total <= result.supervised.peak.total
+        detached.commit(unit, result, store)
+        row = store.config(prepared.config_id)
+    assert row["parallel"] == 3 and row["peak_rss_bytes"] == result.supervised.footprint_peak.total
+    assert row["peak_rss_bytes"] == pytest.approx(row["predicted_bytes"], rel=0.05)
+    assert row["throughput_peak_rss_bytes"] == result.supervised.peak.total
+
+
 def test_auto_takes_the_knee_that_fits_and_doctor_tells_it(tmp_path: Path) -> None:
     path = demo.family_sources()[1]
     knee = throughput.probe(path, path.stat().st_size)

@@ -58,6 +58,7 @@ class PeakRSS:
         self.samples = 0
         self._nvml = _nvml_handles()
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # the thread's samples and one taken on demand (`sample`)
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     @property
@@ -65,20 +66,25 @@ class PeakRSS:
         """The highest RSS seen."""
         return self.peak.total
 
-    def _run(self) -> None:
+    def sample(self) -> bool:
+        """Read the process's memory now and keep it if it is the peak; False once the process is gone."""
         import psutil
 
-        while not self._stop.is_set():
-            try:
-                rss = read_rss(self._process)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                return
+        try:
+            rss = read_rss(self._process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return False
+        with self._lock:
             if rss.total > self.peak.total:
                 self.peak = rss
             if self._nvml:
                 vram = _process_vram(self._nvml, self._process.pid)
                 self.peak_vram_bytes = max(self.peak_vram_bytes or 0, vram)
             self.samples += 1
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and self.sample():
             self._stop.wait(self._interval)
 
     def __enter__(self) -> PeakRSS:

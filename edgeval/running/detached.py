@@ -74,7 +74,6 @@ class UnitResult:
     supervised: sweep.Supervised | None = None
     message: str | None = None
     width: int = 1  # questions the node kept in flight
-    shape: sweep.Supervised | None = None  # the footprint pass of the deployment shape (a node that ran wider)
 
     @property
     def tokens(self) -> int:
@@ -157,14 +156,12 @@ def run(unit: Unit) -> UnitResult:
 
     log_path = cache_dir("logs") / f"unit-{prepared.config_id}.log"
     log_path.write_text("")
-    payload = sweep.worker_payload(prepared, list(unit.pending), log_path, None)
-    shape = None
+    # The configuration's own memory, one question's context, measured first by the same worker when it runs wider.
+    shape = prepared.width > 1 and unit.measure_shape
+    payload = sweep.worker_payload(prepared, list(unit.pending), log_path, None, footprint=shape)
     with _bare_main():
-        if prepared.width > 1 and unit.measure_shape:  # the configuration's own memory: one question's context
-            footprint = sweep.worker_payload(prepared, list(unit.pending[:1]), log_path, None, footprint=True)
-            shape = sweep.supervise(footprint, sweep.Progress())
         done = sweep.supervise(payload, sweep.Progress(items_total=len(unit.pending)), on_rows=keep)
-    return UnitResult(node, "ran", tuple(answers), done, width=prepared.width, shape=shape)
+    return UnitResult(node, "ran", tuple(answers), done, width=prepared.width)
 
 
 def commit(unit: Unit, result: UnitResult, store: Store) -> None:
@@ -182,8 +179,10 @@ def commit(unit: Unit, result: UnitResult, store: Store) -> None:
         fail(unit, store, result.message or "failed")
         return
     prepared = replace(prepared, width=result.width)
-    if result.shape is not None and result.shape.exitcode == 0:
-        sweep.record_footprint(prepared, store, result.shape)
+    if result.supervised.footprint_peak is not None:  # a node that ran wider measured the deployment shape first
+        sweep.record_footprint(prepared, store, result.supervised)
+    elif result.width > 1 and unit.measure_shape:  # it died measuring: recorded as the one-question run it was
+        prepared = replace(prepared, width=1)
     node_id = store.add_node(result.node)
     for answer in result.answers:
         store.add_items(answer.rows, answer.timing, node_id)

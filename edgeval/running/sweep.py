@@ -194,6 +194,10 @@ class Supervised:
     stopped: bool
     wall_s: float
     log_tail: str
+    # The peak when the worker had measured the deployment shape (`footprint`), before it widened: one question's
+    # context, the configuration's own memory. None when it was not asked to, or died first.
+    footprint_peak: memory.RSS | None = None
+    footprint_vram_bytes: int | None = None
 
     def outcome(self, unfinished: bool) -> tuple[str, str | None]:
         """The configuration's status after this worker, and its message: `done` when no question is left,
@@ -212,7 +216,8 @@ def worker_payload(
 ) -> dict[str, Any]:
     """What the worker process is given: the configuration, its questions, how many in flight, and where the
     answers go (the store at `db_path`, or with None back to the parent as events). With `footprint` the worker
-    only measures the deployment shape (`worker._footprint`) on the first question and answers nothing."""
+    first measures the deployment shape (`worker._footprint`: one question's context, briefly), waits for the
+    parent to take that peak, then answers with its questions in flight."""
     from edgeval.llama import engine
 
     spec = prepared.spec
@@ -238,10 +243,12 @@ def supervise(
     worker's answers go to `on_rows`), call `tick` about every HEARTBEAT_S."""
     spawn = multiprocessing.get_context("spawn")
     events = spawn.Queue()
-    worker = spawn.Process(target=worker_main, args=(payload, events), daemon=True)
+    measured = spawn.Event()  # set once the deployment shape's peak is taken (a worker measuring it waits)
+    worker = spawn.Process(target=worker_main, args=(payload, events, measured), daemon=True)
     started = time.perf_counter()
     load_s = None
     stopped = False
+    footprint: tuple[memory.RSS, int | None] | None = None
     worker.start()
     state.worker_pid = worker.pid
     beat = time.monotonic()
@@ -259,6 +266,10 @@ def supervise(
                     load_s = value
                 elif kind == "stopped":
                     stopped = True
+                elif kind == "footprint":
+                    sampler.sample()  # the moment itself, not the last tick's
+                    footprint = (sampler.peak, sampler.peak_vram_bytes)
+                    measured.set()
                 elif kind == "rows" and on_rows is not None:
                     on_rows(*value)
                 elif kind == "item":
@@ -275,7 +286,7 @@ def supervise(
         raise
     tail = _log_tail(Path(payload["log_path"]))
     return Supervised(worker.exitcode, sampler.peak, sampler.peak_vram_bytes, load_s, stopped,
-                      time.perf_counter() - started, tail)  # fmt: skip
+                      time.perf_counter() - started, tail, *(footprint or (None, None)))  # fmt: skip
 
 
 def _execute_claimed(
@@ -304,15 +315,16 @@ def _execute_claimed(
     log_path.write_text("")
     mark_running(prepared, store)
     try:
-        if prepared.width > 1 and not store.config(prepared.config_id)["peak_rss_bytes"]:
-            # The configuration's memory is one question's (what a user deploys), not the throughput run's.
-            shape = supervise(worker_payload(prepared, left[:1], log_path, None, footprint=True), Progress())
-            if shape.exitcode != 0:  # recorded as the one-question run it was
-                record(replace(prepared, width=1), store, shape, store.timings(prepared.config_id))
-                return _results(prepared, store)
-            record_footprint(prepared, store, shape)
-        payload = worker_payload(prepared, left, log_path, store.path)
+        # The configuration's memory is one question's (what a user deploys), not the throughput run's: a wider
+        # worker measures that shape first, in the same process (one model load), and then widens.
+        shape = prepared.width > 1 and not store.config(prepared.config_id)["peak_rss_bytes"]
+        payload = worker_payload(prepared, left, log_path, store.path, footprint=shape)
         done = supervise(payload, state, progress, tick=lambda: store.heartbeat(prepared.config_id, me, time.time()))
+        if shape and done.footprint_peak is None:  # it died measuring: recorded as the one-question run it was
+            record(replace(prepared, width=1), store, done, store.timings(prepared.config_id))
+            return _results(prepared, store)
+        if shape:
+            record_footprint(prepared, store, done)
     except KeyboardInterrupt:
         # Ctrl-C: every finished question is stored; the rows wait, resumable, for the next run.
         for config_id in ids.values():
@@ -325,9 +337,10 @@ def _execute_claimed(
 def record_footprint(prepared: Prepared, store: Store, shape: Supervised) -> None:
     """Store the deployment shape's measured peak (a footprint pass: one question's context) as every rung's
     memory, beside the prediction it calibrates."""
+    assert shape.footprint_peak is not None, "a worker that measured the deployment shape"
     for config_id in prepared.config_ids.values():
         row = store.config(config_id)
-        fields = _peak_fields(row, shape.peak, shape.peak_vram_bytes, prepared.predicted.total_bytes)
+        fields = _peak_fields(row, shape.footprint_peak, shape.footprint_vram_bytes, prepared.predicted.total_bytes)
         store.update_config(config_id, **fields)
 
 

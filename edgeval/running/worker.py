@@ -36,9 +36,10 @@ def item_seeds(seed: int, item_id: str, k: int) -> list[int]:
     return [(base + 7919 * j) & 0xFFFFFFFF for j in range(k)]
 
 
-def main(payload: dict[str, Any], events: Any) -> None:
+def main(payload: dict[str, Any], events: Any, measured: Any = None) -> None:
     """Runs in a fresh process: load once, answer every pending question, commit each as it finishes (to the store,
-    or — with no store — back to the parent as an event).
+    or — with no store — back to the parent as an event). `measured` is the parent's event that it has taken the
+    deployment shape's peak (a worker asked to measure that shape first waits for it).
 
     A Python failure is written to the log as one `edgeval:` line and the process exits with code 1;
     a crash inside llama.cpp kills the process, and the parent reads the log's last lines.
@@ -49,7 +50,7 @@ def main(payload: dict[str, Any], events: Any) -> None:
     engine.LOG.tee(Path(payload["log_path"]))
     engine.LOG.set_echo(payload["verbose"])
     try:
-        _work(payload, events)
+        _work(payload, events, measured)
     except BaseException as exc:
         with Path(payload["log_path"]).open("a", encoding="utf-8") as log:
             log.write(f"\nedgeval: {describe(exc)}\n")
@@ -76,16 +77,16 @@ def _orphaned(parent: int) -> bool:
 Sink = Callable[[Mapping[int, Sequence[SampleRow]], ItemTiming], None]
 
 
-def _work(payload: dict[str, Any], events: Any) -> None:
+def _work(payload: dict[str, Any], events: Any, measured: Any = None) -> None:
     if payload["db_path"] is None:  # no store here: each question goes back to the parent, which hands it on
 
         def send(rows: Mapping[int, Sequence[SampleRow]], timing: ItemTiming) -> None:
             events.put(("rows", (dict(rows), timing)))
 
-        _answer_all(payload, events, send)
+        _answer_all(payload, events, send, measured)
         return
     with Store(Path(payload["db_path"])) as store:
-        _answer_all(payload, events, store.add_items)
+        _answer_all(payload, events, store.add_items, measured)
 
 
 def spec_of(raw: dict[str, Any]) -> RunSpec:
@@ -113,7 +114,7 @@ class _Pace:
         self.last = now
 
 
-def _answer_all(payload: dict[str, Any], events: Any, sink: Sink) -> None:
+def _answer_all(payload: dict[str, Any], events: Any, sink: Sink, measured: Any = None) -> None:
     from edgeval.llama import engine
 
     spec = spec_of(payload["spec"])
@@ -124,8 +125,7 @@ def _answer_all(payload: dict[str, Any], events: Any, sink: Sink) -> None:
     chat = prompts.ChatFormat(payload["chat_template"])
     t0 = time.perf_counter()
     load = engine.LoadOptions(n_gpu_layers=spec.gpu_layers, repack=spec.repack_mode, cpu_moe=spec.cpu_moe)
-    footprint = payload.get("footprint", False)
-    width = 1 if footprint else payload["width"]
+    width = payload["width"]
     with engine.Model(spec.model_path, load) as model:
         forcing = engine.Forcing(
             think_close=model.tokenize(prompts.THINK_CLOSE)[0],
@@ -136,16 +136,21 @@ def _answer_all(payload: dict[str, Any], events: Any, sink: Sink) -> None:
         recipe = engine.Recipe(
             k=spec.k, budgets=spec.rungs, sampling=spec.effective_sampling, forcing=forcing, window=spec.kv_window
         )
-        options = engine.in_flight(engine.ContextOptions(
+        one = engine.ContextOptions(
             n_ctx=payload["n_ctx"], n_seq=payload["n_seq"], type_k=spec.kv_type_k, type_v=spec.kv_type_v,
-            n_threads=spec.threads, n_batch=batch_size(recipe.step_tokens(), width),
-        ), width, payload["stream_cells"])  # fmt: skip
-        with engine.Context(model, options) as ctx:
-            events.put(("loaded", time.perf_counter() - t0))
-            if footprint:
+            n_threads=spec.threads, n_batch=batch_size(recipe.step_tokens(), 1),
+        )  # fmt: skip
+        if payload.get("footprint", False):
+            with engine.Context(model, one) as ctx:
+                events.put(("loaded", time.perf_counter() - t0))
                 _footprint(ctx, chat, task, items[pending[0]], spec, recipe)
-                events.put(("finished", None))
-                return
+            events.put(("footprint", None))  # its context closed; the parent takes the peak, then this one widens
+            if measured is not None:
+                measured.wait(timeout=60)
+        wide = replace(one, n_batch=batch_size(recipe.step_tokens(), width))
+        with engine.Context(model, engine.in_flight(wide, width, payload["stream_cells"])) as ctx:
+            if not payload.get("footprint", False):
+                events.put(("loaded", time.perf_counter() - t0))
 
             def jobs() -> Iterator[engine.Job]:
                 for index in pending:
