@@ -7,6 +7,7 @@ by sample order. A sample with no parseable answer casts no vote; if no sample v
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import random
@@ -37,7 +38,13 @@ def majority_score(answers: Sequence[str | None], correct: Sequence[bool | None]
 
 
 def maj_at(answers: Sequence[str | None], correct: Sequence[bool | None], j: int) -> float:
-    """maj@j from n ≥ j samples: the majority score averaged over j-subsets (all of them, or a fixed sample)."""
+    """maj@j from n ≥ j samples: the majority score averaged over j-subsets (all of them, or a fixed sample).
+    Remembered by its arguments: a race scores every question it has again at each look."""
+    return _maj_at(tuple(answers), tuple(correct), j)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _maj_at(answers: tuple[str | None, ...], correct: tuple[bool | None, ...], j: int) -> float:
     n = len(answers)
     if not 1 <= j <= n:
         raise ValueError(f"maj@{j} needs 1 ≤ j ≤ {n}")

@@ -360,13 +360,30 @@ def _budget(spec: RunSpec, n_ctx_train: int, prompt: int, answer: int) -> tuple[
 def _sample_tokens(
     spec: RunSpec, task: tasks.Task, items: tuple[tasks.Item, ...], chat: prompts.ChatFormat
 ) -> tuple[int, int]:
-    """The longest prompt, and the tokens one sample needs: that prompt + the budget + a forced answer."""
+    """The longest prompt, and the tokens one sample needs: that prompt + the budget + a forced answer. Each
+    prompt is tokenized once per process (a race prepares every run again each round, with more questions)."""
     from edgeval.llama import engine
 
-    with engine.Model(spec.model_path, engine.LoadOptions(vocab_only=True)) as vocab:
-        forced = vocab.tokenize(prompts.forced_answer(task.answer_prefix))
-        longest = max(len(vocab.tokenize(prompt_text(chat, task, item, spec.thinking))) for item in items)
-    return longest, longest + spec.budget + len(forced) + spec.answer_tokens
+    stat = spec.model_path.stat()
+    file = (str(spec.model_path), stat.st_size, stat.st_mtime_ns, chat.template, spec.thinking, task.fingerprint)
+    forced_key = (*file, "forced answer", task.answer_prefix)
+
+    def key(item: tasks.Item) -> tuple[object, ...]:
+        return (*file, item.id)
+
+    missing = [item for item in items if key(item) not in _TOKENS]
+    if missing or forced_key not in _TOKENS:
+        with engine.Model(spec.model_path, engine.LoadOptions(vocab_only=True)) as vocab:
+            _TOKENS[forced_key] = len(vocab.tokenize(prompts.forced_answer(task.answer_prefix)))
+            for item in missing:
+                _TOKENS[key(item)] = len(vocab.tokenize(prompt_text(chat, task, item, spec.thinking)))
+    longest = max(_TOKENS[key(item)] for item in items)
+    return longest, longest + spec.budget + _TOKENS[forced_key] + spec.answer_tokens
+
+
+# Tokens of each prompt (and forced answer) already counted: (file, its size and mtime, chat template, thinking,
+# task fingerprint, item id) -> tokens.
+_TOKENS: dict[tuple[object, ...], int] = {}
 
 
 def sample_tokens(spec: RunSpec) -> int:
