@@ -3,12 +3,19 @@ family's quantizations, the store, the command line and its errors."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import re
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
@@ -274,3 +281,89 @@ def test_report_and_compare_show_the_stored_kld(
     assert written.kld_plot is not None and written.kld_plot.stat().st_size > 10_000
     assert f"]({written.kld_plot.name})" in text
     assert "| KLD |" in text
+
+
+def test_each_pass_runs_in_a_worker_of_its_own_with_its_peak_beside_the_prediction(
+    family: dict[WeightQuant, Path], traced_db: Path
+) -> None:
+    request = _request(family, WeightQuant.Q2_K, kv_type_k=KVType.Q8_0, kv_type_v=KVType.F16)
+    result = _kld(traced_db, request)
+    assert result.scored_now == 8 and result.to_json()["tested_peak_rss_bytes"] == result.memory["tested"][0]
+    with Store(traced_db) as store:  # the traces' own run: the same F16 file through `run`'s worker
+        traced = store.config(result.trace_config_id)
+    run_error = traced["peak_rss_bytes"] / traced["predicted_bytes"]
+    for kind in ("reference", "tested"):
+        peak, predicted = result.memory[kind]
+        assert peak and predicted, kind
+        # Measured in the pass's own worker: the scoring buffers are predicted as well as `run`'s are (on these
+        # 60 MB files the runtime base dominates both, and both are low by the same few MiB of it).
+        assert peak / predicted == pytest.approx(run_error, abs=0.04), (kind, peak, predicted, run_error)
+
+
+def _on_a_copy(traced_db: Path, tmp_path: Path, tested: Path, reference: Path, *extra: str) -> tuple[Path, list[str]]:
+    """A copy of the traced store, and `edgeval kld` of `tested` against `reference` on it."""
+    db = tmp_path / "copy.db"
+    db.write_bytes(traced_db.read_bytes())
+    return db, ["kld", str(tested), "--reference", str(reference), "--task", "arith", "--budget-tokens", str(BUDGET),
+                "--no-repack", "--db", str(db), *extra]  # fmt: skip
+
+
+def _cli_under_a_cap(args: list[str], slack: int, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`edgeval ARGS` in a process whose address space is capped at what it has mapped once its modules are
+    loaded, plus `slack` bytes: room for itself, less than a pass needs."""
+    code = (  # what the command imports and initialises first, then the cap: it bounds what comes after
+        "import resource, sys, psutil\n"
+        "from edgeval.faces.cli import cli\n"
+        "from edgeval.faces import cmd_evaluate\n"
+        "from edgeval.llama import engine\n"
+        "engine.backend_name()\n"
+        f"cap = psutil.Process().memory_info().vms + {slack}\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (cap, resource.RLIM_INFINITY))\n"
+        f"cli({args!r}, prog_name='edgeval')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "COLUMNS": "300"}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_under_a_capped_address_space_a_pass_is_refused_before_loading_naming_both_figures(
+    family: dict[WeightQuant, Path], traced_db: Path, tmp_path: Path
+) -> None:
+    db, args = _on_a_copy(traced_db, tmp_path, family[WeightQuant.Q2_K], family[WeightQuant.F16], "--kv", "q4_0")
+    done = _cli_under_a_cap(args, 24 << 20, tmp_path)
+    assert done.returncode == 1, done.stderr
+    line = done.stderr.strip()
+    assert len(line.splitlines()) == 1 and "address space" in line and "predicted to need" in line, line
+    assert re.search(r"need [\d.]+ [MG]B of address space \(ulimit -v\) but [\d.]+ [MkG]?B is available", line), line
+    with Store(db) as store:
+        (row,) = store.db.execute("SELECT * FROM kld WHERE status != 'done'").fetchall()
+        assert row["status"] == "unfit" and "address space" in row["message"] and row["kv_type_k"] == "q4_0"
+        assert not store.kld_traces(int(row["id"])) and row["reference_peak_rss_bytes"] is None  # nothing loaded
+
+
+def test_a_pass_killed_midway_is_one_line_and_the_same_command_resumes(
+    family: dict[WeightQuant, Path], traced_db: Path, tmp_path: Path
+) -> None:
+    db, args = _on_a_copy(traced_db, tmp_path, family[WeightQuant.Q8_0], family[WeightQuant.F16], "--kv-window", "32")
+    assert CliRunner().invoke(cli, [*args, "--limit", "3"]).exit_code == 0
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "COLUMNS": "300"}
+    child = subprocess.Popen([sys.executable, "-m", "edgeval", *args], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    parent, deadline, killed = psutil.Process(child.pid), time.monotonic() + 60, None
+    while killed is None and time.monotonic() < deadline and child.poll() is None:
+        for worker in parent.children():
+            with contextlib.suppress(psutil.Error):
+                if "spawn_main" in " ".join(worker.cmdline()):  # not multiprocessing's resource tracker
+                    worker.kill()  # the first pass's worker (the reference's, on the traces its cache lacks)
+                    killed = worker
+        time.sleep(0.005)
+    _, err = child.communicate(timeout=60)
+    assert killed is not None and child.returncode == 1, err
+    assert len(err.strip().splitlines()) == 1 and "pass of" in err and "SIGKILL" in err, err
+    with Store(db) as store:
+        (row,) = store.db.execute("SELECT * FROM kld WHERE status != 'done'").fetchall()
+        assert row["status"] == "failed" and "SIGKILL" in row["message"] and row["kv_window"] == 32
+        assert len(store.kld_traces(int(row["id"]))) == 3  # what the first command stored survives
+    again = CliRunner().invoke(cli, [*args, "--json"])
+    assert again.exit_code == 0, again.output
+    data = json.loads(again.output)
+    assert data["traces"] == 8 and data["scored_now"] == 5

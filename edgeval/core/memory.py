@@ -384,6 +384,8 @@ class Setting:
     mmap: bool | None = None  # None: as edgeval loads (`mmap_for(repack)`)
     # A KV stream per sequence (`engine.in_flight`): n_ctx / n_seq cells each, padded; attention masks one stream.
     streams: bool = False
+    # Teacher-forced scoring (`edgeval kld`): decodes of this many tokens, each with a logits row (0: generation).
+    score_batch: int = 0
 
     @property
     def cells(self) -> int:
@@ -441,16 +443,20 @@ def predict(
     k, v = kv_bytes(arch, cells, setting.type_k, setting.type_v)
     quantized = setting.type_k.quantized or setting.type_v.quantized
     masked = cells // setting.n_seq if setting.streams else cells  # the cells one query row's mask spans
-    if setting.gpu_layers == 0:
+    if setting.gpu_layers != 0:
+        compute = compute_reserved_bytes(arch, masked, setting.n_ubatch, setting.n_seq, quantized)
+    elif setting.score_batch:  # every token of a scoring batch wants its logits row: the graph holds them all
+        batch = min(setting.score_batch, setting.n_ubatch)
+        compute = compute_bytes(arch, masked, batch, batch, setting.n_seq, quantized)
+    else:
         compute = compute_resident_bytes(
             arch, masked, setting.n_ubatch, setting.n_seq, quantized, setting.prompt_tokens, setting.forced_tokens
         )
-    else:
-        compute = compute_reserved_bytes(arch, masked, setting.n_ubatch, setting.n_seq, quantized)
     footprint = Footprint(
         weight_bytes=weights,
         kv_bytes=k + v,
-        output_bytes=output_bytes(arch, setting.n_seq),
+        # llama.cpp grows its logits buffer to the rows one decode returns: a sequence's, or a scoring batch's
+        output_bytes=output_bytes(arch, max(setting.n_seq, setting.score_batch)),
         compute_bytes=compute,
         overhead_bytes=overhead_bytes(arch, setting.n_seq),
         kv_cells=cells,

@@ -133,3 +133,19 @@ def _process_vram(handles: list[Any], pid: int) -> int:
         except Exception:  # a device that stops answering keeps the figure seen so far
             continue
     return used
+
+
+def address_space_left() -> int | None:
+    """What a worker started from this process may still map under an address-space cap (RLIMIT_AS, `ulimit -v`,
+    inherited by children): the cap less this process's own virtual size, which a fresh worker takes about as much
+    of again before it loads a model. None without a cap (or where the platform has none)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    import psutil
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    return max(0, soft - int(psutil.Process().memory_info().vms))

@@ -230,6 +230,19 @@ M10_PARALLEL = """
         ALTER TABLE configs ADD COLUMN throughput_predicted_bytes INTEGER;
 """
 
+# `edgeval kld` scores in worker processes: each pass's peak memory beside its prediction, and why a run stopped
+# (refused before loading, or a pass that failed, with its log's last lines).
+M11_KLD_MEMORY = """
+        ALTER TABLE kld ADD COLUMN reference_peak_rss_bytes INTEGER;
+        ALTER TABLE kld ADD COLUMN reference_peak_vram_bytes INTEGER;
+        ALTER TABLE kld ADD COLUMN reference_predicted_bytes INTEGER;
+        ALTER TABLE kld ADD COLUMN tested_peak_rss_bytes INTEGER;
+        ALTER TABLE kld ADD COLUMN tested_peak_vram_bytes INTEGER;
+        ALTER TABLE kld ADD COLUMN tested_predicted_bytes INTEGER;
+        ALTER TABLE kld ADD COLUMN message TEXT;
+        ALTER TABLE kld ADD COLUMN log_tail TEXT;
+"""
+
 MIGRATIONS: list[str] = [
     M1_INITIAL,
     M2_LADDER,
@@ -241,6 +254,7 @@ MIGRATIONS: list[str] = [
     M8_NODES,
     M9_REPACK_MODE,
     M10_PARALLEL,
+    M11_KLD_MEMORY,
 ]
 
 

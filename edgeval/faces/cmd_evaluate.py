@@ -190,20 +190,23 @@ def _local_file(catalogs: tuple[Path, ...], ref_text: str, store: Any) -> tuple[
 @seed_option
 @threads_option
 @repack_option
+@click.option("--force", is_flag=True, help="Score even where a pass's predicted memory exceeds what is available.")
 @db_option
 @catalog_option
 @json_option
 def kld_command(
     tested_ref: str, reference_ref: str, kv: str | None, kv_k: str | None, kv_v: str | None,
     kv_window: tuple[int, ...], task_name: str | None, limit: int | None, budget_tokens: int | None, thinking: bool,
-    exact: bool, seed: int, threads: int | None, repack: bool | None, db: Path | None, catalogs: tuple[Path, ...], as_json: bool,
+    exact: bool, seed: int, threads: int | None, repack: bool | None, force: bool, db: Path | None,
+    catalogs: tuple[Path, ...], as_json: bool,
 ) -> None:  # fmt: skip
     """KL divergence of a configuration from a reference, teacher-forced on the reference's own reasoning traces:
     mean per token with a 95% interval over traces, median, p99, top-1 agreement, and by position in the trace.
 
     Traces are the reference's stored samples for the task (generated once and stored when there are none). The
-    two files are loaded one after the other, never together; every scored trace is stored, so the same command
-    again computes nothing.
+    two files are loaded one after the other, never together, each in a worker process of its own (refused before
+    loading when its predicted memory does not fit; its peak measured beside the prediction); every scored trace is
+    stored, so the same command again computes nothing and an interrupted one resumes.
     """
     from edgeval.edges.store import Store
     from edgeval.faces import ui
@@ -217,6 +220,7 @@ def kld_command(
             kv_type_k=type_k, kv_type_v=type_v,
             kv_window=kv_window[0] if kv_window else 0, limit=limit, budget_tokens=budget_tokens, thinking=thinking,
             exact=exact, seed=seed, threads=threads, repack=repack, reference_sha256=ref_sha, tested_sha256=sha,
+            force=force,
         )  # fmt: skip
         with ui.kld_progress(f"{label} against {ref_label}", quiet=as_json) as progress:
             result = kld_run.run(request, store, progress, " ".join(sys.argv))

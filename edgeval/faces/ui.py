@@ -465,6 +465,10 @@ def render_kld(result: KLDResult) -> None:
         rates = f"tested {result.tested_tokens_per_s:.0f} tok/s"
         rates += f", reference {result.reference_tokens_per_s:.0f} tok/s" if result.reference_tokens_per_s else ""
         table.add_row("speed", rates + ("" if result.scored_now else " (stored)"))
+    passes = [f"{kind} {format_bytes(peak)} (predicted {format_bytes(predicted)})"
+              for kind, (peak, predicted) in result.memory.items() if peak and predicted]  # fmt: skip
+    if passes:
+        table.add_row("peak memory", ", ".join(passes))
     console.print(table)
     by_position = Table(title="by position in the trace", title_justify="left", box=box.SIMPLE)
     for name in ("tokens", "n", "traces", "mean KLD (95% CI)", "p99", "top-1"):

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgeval.core import memory, prompts
+from edgeval.core import memory, prompts, resident
 from edgeval.core.errors import ConfigurationError
 from edgeval.core.quants import KVType
 from edgeval.edges import gguf_info, hub, tasks
@@ -301,7 +301,9 @@ def free_memory(gpu: bool) -> tuple[int, int | None]:
     free = memory.gpu_free_bytes() if gpu else None
     if gpu and free is None:
         free = sum(d.memory_free for d in engine.gpu_devices())
-    return int(psutil.virtual_memory().available), free
+    available = int(psutil.virtual_memory().available)
+    left = resident.address_space_left()
+    return (available if left is None else min(available, left)), free
 
 
 def resolve_width(

@@ -13,32 +13,29 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
 import sqlite3
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import numpy.typing as npt
 
 from edgeval.core import kld, memory, prompts
-from edgeval.core.errors import EdgevalError
+from edgeval.core.errors import EdgevalError, LlamaError, NotEnoughMemoryError, describe
 from edgeval.core.paths import cache_dir
 from edgeval.core.quants import KVType
 from edgeval.edges import gguf_info, hub, tasks
 from edgeval.edges.catalog import quant_of
 from edgeval.edges.store import SampleRow, Store
 from edgeval.edges.tasks import prompt_text
-from edgeval.running import sweep
+from edgeval.running import kld_passes, sweep
+from edgeval.running.kld_passes import Trace
 
 if TYPE_CHECKING:  # engine (llama.cpp) is imported where a model is scored, not with this module
-    from edgeval.llama import engine
+    pass
 
 DEFAULT_TRACES = 10  # traces generated when the reference has none stored for the task
 
@@ -75,6 +72,7 @@ class Request:
     )
     reference_sha256: str | None = None  # the catalog's hashes: a file that does not match is refused
     tested_sha256: str | None = None
+    force: bool = False  # score even where a pass's prediction exceeds the memory available
 
 
 @dataclass(frozen=True)
@@ -105,6 +103,8 @@ class Result:
     tested_tokens_per_s: float | None
     reference_tokens_per_s: float | None
     scored_now: int  # traces scored by this call (0: every one was stored)
+    # Each pass's measured peak and its prediction, bytes (None: not measured, as a reference whose traces were cached)
+    memory: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         """The `--json` object."""
@@ -112,17 +112,9 @@ class Result:
                 "kv_type_k": self.kv_type_k, "kv_type_v": self.kv_type_v, "kv_window": self.kv_window,
                 "top_k": self.top_k, "max_k": self.max_k, **self.overall.to_json(), "by_position": [b.to_json() for b in self.by_position],
                 "tested_tokens_per_s": self.tested_tokens_per_s, "reference_tokens_per_s": self.reference_tokens_per_s,
-                "trace_config_id": self.trace_config_id, "scored_now": self.scored_now}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Trace:
-    """One reference sample to teacher-force: its prompt's and its own tokens, and where eviction stops."""
-
-    item_index: int
-    prompt: tuple[int, ...]
-    tokens: tuple[int, ...]
-    evict_until: int | None  # the forced answer's text starts after this token: a KV window evicts no further
+                "trace_config_id": self.trace_config_id, "scored_now": self.scored_now,
+                **{f"{kind}_{name}": value for kind, pair in self.memory.items()
+                   for name, value in zip(("peak_rss_bytes", "predicted_bytes"), pair, strict=True)}}  # fmt: skip
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -265,102 +257,69 @@ def _score(
     request: Request, store: Store, kld_id: int, ref_sha: str, traces: Sequence[Trace],
     progress: ProgressCallback | None,
 ) -> tuple[float | None, float | None]:  # fmt: skip
-    """Score the reference (what its cache lacks), close it, then the tested configuration; store each trace.
-    Returns tokens/s of the tested and the reference pass (None where nothing was scored)."""
+    """Score the reference (what its cache lacks), then the tested configuration, each in a worker process of its
+    own; store each trace and what each pass measured. Returns tokens/s of the tested and the reference pass (None
+    where nothing was scored)."""
     from edgeval.llama import doctor, engine
 
     gpu_layers = engine.LoadOptions(n_gpu_layers=request.gpu_layers).gpu_layers()
     repack = memory.repack_for_offload(doctor.repack_mode(request.repack), gpu_layers)  # off, CPU_REPACK, all
-    load = engine.LoadOptions(n_gpu_layers=request.gpu_layers, repack=repack)
+    ref_ctx, tested_ctx = kld_passes.contexts(traces, request.kv_window)
+    reference = kld_passes.Pass(
+        "reference",
+        request.reference,
+        request.reference_label,
+        request.threads,
+        gpu_layers,
+        repack,
+        top_k=request.top_k,
+        max_k=request.max_k,
+        exact=request.exact,
+        n_ctx=ref_ctx,
+    )
+    tested = replace(
+        reference,
+        kind="tested",
+        model=request.tested,
+        label=request.tested_label,
+        type_k=request.kv_type_k,
+        type_v=request.kv_type_v,
+        window=request.kv_window,
+        n_ctx=tested_ctx,
+    )
+
+    def told(phase: str) -> Callable[[int, int], None]:
+        return lambda done, total: progress(Progress(phase, done, total)) if progress is not None else None
+
+    measured: dict[str, object] = {}
     with ExitStack() as stack:
         if request.exact:  # whole rows: hundreds of KB a position, kept only until the tested pass is done
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=cache_dir("kld"))))
             cached = {t.item_index: folder / f"{t.item_index}.npy" for t in traces}
         else:  # what changes the reference's kept values names its cache file
-            tag = f"k{request.top_k}-{request.max_k}-{kld.REST_MASS:g}-g{load.gpu_layers()}-r{repack.value}"
+            tag = f"k{request.top_k}-{request.max_k}-{kld.REST_MASS:g}-g{gpu_layers}-r{repack.value}"
             cached = {t.item_index: _cache_path(ref_sha, t, tag) for t in traces}
         missing = [t for t in traces if not cached[t.item_index].exists()]
-        ref_rate = _score_reference(request, load, traces, missing, cached, progress) if missing else None
-        tested_rate = _score_tested(request, load, store, kld_id, traces, cached, progress)
-    return tested_rate, ref_rate
+        try:
+            ref = None
+            if missing:
+                ref = kld_passes.run(reference, missing, cached, store, kld_id, force=request.force,
+                                     progress=told("reference"))  # fmt: skip
+                measured |= _memory_fields("reference", ref)
+            done = kld_passes.run(tested, traces, cached, store, kld_id, force=request.force, progress=told("tested"))
+            measured |= _memory_fields("tested", done)
+        except (NotEnoughMemoryError, LlamaError) as exc:
+            status = "unfit" if isinstance(exc, NotEnoughMemoryError) else "failed"
+            log_tail = "\n".join(exc.log_tail) if isinstance(exc, LlamaError) else None
+            store.update_kld(kld_id, status=status, message=describe(exc), log_tail=log_tail, **measured)
+            raise
+    store.update_kld(kld_id, message=None, log_tail=None, **measured)
+    return done.tokens_per_s, ref.tokens_per_s if ref else None
 
 
-def _score_tested(
-    request: Request, load: engine.LoadOptions, store: Store, kld_id: int, traces: Sequence[Trace],
-    cached: dict[int, Path], progress: ProgressCallback | None,
-) -> float:  # fmt: skip
-    """Score the tested configuration alone against the reference's kept values; store each trace."""
-    from edgeval.llama import engine
-
-    # Unwindowed, the tested context is the reference's size, so a configuration against itself computes bit for
-    # bit what the reference did.
-    n_ctx = max(len(t.prompt) + _own_cells(request.kv_window, t) for t in traces)
-    options = engine.ContextOptions(
-        n_ctx=n_ctx, n_threads=request.threads, type_k=request.kv_type_k, type_v=request.kv_type_v
-    )
-    with engine.Model(request.tested, load) as model, engine.Context(model, options) as ctx:
-        t0, scored = time.perf_counter(), 0
-        for i, t in enumerate(traces):
-            if progress is not None:
-                progress(Progress("tested", i, len(traces)))
-            values = ctx.score(
-                t.prompt, t.tokens, _against(_load(cached[t.item_index])), window=request.kv_window,
-                evict_until=t.evict_until,
-            )  # fmt: skip
-            kl = np.array([v[0] for v in values], dtype=np.float32)
-            agree = np.array([v[1] for v in values], dtype=np.uint8)
-            rest = np.array([v[2] for v in values], dtype=np.float32)
-            store.add_kld_trace(kld_id, t.item_index, int(kl.size), kl.tobytes(), agree.tobytes(), rest.tobytes())
-            scored += len(values)
-        tested_rate = scored / (time.perf_counter() - t0)
-    if progress is not None:
-        progress(Progress("tested", len(traces), len(traces)))
-    return tested_rate
-
-
-def _score_reference(
-    request: Request, load: engine.LoadOptions, traces: Sequence[Trace], missing: Sequence[Trace],
-    cached: dict[int, Path], progress: ProgressCallback | None,
-) -> float:  # fmt: skip
-    """Score the reference alone on the traces its cache lacks and keep what KL needs; its tokens/s."""
-    from edgeval.llama import engine
-
-    # The context every trace of the request needs (not only the missing ones): the tested pass's size.
-    options = engine.ContextOptions(n_ctx=max(len(t.prompt) + len(t.tokens) for t in traces), n_threads=request.threads)
-    with engine.Model(request.reference, load) as model, engine.Context(model, options) as ctx:
-        t0, scored = time.perf_counter(), 0
-        for i, t in enumerate(missing):
-            if progress is not None:
-                progress(Progress("reference", i, len(missing)))
-            path = cached[t.item_index]
-            if request.exact:
-                scored += len(ctx.score(t.prompt, t.tokens, _FullRows(path, len(t.tokens), model.n_vocab)))
-                continue
-            rows = ctx.score(t.prompt, t.tokens, lambda row: kld.reference_row(row, request.top_k, max_k=request.max_k))
-            _save(path, rows)
-            scored += len(rows)
-        return scored / (time.perf_counter() - t0)
-
-
-def _own_cells(window: int, trace: Trace) -> int:
-    """KV cells a trace's own tokens take when scored: all of them, or with a window the window, an eviction chunk
-    and the forced answer that evicts nothing."""
-    n = len(trace.tokens)
-    if not window:
-        return n
-    return min(n, window + memory.eviction_chunk(window) + n - (trace.evict_until or n))
-
-
-def _against(reference: Sequence[kld.RefRow]) -> Callable[[npt.NDArray[np.float32]], tuple[float, bool, float]]:
-    """Row by row, the divergence of the tested logits from the reference's kept values at the same position, and
-    the reference's mass outside them."""
-    rows = iter(reference)
-
-    def one(logits: npt.NDArray[np.float32]) -> tuple[float, bool, float]:
-        ref = next(rows)
-        return (*kld.divergence(ref, logits), ref.rest)
-
-    return one
+def _memory_fields(kind: str, measured: kld_passes.Measured) -> dict[str, object]:
+    return {f"{kind}_peak_rss_bytes": measured.peak_rss_bytes, f"{kind}_peak_vram_bytes": measured.peak_vram_bytes,
+            f"{kind}_predicted_bytes": measured.predicted_bytes}  # fmt: skip
 
 
 def _cache_path(ref_sha: str, trace: Trace, tag: str) -> Path:
@@ -369,50 +328,6 @@ def _cache_path(ref_sha: str, trace: Trace, tag: str) -> Path:
     tokens = np.array([*trace.prompt, -1, *trace.tokens], dtype=np.int32).tobytes()
     digest = hashlib.sha256(tokens).hexdigest()[:24]
     return cache_dir("kld") / f"{ref_sha[:16]}-{digest}-{tag}.npz"
-
-
-def _save(path: Path, rows: Sequence[kld.RefRow]) -> None:
-    """The kept values of every position (ragged: a position keeps 64 tokens or more), written atomically."""
-    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with partial.open("wb") as f:
-        np.savez(
-            f,
-            ids=np.concatenate([r.ids for r in rows]),
-            logp=np.concatenate([r.logp for r in rows]),
-            ends=np.cumsum([r.ids.size for r in rows]),
-            log_rest=np.array([r.log_rest for r in rows], dtype=np.float64),
-            top1=np.array([r.top1 for r in rows], dtype=np.int32),
-        )
-    partial.replace(path)
-
-
-class _FullRows:
-    """A reference pass's whole rows, written one by one into a float32 file (`--exact`), with each row's top."""
-
-    def __init__(self, path: Path, n: int, n_vocab: int) -> None:
-        self.rows = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, n_vocab))
-        self.top1 = np.lib.format.open_memmap(path.with_suffix(".top1.npy"), mode="w+", dtype=np.int32, shape=(n,))
-        self.i = 0
-
-    def __call__(self, logits: npt.NDArray[np.float32]) -> None:
-        self.rows[self.i] = kld.log_softmax(logits)
-        self.top1[self.i] = int(np.argmax(logits))
-        self.i += 1
-
-
-def _load(path: Path) -> Sequence[kld.RefRow]:
-    if path.suffix == ".npy":  # whole rows (`--exact`), read one at a time
-        rows = np.load(path, mmap_mode="r")
-        top1 = np.load(path.with_suffix(".top1.npy"))
-        every = np.arange(rows.shape[1], dtype=np.int32)
-        return [kld.RefRow(every, rows[i], -math.inf, int(top1[i])) for i in range(len(top1))]
-    with np.load(path) as data:
-        ids, logp, ends, rest, top1 = data["ids"], data["logp"], data["ends"], data["log_rest"], data["top1"]
-    starts = [0, *ends[:-1]]
-    return [
-        kld.RefRow(ids[a:b], logp[a:b], float(rest[i]), int(top1[i]))
-        for i, (a, b) in enumerate(zip(starts, ends, strict=True))
-    ]
 
 
 def _stored(row: sqlite3.Row) -> kld.TraceScores:
@@ -448,4 +363,5 @@ def _finish(
         kv_type_k=request.kv_type_k.value, kv_type_v=request.kv_type_v.value, kv_window=request.kv_window,
         top_k=request.top_k, max_k=request.max_k, trace_config_id=int(config["id"]), overall=overall, by_position=buckets,
         tested_tokens_per_s=tested_rate, reference_tokens_per_s=ref_rate, scored_now=scored_now,
+        memory={kind: (row[f"{kind}_peak_rss_bytes"], row[f"{kind}_predicted_bytes"]) for kind in ("reference", "tested")},
     )  # fmt: skip

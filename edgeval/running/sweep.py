@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import edgeval
-from edgeval.core import memory
+from edgeval.core import memory, resident
 from edgeval.core.errors import NotEnoughMemoryError, describe
 from edgeval.core.paths import cache_dir
 from edgeval.edges import results
@@ -157,10 +157,17 @@ def check_fits(prepared: Prepared) -> None:
     label = f"{prepared.spec.model_label} with k={prepared.spec.k}"
     if prepared.width > 1:
         label += f" and {prepared.width} questions in flight"
-    predicted = prepared.wide
+    check_room(label, prepared.wide)
+
+
+def check_room(label: str, predicted: memory.Footprint, extra_host_bytes: int = 0) -> None:
+    """Refuse before loading what is predicted not to fit: its host part in the free RAM (or what an address-space
+    cap leaves), its device part in the free GPU memory."""
+    host = predicted.host_bytes + extra_host_bytes
     available, free = free_memory(predicted.device_bytes > 0)
-    if predicted.host_bytes > available:
-        raise NotEnoughMemoryError(label, "RAM", predicted.host_bytes, available)
+    if host > available:
+        capped = available == resident.address_space_left()
+        raise NotEnoughMemoryError(label, "address space (ulimit -v)" if capped else "RAM", host, available)
     if predicted.device_bytes > 0 and predicted.device_bytes > (free or 0):
         raise NotEnoughMemoryError(label, "GPU memory", predicted.device_bytes, free or 0)
 
@@ -238,13 +245,15 @@ def supervise(
     progress: ProgressCallback | None = None,
     on_rows: Sink | None = None,
     tick: Callable[[], None] | None = None,
+    target: Callable[..., None] = worker_main,
 ) -> Supervised:
-    """Start the worker process and follow it to its end: sample its memory, hear its events (a store-less
-    worker's answers go to `on_rows`), call `tick` about every HEARTBEAT_S."""
+    """Start the worker process (`target`: answering, or another job's entry in `worker.main`) and follow it to its
+    end: sample its memory, hear its events (a store-less worker's answers go to `on_rows`), call `tick` about every
+    HEARTBEAT_S."""
     spawn = multiprocessing.get_context("spawn")
     events = spawn.Queue()
     measured = spawn.Event()  # set once the deployment shape's peak is taken (a worker measuring it waits)
-    worker = spawn.Process(target=worker_main, args=(payload, events, measured), daemon=True)
+    worker = spawn.Process(target=target, args=(payload, events, measured), daemon=True)
     started = time.perf_counter()
     load_s = None
     stopped = False

@@ -36,10 +36,11 @@ def item_seeds(seed: int, item_id: str, k: int) -> list[int]:
     return [(base + 7919 * j) & 0xFFFFFFFF for j in range(k)]
 
 
-def main(payload: dict[str, Any], events: Any, measured: Any = None) -> None:
+def main(payload: dict[str, Any], events: Any, measured: Any = None, work: Callable[..., None] | None = None) -> None:
     """Runs in a fresh process: load once, answer every pending question, commit each as it finishes (to the store,
     or — with no store — back to the parent as an event). `measured` is the parent's event that it has taken the
-    deployment shape's peak (a worker asked to measure that shape first waits for it).
+    deployment shape's peak (a worker asked to measure that shape first waits for it). `work` is another job for
+    the same process life (`kld_passes`: a scoring pass); by default, answering.
 
     A Python failure is written to the log as one `edgeval:` line and the process exits with code 1;
     a crash inside llama.cpp kills the process, and the parent reads the log's last lines.
@@ -50,7 +51,7 @@ def main(payload: dict[str, Any], events: Any, measured: Any = None) -> None:
     engine.LOG.tee(Path(payload["log_path"]))
     engine.LOG.set_echo(payload["verbose"])
     try:
-        _work(payload, events, measured)
+        (work or _work)(payload, events, measured)
     except BaseException as exc:
         with Path(payload["log_path"]).open("a", encoding="utf-8") as log:
             log.write(f"\nedgeval: {describe(exc)}\n")
