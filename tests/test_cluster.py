@@ -207,3 +207,7 @@ def test_a_node_loads_with_its_own_probes_repacking_mode_when_the_request_left_i
         assert "model buffer size" in log and "REPACK" not in log and "AMX" not in log
         detached.commit(unit, result, store)
         assert len(store.samples(prepared.config_id)) == 2 * 2
+        # the provenance is the node's: its own mode in its node_runs row and in the configuration's
+        assert result.repack_mode == "off" and store.config(prepared.config_id)["repack_mode"] == "off"
+        (run,) = store.node_runs(prepared.config_id, lambda timings: (None, None, None))
+        assert run.repack_mode == "off" and run.parallel == 1

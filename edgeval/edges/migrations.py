@@ -243,6 +243,13 @@ M11_KLD_MEMORY = """
         ALTER TABLE kld ADD COLUMN log_tail TEXT;
 """
 
+# What each Ray node ran a configuration with: its own repacking mode (its probe's, where the request left it open)
+# and the questions it kept in flight.
+M12_NODE_SETTINGS = """
+        ALTER TABLE node_runs ADD COLUMN repack_mode TEXT;
+        ALTER TABLE node_runs ADD COLUMN parallel INTEGER;
+"""
+
 MIGRATIONS: list[str] = [
     M1_INITIAL,
     M2_LADDER,
@@ -255,6 +262,7 @@ MIGRATIONS: list[str] = [
     M9_REPACK_MODE,
     M10_PARALLEL,
     M11_KLD_MEMORY,
+    M12_NODE_SETTINGS,
 ]
 
 

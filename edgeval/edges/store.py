@@ -123,6 +123,8 @@ class NodeRun:
     prompt_tokens_per_s: float | None
     decode_tokens_per_s: float | None
     ttft_s: float | None
+    repack_mode: str | None = None  # how the node loaded the weights (its own probe's mode, or the request's)
+    parallel: int | None = None  # questions it kept in flight
 
 
 def _now() -> str:
@@ -428,13 +430,17 @@ class Store:
 
     def record_node_run(
         self, config_id: int, node_id: int, *, peak_rss: tuple[int | None, int | None, int | None],
-        peak_vram_bytes: int | None, load_s: float | None, wall_s: float,
+        peak_vram_bytes: int | None, load_s: float | None, wall_s: float, repack_mode: str | None = None,
+        parallel: int | None = None,
     ) -> None:  # fmt: skip
         """Add one finished task's measurements to what a node measured of a configuration: the peak stays the
-        highest the node saw (total, with its anonymous and file-backed parts at that peak), wall time adds up."""
+        highest the node saw (total, with its anonymous and file-backed parts at that peak), wall time adds up; the
+        repacking mode and width are the latest task's."""
         total, anon, file = peak_rss
         with self.transaction() as db:
             db.execute("INSERT OR IGNORE INTO node_runs (config_id, node_id) VALUES (?, ?)", (config_id, node_id))
+            db.execute("UPDATE node_runs SET repack_mode = COALESCE(?, repack_mode), parallel = COALESCE(?, parallel)"
+                       " WHERE config_id = ? AND node_id = ?", (repack_mode, parallel, config_id, node_id))  # fmt: skip
             db.execute(
                 "UPDATE node_runs SET units = units + 1, wall_s = wall_s + ?, load_s = COALESCE(?, load_s),"
                 " peak_vram_bytes = MAX(COALESCE(peak_vram_bytes, 0), COALESCE(?, 0)) WHERE config_id = ? AND node_id = ?",
@@ -455,7 +461,8 @@ class Store:
             prompt_tps, decode_tps, ttft = speed(own)
             vram = r["peak_vram_bytes"] or None
             out.append(NodeRun(config_id, int(r["node_id"]), self.node(int(r["node_id"])), len(own),
-                               r["peak_rss_bytes"], vram, r["load_s"], r["wall_s"], prompt_tps, decode_tps, ttft))  # fmt: skip
+                               r["peak_rss_bytes"], vram, r["load_s"], r["wall_s"], prompt_tps, decode_tps, ttft,
+                               r["repack_mode"], r["parallel"]))  # fmt: skip
         return out
 
     # ---------------------------------------------------------------- model file hashes

@@ -152,9 +152,10 @@ def _node_speed(comparison: Comparison) -> list[str]:
                      f"{n.prompt_tokens_per_s:.0f}" if n.prompt_tokens_per_s else "—",
                      f"{n.decode_tokens_per_s:.1f}" if n.decode_tokens_per_s else "—",
                      f"{1000 * n.ttft_s:.0f} ms" if n.ttft_s is not None else "—",
-                     f"{n.load_s:.2f} s" if n.load_s is not None else "—"])  # fmt: skip
+                     f"{n.load_s:.2f} s" if n.load_s is not None else "—", n.repack_mode or "—",
+                     str(n.parallel) if n.parallel else "—"])  # fmt: skip
     return _table(["model", "KV", "budget", "node", "questions", "peak RSS", "prompt tok/s",
-                   "decode tok/s (all sequences)", "first token", "load"], rows)  # fmt: skip
+                   "decode tok/s (all sequences)", "first token", "load", "repacking", "in flight"], rows)  # fmt: skip
 
 
 def _speed(comparison: Comparison) -> list[str]:

@@ -160,7 +160,8 @@ def node_json(n: NodeRun) -> dict[str, object]:
             "llama_cpp_build": node.llama_cpp_build, "hardware": node.hardware, "n_items": n.items,
             "peak_rss_bytes": n.peak_rss_bytes, "peak_vram_bytes": n.peak_vram_bytes, "load_s": n.load_s,
             "wall_s": n.wall_s, "prompt_tokens_per_s": n.prompt_tokens_per_s,
-            "decode_tokens_per_s": n.decode_tokens_per_s, "ttft_s": n.ttft_s}  # fmt: skip
+            "decode_tokens_per_s": n.decode_tokens_per_s, "ttft_s": n.ttft_s, "repack_mode": n.repack_mode,
+            "parallel": n.parallel}  # fmt: skip
 
 
 def render_compare(comparisons: list[Comparison]) -> None:

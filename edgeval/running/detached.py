@@ -74,6 +74,7 @@ class UnitResult:
     supervised: sweep.Supervised | None = None
     message: str | None = None
     width: int = 1  # questions the node kept in flight
+    repack_mode: str | None = None  # how the node loaded the weights (its own probe's mode under repack_auto)
 
     @property
     def tokens(self) -> int:
@@ -161,7 +162,8 @@ def run(unit: Unit) -> UnitResult:
     payload = sweep.worker_payload(prepared, list(unit.pending), log_path, None, footprint=shape)
     with _bare_main():
         done = sweep.supervise(payload, sweep.Progress(items_total=len(unit.pending)), on_rows=keep)
-    return UnitResult(node, "ran", tuple(answers), done, width=prepared.width)
+    return UnitResult(node, "ran", tuple(answers), done, width=prepared.width,
+                      repack_mode=prepared.spec.repack_mode.value)  # fmt: skip
 
 
 def commit(unit: Unit, result: UnitResult, store: Store) -> None:
@@ -188,12 +190,15 @@ def commit(unit: Unit, result: UnitResult, store: Store) -> None:
         store.add_items(answer.rows, answer.timing, node_id)
     done = result.supervised
     own = store.timings_by_node(prepared.config_id).get(node_id, [])
-    sweep.record(prepared, store, done, own, {"backend": result.node.backend,
-                                              "llama_cpp_build": result.node.llama_cpp_build})  # fmt: skip
+    facts: dict[str, object] = {"backend": result.node.backend, "llama_cpp_build": result.node.llama_cpp_build}
+    if result.repack_mode is not None:  # the configuration's row says how it was last loaded; each node's its own
+        facts |= {"repack_mode": result.repack_mode, "repack": int(result.repack_mode != "off")}
+    sweep.record(prepared, store, done, own, facts)
     for config_id in prepared.config_ids.values():
         store.record_node_run(
             config_id, node_id, peak_rss=(done.peak.total or None, done.peak.anon, done.peak.file),
             peak_vram_bytes=done.peak_vram_bytes, load_s=done.load_s, wall_s=done.wall_s,
+            repack_mode=result.repack_mode, parallel=result.width,
         )  # fmt: skip
 
 
