@@ -25,9 +25,12 @@ from edgeval.core.resident import read_rss as read_rss
 MIB = 1 << 20
 # llama.cpp rounds the KV cache's cell count up to a multiple of this.
 KV_CELL_PADDING = 256
-# Measured here (Linux, CPython 3.11): RSS of edgeval's worker process once it has imported edgeval, llama-cpp-python
-# and huggingface_hub (52 MiB), plus what loading any model adds besides its tensors (3 MiB).
-RUNTIME_BASE_BYTES = 55 * MIB
+# RSS of edgeval's worker process once it has imported edgeval, llama-cpp-python and huggingface_hub (52.5 MiB), plus
+# what loading any model adds besides its tensors: 5.4 MiB, the same for the family's three files (1.3–5 MiB of
+# tensors, 1–3 layers): 3.8 MiB anonymous (llama.cpp's model and backend state) and 1.6 MiB of its CPU backend's
+# library pages. Measured stage by stage on the 2-core AMD EPYC Zen 4 of CI (Linux, CPython 3.11, llama-cpp-python
+# 0.3.36); the earlier 3 MiB for the load was measured on another machine and left every prediction 2–5 MiB low.
+RUNTIME_BASE_BYTES = int(57.9 * MIB)
 # llama.cpp's vocabulary tables: per token (its string, score, attributes, piece cache) and per BPE merge (the rank
 # map). Fitted on two vocabularies measured here: Gemma 3's 262,144 tokens without merges (SentencePiece: 48 MiB)
 # and Qwen3's 151,936 tokens with 151,387 merges (43.5 MiB).
