@@ -199,7 +199,7 @@ def test_ctrl_c_prints_the_answer_so_far_and_a_rerun_continues(tmp_path: Path) -
                 n = conn.execute("SELECT COUNT(DISTINCT item_index) FROM samples").fetchone()[0]
         except sqlite3.OperationalError:
             continue
-        if n >= 10:  # well before the first run has its 60
+        if n >= 1:  # at the first answer: the race has 119 more to go
             break
     os.killpg(child.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground group, the worker included
     out, err = child.communicate(timeout=60)
