@@ -130,38 +130,57 @@ def _task_worker() -> psutil.Process | None:
     return None
 
 
-def test_a_ray_worker_killed_mid_task_is_retried_and_each_sample_is_stored_once(
+def _stored(db: Path) -> int:
+    """Questions the store holds answers for (0 before it exists)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM item_timings").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_a_ray_worker_killed_mid_task_loses_only_its_question_in_flight_and_the_retry_redoes_nothing_stored(
     model_dir: Path, tmp_path: Path
 ) -> None:
+    """Answers stream back per question while the task runs, so a node that dies after some questions has them
+    stored already; the unit sent again asks only for the rest, and nothing is stored twice."""
     pytest.importorskip("ray")
     model = synth.build(TINY, WeightQuant.Q8_0, model_dir, threads=2)  # random weights: writes its whole budget
     catalog = write_catalog(tmp_path / "tiny.toml", {"tiny": {"params": 1, "files": [
         {"quant": "Q8_0", "path": str(model)}]}})  # fmt: skip
     db = tmp_path / "k.db"
     args = ["compare", "--budget", "1GB", "--task", "arith", "--exhaustive", "--limit", "12", "--models", "tiny",
-            "--kv", "f16", "--budget-tokens", "400", "--k", "2", "--no-repack", "--catalog", str(catalog), "--db",
-            str(db), "--json", "--ray", "local"]  # fmt: skip
+            "--kv", "f16", "--budget-tokens", "400", "--k", "2", "--no-repack", "--parallel", "1", "--catalog",
+            str(catalog), "--db", str(db), "--json", "--ray", "local"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # (the tests' own EDGEVAL_HOME and HF_HOME, the node's too)
     child = subprocess.Popen([sys.executable, "-m", "edgeval", *args], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)  # fmt: skip
-    victim = None
-    deadline = time.monotonic() + 60
-    while victim is None and time.monotonic() < deadline and child.poll() is None:
-        time.sleep(0.1)
-        victim = _task_worker()
-    assert victim is not None, "no edgeval task was seen running"
+    victim, before = None, 0
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.05)
+        before = _stored(db)
+        if before >= 3:
+            victim = _task_worker()
+            if victim is not None:
+                break
+    assert victim is not None, f"no edgeval task was seen running after {before} stored questions"
     llama = victim.children()
     os.kill(victim.pid, signal.SIGKILL)  # the task's Ray worker dies mid-task (its llama.cpp worker with it)
+    assert 3 <= before < 12  # answers were stored while the task ran, and it still had questions to go
     out, err = child.communicate(timeout=120)
     assert child.returncode == 0, err
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in llama)
     with sqlite3.connect(db) as conn:
         keys = conn.execute("SELECT config_id, item_index, sample_index FROM samples").fetchall()
-        timings = conn.execute("SELECT COUNT(*) FROM item_timings").fetchone()[0]
+        timings, stored_tokens = conn.execute("SELECT COUNT(*), SUM(generated_tokens) FROM item_timings").fetchone()
         (status,) = conn.execute("SELECT DISTINCT status FROM configs").fetchall()
     assert len(keys) == len(set(keys)) == 12 * 2 and timings == 12 and status == ("done",)
     (data,) = json.loads(out)
     assert data["rows"][0]["n_done"] == 12 and not data["failures"]
+    # Every token the driver heard decoded is in a stored answer: the retry answered no stored question again
+    # (what the dead worker had in flight never reached the driver).
+    assert data["tokens_decoded"] == stored_tokens
 
 
 def test_without_ray_or_without_a_cluster_the_error_is_one_line(tmp_path: Path) -> None:

@@ -263,17 +263,28 @@ def _prepare(
     return prepared
 
 
+@dataclass
+class _Flight:
+    """One arm's unit out on the cluster: its tries so far, and the node it told it runs on."""
+
+    index: int
+    unit: detached.Unit
+    sent: float  # time.time() when this try was sent
+    tries: int = 1
+    node_id: int | None = None
+
+
 def _cluster_round(
     race: _Race, cluster: Cluster, live: list[int], asked: int, store: Store, state: RaceProgress,
     progress: Callable[[RaceProgress], None] | None, unreachable: list[EdgevalError],
 ) -> None:  # fmt: skip
     """One round on a Ray cluster: every live arm is a task at once (as many run together as the cluster's CPUs
-    hold), each within its share of the time left; each is committed to the store as it comes back."""
+    hold), each within its share of the time left; each answered question is stored as it comes back."""
     threads = cluster.threads(race.request.threads)
     left = race.time_left()
     share = None if left is None else left / max(1, math.ceil(len(live) / cluster.slots(threads)))
     me = sweep.claimant()
-    flying: dict[Any, tuple[int, detached.Unit]] = {}
+    flying: dict[Any, _Flight] = {}
     state.current = f"{len(live)} runs on {len(cluster.nodes())} Ray nodes"
     state.inner = sweep.Progress()
     try:
@@ -282,39 +293,74 @@ def _cluster_round(
             if unit is None:
                 state.done += 1
                 continue
-            need = unit.prepared.predicted
-            handle = cluster.submit(unit, threads, need.host_bytes, gpus=1 if need.device_bytes else 0)
-            flying[handle] = (index, unit)
+            flying[_send(cluster, unit, threads)] = _Flight(index, unit, time.time())
             state.inner.items_total += len(unit.pending)
         beat = time.monotonic()
         while flying:
             for handle in cluster.wait(list(flying), timeout_s=1.0):
-                index, unit = flying.pop(handle)
-                result = cluster.result(handle)
-                _land(race, index, unit, result, store)
-                if not isinstance(result, str):
-                    state.inner.items_done += len(result.answers)
-                    state.inner.tokens += result.tokens
-                    state.inner.decode_s += sum(a.timing.decode_s + a.timing.prompt_s for a in result.answers)
-                store.release(unit.prepared.config_id, me)
-                state.done += 1
-                _look(race, store, state, drop=False)
+                flight = flying.pop(handle)
+                again = _tell(race, cluster, flight, handle, store, state, threads)
+                if again is not None:
+                    flying[again] = flight
+                else:
+                    store.release(flight.unit.prepared.config_id, me)
+                    state.done += 1
+                    _look(race, store, state, drop=False)
                 if progress is not None:
                     progress(state)
             if time.monotonic() - beat > sweep.HEARTBEAT_S:
                 beat = time.monotonic()
-                for _, unit in flying.values():
-                    store.heartbeat(unit.prepared.config_id, me, time.time())
+                for flight in flying.values():
+                    store.heartbeat(flight.unit.prepared.config_id, me, time.time())
         _look(race, store, state, drop=True)
         if progress is not None:
             progress(state)
     except KeyboardInterrupt:
         cluster.cancel(list(flying))
-        for _, unit in flying.values():  # every finished question is stored; these wait, resumable
-            for config_id in unit.prepared.config_ids.values():
+        for flight in flying.values():  # every finished question is stored; these wait, resumable
+            for config_id in flight.unit.prepared.config_ids.values():
                 store.update_config(config_id, status="pending", message="interrupted")
-            store.release(unit.prepared.config_id, me)
+            store.release(flight.unit.prepared.config_id, me)
         raise
+
+
+def _send(cluster: Cluster, unit: detached.Unit, threads: int) -> Any:
+    need = unit.prepared.predicted
+    return cluster.submit(unit, threads, need.host_bytes, gpus=1 if need.device_bytes else 0)
+
+
+def _tell(
+    race: _Race, cluster: Cluster, flight: _Flight, handle: Any, store: Store, state: RaceProgress, threads: int
+) -> Any | None:  # fmt: skip
+    """Take what a task tells next: store an answered question at once, land its result, or send the questions
+    not stored yet again where its worker died. Returns the handle to go on listening to (None: it has ended)."""
+    from edgeval.running import detached
+    from edgeval.running.cluster import MAX_RETRIES, Failure
+
+    event = cluster.next_event(handle)
+    if isinstance(event, detached.Started):
+        flight.node_id = store.add_node(event.node)
+        return handle
+    if isinstance(event, detached.Answer):
+        assert flight.node_id is not None, "a node tells that it started before its first answer"
+        detached.keep(event, flight.node_id, store)
+        race.tokens += event.timing.generated_tokens
+        state.inner.items_done += 1
+        state.inner.tokens += event.timing.generated_tokens
+        state.inner.decode_s += event.timing.decode_s + event.timing.prompt_s
+        return handle
+    if isinstance(event, Failure):
+        left = sweep.pending(flight.unit.prepared, store)
+        if event.crashed and flight.tries <= MAX_RETRIES and left:
+            spent = time.time() - flight.sent  # a retry has what is left of the unit's share
+            share = None if flight.unit.share_s is None else max(0.0, flight.unit.share_s - spent)
+            flight.unit = replace(flight.unit, pending=tuple(left), share_s=share)
+            flight.tries, flight.sent = flight.tries + 1, time.time()
+            return _send(cluster, flight.unit, threads)
+        _land(race, flight, event.message + (f" on each of {flight.tries} tries" if event.crashed else ""), store)
+        return None
+    _land(race, flight, event, store)
+    return None
 
 
 def _unit(
@@ -355,20 +401,19 @@ def _unit(
                          repack_auto=race.request.repack is None, measure_shape=not measured)  # fmt: skip
 
 
-def _land(race: _Race, index: int, unit: detached.Unit, result: detached.UnitResult | str, store: Store) -> None:
-    """Commit what a task brought back (once), and note the arm as failed where it did not run."""
+def _land(race: _Race, flight: _Flight, result: detached.UnitResult | str, store: Store) -> None:
+    """Commit how a task ended (once), and note the arm as failed where it did not run."""
     from edgeval.running import detached
 
-    arm = race.arms[index]
+    arm = race.arms[flight.index]
     if isinstance(result, str):
-        detached.fail(unit, store, result)
-        race.failed[index] = f"{arm.label}: {result}"
+        detached.fail(flight.unit, store, result)
+        race.failed[flight.index] = f"{arm.label}: {result}"
         return
-    detached.commit(unit, result, store)
-    race.tokens += result.tokens
-    top = store.config(unit.prepared.config_id)
+    detached.commit(flight.unit, result, store, flight.node_id)
+    top = store.config(flight.unit.prepared.config_id)
     if top["status"] not in ("done", "partial"):
-        race.failed[index] = f"{arm.label}: {top['status']} — {top['message'] or ''}"
+        race.failed[flight.index] = f"{arm.label}: {top['status']} — {top['message'] or ''}"
 
 
 def _live_arms(race: _Race, store: Store) -> list[int]:

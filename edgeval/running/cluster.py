@@ -1,10 +1,12 @@
 """Ray, for `compare --ray`: joining a cluster (or starting a throw-away one), what its nodes offer, and running
 units of work there as Ray tasks. The only module that imports ray (an optional extra: `edgeval[ray]`).
 
-Each unit is one Ray task asking for the CPUs its configuration's threads use (so two llama.cpp jobs never share
-cores), the memory its configuration is predicted to take (so Ray sends it only to a node with that much, and never
-runs more on a node than its memory holds) and a GPU when it offloads. A task whose worker process dies is retried
-by Ray; what the driver commits is keyed by (configuration, question, sample), so a retry duplicates nothing.
+Each unit is one Ray generator task asking for the CPUs its configuration's threads use (so two llama.cpp jobs
+never share cores), the memory its configuration is predicted to take (so Ray sends it only to a node with that
+much, and never runs more on a node than its memory holds) and a GPU when it offloads. It streams each answered
+question back as it is done (`next_event`), and the driver stores it at once. Ray itself does not retry these tasks
+(it would replay the whole unit): a task whose worker (or node) dies is a `Failure`, and the driver sends a new unit
+with only the questions not stored yet.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import math
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from edgeval.core.errors import EdgevalError, describe
 from edgeval.core.units import format_bytes
 from edgeval.running import detached
 
-MAX_RETRIES = 3  # a task whose worker process (or node) dies is run again this many times, then given up
+MAX_RETRIES = 3  # a unit whose worker process (or node) dies is sent again this many times, then given up
 CONNECT_TIMEOUT_S = 5.0
 
 
@@ -52,6 +54,14 @@ class NodeCapacity:
     cpus: float
     memory_bytes: int
     gpus: float
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a task told nothing more: `crashed` when its Ray worker or node died (worth another try)."""
+
+    message: str
+    crashed: bool = False
 
 
 def _import_ray() -> Any:
@@ -94,7 +104,7 @@ class Cluster:
             raise
         self.address = address
         self._ray = ray
-        self._task = ray.remote(_run_on_node)
+        self._task = ray.remote(_stream_on_node)
 
     def _connect(self, ray: Any, address: str) -> None:
         # The nodes run the driver's own edgeval (shipped as a module), so their code is the driver's; what a
@@ -159,35 +169,41 @@ class Cluster:
                 f"{max((n.cpus for n in nodes), default=0):g})")  # fmt: skip
 
     def submit(self, unit: detached.Unit, threads: int, memory_bytes: int, gpus: int = 0) -> Any:
-        """Start a unit as a Ray task; returns its handle."""
-        options = {"num_cpus": threads, "num_gpus": gpus, "memory": memory_bytes, "max_retries": MAX_RETRIES,
-                   "name": f"edgeval {unit.prepared.spec.model_label}"}  # fmt: skip
+        """Start a unit as a Ray generator task; returns its handle (what `wait` and `next_event` take)."""
+        options = {"num_cpus": threads, "num_gpus": gpus, "memory": memory_bytes, "max_retries": 0,
+                   "num_returns": "streaming", "name": f"edgeval {unit.prepared.spec.model_label}"}  # fmt: skip
         return self._task.options(**options).remote(unit)
 
     def wait(self, handles: Sequence[Any], timeout_s: float) -> list[Any]:
-        """The handles among `handles` whose tasks have ended (waiting up to `timeout_s` for one)."""
+        """The handles among `handles` with something new to tell (waiting up to `timeout_s` for one)."""
         ready, _ = self._ray.wait(list(handles), num_returns=1, timeout=timeout_s)
         return list(ready)
 
-    def result(self, handle: Any) -> detached.UnitResult | str:
-        """What an ended task brought back, or one line saying why it brought nothing."""
+    def next_event(self, handle: Any) -> detached.Started | detached.Answer | detached.UnitResult | Failure:
+        """What a ready task tells next: that it started (with its node's address), one answered question, its
+        result — or a `Failure` saying why it will tell nothing more."""
         exceptions = self._ray.exceptions
         try:
-            result: detached.UnitResult = self._ray.get(handle)
-            ips = {n.ray_node_id: n.ip for n in self.nodes()}
-            return replace(result, node=replace(result.node, ip=ips.get(result.node.ray_node_id or "")))
+            event: detached.Started | detached.Answer | detached.UnitResult = self._ray.get(next(handle))
+        except StopIteration:
+            return Failure("the Ray task ended without a result")
         except exceptions.RayTaskError as exc:
             cause = exc.cause if isinstance(exc.cause, BaseException) else exc
             if isinstance(cause, ModuleNotFoundError):
-                return (f"a Ray node cannot import {cause.name} — install edgeval's dependencies on every node: "
-                        f"pip install 'edgeval[ray]=={edgeval.__version__}'")  # fmt: skip
-            return describe(cause)
+                return Failure(f"a Ray node cannot import {cause.name} — install edgeval's dependencies on every "
+                               f"node: pip install 'edgeval[ray]=={edgeval.__version__}'")  # fmt: skip
+            return Failure(describe(cause))
         except (exceptions.WorkerCrashedError, exceptions.NodeDiedError, exceptions.OutOfMemoryError) as exc:
-            return f"the Ray worker running it died {MAX_RETRIES + 1} times ({type(exc).__name__})"
+            return Failure(f"the Ray worker running it died ({type(exc).__name__})", crashed=True)
         except exceptions.TaskCancelledError:
-            return "cancelled"
+            return Failure("cancelled")
         except exceptions.RayError as exc:
-            return f"Ray could not run it ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0]})"
+            return Failure(f"Ray could not run it ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0]})")
+        if isinstance(event, (detached.Started, detached.UnitResult)):
+            ips = {n.ray_node_id: n.ip for n in self.nodes()}
+            node = replace(event.node, ip=ips.get(event.node.ray_node_id or ""))
+            return replace(event, node=node)
+        return event
 
     def cancel(self, handles: Sequence[Any]) -> None:
         """Stop tasks (their workers are killed, and with them llama.cpp)."""
@@ -195,9 +211,9 @@ class Cluster:
             self._ray.cancel(handle, force=True)
 
 
-def _run_on_node(unit: detached.Unit) -> detached.UnitResult:
-    """The Ray task: run the unit on this node and say which Ray node this is."""
+def _stream_on_node(unit: detached.Unit) -> Iterator[detached.Started | detached.Answer | detached.UnitResult]:
+    """The Ray task: run the unit on this node, telling as it goes, as the Ray node this is."""
     import ray
 
-    result = detached.run(unit)
-    return replace(result, node=replace(result.node, ray_node_id=ray.get_runtime_context().get_node_id()))
+    node = replace(detached.node_facts(), ray_node_id=ray.get_runtime_context().get_node_id())
+    yield from detached.stream(unit, node)

@@ -3,17 +3,21 @@
 What travels is a `Unit`: a prepared configuration (one run of the race) and the questions this round asks of it.
 The node finds the model file itself (the driver's path where the same file is there, else its own Hugging Face
 cache, downloading into it), checks the sha256 and that the configuration fits its memory, runs edgeval's own
-worker process with no store, and returns every answered question with its measurements and the node's facts (a
-`UnitResult`). The driver commits them through its one store (`commit`): (configuration, question, sample) is a
-primary key and a stored question is left as it is, so a retried task's copy adds nothing.
+worker process with no store, and tells each answered question with its measurements as soon as it is done
+(`stream`), then how the worker went (a `UnitResult`). The driver stores each question as it arrives (`keep`) and
+the rest at the end (`commit`) through its one store: (configuration, question, sample) is a primary key and a
+stored question is left as it is, so a node that dies loses only the questions it had in flight, and a retry asks
+only for the questions not stored.
 
 Nothing here imports Ray (`cluster` does): a unit runs the same wherever it is called.
 """
 
 from __future__ import annotations
 
+import queue
 import socket
 import sys
+import threading
 import time
 import types
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,6 +32,7 @@ from edgeval.edges import hub
 from edgeval.edges.catalog import ModelFile
 from edgeval.edges.store import ItemTiming, Node, SampleRow, Store
 from edgeval.running import sweep
+from edgeval.running.worker import Sink
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,13 @@ class Answer:
 
     rows: Mapping[int, Sequence[SampleRow]]
     timing: ItemTiming
+
+
+@dataclass(frozen=True)
+class Started:
+    """A node has begun a unit: who it is (the answers it tells next are its)."""
+
+    node: Node
 
 
 @dataclass(frozen=True)
@@ -129,32 +141,32 @@ def _bare_main() -> Iterator[None]:
         sys.modules["__main__"] = main
 
 
-def run(unit: Unit) -> UnitResult:
-    """Answer the unit's questions on this machine, in edgeval's worker process, with no store."""
-    node = node_facts()
-    prepared = unit.prepared
+def _ready(unit: Unit, node: Node) -> sweep.Prepared | UnitResult:
+    """The unit made ready to run on this node (its model file found and checked, this node's repacking and width,
+    the fit checked), or why it runs nothing here."""
     deadline = unit.deadline_from(time.time())
     if deadline is not None and time.time() >= deadline:
         return UnitResult(node, "late")
     try:
         path = resolve_model(unit, node.hostname)
-        spec = replace(prepared.spec, model_path=path, deadline=deadline)
+        spec = replace(unit.prepared.spec, model_path=path, deadline=deadline)
         if unit.repack_auto:  # the driver's CPU may repack in a way that crashes this one (AMX), or the other way
             from edgeval.llama import doctor
 
             spec = replace(spec, repack=doctor.repack_default())
-        prepared = sweep.resolve_width(replace(prepared, spec=spec), len(unit.pending))  # this node's width
+        prepared = sweep.resolve_width(replace(unit.prepared, spec=spec), len(unit.pending))  # this node's width
         if not prepared.spec.force:
             sweep.check_fits(prepared)
     except NotEnoughMemoryError as exc:
         return UnitResult(node, "unfit", message=f"on {node.hostname}: {describe(exc)}")
     except EdgevalError as exc:
         return UnitResult(node, "failed", message=f"on {node.hostname}: {describe(exc)}")
-    answers: list[Answer] = []
+    return prepared
 
-    def keep(rows: Mapping[int, Sequence[SampleRow]], timing: ItemTiming) -> None:
-        answers.append(Answer(rows, timing))
 
+def _answer(unit: Unit, prepared: sweep.Prepared, node: Node, keep: Sink) -> UnitResult:
+    """Run edgeval's worker process with no store over the unit's questions; each answered question goes to
+    `keep` as it is done. The result carries how the worker went, not the answers."""
     log_path = cache_dir("logs") / f"unit-{prepared.config_id}.log"
     log_path.write_text("")
     # The configuration's own memory, one question's context, measured first by the same worker when it runs wider.
@@ -162,13 +174,60 @@ def run(unit: Unit) -> UnitResult:
     payload = sweep.worker_payload(prepared, list(unit.pending), log_path, None, footprint=shape)
     with _bare_main():
         done = sweep.supervise(payload, sweep.Progress(items_total=len(unit.pending)), on_rows=keep)
-    return UnitResult(node, "ran", tuple(answers), done, width=prepared.width,
-                      repack_mode=prepared.spec.repack_mode.value)  # fmt: skip
+    return UnitResult(node, "ran", (), done, width=prepared.width, repack_mode=prepared.spec.repack_mode.value)
 
 
-def commit(unit: Unit, result: UnitResult, store: Store) -> None:
-    """Store what a node sent back, once: its answers (a question already stored is left as it is), each rung's
-    status and measurements, and what this node measured of the configuration."""
+def stream(unit: Unit, node: Node | None = None) -> Iterator[Started | Answer | UnitResult]:
+    """Answer the unit's questions on this machine, telling as it goes: `Started` (this node's facts) once the
+    worker is about to start, each `Answer` as its question is done, and last the `UnitResult` (without the
+    answers already told). A unit that runs nothing here (late, unfit, failed) tells only its `UnitResult`."""
+    node = node or node_facts()
+    ready = _ready(unit, node)
+    if isinstance(ready, UnitResult):
+        yield ready
+        return
+    yield Started(node)
+    told: queue.Queue[Answer | None] = queue.Queue()
+    outcome: list[UnitResult | BaseException] = []
+
+    def work() -> None:  # the worker's supervision, beside this generator (which hands each answer on at once)
+        try:
+            outcome.append(_answer(unit, ready, node, lambda rows, timing: told.put(Answer(rows, timing))))
+        except BaseException as exc:  # raised again below, in the caller's thread
+            outcome.append(exc)
+        finally:
+            told.put(None)
+
+    thread = threading.Thread(target=work, name="edgeval unit", daemon=True)
+    thread.start()
+    while (answer := told.get()) is not None:
+        yield answer
+    thread.join()
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    yield outcome[0]
+
+
+def run(unit: Unit) -> UnitResult:
+    """Answer the unit's questions on this machine and bring them back together (`stream`, gathered)."""
+    answers: list[Answer] = []
+    for event in stream(unit):
+        if isinstance(event, Answer):
+            answers.append(event)
+        elif isinstance(event, UnitResult):
+            return replace(event, answers=tuple(answers))
+    raise AssertionError("a unit's stream ends with its result")
+
+
+def keep(answer: Answer, node_id: int, store: Store) -> None:
+    """Store one answered question as a node tells it (a question already stored is left as it is)."""
+    store.add_items(answer.rows, answer.timing, node_id)
+
+
+def commit(unit: Unit, result: UnitResult, store: Store, node_id: int | None = None) -> None:
+    """Store what a node sent back, once: its answers (a question already stored is left as it is; a streamed
+    unit's are stored as they come, by `keep`, under `node_id`), each rung's status and measurements, and what this
+    node measured of the configuration."""
     prepared = unit.prepared
     if result.status == "unfit":
         sweep.record_unfit(prepared, store, result.message or "")
@@ -185,9 +244,10 @@ def commit(unit: Unit, result: UnitResult, store: Store) -> None:
         sweep.record_footprint(prepared, store, result.supervised)
     elif result.width > 1 and unit.measure_shape:  # it died measuring: recorded as the one-question run it was
         prepared = replace(prepared, width=1)
-    node_id = store.add_node(result.node)
+    if node_id is None:
+        node_id = store.add_node(result.node)
     for answer in result.answers:
-        store.add_items(answer.rows, answer.timing, node_id)
+        keep(answer, node_id, store)
     done = result.supervised
     own = store.timings_by_node(prepared.config_id).get(node_id, [])
     facts: dict[str, object] = {"backend": result.node.backend, "llama_cpp_build": result.node.llama_cpp_build}
