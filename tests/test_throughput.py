@@ -76,6 +76,28 @@ def test_a_kv_window_and_repacking_off_hold_in_flight_too(tiny_models: dict[Weig
     assert any(sum(g[80].evicted) for g in together.values())
 
 
+@pytest.mark.parametrize("quant", [WeightQuant.Q8_0, WeightQuant.F16])
+def test_a_ladders_forks_leave_one_questions_cache_as_several_in_flight_would(
+    tiny_models: dict[WeightQuant, Path], quant: WeightQuant
+) -> None:
+    """Random weights nearly tie everywhere, so attention summing a vote's cells in another order flips tokens: one
+    question's cache whose finished forks' cells were handed to the votes' next tokens did (4 of 160 samples here),
+    beside questions in flight, each sequence in a stream of its own."""
+    path = tiny_models[quant]
+    with engine.Model(path, engine.LoadOptions(vocab_only=True)) as vocab:
+        forcing, questions = arith_forcing(vocab), arith_prompts(vocab, 40)
+    recipe = engine.Recipe(k=2, budgets=(6, 20), sampling=GREEDY, forcing=forcing)
+    # (repacking off: repacked matrix kernels round by the batch's rows in any case — docs/throughput.md)
+    alone = _generate(path, recipe, questions, 1, RepackMode.OFF)
+    together = _generate(path, recipe, questions, 4, RepackMode.OFF)
+    forced = 0
+    for i in range(40):
+        for budget in (6, 20):
+            assert alone[i][budget].tokens == together[i][budget].tokens, (i, budget)
+            forced += sum(together[i][budget].forced)
+    assert forced >= 40  # every question's votes were forked and forced at the smaller rung
+
+
 def test_a_context_too_small_for_the_flight_is_refused() -> None:
     path = demo.family_sources()[0]
     with engine.Model(path, engine.LoadOptions(n_gpu_layers=0)) as model:

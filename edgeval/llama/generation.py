@@ -443,10 +443,14 @@ class _Question:
                 self._record(b, seq, finish)
 
     def _retire(self) -> None:
-        """Drop finished sequences; a finished fork's cells and sequence id are freed for the next fork."""
+        """Drop finished sequences. A finished fork keeps its cells and sequence id to the question's end (there are
+        enough for every fork at once): freed, they would take the votes' next tokens, so a vote's cells would no
+        longer lie in position order in one question's cache — and CPU attention sums the cells in their order, so
+        it would round otherwise than in a stream of the vote's own, as with several questions in flight. With a KV
+        window the votes' evictions leave such gaps anyway, and a fork's cells are freed for the next fork."""
         for seq in [s for s in self.live if s.finish]:
             self.live.remove(seq)
-            if seq.rung is not None:
+            if seq.rung is not None and self.window:
                 llama_cpp.llama_memory_seq_rm(self.ctx._memory, seq.seq, -1, -1)
                 self.free_seqs.append(seq.seq)
             llama_cpp.llama_sampler_free(seq.sampler)
