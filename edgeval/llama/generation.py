@@ -107,6 +107,7 @@ class _Sample:
     rung: int | None = None  # a fork: the budget it answers for
     kept_from: int = 0  # the first position of its own tokens still in the KV cache (a KV window evicts before it)
     evicted: int = 0  # own tokens evicted from the KV cache
+    feed: list[int] = field(default_factory=list)  # forced tokens still to feed, one a step
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ class Generation:
     ttft_s: float  # from the question's start to its first sampled token
     decoded_tokens: int = 0  # tokens the whole generation decoded (every rung's forks included)
     evicted: tuple[int, ...] = ()  # own tokens each sample evicted from the KV cache (a KV window)
-    max_batch_tokens: int = 0  # the most tokens (every question's) one decode it took part in carried
+    max_batch_tokens: int = 0  # the most tokens (every question's) one generation step it took part in carried
 
     @property
     def generated_tokens(self) -> int:
@@ -135,16 +136,16 @@ class Generation:
         return sum(self.generated)
 
 
-def fork_cells(k: int, n_rungs: int, answer_cells: int, answer_tokens: int, *, chunk: int = 0) -> int:
+def fork_cells(k: int, n_rungs: int, answer_cells: int, *, chunk: int = 0) -> int:
     """KV cells the forks of a budget ladder may hold at once: at every smaller rung, each vote still reasoning is
     forked for its forced answer (its last token and `answer_cells`: the forcing text and `answer_tokens`). When
     votes evict in chunks of `chunk` tokens (a KV window), a fork also holds the cells its vote evicts while the
-    fork lives: the fork writes its forcing text in one step and its answer one token a step, so its vote writes at
-    most the answer and a token meanwhile, and evicts that rounded up to a chunk. Forks happen only where samples
-    reason and are forced: callers count none otherwise."""
+    fork lives: the fork writes its forcing text and its answer one token a step, so its vote writes at most as many
+    and a token meanwhile, and evicts that rounded up to a chunk. Forks happen only where samples reason and are
+    forced: callers count none otherwise."""
     if n_rungs <= 1:
         return 0
-    return k * (n_rungs - 1) * (1 + answer_cells + (answer_tokens + 1 + chunk if chunk else 0))
+    return k * (n_rungs - 1) * (1 + answer_cells + (answer_cells + 1 + chunk if chunk else 0))
 
 
 def cells_needed(
@@ -156,7 +157,7 @@ def cells_needed(
     own = own_cells(max_tokens, window)
     chunk = eviction_chunk(window) if own < max_tokens else 0
     reasoning = forcing is not None and forcing.starts_reasoning
-    forks = fork_cells(k, n_rungs, extra, forcing.answer_tokens, chunk=chunk) if forcing and reasoning else 0
+    forks = fork_cells(k, n_rungs, extra, chunk=chunk) if forcing and reasoning else 0
     return prompt_tokens + k * (own + extra) + forks
 
 
@@ -373,7 +374,6 @@ class _Question:
         """A chunk of `tokens` prompt tokens was decoded on its own; after the last chunk the other votes share the
         prompt's cells, and every vote's first logits are the chunk's last row."""
         self.prompt_s += seconds
-        self.max_tokens = max(self.max_tokens, tokens)
         if self.reading:
             return
         memory = self.ctx._memory
@@ -385,7 +385,7 @@ class _Question:
         """Sample one token for each live sequence; return what to feed the next decode."""
         items: list[_Item] = []
         for seq in list(self.live):
-            items += self._advance(seq, self.logits_at[seq.seq])
+            items += self._fed(seq) if seq.feed else self._advance(seq, self.logits_at[seq.seq])
         self._retire()
         if not self.ttft_s:
             self.ttft_s = time.perf_counter() - self.started
@@ -456,14 +456,21 @@ class _Question:
             llama_cpp.llama_sampler_free(seq.sampler)
 
     def _force(self, seq: _Sample, token: int) -> list[_Item]:
-        """Close the reasoning and start the answer; only the last forced token needs logits."""
+        """Close the reasoning and start the answer: the forcing text is fed one token a step, as every other
+        sequence is (a sequence feeding several rows to one decode is computed with other kernels, by the batch's
+        shape, so the same question in flight beside others would round differently); only its last token needs
+        logits."""
         assert self.forcing is not None
         seq.forced, seq.reasoning, seq.answer_left = True, False, self.forcing.answer_tokens
-        feed = [token, *self.forcing.tokens]
         seq.tokens.extend(self.forcing.tokens)
-        items = [(t, seq.pos + i, seq.seq, i == len(feed) - 1) for i, t in enumerate(feed)]
-        seq.pos += len(feed)
-        return items
+        seq.feed = [token, *self.forcing.tokens]
+        return self._fed(seq)
+
+    def _fed(self, seq: _Sample) -> list[_Item]:
+        """The next forced token of a sequence being forced (logits with the last)."""
+        item = (seq.feed.pop(0), seq.pos, seq.seq, len(seq.feed) == 0)
+        seq.pos += 1
+        return [item]
 
     def _fork(self, vote: _Sample, token: int, rung: int) -> list[_Item]:
         """A copy of a reasoning vote at a smaller rung, forced to answer as a run at that budget would be."""

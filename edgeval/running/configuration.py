@@ -172,7 +172,7 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
     chunk = memory.eviction_chunk(spec.kv_window) if own < budget else 0
     n_ctx = engine.cells_needed(longest, spec.k, (spec.ctx or per_sample) - longest - budget + own)
     if spec.thinking:  # the ladder's forks, with a window also what a vote evicts meanwhile
-        n_ctx += engine.fork_cells(spec.k, n_rungs, answer_cells, spec.answer_tokens, chunk=chunk)
+        n_ctx += engine.fork_cells(spec.k, n_rungs, answer_cells, chunk=chunk)
     n_seq = engine.ladder_sequences(spec.k, n_rungs, spec.thinking)
     gpu_layers = engine.LoadOptions(n_gpu_layers=spec.gpu_layers).gpu_layers()
     mode = memory.repack_for_offload(spec.repack_mode, gpu_layers)
