@@ -15,6 +15,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from edgeval.comparison import compare
@@ -35,7 +36,7 @@ def _short(row: Row | None) -> str:
     return f"{row.model.removeprefix('edgeval-')} b{row.result.budget_tokens} k{row.result.k}"
 
 
-def race(folder: Path, seeds: list[int], time_s: float) -> None:
+def race(folder: Path, seeds: list[int], time_s: float, parallel: int | None = None) -> None:
     setup = _setup(folder)
     truth_file = folder / "truth.json"
     truth = json.loads(truth_file.read_text()) if truth_file.exists() else None
@@ -45,6 +46,8 @@ def race(folder: Path, seeds: list[int], time_s: float) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for seed in seeds:
         request = demo.request(setup, time_s=time_s, seed=seed)
+        if parallel is not None:  # the demo's own is 1
+            request = replace(request, parallel=parallel)
         with Store(folder / f"race-{seed}-{time.time_ns()}.db") as store:
             start = time.monotonic()
             (c,) = compare.run(request, store)
@@ -112,10 +115,16 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--time", type=float, default=120.0)
     parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "edgeval-race-bench")
+    parser.add_argument(
+        "--parallel",
+        type=lambda v: sweep.AUTO if v == "auto" else int(v),
+        default=None,
+        help="questions in flight per run, N or auto (default: the demo's own, 1)",
+    )
     args = parser.parse_args()
     args.folder.mkdir(parents=True, exist_ok=True)
     if args.step == "race":
-        race(args.folder, [int(s) for s in args.seeds.split(",")], args.time)
+        race(args.folder, [int(s) for s in args.seeds.split(",")], args.time, args.parallel)
     elif args.step == "exhaustive":
         exhaustive(args.folder)
     else:
