@@ -357,6 +357,10 @@ def _tell(
             flight.unit = replace(flight.unit, pending=tuple(left), share_s=share)
             flight.tries, flight.sent = flight.tries + 1, time.time()
             return _send(cluster, flight.unit, threads)
+        if event.crashed and not left:  # it died after its last answer was stored: nothing is missing
+            for config_id in flight.unit.prepared.config_ids.values():
+                store.update_config(config_id, status="done")
+            return None
         _land(race, flight, event.message + (f" on each of {flight.tries} tries" if event.crashed else ""), store)
         return None
     _land(race, flight, event, store)
