@@ -180,8 +180,8 @@ class Cluster:
         return list(ready)
 
     def next_event(self, handle: Any) -> detached.Started | detached.Answer | detached.UnitResult | Failure:
-        """What a ready task tells next: that it started (with its node's address), one answered question, its
-        result — or a `Failure` saying why it will tell nothing more."""
+        """What a ready task tells next: that it started (with its node's address, which the result does not
+        repeat), one answered question, its result — or a `Failure` saying why it will tell nothing more."""
         exceptions = self._ray.exceptions
         try:
             event: detached.Started | detached.Answer | detached.UnitResult = self._ray.get(next(handle))
@@ -199,10 +199,9 @@ class Cluster:
             return Failure("cancelled")
         except exceptions.RayError as exc:
             return Failure(f"Ray could not run it ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0]})")
-        if isinstance(event, (detached.Started, detached.UnitResult)):
+        if isinstance(event, detached.Started):  # the node the driver records (its answers and result follow)
             ips = {n.ray_node_id: n.ip for n in self.nodes()}
-            node = replace(event.node, ip=ips.get(event.node.ray_node_id or ""))
-            return replace(event, node=node)
+            return replace(event, node=replace(event.node, ip=ips.get(event.node.ray_node_id or "")))
         return event
 
     def cancel(self, handles: Sequence[Any]) -> None:

@@ -88,11 +88,6 @@ class UnitResult:
     width: int = 1  # questions the node kept in flight
     repack_mode: str | None = None  # how the node loaded the weights (its own probe's mode under repack_auto)
 
-    @property
-    def tokens(self) -> int:
-        """Tokens the node decoded for these questions."""
-        return sum(a.timing.generated_tokens for a in self.answers)
-
 
 def node_facts() -> Node:
     """This machine as the store records a node: host, CPU, backend and versions."""
@@ -233,8 +228,7 @@ def commit(unit: Unit, result: UnitResult, store: Store, node_id: int | None = N
         sweep.record_unfit(prepared, store, result.message or "")
         return
     if result.status == "late":
-        for config_id in prepared.config_ids.values():
-            store.update_config(config_id, status="partial", message="stopped at the time limit")
+        sweep.mark(prepared, store, status="partial", message="stopped at the time limit")
         return
     if result.status != "ran" or result.supervised is None:
         fail(unit, store, result.message or "failed")
@@ -264,5 +258,4 @@ def commit(unit: Unit, result: UnitResult, store: Store, node_id: int | None = N
 
 def fail(unit: Unit, store: Store, message: str) -> None:
     """Record that a unit could not be run at all (its task failed on every try)."""
-    for config_id in unit.prepared.config_ids.values():
-        store.update_config(config_id, status="failed", message=message)
+    sweep.mark(unit.prepared, store, status="failed", message=message)
