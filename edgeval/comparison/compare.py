@@ -318,8 +318,7 @@ def _cluster_round(
     except KeyboardInterrupt:
         cluster.cancel(list(flying))
         for flight in flying.values():  # every finished question is stored; these wait, resumable
-            for config_id in flight.unit.prepared.config_ids.values():
-                store.update_config(config_id, status="pending", message="interrupted")
+            sweep.mark(flight.unit.prepared, store, status="pending", message="interrupted")
             store.release(flight.unit.prepared.config_id, me)
         raise
 
@@ -358,8 +357,7 @@ def _tell(
             flight.tries, flight.sent = flight.tries + 1, time.time()
             return _send(cluster, flight.unit, threads)
         if event.crashed and not left:  # it died after its last answer was stored: nothing is missing
-            for config_id in flight.unit.prepared.config_ids.values():
-                store.update_config(config_id, status="done")
+            sweep.mark(flight.unit.prepared, store, status="done")
             return None
         _land(race, flight, event.message + (f" on each of {flight.tries} tries" if event.crashed else ""), store)
         return None
@@ -387,8 +385,7 @@ def _unit(
         return None
     pending = sweep.pending(prepared, store)
     if not pending:
-        for config_id in prepared.config_ids.values():
-            store.update_config(config_id, status="done")
+        sweep.mark(prepared, store, status="done")
         return None
     need = prepared.predicted
     unfit = cluster.unfit(threads, need.host_bytes, 1 if need.device_bytes else 0)

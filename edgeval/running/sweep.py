@@ -353,18 +353,21 @@ def record_footprint(prepared: Prepared, store: Store, shape: Supervised) -> Non
         store.update_config(config_id, **fields)
 
 
+def mark(prepared: Prepared, store: Store, **fields: object) -> None:
+    """Set `fields` (status, message…) on every rung of a configuration."""
+    for config_id in prepared.config_ids.values():
+        store.update_config(config_id, **fields)
+
+
 def record_unfit(prepared: Prepared, store: Store, message: str) -> None:
     """Mark every rung of a configuration as not fitting the memory available (refused before loading)."""
-    for config_id in prepared.config_ids.values():
-        store.update_config(config_id, status="unfit", message=message)
+    mark(prepared, store, status="unfit", message=message)
 
 
 def mark_running(prepared: Prepared, store: Store) -> None:
     """Mark every rung of a configuration as running now."""
-    for config_id in prepared.config_ids.values():
-        mode = prepared.spec.repack_mode
-        store.update_config(config_id, status="running", message=None, log_tail=None, repack=int(mode.on),
-                            repack_mode=mode.value)  # fmt: skip
+    mode = prepared.spec.repack_mode
+    mark(prepared, store, status="running", message=None, log_tail=None, repack=int(mode.on), repack_mode=mode.value)
 
 
 def record(
