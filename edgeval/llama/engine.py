@@ -270,6 +270,22 @@ class Model:
         return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
 
 
+def reasoning_budget(
+    model: Model, *, message: str, answer_tokens: int, starts_reasoning: bool = True
+) -> Forcing:
+    """The thinking budget as llama-server sets it up for this model: the start and end tags and the forced tokens
+    (the message's, then the end tag's, each tokenized alone with special tokens parsed, as the server does)."""
+    from edgeval.core import prompts
+
+    end = tuple(model.tokenize(prompts.THINK_CLOSE))
+    turn = model.tokenize(prompts.TURN_START)
+    return Forcing(
+        start=tuple(model.tokenize(prompts.THINK_OPEN)), end=end,
+        tokens=(*(model.tokenize(message) if message else ()), *end), answer_tokens=answer_tokens,
+        starts_reasoning=starts_reasoning, turn=turn[0] if len(turn) == 1 else -1,
+    )  # fmt: skip
+
+
 # ---------------------------------------------------------------- contexts and generation
 
 
