@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from edgeval.core import vote
+from edgeval.core import answer_time, vote
 from edgeval.edges.store import ItemTiming, SampleRow
 
 
@@ -52,6 +52,12 @@ class ConfigResult:
     kv_window: int = 0  # each sample's KV window in tokens (0: no eviction)
     kv_cells: int = 0  # KV cells the run's context held
     mean_evicted: float = 0.0  # tokens a sample evicted from the KV cache, on average
+    # Seconds one request takes deployed as measured (its prompt, its k votes together): the median and 90th
+    # percentile over the questions answered, and the worst the budget allows (`answer_time`); None: not measured.
+    answer_s: float | None = None
+    answer_s_p90: float | None = None
+    answer_s_worst: float | None = None
+    forcing: str | None = None  # how the thinking budget was forced (None: edgeval's own, before llama.cpp's)
 
     @property
     def kv_label(self) -> str:
@@ -165,7 +171,26 @@ def summarize(row: sqlite3.Row, samples: list[SampleRow], votes: int | None = No
         kv_window=int(row["kv_window"]),
         kv_cells=int(row["kv_cells"]),
         mean_evicted=sum(s.evicted for s in flat) / len(flat) if flat else 0.0,
+        **_answer_times(row, complete, j),
+        forcing=row["forcing"],
     )
+
+
+def _answer_times(row: sqlite3.Row, complete: list[list[SampleRow]], votes: int) -> dict[str, float | None]:
+    """Seconds per answer of this configuration with `votes` votes, from its run's measured speed and each
+    question's first `votes` samples (the tokens each wrote, forced ones included)."""
+    speed = answer_time.Speed.from_json(row["speed"])
+    if speed is None:
+        return {}
+    questions = []
+    for group in complete:
+        chosen = sorted(group, key=lambda s: s.sample_index)[:votes]
+        written = [s.tokens + (speed.forced_tokens if s.forced else 0) for s in chosen]
+        questions.append((chosen[0].prompt_tokens, written))
+    budget = int(row["budget_tokens"])
+    longest = max((p for p, _ in questions), default=int(row["ctx"]) - budget - speed.extra)
+    times = answer_time.figures(speed, questions, budget=budget, k=votes, longest=longest)
+    return {"answer_s": times.median_s, "answer_s_p90": times.p90_s, "answer_s_worst": times.worst_s}
 
 
 def speed(timings: list[ItemTiming]) -> tuple[float | None, float | None, float | None]:

@@ -287,7 +287,7 @@ def _config_rows(
             "sampling": json.dumps(asdict(spec.effective_sampling)), "seed": spec.seed, "n_items": n_items,
             "kv_cells": memory.padded_cells(shape.n_ctx), "predicted_bytes": by_votes[spec.k],
             "predicted_by_votes": json.dumps(by_votes), "arm": arm, "arm_predicted_bytes": shape.arm_predicted,
-            "kv_window": spec.kv_window,
+            "kv_window": spec.kv_window, "forcing": prompts.FORCING, "budget_message": spec.budget_message,
         }  # fmt: skip
         config_ids[rung] = store.upsert_config(_config_key(spec, task, model_sha, rung), fields)
         store.raise_items(config_ids[rung], n_items)

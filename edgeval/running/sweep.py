@@ -205,6 +205,7 @@ class Supervised:
     # context, the configuration's own memory. None when it was not asked to, or died first.
     footprint_peak: memory.RSS | None = None
     footprint_vram_bytes: int | None = None
+    speed: str | None = None  # the deployment shape's speed the worker measured (`answer_time.Speed` JSON)
 
     def outcome(self, unfinished: bool) -> tuple[str, str | None]:
         """The configuration's status after this worker, and its message: `done` when no question is left,
@@ -219,12 +220,14 @@ class Supervised:
 
 
 def worker_payload(
-    prepared: Prepared, pending: list[int], log_path: Path, db_path: Path | None, *, footprint: bool = False
+    prepared: Prepared, pending: list[int], log_path: Path, db_path: Path | None, *, footprint: bool = False,
+    speed: bool = False,
 ) -> dict[str, Any]:
     """What the worker process is given: the configuration, its questions, how many in flight, and where the
     answers go (the store at `db_path`, or with None back to the parent as events). With `footprint` the worker
     first measures the deployment shape (`worker._footprint`: one question's context, briefly), waits for the
-    parent to take that peak, then answers with its questions in flight."""
+    parent to take that peak, then answers with its questions in flight. With `speed` it also measures the
+    deployment shape's speed (`worker._speed`), once per configuration."""
     from edgeval.llama import engine
 
     spec = prepared.spec
@@ -235,7 +238,7 @@ def worker_payload(
         "config_ids": {str(b): c for b, c in prepared.config_ids.items()}, "n_ctx": prepared.n_ctx,
         "n_seq": prepared.n_seq, "stream_cells": prepared.stream_cells, "pending": pending, "log_path": str(log_path), "verbose": engine.LOG.echo,
         "chat_template": prepared.chat.template, "parent_pid": os.getpid(), "width": prepared.width,
-        "footprint": footprint,
+        "footprint": footprint, "speed": speed,
     }  # fmt: skip
 
 
@@ -258,6 +261,7 @@ def supervise(
     load_s = None
     stopped = False
     footprint: tuple[memory.RSS, int | None] | None = None
+    speed: str | None = None
     worker.start()
     state.worker_pid = worker.pid
     beat = time.monotonic()
@@ -279,6 +283,8 @@ def supervise(
                     sampler.sample()  # the moment itself, not the last tick's
                     footprint = (sampler.peak, sampler.peak_vram_bytes)
                     measured.set()
+                elif kind == "speed":
+                    speed = value
                 elif kind == "rows" and on_rows is not None:
                     on_rows(*value)
                 elif kind == "item":
@@ -294,8 +300,9 @@ def supervise(
             worker.kill()
         raise
     tail = _log_tail(Path(payload["log_path"]))
+    shape_peak, shape_vram = footprint or (None, None)
     return Supervised(worker.exitcode, sampler.peak, sampler.peak_vram_bytes, load_s, stopped,
-                      time.perf_counter() - started, tail, *(footprint or (None, None)))  # fmt: skip
+                      time.perf_counter() - started, tail, shape_peak, shape_vram, speed)  # fmt: skip
 
 
 def _execute_claimed(
@@ -327,7 +334,8 @@ def _execute_claimed(
         # The configuration's memory is one question's (what a user deploys), not the throughput run's: a wider
         # worker measures that shape first, in the same process (one model load), and then widens.
         shape = prepared.width > 1 and not store.config(prepared.config_id)["peak_rss_bytes"]
-        payload = worker_payload(prepared, left, log_path, store.path, footprint=shape)
+        payload = worker_payload(prepared, left, log_path, store.path, footprint=shape,
+                                 speed=not store.config(prepared.config_id)["speed"])  # fmt: skip
         done = supervise(payload, state, progress, tick=lambda: store.heartbeat(prepared.config_id, me, time.time()))
         if shape and done.footprint_peak is None:  # it died measuring: recorded as the one-question run it was
             record(replace(prepared, width=1), store, done, store.timings(prepared.config_id))
@@ -402,6 +410,8 @@ def record(
         }  # fmt: skip
         if done.load_s is not None:
             measured["load_s"] = done.load_s
+        if done.speed is not None:
+            measured["speed"] = done.speed
         failure = {} if status in ("done", "partial") else {"log_tail": done.log_tail}
         store.update_config(config_id, status=status, message=message, **failure, **measured)
 

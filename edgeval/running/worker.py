@@ -146,17 +146,25 @@ def _answer_all(payload: dict[str, Any], events: Any, sink: Sink, measured: Any 
             n_ctx=payload["n_ctx"], n_seq=payload["n_seq"], type_k=spec.kv_type_k, type_v=spec.kv_type_v,
             n_threads=spec.threads, n_batch=batch_size(recipe.step_tokens(), 1),
         )  # fmt: skip
+        probe = payload.get("speed", False)
         if payload.get("footprint", False):
             with engine.Context(model, one) as ctx:
                 events.put(("loaded", time.perf_counter() - t0))
                 _footprint(ctx, chat, task, items[pending[0]], spec, recipe)
+                if probe:
+                    events.put(("speed", _speed(ctx, chat, task, items[pending[0]], spec, recipe)))
             events.put(("footprint", None))  # its context closed; the parent takes the peak, then this one widens
             if measured is not None:
                 measured.wait(timeout=60)
+        elif probe and width > 1:  # the deployment shape's speed, in its own context (its peak is stored already)
+            with engine.Context(model, one) as ctx:
+                events.put(("speed", _speed(ctx, chat, task, items[pending[0]], spec, recipe)))
         wide = replace(one, n_batch=batch_size(recipe.step_tokens(), width))
         with engine.Context(model, engine.in_flight(wide, width, payload["stream_cells"])) as ctx:
             if not payload.get("footprint", False):
                 events.put(("loaded", time.perf_counter() - t0))
+            if probe and width == 1:  # this context is the deployment shape
+                events.put(("speed", _speed(ctx, chat, task, items[pending[0]], spec, recipe)))
 
             def jobs() -> Iterator[engine.Job]:
                 for index in pending:
@@ -207,6 +215,44 @@ def _footprint(
     forcing = replace(recipe.forcing, answer_tokens=2) if recipe.forcing else None
     short = replace(recipe, budgets=budgets, forcing=forcing)
     ctx.generate_many(short, [engine.Job(0, prompt, item_seeds(spec.seed, item.id, spec.k))], lambda *_: None)
+
+
+SPEED_STEPS = 8  # decode steps timed at each width and depth of the speed probe
+
+
+def _speed(
+    ctx: engine.Context, chat: prompts.ChatFormat, task: tasks.Task, item: tasks.Item, spec: RunSpec,
+    recipe: engine.Recipe,
+) -> str:  # fmt: skip
+    """The deployment shape's speed (`answer_time.Speed`, as JSON): the prompt read, and decode steps of one and of
+    k sequences at the prompt's depth and at the deepest a sample may reach (the largest budget's n_predict)."""
+    from edgeval.core import answer_time
+    from edgeval.llama import engine
+
+    prompt = ctx.model.tokenize(prompt_text(chat, task, item, spec.thinking))
+    forcing = recipe.forcing
+    n_predict = forcing.n_predict(recipe.rungs[-1]) if forcing else recipe.rungs[-1]
+    widths = sorted({1, spec.k})
+    rate, probe = ctx.speed_probe(prompt, widths, (len(prompt), len(prompt) + n_predict), recipe.sampling,
+                                  steps=SPEED_STEPS)  # fmt: skip
+    reasoning = forcing is not None and forcing.starts_reasoning
+    raw = answer_time.Speed.fit(
+        rate, probe, forced_tokens=len(forcing.tokens) if reasoning and forcing else 0,
+        extra=forcing.extra if forcing else 0,
+    )  # fmt: skip
+    # The decode loop's own cost per step (sampling and bookkeeping beside llama_decode), from a short real
+    # generation at the prompt's depth at each width; the prompt's rate from the same (warm) generation.
+    loop: dict[int, float] = {}
+    for width in widths:
+        short = replace(recipe, k=width, budgets=(4 * SPEED_STEPS,), forcing=None, window=0)
+        job = engine.Job(0, prompt, item_seeds(spec.seed, item.id, width))
+        got: list[engine.Generation] = []
+        ctx.generate_many(short, [job], lambda _, out: got.append(next(iter(out.values()))))
+        out = got[0]
+        loop[width] = max(0.0, out.decode_s / max(out.decode_steps, 1) - raw.step_s(width, len(prompt)))
+        rate = len(prompt) / out.prompt_s if out.prompt_s > 0 else rate
+    steps = {w: (a + loop[w], b) for w, (a, b) in raw.steps.items()}
+    return replace(raw, prompt_tps=rate, steps=steps).to_json()
 
 
 def _answer(
