@@ -270,9 +270,7 @@ class Model:
         return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
 
 
-def reasoning_budget(
-    model: Model, *, message: str, answer_tokens: int, starts_reasoning: bool = True
-) -> Forcing:
+def reasoning_budget(model: Model, *, message: str, answer_tokens: int, starts_reasoning: bool = True) -> Forcing:
     """The thinking budget as llama-server sets it up for this model: the start and end tags and the forced tokens
     (the message's, then the end tag's, each tokenized alone with special tokens parsed, as the server does)."""
     from edgeval.core import prompts

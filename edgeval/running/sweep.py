@@ -222,7 +222,7 @@ class Supervised:
 def worker_payload(
     prepared: Prepared, pending: list[int], log_path: Path, db_path: Path | None, *, footprint: bool = False,
     speed: bool = False,
-) -> dict[str, Any]:
+) -> dict[str, Any]:  # fmt: skip
     """What the worker process is given: the configuration, its questions, how many in flight, and where the
     answers go (the store at `db_path`, or with None back to the parent as events). With `footprint` the worker
     first measures the deployment shape (`worker._footprint`: one question's context, briefly), waits for the

@@ -227,7 +227,6 @@ def _speed(
     """The deployment shape's speed (`answer_time.Speed`, as JSON): the prompt read, and decode steps of one and of
     k sequences at the prompt's depth and at the deepest a sample may reach (the largest budget's n_predict)."""
     from edgeval.core import answer_time
-    from edgeval.llama import engine
 
     prompt = ctx.model.tokenize(prompt_text(chat, task, item, spec.thinking))
     forcing = recipe.forcing
@@ -244,11 +243,8 @@ def _speed(
     # generation at the prompt's depth at each width; the prompt's rate from the same (warm) generation.
     loop: dict[int, float] = {}
     for width in widths:
-        short = replace(recipe, k=width, budgets=(4 * SPEED_STEPS,), forcing=None, window=0)
-        job = engine.Job(0, prompt, item_seeds(spec.seed, item.id, width))
-        got: list[engine.Generation] = []
-        ctx.generate_many(short, [job], lambda _, out: got.append(next(iter(out.values()))))
-        out = got[0]
+        out = ctx.generate(prompt, k=width, max_tokens=4 * SPEED_STEPS, sampling=recipe.sampling,
+                           seeds=item_seeds(spec.seed, item.id, width))  # fmt: skip
         loop[width] = max(0.0, out.decode_s / max(out.decode_steps, 1) - raw.step_s(width, len(prompt)))
         rate = len(prompt) / out.prompt_s if out.prompt_s > 0 else rate
     steps = {w: (a + loop[w], b) for w, (a, b) in raw.steps.items()}
