@@ -82,8 +82,12 @@ def _toml(value: object) -> str:
 
 
 def arith_forcing(model: engine.Model, answer_tokens: int = 12) -> engine.Forcing:
-    """The thinking budget as the worker sets it up for arith (thinking on, Qwen's stop-thinking message)."""
-    return engine.reasoning_budget(model, message=prompts.BUDGET_MESSAGE, answer_tokens=answer_tokens)
+    """Budget forcing as the worker sets it up for arith (thinking on)."""
+    return engine.Forcing(
+        think_close=model.tokenize(prompts.THINK_CLOSE)[0],
+        tokens=tuple(model.tokenize(prompts.forced_answer(tasks.BOXED))),
+        answer_tokens=answer_tokens,
+    )
 
 
 def arith_prompts(model: engine.Model, n: int) -> list[list[int]]:

@@ -250,12 +250,9 @@ M12_NODE_SETTINGS = """
         ALTER TABLE node_runs ADD COLUMN parallel INTEGER;
 """
 
-# How a configuration's thinking budget was counted and forced (NULL: edgeval's own forcing, before llama.cpp's
-# reasoning budget became the one semantics; such rows keep their results and never share a key with new ones), and
-# the deployment shape's speed its worker measured (`answer_time.Speed` JSON: seconds per answer are derived from it).
-M13_FORCING_AND_SPEED = """
-        ALTER TABLE configs ADD COLUMN forcing TEXT;
-        ALTER TABLE configs ADD COLUMN budget_message TEXT;
+# The deployment shape's speed a configuration's worker measured (`answer_time.Speed` JSON: seconds per answer are
+# derived from it and each question's token counts; NULL: not measured).
+M13_SPEED = """
         ALTER TABLE configs ADD COLUMN speed TEXT;
 """
 
@@ -272,7 +269,7 @@ MIGRATIONS: list[str] = [
     M10_PARALLEL,
     M11_KLD_MEMORY,
     M12_NODE_SETTINGS,
-    M13_FORCING_AND_SPEED,
+    M13_SPEED,
 ]
 
 

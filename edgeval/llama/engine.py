@@ -270,20 +270,6 @@ class Model:
         return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
 
 
-def reasoning_budget(model: Model, *, message: str, answer_tokens: int, starts_reasoning: bool = True) -> Forcing:
-    """The thinking budget as llama-server sets it up for this model: the start and end tags and the forced tokens
-    (the message's, then the end tag's, each tokenized alone with special tokens parsed, as the server does)."""
-    from edgeval.core import prompts
-
-    end = tuple(model.tokenize(prompts.THINK_CLOSE))
-    turn = model.tokenize(prompts.TURN_START)
-    return Forcing(
-        start=tuple(model.tokenize(prompts.THINK_OPEN)), end=end,
-        tokens=(*(model.tokenize(message) if message else ()), *end), answer_tokens=answer_tokens,
-        starts_reasoning=starts_reasoning, turn=turn[0] if len(turn) == 1 else -1,
-    )  # fmt: skip
-
-
 # ---------------------------------------------------------------- contexts and generation
 
 
@@ -478,57 +464,6 @@ class Context:
         finally:
             llama_cpp.llama_batch_free(batch)
             llama_cpp.llama_memory_clear(self._memory, True)
-
-    def speed_probe(
-        self, prompt: Sequence[int], widths: Sequence[int], depths: Sequence[int], sampling: Sampling, *,
-        steps: int = 4,
-    ) -> tuple[float, dict[int, list[tuple[int, float]]]]:  # fmt: skip
-        """The deployment shape's speed: the prompt read (tokens/s), then for each depth (cells already in the
-        cache, reached by filling one sequence) and each width, `steps` decode steps of that many sequences
-        sharing those cells, each row's token sampled by the run's chain (one warm-up step first). Returns the
-        prompt rate and width -> [(depth, median seconds per step)]; the cache is left empty."""
-        memory_ = self._memory
-        room = self.n_ctx - max(widths) * (steps + 1) - 1
-        depths = sorted({min(d, room) for d in depths if min(d, room) >= len(prompt)})
-        vocab = self.model.n_vocab
-        llama_cpp.llama_memory_clear(memory_, True)
-        batch = llama_cpp.llama_batch_init(max(self.options.n_batch, max(widths)), 0, 1)
-        chain = generation._sampler_chain(sampling, 1)
-        try:
-            self._decode_prompt(prompt, batch)  # a warm-up: the first decode of a context allocates its graph
-            llama_cpp.llama_memory_clear(memory_, True)
-            t0 = time.perf_counter()
-            self._decode_prompt(prompt, batch)
-            llama_cpp.llama_synchronize(self._ptr)
-            prompt_tps = len(prompt) / max(time.perf_counter() - t0, 1e-9)
-            filled = len(prompt)
-            out: dict[int, list[tuple[int, float]]] = {w: [] for w in widths}
-            for depth in depths:
-                while filled < depth:  # filler tokens on sequence 0, in chunks of the batch
-                    n = min(depth - filled, self.options.n_batch)
-                    fill_batch(batch, [((p * 7919 + 11) % vocab, p, 0, False) for p in range(filled, filled + n)])
-                    self._decode(batch)
-                    filled += n
-                for width in widths:
-                    for seq in range(1, width):
-                        llama_cpp.llama_memory_seq_cp(memory_, 0, seq, -1, -1)
-                    times = []
-                    for step in range(steps + 1):
-                        pos = depth + step
-                        fill_batch(batch, [((pos * 31 + s) % vocab, pos, s, True) for s in range(width)])
-                        t0 = time.perf_counter()
-                        self._decode(batch)
-                        for row in range(width):
-                            llama_cpp.llama_sampler_sample(chain, self._ptr, row)
-                        times.append(time.perf_counter() - t0)
-                    out[width].append((depth, float(np.median(times[1:]))))  # the first step warms up
-                    for seq in range(width):
-                        llama_cpp.llama_memory_seq_rm(memory_, seq, depth if seq == 0 else -1, -1)
-            return prompt_tps, out
-        finally:
-            llama_cpp.llama_sampler_free(chain)
-            llama_cpp.llama_batch_free(batch)
-            llama_cpp.llama_memory_clear(memory_, True)
 
     def last_logits(self, prompt: Sequence[int]) -> list[float]:
         """The next-token logits after `prompt` (a fresh decode on sequence 0), for checking a model's numbers."""

@@ -31,16 +31,9 @@ if TYPE_CHECKING:
 
 
 def item_seeds(seed: int, item_id: str, k: int) -> list[int]:
-    """One sampler seed per vote, fixed by the run's seed and the question's id (not its position): s, s + 1, …,
-    as llama-server seeds a request's `n_cmpl` completions (`export` sends s as the request's seed)."""
-    base = question_seed(seed, item_id)
-    return [(base + j) & 0xFFFFFFFF for j in range(k)]
-
-
-def question_seed(seed: int, item_id: str) -> int:
-    """The first vote's seed of a question (below 2^31 - 1, so that llama.cpp never reads it as its random
-    default, 0xFFFFFFFF, nor wraps it for a following vote)."""
-    return int(hashlib.sha256(f"{seed}:{item_id}".encode()).hexdigest()[:8], 16) % 0x7FFF0000
+    """One sampler seed per vote, fixed by the run's seed and the question's id (not its position)."""
+    base = int(hashlib.sha256(f"{seed}:{item_id}".encode()).hexdigest()[:8], 16)
+    return [(base + 7919 * j) & 0xFFFFFFFF for j in range(k)]
 
 
 def main(payload: dict[str, Any], events: Any, measured: Any = None, work: Callable[..., None] | None = None) -> None:
@@ -135,10 +128,12 @@ def _answer_all(payload: dict[str, Any], events: Any, sink: Sink, measured: Any 
     load = engine.LoadOptions(n_gpu_layers=spec.gpu_layers, repack=spec.repack_mode, cpu_moe=spec.cpu_moe)
     width = payload["width"]
     with engine.Model(spec.model_path, load) as model:
-        forcing = engine.reasoning_budget(
-            model, message=spec.budget_message, answer_tokens=spec.answer_tokens,
+        forcing = engine.Forcing(
+            think_close=model.tokenize(prompts.THINK_CLOSE)[0],
+            tokens=tuple(model.tokenize(prompts.forced_answer(task.answer_prefix))),
+            answer_tokens=spec.answer_tokens,
             starts_reasoning=spec.thinking or chat.opens_reasoning(spec.thinking),
-        )  # fmt: skip
+        )
         recipe = engine.Recipe(
             k=spec.k, budgets=spec.rungs, sampling=spec.effective_sampling, forcing=forcing, window=spec.kv_window
         )
@@ -147,18 +142,8 @@ def _answer_all(payload: dict[str, Any], events: Any, sink: Sink, measured: Any 
             n_threads=spec.threads, n_batch=batch_size(recipe.step_tokens(), 1),
         )  # fmt: skip
         probe = payload.get("speed", False)
-        if payload.get("footprint", False):
-            with engine.Context(model, one) as ctx:
-                events.put(("loaded", time.perf_counter() - t0))
-                _footprint(ctx, chat, task, items[pending[0]], spec, recipe)
-                if probe:
-                    events.put(("speed", _speed(ctx, chat, task, items[pending[0]], spec, recipe)))
-            events.put(("footprint", None))  # its context closed; the parent takes the peak, then this one widens
-            if measured is not None:
-                measured.wait(timeout=60)
-        elif probe and width > 1:  # the deployment shape's speed, in its own context (its peak is stored already)
-            with engine.Context(model, one) as ctx:
-                events.put(("speed", _speed(ctx, chat, task, items[pending[0]], spec, recipe)))
+        if payload.get("footprint", False) or (probe and width > 1):
+            _one_question(payload, events, measured, t0, model, one, chat, task, items[pending[0]], spec, recipe)
         wide = replace(one, n_batch=batch_size(recipe.step_tokens(), width))
         with engine.Context(model, engine.in_flight(wide, width, payload["stream_cells"])) as ctx:
             if not payload.get("footprint", False):
@@ -217,6 +202,27 @@ def _footprint(
     ctx.generate_many(short, [engine.Job(0, prompt, item_seeds(spec.seed, item.id, spec.k))], lambda *_: None)
 
 
+def _one_question(
+    payload: dict[str, Any], events: Any, measured: Any, t0: float, model: engine.Model, one: engine.ContextOptions,
+    chat: prompts.ChatFormat, task: tasks.Task, item: tasks.Item, spec: RunSpec, recipe: engine.Recipe,
+) -> None:  # fmt: skip
+    """The deployment shape (one question's context) before a wider run: its footprint pass, after which the parent
+    takes the peak, and its speed probe (once per configuration)."""
+    from edgeval.llama import engine
+
+    footprint = payload.get("footprint", False)
+    with engine.Context(model, one) as ctx:
+        if footprint:
+            events.put(("loaded", time.perf_counter() - t0))
+            _footprint(ctx, chat, task, item, spec, recipe)
+        if payload.get("speed", False):
+            events.put(("speed", _speed(ctx, chat, task, item, spec, recipe)))
+    if footprint:
+        events.put(("footprint", None))  # its context closed; the parent takes the peak, then this one widens
+        if measured is not None:
+            measured.wait(timeout=60)
+
+
 SPEED_STEPS = 8  # decode steps timed at each width and depth of the speed probe
 
 
@@ -227,12 +233,13 @@ def _speed(
     """The deployment shape's speed (`answer_time.Speed`, as JSON): the prompt read, and decode steps of one and of
     k sequences at the prompt's depth and at the deepest a sample may reach (the largest budget's n_predict)."""
     from edgeval.core import answer_time
+    from edgeval.llama.speed import speed_probe
 
     prompt = ctx.model.tokenize(prompt_text(chat, task, item, spec.thinking))
     forcing = recipe.forcing
     n_predict = forcing.n_predict(recipe.rungs[-1]) if forcing else recipe.rungs[-1]
     widths = sorted({1, spec.k})
-    rate, probe = ctx.speed_probe(prompt, widths, (len(prompt), len(prompt) + n_predict), recipe.sampling,
+    rate, probe = speed_probe(ctx, prompt, widths, (len(prompt), len(prompt) + n_predict), recipe.sampling,
                                   steps=SPEED_STEPS)  # fmt: skip
     reasoning = forcing is not None and forcing.starts_reasoning
     raw = answer_time.Speed.fit(
