@@ -42,17 +42,20 @@ class Speed:
             steps[width] = (max(my - slope * mx, 0.0), slope)
         return cls(prompt_tps, steps, forced_tokens, extra, {w: tuple(p) for w, p in probe.items()})
 
-    def step_s(self, width: int, depth: float) -> float:
-        """Seconds of one decode step of `width` sequences at `depth` cells."""
+    def line(self, width: int) -> tuple[float, float]:
+        """(seconds per step at depth 0, seconds per step per cell) for `width` sequences, interpolated linearly
+        between the measured widths around it (the nearest one outside them)."""
         widths = sorted(self.steps)
         lo = max([w for w in widths if w <= width], default=widths[0])
         hi = min([w for w in widths if w >= width], default=widths[-1])
-        a_lo, b_lo = self.steps[lo]
-        if hi == lo:
-            return a_lo + b_lo * depth
-        a_hi, b_hi = self.steps[hi]
-        t = (width - lo) / (hi - lo)
-        return (a_lo + t * (a_hi - a_lo)) + (b_lo + t * (b_hi - b_lo)) * depth
+        (a_lo, b_lo), (a_hi, b_hi) = self.steps[lo], self.steps[hi]
+        t = (width - lo) / (hi - lo) if hi != lo else 0.0
+        return a_lo + t * (a_hi - a_lo), b_lo + t * (b_hi - b_lo)
+
+    def step_s(self, width: int, depth: float) -> float:
+        """Seconds of one decode step of `width` sequences at `depth` cells."""
+        a, b = self.line(width)
+        return a + b * depth
 
     def answer_s(self, prompt_tokens: int, written: Sequence[int]) -> float:
         """One request: the prompt read, then a decode step per token while any sample writes (each sample's
@@ -63,7 +66,7 @@ class Speed:
         for i, end in enumerate(ends):
             live, n = len(ends) - i, end - done
             if n > 0:
-                a, b = self.step_s(live, 0.0), self.step_s(live, 1.0) - self.step_s(live, 0.0)
+                a, b = self.line(live)
                 # steps at depths prompt + done … prompt + end - 1
                 total += n * a + b * (n * (prompt_tokens + done) + n * (n - 1) / 2)
                 done = end
@@ -99,7 +102,6 @@ class AnswerTime:
     median_s: float | None
     p90_s: float | None
     worst_s: float | None
-    predicted: bool = False  # from a probe or stored speeds of other runs, not this configuration's own samples
 
 
 def figures(

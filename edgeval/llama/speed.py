@@ -1,5 +1,5 @@
-"""The deployment shape's speed, probed on a context: the prompt read, and decode steps of several sequences at
-several depths (`answer_time.Speed` fits a line through them)."""
+"""The deployment shape's decode steps, probed on a context: several sequences at several depths
+(`answer_time.Speed` fits a line through them)."""
 
 from __future__ import annotations
 
@@ -21,11 +21,11 @@ if TYPE_CHECKING:
 def speed_probe(
     ctx: Context, prompt: Sequence[int], widths: Sequence[int], depths: Sequence[int], sampling: Sampling, *,
     steps: int = 4,
-) -> tuple[float, dict[int, list[tuple[int, float]]]]:  # fmt: skip
-    """The deployment shape's speed: the prompt read (tokens/s), then for each depth (cells already in the
-    cache, reached by filling one sequence) and each width, `steps` decode steps of that many sequences
-    sharing those cells, each row's token sampled by the run's chain (one warm-up step first). Returns the
-    prompt rate and width -> [(depth, median seconds per step)]; the cache is left empty."""
+) -> dict[int, list[tuple[int, float]]]:  # fmt: skip
+    """The deployment shape's decode steps: the prompt read on one sequence, then for each depth (cells already in
+    the cache, reached by filling that sequence) and each width, `steps` decode steps of that many sequences
+    sharing those cells, each row's token sampled by the run's chain (one warm-up step first). Returns width ->
+    [(depth, median seconds per step)]; the cache is left empty."""
     memory_ = ctx._memory
     room = ctx.n_ctx - max(widths) * (steps + 1) - 1
     depths = sorted({min(d, room) for d in depths if min(d, room) >= len(prompt)})
@@ -34,12 +34,7 @@ def speed_probe(
     batch = llama_cpp.llama_batch_init(max(ctx.options.n_batch, max(widths)), 0, 1)
     chain = generation._sampler_chain(sampling, 1)
     try:
-        ctx._decode_prompt(prompt, batch)  # a warm-up: the first decode of a context allocates its graph
-        llama_cpp.llama_memory_clear(memory_, True)
-        t0 = time.perf_counter()
         ctx._decode_prompt(prompt, batch)
-        llama_cpp.llama_synchronize(ctx._ptr)
-        prompt_tps = len(prompt) / max(time.perf_counter() - t0, 1e-9)
         filled = len(prompt)
         out: dict[int, list[tuple[int, float]]] = {w: [] for w in widths}
         for depth in depths:
@@ -63,7 +58,7 @@ def speed_probe(
                 out[width].append((depth, float(np.median(times[1:]))))  # the first step warms up
                 for seq in range(width):
                     llama_cpp.llama_memory_seq_rm(memory_, seq, depth if seq == 0 else -1, -1)
-        return prompt_tps, out
+        return out
     finally:
         llama_cpp.llama_sampler_free(chain)
         llama_cpp.llama_batch_free(batch)

@@ -333,9 +333,9 @@ def _execute_claimed(
     try:
         # The configuration's memory is one question's (what a user deploys), not the throughput run's: a wider
         # worker measures that shape first, in the same process (one model load), and then widens.
-        shape = prepared.width > 1 and not store.config(prepared.config_id)["peak_rss_bytes"]
-        payload = worker_payload(prepared, left, log_path, store.path, footprint=shape,
-                                 speed=not store.config(prepared.config_id)["speed"])  # fmt: skip
+        row = store.config(prepared.config_id)
+        shape = prepared.width > 1 and not row["peak_rss_bytes"]
+        payload = worker_payload(prepared, left, log_path, store.path, footprint=shape, speed=not row["speed"])
         done = supervise(payload, state, progress, tick=lambda: store.heartbeat(prepared.config_id, me, time.time()))
         if shape and done.footprint_peak is None:  # it died measuring: recorded as the one-question run it was
             record(replace(prepared, width=1), store, done, store.timings(prepared.config_id))

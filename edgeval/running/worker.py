@@ -230,8 +230,8 @@ def _speed(
     ctx: engine.Context, chat: prompts.ChatFormat, task: tasks.Task, item: tasks.Item, spec: RunSpec,
     recipe: engine.Recipe,
 ) -> str:  # fmt: skip
-    """The deployment shape's speed (`answer_time.Speed`, as JSON): the prompt read, and decode steps of one and of
-    k sequences at the prompt's depth and at the deepest a sample may reach (the largest budget's n_predict)."""
+    """The deployment shape's speed (`answer_time.Speed`, as JSON): decode steps of one and of k sequences at the
+    prompt's depth and at the deepest a sample may reach (the largest budget's n_predict), and the prompt read."""
     from edgeval.core import answer_time
     from edgeval.llama.speed import speed_probe
 
@@ -239,16 +239,18 @@ def _speed(
     forcing = recipe.forcing
     n_predict = forcing.n_predict(recipe.rungs[-1]) if forcing else recipe.rungs[-1]
     widths = sorted({1, spec.k})
-    rate, probe = speed_probe(ctx, prompt, widths, (len(prompt), len(prompt) + n_predict), recipe.sampling,
-                                  steps=SPEED_STEPS)  # fmt: skip
+    probe = speed_probe(ctx, prompt, widths, (len(prompt), len(prompt) + n_predict), recipe.sampling,
+                        steps=SPEED_STEPS)  # fmt: skip
     reasoning = forcing is not None and forcing.starts_reasoning
     raw = answer_time.Speed.fit(
-        rate, probe, forced_tokens=len(forcing.tokens) if reasoning and forcing else 0,
+        0.0, probe, forced_tokens=len(forcing.tokens) if forcing and reasoning else 0,
         extra=forcing.extra if forcing else 0,
     )  # fmt: skip
     # The decode loop's own cost per step (sampling and bookkeeping beside llama_decode), from a short real
-    # generation at the prompt's depth at each width; the prompt's rate from the same (warm) generation.
+    # generation at the prompt's depth at each width; the prompt's rate from the same generations (the probe has
+    # read the prompt once already, so they are warm).
     loop: dict[int, float] = {}
+    rate = 0.0
     for width in widths:
         out = ctx.generate(prompt, k=width, max_tokens=4 * SPEED_STEPS, sampling=recipe.sampling,
                            seeds=item_seeds(spec.seed, item.id, width))  # fmt: skip
