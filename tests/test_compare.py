@@ -89,6 +89,8 @@ def test_exhaustive_compare_runs_the_whole_grid_once(compared: tuple[Path, Path,
     assert data["stopped"] == "exhaustive" and data["tokens_decoded"] == 0  # nothing new was decoded
     assert any(c["about"] in ("tied", "behind the best") for c in data["comparisons"])
     assert [r["memory_bytes"] for r in rows] == sorted(r["memory_bytes"] for r in rows)
+    # Seconds per answer, from each run's speed probe and the questions it answered
+    assert all(0 < r["answer_s"] <= r["answer_s_p90"] <= r["answer_s_worst"] for r in rows)
     # The second call ran nothing new: no configuration was touched, no sample added. One generation per file
     # answered both budgets (two rows each) with k = 2 (which also gives k = 1).
     with sqlite3.connect(db) as conn:

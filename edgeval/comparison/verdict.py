@@ -47,7 +47,9 @@ class Row:
                 "accuracy_avg": res.accuracy_avg, "ci95": list(res.ci95), "memory_bytes": self.memory_bytes,
                 "memory_source": self.memory_source, "status": self.status, "eliminated_by": self.eliminated_by,
                 "pareto": self.pareto, "band": self.band, "forced_share": res.forced_share,
-                "decode_tokens_per_s": res.decode_tokens_per_s, "config_id": res.config_id, "kld": self.kld}  # fmt: skip
+                "decode_tokens_per_s": res.decode_tokens_per_s, "answer_s": res.answer_s,
+                "answer_s_p90": res.answer_s_p90, "answer_s_worst": res.answer_s_worst, "config_id": res.config_id,
+                "kld": self.kld}  # fmt: skip
 
 
 @dataclass(frozen=True)
