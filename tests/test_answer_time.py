@@ -23,6 +23,11 @@ def test_a_question_takes_its_prompt_and_a_step_per_token_at_the_width_still_wri
     assert speed.worst_s(10, 3, 3) == pytest.approx(0.1 + 8 * 0.016)  # every vote writes its n_predict (3 + 5)
     deep = answer_time.Speed(prompt_tps=1e9, steps={1: (0.0, 0.001)})  # attention only: a step costs its depth
     assert deep.answer_s(10, [3]) == pytest.approx(0.001 * (10 + 11 + 12), rel=1e-6)
+    # A wider step measured faster than a narrower one is noise: taken as the narrower's, so no question's votes
+    # ending apart can be derived slower than the worst case
+    noisy = answer_time.Speed(prompt_tps=1e9, steps={1: (0.010, 0.0), 2: (0.008, 0.0)}, extra=0)
+    assert noisy.step_s(2, 0) == pytest.approx(0.010)
+    assert noisy.answer_s(0, [1, 9]) <= noisy.worst_s(0, 9, 2)
     again = answer_time.Speed.from_json(speed.to_json())
     assert again is not None and again.answer_s(10, [2, 4, 4]) == pytest.approx(speed.answer_s(10, [2, 4, 4]))
 
