@@ -82,15 +82,14 @@ def _toml(value: object) -> str:
 
 
 def arith_forcing(model: engine.Model, answer_tokens: int = 12) -> engine.Forcing:
-    """Budget forcing as the worker sets it up for arith (thinking on)."""
-    return engine.Forcing(
-        think_close=model.tokenize(prompts.THINK_CLOSE)[0],
-        tokens=tuple(model.tokenize(prompts.forced_answer(tasks.BOXED))),
-        answer_tokens=answer_tokens,
-    )
+    """The thinking budget as the worker sets it up for arith (thinking on, Qwen's stop-thinking message)."""
+    return engine.reasoning_budget(model, message=prompts.BUDGET_MESSAGE, answer_tokens=answer_tokens)
 
 
-def arith_prompts(model: engine.Model, n: int) -> list[list[int]]:
-    """The first n arith questions as prompt tokens (thinking on)."""
+def arith_prompts(model: engine.Model, n: int, *, opened: bool = False) -> list[list[int]]:
+    """The first n arith questions as prompt tokens (thinking on). `opened`: the prompt opens the reasoning itself
+    (`<think>` after the generation prefix, as Qwen3-2507 Thinking's template does), so the thinking budget counts
+    from the first token — random weights never write the start tag themselves."""
     task = tasks.load_task("arith")
-    return [model.tokenize(prompts.chat_prompt(item.question, task.instruction)) for item in task.items[:n]]
+    opening = prompts.THINK_OPEN + "\n" if opened else ""
+    return [model.tokenize(prompts.chat_prompt(item.question, task.instruction) + opening) for item in task.items[:n]]

@@ -12,6 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from edgeval.core import answer_time
+from edgeval.edges import migrations
+from edgeval.edges.results import summarize
+from edgeval.edges.store import Store
 from edgeval.faces import demo
 from edgeval.faces.cli import cli
 
@@ -38,13 +41,45 @@ def test_derived_seconds_per_answer_agree_with_the_measured_wall_of_questions_al
     model = str(demo.family_sources()[1])
     result = CliRunner().invoke(cli, [
         "run", model, "--task", "arith", "--limit", "60", "--k", str(k), "--budget-tokens", "48", "--parallel", "1",
-        "--no-repack", "--db", str(db), "--json",
+        "--no-repack", "--budget-message", "", "--db", str(db), "--json",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     row = json.loads(result.output)
+    assert row["forcing"] == "llama.cpp-reasoning-budget"
     with sqlite3.connect(db) as con:
         walls = [p + d for p, d in con.execute("SELECT prompt_s, decode_s FROM item_timings")]
     measured = statistics.median(walls)
-    # 15% in quiet runs; the questions take milliseconds, and a 2-core machine running the suite jitters more
-    assert row["answer_s"] == pytest.approx(measured, rel=0.25), (row["answer_s"], measured)
+    assert row["answer_s"] == pytest.approx(measured, rel=0.15), (row["answer_s"], measured)
     assert row["answer_s"] <= row["answer_s_p90"] <= row["answer_s_worst"]
+
+
+def test_a_store_from_before_the_forcing_change_reads_and_never_mixes_with_new_samples(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as con:  # a store as edgeval wrote it before: schema 13, edgeval's own forcing
+        for script in migrations.MIGRATIONS[:13]:
+            con.executescript(script)
+        con.execute("PRAGMA user_version = 13")
+        con.execute(
+            "INSERT INTO configs (key, model, model_path, model_sha256, weight_quant, params, task, task_fingerprint,"
+            " kv_type_k, kv_type_v, ctx, budget_tokens, k, thinking, sampling, seed, n_items, kv_cells,"
+            " predicted_bytes, status, created_at, updated_at) VALUES ('old', 'tiny-m', 'm.gguf', 'x', 'F16', 1,"
+            " 'arith', 'f', 'f16', 'f16', 100, 48, 1, 1, '{}', 0, 2, 256, 1000, 'done', 'now', 'now')"
+        )
+        for i, correct in enumerate((1, 0)):
+            con.execute(
+                "INSERT INTO samples VALUES (1, ?, ?, 0, '5', 'The final answer is $\\boxed{5}$', '5', ?, 12, 1,"
+                " 'forced', 40, 0)", (i, f"q{i}", correct),
+            )  # fmt: skip
+    with Store(db) as store:
+        old = summarize(store.config(1), store.samples(1))
+    assert old.n_done == 2 and old.accuracy_maj == 0.5 and old.forcing is None and old.answer_s is None
+    model = str(demo.family_sources()[1])
+    result = CliRunner().invoke(cli, [
+        "run", model, "--task", "arith", "--limit", "2", "--budget-tokens", "48", "--parallel", "1", "--no-repack",
+        "--db", str(db), "--json",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    new = json.loads(result.output)
+    assert new["config_id"] != 1 and new["forcing"] == "llama.cpp-reasoning-budget" and new["n_done"] == 2
+    with Store(db) as store:
+        assert len(store.samples(1)) == 2 and len(store.samples(new["config_id"])) == 2

@@ -381,7 +381,8 @@ def test_once_its_larger_budgets_are_beaten_a_run_generates_only_up_to_the_large
 
     catalog = _family_catalog(tmp_path, ("edgeval-tiny-s",))
     request = compare.Request(budget_bytes=10**9, tasks=("arith",), models=("edgeval-tiny-s",), kv=(KVType.F16,),
-                              budgets=(8, 24, 48), votes=(1, 2), repack=False, catalogs=(catalog,))  # fmt: skip
+                              budgets=(8, 24, 48), votes=(1, 2), repack=False, catalogs=(catalog,),
+                              budget_message="")  # the family's own forcing, the end tag alone  # fmt: skip
     (arm,) = compare.arms(request, "arith")
     with Store(tmp_path / "ladder.db") as store:
         race = compare._Race(request, "arith", [arm], store.add_run({"edgeval": "t", "llama_cpp_python": "t",
@@ -400,8 +401,16 @@ def test_once_its_larger_budgets_are_beaten_a_run_generates_only_up_to_the_large
         assert race.config_ids[0] == ids  # the same rows
         done = {b: len({s.item_index for s in store.samples(ids[b])}) for b in (8, 24, 48)}
         assert done == {8: 6, 24: 6, 48: 3}
-        # Three more questions cost fewer tokens than the first three did with the 48-token rung.
-        assert race.tokens - first_round < first_round
+        # Three more questions cost fewer tokens than the same three with the 48-token rung still in the race.
+        with Store(tmp_path / "whole.db") as other:
+            whole = compare._Race(request, "arith", [arm], other.add_run({"edgeval": "t", "llama_cpp_python": "t",
+                                  "backend": "CPU"}, "t"), time.time(), None)  # fmt: skip
+            whole.n_questions = 6
+            compare._run_arm(whole, 0, 3, other, compare.RaceProgress(), None, [], 1)
+            before = whole.tokens
+            compare._run_arm(whole, 0, 6, other, compare.RaceProgress(), None, [], 1)
+        assert before == first_round  # the same samples
+        assert race.tokens - first_round < whole.tokens - before
         # The 24-token rung's memory stays paired with the run that measured it.
         row = store.config(ids[24])
         assert row["peak_rss_bytes"] and row["arm_predicted_bytes"]

@@ -21,13 +21,14 @@ from edgeval.llama import engine
 from .conftest import GREEDY, SAMPLED, arith_forcing, arith_prompts, write_catalog
 
 
-def test_a_window_at_least_the_budget_changes_nothing_and_evicts_nothing() -> None:
+def test_a_window_at_least_what_a_sample_may_write_changes_nothing_and_evicts_nothing() -> None:
     with engine.Model(demo.family_sources()[1]) as model:
         forcing = arith_forcing(model)
+        n_predict = forcing.n_predict(48)  # the budget caps the thinking; n_predict all a sample writes
         with engine.Context(model, engine.ContextOptions(n_ctx=1024, n_seq=4)) as ctx:
             for prompt in arith_prompts(model, 5):
                 plain = ctx.generate(prompt, k=2, max_tokens=48, sampling=GREEDY, seeds=(1, 2), forcing=forcing)
-                for window in (48, 64):
+                for window in (n_predict, n_predict + 16):
                     windowed = ctx.generate(prompt, k=2, max_tokens=48, sampling=GREEDY, seeds=(1, 2),
                                             forcing=forcing, window=window)  # fmt: skip
                     assert windowed.tokens == plain.tokens
@@ -119,7 +120,7 @@ def test_run_stores_evictions_and_reports_the_window(tmp_path: Path) -> None:
     db = tmp_path / "runs.db"
     model = str(demo.family_sources()[0])
     common = ["--task", "arith", "--limit", "4", "--k", "2", "--temperature", "0", "--no-repack", "--db", str(db),
-              "--json", "--budget-tokens", "48"]  # fmt: skip
+              "--json", "--budget-tokens", "160"]  # fmt: skip
     plain = CliRunner().invoke(cli, ["run", model, *common])
     zero = CliRunner().invoke(cli, ["run", model, *common, "--kv-window", "0"])
     windowed = CliRunner().invoke(cli, ["run", model, *common, "--kv-window", "16"])

@@ -52,7 +52,7 @@ def test_each_rung_equals_a_separate_run_at_its_budget(sampling: prompts.Samplin
 
 def test_a_ladder_without_thinking_needs_no_forks() -> None:
     with engine.Model(demo.family_sources()[0]) as model:
-        forcing = engine.Forcing(think_close=-1, tokens=(), answer_tokens=0, starts_reasoning=False)
+        forcing = engine.Forcing(start=(), end=(), tokens=(), answer_tokens=0, starts_reasoning=False)
         options = engine.ContextOptions(n_ctx=256, n_seq=engine.ladder_sequences(2, 3, forcing.starts_reasoning))
         assert options.n_seq == 2
         with engine.Context(model, options) as ctx:

@@ -79,21 +79,29 @@ def test_run_records_the_peak_as_anonymous_and_file_backed_parts(
         assert stored.fetchone() == (anon, file, int(repacked), mode.value)
 
 
-def test_budget_forcing_closes_the_reasoning_and_forces_an_answer(tiny_models: dict[WeightQuant, Path]) -> None:
+def test_the_thinking_budget_forces_the_message_and_the_end_tag_as_llama_cpp_does(
+    tiny_models: dict[WeightQuant, Path],
+) -> None:
     with (
         engine.Model(tiny_models[WeightQuant.Q8_0]) as model,
         engine.Context(model, engine.ContextOptions(n_ctx=1024, n_seq=3)) as ctx,
     ):
-        forced_tokens = tuple(model.tokenize(prompts.forced_answer("The final answer is $\\boxed{")))
-        forcing = engine.Forcing(model.tokenize("</think>")[0], forced_tokens, answer_tokens=5)
-        prompt = model.tokenize(prompts.chat_prompt("What is 2 + 2?", "Think.", thinking=True))
+        forcing = engine.reasoning_budget(model, message=prompts.BUDGET_MESSAGE, answer_tokens=5)
+        # The prompt opens the reasoning itself (as Qwen3-2507 Thinking's template does): the count starts at once.
+        prompt = model.tokenize(prompts.chat_prompt("What is 2 + 2?", "Think.", thinking=True) + "<think>\n")
         out = ctx.generate(prompt, k=3, max_tokens=20, seeds=(1, 2, 3), forcing=forcing)
         plain = ctx.generate(prompt, k=3, max_tokens=20, seeds=(1, 2, 3))
-    for text, forced, finish, generated in zip(out.texts, out.forced, out.finish, out.generated, strict=True):
+        message = model.detokenize(forcing.tokens)
+    assert message == prompts.BUDGET_MESSAGE + prompts.THINK_CLOSE
+    for tokens, forced, finish in zip(out.tokens, out.forced, out.finish, strict=True):
         if forced:  # a random model almost never closes its reasoning by itself
-            assert "</think>\n\nThe final answer is $\\boxed{" in text
-            assert finish == "forced" and generated <= 20 + 5
+            # the prompt's "\n" after <think> counted (the server reads its generation prefix), then 19 tokens;
+            # a token completing a UTF-8 character may come first
+            at = next(i for i in range(len(tokens)) if tuple(tokens[i : i + len(forcing.tokens)]) == forcing.tokens)
+            assert 19 <= at <= 22
+            assert finish == "forced" and len(tokens) <= forcing.n_predict(20)
     assert any(out.forced)
+    assert forcing.n_predict(20) == 20 + 1 + len(forcing.tokens) + 5
     assert not any(plain.forced) and set(plain.finish) <= {"length", "stop"}
 
 

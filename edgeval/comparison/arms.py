@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeval.comparison import plan
-from edgeval.core import racing
+from edgeval.core import prompts, racing
 from edgeval.core.quants import KVType, WeightQuant
 from edgeval.core.units import format_tokens
 from edgeval.edges import tasks
@@ -58,6 +58,7 @@ class Request:
     exhaustive: bool = False  # every configuration on every question up to `limit`, nothing dropped
     thinking: bool = True
     seed: int = 0
+    budget_message: str = prompts.BUDGET_MESSAGE  # forced before `</think>` at the thinking budget
     threads: int | None = None
     repack: bool | None = None  # None: the doctor's probe decides, when a configuration first runs
     catalogs: tuple[Path, ...] = ()

@@ -256,7 +256,7 @@ def _prepare(
         thinking=arm.ref.model.thinks(request.thinking),
         seed=request.seed, limit=asked, threads=threads, repack=request.repack, deadline=deadline,
         expected_sha256=arm.ref.file.sha256, gpu_layers=request.gpu_layers, cpu_moe=request.cpu_moe,
-        parallel=request.parallel,
+        parallel=request.parallel, budget_message=request.budget_message,
     )  # fmt: skip
     prepared = sweep.prepare(spec, store, race.run_id)
     race.config_ids[index] = {**race.config_ids.get(index, {}), **prepared.config_ids}

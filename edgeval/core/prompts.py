@@ -143,5 +143,21 @@ class ChatFormat:
 
 
 def forced_answer(answer_prefix: str) -> str:
-    """What budget forcing appends to a sample still reasoning at its budget: close the reasoning, start the answer."""
+    """What edgeval's own budget forcing (stores before `FORCING`) appended to a sample still reasoning at its
+    budget: close the reasoning, start the answer. Kept for scoring (`kld`) and the family's training data."""
     return f"\n{THINK_CLOSE}\n\n{answer_prefix}"
+
+
+# The stop-thinking instruction the Qwen3 technical report (section 4.3, "Thinking Budget") inserts when the thinking
+# reaches its budget: "Considering the limited time by the user, I have to give the solution based on the thinking
+# directly now.\n</think>.\n\n". llama.cpp forces a message and then the end tag, so the message is the words and
+# their newline; what the report writes after the tag the model writes itself.
+BUDGET_MESSAGE = (
+    "Considering the limited time by the user, I have to give the solution based on the thinking directly now.\n"
+)
+# How the thinking budget is counted and forced: llama.cpp's reasoning-budget sampler (`llama-server
+# --reasoning-budget`). Part of every configuration's key; stores written before it kept edgeval's own forcing (a
+# `</think>` and the task's answer prefix at the budget, the budget capping everything a sample wrote) under keys
+# without it, so the two never mix.
+FORCING = "llama.cpp-reasoning-budget"
+TURN_START = "<|im_start|>"

@@ -256,6 +256,14 @@ M13_SPEED = """
         ALTER TABLE configs ADD COLUMN speed TEXT;
 """
 
+# How a configuration's thinking budget was counted and forced (NULL: edgeval's own forcing, before llama.cpp's
+# reasoning budget became the one semantics; such rows keep their results and never share a key with new ones), and
+# the message forced before the end tag.
+M14_FORCING = """
+        ALTER TABLE configs ADD COLUMN forcing TEXT;
+        ALTER TABLE configs ADD COLUMN budget_message TEXT;
+"""
+
 MIGRATIONS: list[str] = [
     M1_INITIAL,
     M2_LADDER,
@@ -270,6 +278,7 @@ MIGRATIONS: list[str] = [
     M11_KLD_MEMORY,
     M12_NODE_SETTINGS,
     M13_SPEED,
+    M14_FORCING,
 ]
 
 

@@ -57,6 +57,7 @@ class ConfigResult:
     answer_s: float | None = None
     answer_s_p90: float | None = None
     answer_s_worst: float | None = None
+    forcing: str | None = None  # how the thinking budget was forced (None: edgeval's own, before llama.cpp's)
 
     @property
     def kv_label(self) -> str:
@@ -171,6 +172,7 @@ def summarize(row: sqlite3.Row, samples: list[SampleRow], votes: int | None = No
         kv_cells=int(row["kv_cells"]),
         mean_evicted=sum(s.evicted for s in flat) / len(flat) if flat else 0.0,
         **_answer_times(row, complete, j),
+        forcing=row["forcing"],
     )
 
 

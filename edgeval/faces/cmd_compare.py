@@ -23,6 +23,7 @@ from edgeval.faces.options import (
     _kv,
     _model_names,
     _tokens,
+    budget_message_option,
     catalog_option,
     cpu_moe_option,
     db_option,
@@ -100,6 +101,7 @@ def _run_compare(request: compare_mod.Request, db: Path | None, as_json: bool, d
     "--exhaustive", is_flag=True, help="Run every configuration on every question up to --limit; drop nothing."
 )
 @seed_option
+@budget_message_option
 @threads_option
 @repack_option
 @click.option(
@@ -121,7 +123,7 @@ def _run_compare(request: compare_mod.Request, db: Path | None, as_json: bool, d
 def compare_command(
     budget: int, task_names: tuple[str, ...], model_refs: tuple[str, ...], kv: tuple[KVType, ...],
     budgets: tuple[int, ...], votes: tuple[int, ...], kv_windows: tuple[int, ...] | None, time_s: float, limit: int | None, exhaustive: bool, seed: int,
-    threads: int | None, repack: bool | None, gpu_layers: int | None, cpu_moe: int, vram: int | None,
+    budget_message: str | None, threads: int | None, repack: bool | None, gpu_layers: int | None, cpu_moe: int, vram: int | None,
     ram: int | None, parallel: int, dry_run: bool, ray_address: str | None, db: Path | None,
     catalogs: tuple[Path, ...], as_json: bool,
 ) -> None:  # fmt: skip
@@ -137,6 +139,7 @@ def compare_command(
         time_s=time_s, limit=limit, exhaustive=exhaustive, seed=seed, threads=threads, repack=repack,
         catalogs=catalogs, ray=ray_address, gpu_layers=gpu_layers, cpu_moe=cpu_moe, vram_bytes=vram, ram_bytes=ram,
         parallel=parallel,
+        budget_message=compare_mod.Request.budget_message if budget_message is None else budget_message,
     )  # fmt: skip
     _run_compare(request, db, as_json, dry_run)
 

@@ -13,6 +13,7 @@ from edgeval.faces.options import (
     CommaList,
     _tokens,
     _window,
+    budget_message_option,
     catalog_option,
     cpu_moe_option,
     db_option,
@@ -71,6 +72,7 @@ from edgeval.running import kld_run, sweep
 @click.option("--top-k", type=click.IntRange(0), help="Override the recommended top-k (0: off).")
 @click.option("--min-p", type=click.FloatRange(0, 1), help="Override the recommended min-p (0: off).")
 @seed_option
+@budget_message_option
 @threads_option
 @click.option("--gpu-layers", type=int, help="Layers on the GPU (default: all on a GPU build, 0 on CPU).")
 @cpu_moe_option
@@ -83,8 +85,8 @@ from edgeval.running import kld_run, sweep
 def run(
     model_ref: str, task_name: str, kv: str | None, kv_k: str | None, kv_v: str | None, ctx: tuple[int, ...] | None,
     budget_tokens: tuple[int, ...] | None, kv_window: tuple[int, ...], votes: int, limit: int | None, thinking: bool, temperature: float | None,
-    top_p: float | None, top_k: int | None, min_p: float | None, seed: int, threads: int | None,
-    gpu_layers: int | None, cpu_moe: int, repack: bool | None, parallel: int, force: bool, db: Path | None,
+    top_p: float | None, top_k: int | None, min_p: float | None, seed: int, budget_message: str | None,
+    threads: int | None, gpu_layers: int | None, cpu_moe: int, repack: bool | None, parallel: int, force: bool, db: Path | None,
     catalogs: tuple[Path, ...], as_json: bool,
 ) -> None:  # fmt: skip
     """Run one configuration over a task: k votes per question, graded, with memory and speed measured.
@@ -125,6 +127,7 @@ def run(
             k=votes, thinking=thinking, sampling=None if sampling == base else sampling, seed=seed, limit=limit,
             threads=threads, repack=repack, gpu_layers=gpu_layers, cpu_moe=cpu_moe, expected_sha256=ref.file.sha256,
             force=force, parallel=parallel,
+            budget_message=prompts.BUDGET_MESSAGE if budget_message is None else budget_message,
         )  # fmt: skip
         with ui.run_progress(ref.label, task_name, votes, quiet=as_json) as progress:
             rungs = sweep.run_ladder(spec, store, progress, " ".join(sys.argv), ui.note)

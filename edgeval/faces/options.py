@@ -240,6 +240,13 @@ repack_option = click.option(
     help="llama.cpp weight repacking (default: on where the doctor's probe, run once, says it works).",
 )
 seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same samples.")
+budget_message_option = click.option(
+    "--budget-message",
+    metavar="TEXT",
+    help="What is forced before </think> when a sample's thinking budget runs out, as llama-server's "
+    "--reasoning-budget-message (default: the stop-thinking instruction of the Qwen3 technical report; '' for "
+    "the end tag alone).",
+)
 
 
 class Parallel(click.ParamType):  # type: ignore[type-arg]

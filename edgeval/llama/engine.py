@@ -26,7 +26,7 @@ from edgeval.core.memory import eviction_chunk
 from edgeval.core.prompts import THINKING_SAMPLING, Sampling
 from edgeval.core.quants import KVType
 from edgeval.llama import generation
-from edgeval.llama.generation import Forcing as Forcing  # the engine's names for what a run generates
+from edgeval.llama.budget import Forcing as Forcing  # the engine's names for what a run generates
 from edgeval.llama.generation import Generation as Generation
 from edgeval.llama.generation import Job as Job
 from edgeval.llama.generation import Recipe as Recipe
@@ -200,6 +200,7 @@ class Model:
                 )
             raise LlamaError(f"llama.cpp could not load {path.name}", log_tail=tuple(self.load_log[-3:]))
         self._vocab = llama_cpp.llama_model_get_vocab(self._ptr)
+        self._pieces: dict[int, bytes] = {}  # token -> its bytes (the reasoning budget asks for every token written)
 
     @property
     def ptr(self) -> llama_cpp.llama_model_p:
@@ -254,12 +255,16 @@ class Model:
 
     def piece(self, token: int) -> bytes:
         """The bytes one token stands for (special tokens rendered as their text)."""
+        cached = self._pieces.get(token)
+        if cached is not None:
+            return cached
         buf = ctypes.create_string_buffer(64)
         n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
             n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
-        return buf.raw[:n]
+        self._pieces[token] = piece = buf.raw[:n]
+        return piece
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         """Text of a token sequence (invalid UTF-8 replaced)."""
@@ -268,6 +273,20 @@ class Model:
     def is_end(self, token: int) -> bool:
         """Whether the token ends generation (`<|im_end|>`, `<|endoftext|>`)."""
         return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+
+def reasoning_budget(model: Model, *, message: str, answer_tokens: int, starts_reasoning: bool = True) -> Forcing:
+    """The thinking budget as llama-server sets it up for this model: the start and end tags and the forced tokens
+    (the message's, then the end tag's, each tokenized alone with special tokens parsed, as the server does)."""
+    from edgeval.core import prompts
+
+    end = tuple(model.tokenize(prompts.THINK_CLOSE))
+    turn = model.tokenize(prompts.TURN_START)
+    return Forcing(
+        start=tuple(model.tokenize(prompts.THINK_OPEN)), end=end,
+        tokens=(*(model.tokenize(message) if message else ()), *end), answer_tokens=answer_tokens,
+        starts_reasoning=starts_reasoning, turn=turn[0] if len(turn) == 1 else -1,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- contexts and generation

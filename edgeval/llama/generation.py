@@ -13,9 +13,10 @@ With `edgeval.llama.engine` this is the only code that calls llama.cpp; it reach
 
 from __future__ import annotations
 
+import ctypes
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import llama_cpp
@@ -23,29 +24,10 @@ import llama_cpp
 from edgeval.core.errors import ConfigurationError, LlamaError
 from edgeval.core.memory import eviction_chunk, own_cells
 from edgeval.core.prompts import THINKING_SAMPLING, Sampling
+from edgeval.llama.budget import FORCING, Budget, Forcing
 
 if TYPE_CHECKING:
     from edgeval.llama.engine import Context
-
-
-@dataclass(frozen=True)
-class Forcing:
-    """Budget forcing: a sample still reasoning at its budget gets `tokens` (close the reasoning, start the answer)
-    appended, then may write `answer_tokens` more."""
-
-    think_close: int  # the `</think>` token: once generated, the sample is answering
-    tokens: tuple[int, ...]
-    answer_tokens: int = 32
-    starts_reasoning: bool = True  # thinking mode: the sample reasons until it writes `</think>`
-
-    @property
-    def extra(self) -> int:
-        """What a forced sample may write beyond its budget (the forcing text and the answer)."""
-        return len(self.tokens) + self.answer_tokens if self.starts_reasoning else 0
-
-    def n_predict(self, budget: int) -> int:
-        """The most tokens one sample may write at this budget, forced ones included."""
-        return budget + self.extra
 
 
 @dataclass(frozen=True)
@@ -79,15 +61,15 @@ class Recipe:
                             window=self.window)  # fmt: skip
 
     def stream_cells(self, prompt_tokens: int) -> int:
-        """KV cells one sequence may hold (its own copy of the prompt, its budget or KV window and its forced
-        answer): a context with a stream per sequence gives each at least this many."""
-        forcing = self.forcing
-        extra = len(forcing.tokens) + forcing.answer_tokens if forcing else 0
+        """KV cells one sequence may hold (its own copy of the prompt, its budget or KV window and what it may
+        write beyond it): a context with a stream per sequence gives each at least this many."""
+        extra = self.forcing.extra if self.forcing else 0
         return prompt_tokens + own_cells(self.rungs[-1], self.window) + extra
 
     def step_tokens(self) -> int:
-        """The most tokens one question may feed a single decode (a vote forced or forked feeds its forcing)."""
-        return self.sequences * (2 + (len(self.forcing.tokens) if self.forcing else 0))
+        """The most tokens one question may feed a single decode: one for each of its sequences (forced tokens too
+        are fed one a step)."""
+        return self.sequences
 
 
 @dataclass(frozen=True)
@@ -105,18 +87,21 @@ class _Sample:
 
     seq: int  # its sequence id in the KV cache
     pos: int
-    reasoning: bool
     sampler: Any
+    budget: Budget | None = None  # its reasoning budget's state (None: no forcing)
+    cap: int = 0  # n_predict: the most tokens it may write in all
     tokens: list[int] = field(default_factory=list)
     generated: int = 0  # tokens the model wrote (forced tokens excluded)
     forced: bool = False
-    answer_left: int = 0
-    finish: str = ""  # "stop" (end token), "length" (budget reached while answering) or "forced"
+    finish: str = ""  # "stop" (end token), "length" (n_predict reached) or "forced" (forced, then either)
     vote: int = 0  # which of the k votes it is (a fork: the vote it was forked from)
     rung: int | None = None  # a fork: the budget it answers for
     kept_from: int = 0  # the first position of its own tokens still in the KV cache (a KV window evicts before it)
     evicted: int = 0  # own tokens evicted from the KV cache
-    feed: list[int] = field(default_factory=list)  # forced tokens still to feed, one a step
+
+    @property
+    def forcing_now(self) -> bool:
+        return self.budget is not None and self.budget.state == FORCING
 
 
 @dataclass(frozen=True)
@@ -147,10 +132,10 @@ class Generation:
 
 def fork_cells(k: int, n_rungs: int, answer_cells: int, *, chunk: int = 0) -> int:
     """KV cells the forks of a budget ladder may hold at once: at every smaller rung, each vote still reasoning is
-    forked for its forced answer (its last token and `answer_cells`: the forcing text and `answer_tokens`). When
+    forked for its forced answer (its last token and `answer_cells`: what it may write beyond the budget). When
     votes evict in chunks of `chunk` tokens (a KV window), a fork also holds the cells its vote evicts while the
-    fork lives: the fork writes its forcing text and its answer one token a step, so its vote writes at most as many
-    and a token meanwhile, and evicts that rounded up to a chunk. Forks happen only where samples reason and are
+    fork lives: the fork writes one token a step, so its vote writes at most as many and a token meanwhile, and
+    evicts that rounded up to a chunk. Forks happen only where samples reason and are
     forced: callers count none otherwise."""
     if n_rungs <= 1:
         return 0
@@ -161,8 +146,8 @@ def cells_needed(
     prompt_tokens: int, k: int, max_tokens: int, forcing: Forcing | None = None, *, n_rungs: int = 1, window: int = 0
 ) -> int:
     """KV cells a generation needs: the shared prompt, each sample's budget — or its KV window and an eviction
-    chunk — and its forced answer, and the forks of a budget ladder's smaller rungs."""
-    extra = len(forcing.tokens) + forcing.answer_tokens if forcing else 0
+    chunk — and what it may write beyond it, and the forks of a budget ladder's smaller rungs."""
+    extra = forcing.extra if forcing else 0
     own = own_cells(max_tokens, window)
     chunk = eviction_chunk(window) if own < max_tokens else 0
     reasoning = forcing is not None and forcing.starts_reasoning
@@ -195,7 +180,7 @@ def check_job(ctx: Context, recipe: Recipe, job: Job, width: int = 1) -> None:
     if recipe.shift and len(rungs) > 1:
         raise ValueError("shifted positions cannot share cells with a ladder's forks")
     forcing = recipe.forcing
-    extra = len(forcing.tokens) + forcing.answer_tokens if forcing else 0
+    extra = forcing.extra if forcing else 0
     if len(job.prompt) + rungs[-1] + extra > ctx.model.n_ctx_train:
         raise ConfigurationError(
             f"prompt ({len(job.prompt)} tokens) + {rungs[-1] + extra} generated tokens is longer than the "
@@ -355,12 +340,31 @@ class _Question:
         self.started = time.perf_counter()
         self.prompt_s = self.decode_s = self.ttft_s = 0.0
         self.steps = self.max_seqs = self.max_tokens = 0
-        reasoning = recipe.reasoning
+        self.handled: set[tuple[int, int]] = set()  # (vote, smaller rung) forked or recorded
+        start = self._prefilled(self.top)
         self.live = [
-            _Sample(seq=base + v, pos=len(self.prompt), reasoning=reasoning,
-                    sampler=_sampler_chain(recipe.sampling, job.seeds[v]), vote=v, kept_from=len(self.prompt))
+            _Sample(seq=base + v, pos=len(self.prompt), sampler=_sampler_chain(recipe.sampling, job.seeds[v]),
+                    budget=None if start is None else replace(start, recent=list(start.recent)),
+                    cap=self.n_predict(self.top), vote=v, kept_from=len(self.prompt))
             for v in range(self.k)
         ]  # fmt: skip
+
+    def n_predict(self, budget: int) -> int:
+        return self.forcing.n_predict(budget) if self.forcing else budget
+
+    def _prefilled(self, budget: int) -> Budget | None:
+        """The budget's state at the prompt's end: llama.cpp's sampler reads the generation prefix (from the last
+        turn's start) first, so a prompt that opens the reasoning starts the count, one that closes it (thinking
+        off) leaves it done."""
+        forcing = self.forcing
+        if forcing is None or not forcing.starts_reasoning:
+            return None
+        state = Budget(forcing, budget)
+        prompt = list(self.prompt)
+        turn = len(prompt) - 1 - prompt[::-1].index(forcing.turn) if forcing.turn in prompt else len(prompt)
+        for token in prompt[turn:]:
+            state.accept(token, self.ctx.model.piece)
+        return state
 
     @property
     def reading(self) -> bool:
@@ -391,10 +395,11 @@ class _Question:
         self.logits_at = dict.fromkeys(range(self.base, self.base + self.k), tokens - 1)
 
     def sample(self) -> list[_Item]:
-        """Sample one token for each live sequence; return what to feed the next decode."""
+        """Sample one token for each live sequence (a forced one where its budget forces); return what to feed the
+        next decode."""
         items: list[_Item] = []
         for seq in list(self.live):
-            items += self._fed(seq) if seq.feed else self._advance(seq, self.logits_at[seq.seq])
+            items += self._forced(seq) if seq.forcing_now else self._advance(seq, self.logits_at[seq.seq])
         self._retire()
         if not self.ttft_s:
             self.ttft_s = time.perf_counter() - self.started
@@ -448,7 +453,7 @@ class _Question:
             self._record(seq.rung, seq, finish)
             return
         for b in self.rungs:
-            if seq.vote not in self.results[b] and (b == self.top or seq.generated < b):
+            if seq.vote not in self.results[b] and (seq.vote, b) not in self.handled:
                 self._record(b, seq, finish)
 
     def _retire(self) -> None:
@@ -464,69 +469,82 @@ class _Question:
                 self.free_seqs.append(seq.seq)
             llama_cpp.llama_sampler_free(seq.sampler)
 
-    def _force(self, seq: _Sample, token: int) -> list[_Item]:
-        """Close the reasoning and start the answer: the forcing text is fed one token a step, as every other
-        sequence is (a sequence feeding several rows to one decode is computed with other kernels, by the batch's
-        shape, so the same question in flight beside others would round differently); only its last token needs
-        logits."""
-        assert self.forcing is not None
-        seq.forced, seq.reasoning, seq.answer_left = True, False, self.forcing.answer_tokens
-        seq.tokens.extend(self.forcing.tokens)
-        seq.feed = [token, *self.forcing.tokens]
-        return self._fed(seq)
-
-    def _fed(self, seq: _Sample) -> list[_Item]:
-        """The next forced token of a sequence being forced (logits with the last)."""
-        item = (seq.feed.pop(0), seq.pos, seq.seq, len(seq.feed) == 0)
-        seq.pos += 1
-        return [item]
+    def _forced(self, seq: _Sample) -> list[_Item]:
+        """The next forced token of a sample whose budget ran out: llama.cpp masks every other logit and runs the
+        sampler chain, whose seeded draw is taken all the same; here the chain sees the one candidate, which takes
+        the same draw without the logits (a forced token's row needs none)."""
+        assert seq.budget is not None
+        token = seq.budget.forced_token()
+        _draw(seq.sampler, token)
+        return self._wrote(seq, token, forced=True)
 
     def _fork(self, vote: _Sample, token: int, rung: int) -> list[_Item]:
-        """A copy of a reasoning vote at a smaller rung, forced to answer as a run at that budget would be."""
+        """A copy of a reasoning vote at a smaller rung whose budget it just used up: a run at that budget,
+        forced from here (its random state carries on in a clone of the vote's sampler chain)."""
+        assert vote.budget is not None
         seq_id = self.free_seqs.pop()
         llama_cpp.llama_memory_seq_cp(self.ctx._memory, vote.seq, seq_id, -1, -1)
         fork = _Sample(
-            seq=seq_id, pos=vote.pos, reasoning=False, sampler=llama_cpp.llama_sampler_clone(vote.sampler),
+            seq=seq_id, pos=vote.pos, sampler=llama_cpp.llama_sampler_clone(vote.sampler),
+            budget=vote.budget.exhausted_at(rung, self.ctx.model.piece(token)), cap=self.n_predict(rung),
             tokens=list(vote.tokens), generated=vote.generated, vote=vote.vote, rung=rung, kept_from=vote.kept_from,
             evicted=vote.evicted,
         )  # fmt: skip
         self.live.append(fork)
-        return self._force(fork, token)
+        return self._step(fork, token)
 
     def _advance(self, seq: _Sample, logits_at: int) -> list[_Item]:
         """Sample one token for a sequence; return what to feed the next decode (nothing when it finished)."""
-        forcing = self.forcing
         token = int(llama_cpp.llama_sampler_sample(seq.sampler, self.ctx._ptr, logits_at))
         if self.ctx.model.is_end(token):
             self._finish(seq, "forced" if seq.forced else "stop")
             return []
+        return self._wrote(seq, token)
+
+    def _wrote(self, seq: _Sample, token: int, *, forced: bool = False) -> list[_Item]:
+        """A sequence wrote `token`: its budget hears it, a vote's smaller rungs are forked or recorded where a run
+        at that budget would part from it, and the sequence stops at its n_predict."""
         seq.tokens.append(token)
-        seq.generated += 1
-        if forcing is not None and token == forcing.think_close:
-            seq.reasoning = False
-        if seq.forced:
-            seq.answer_left -= 1
-            if seq.answer_left <= 0:
-                self._finish(seq, "forced")
-                return []
-            return self._step(seq, token)
-        if seq.generated < self.top:
-            if seq.generated not in self.results:
-                return self._step(seq, token)
-            # A smaller rung: what a run at this budget would do now.
-            if forcing is not None and seq.reasoning:
-                return [*self._fork(seq, token, seq.generated), *self._step(seq, token)]
-            self._record(seq.generated, seq, "length")
-            return self._step(seq, token)
-        if forcing is None or not seq.reasoning:
-            self._finish(seq, "length")
-            return []
-        return self._force(seq, token)
+        if forced:
+            seq.forced = True
+        else:
+            seq.generated += 1
+        items: list[_Item] = []
+        counted = False
+        if seq.budget is not None:
+            before = seq.budget.counted
+            seq.budget.accept(token, self.ctx.model.piece)
+            counted = seq.budget.counted > before
+        if seq.rung is None and len(self.rungs) > 1:
+            items += self._smaller_rungs(seq, token, counted)
+        if len(seq.tokens) >= seq.cap:
+            self._finish(seq, "forced" if seq.forced else "length")
+            return items
+        return items + self._step(seq, token)
+
+    def _smaller_rungs(self, vote: _Sample, token: int, counted: bool) -> list[_Item]:
+        """Where a run at a smaller rung parts from this vote: its budget used up by this token (a fork, forced
+        from here), or its n_predict reached (the vote's tokens so far are that run's sample)."""
+        items: list[_Item] = []
+        for rung in self.rungs[:-1]:
+            if (vote.vote, rung) in self.handled:
+                continue
+            if counted and vote.budget is not None and vote.budget.counted == rung:
+                self.handled.add((vote.vote, rung))
+                items += self._fork(vote, token, rung)
+            elif len(vote.tokens) >= self.n_predict(rung):
+                self.handled.add((vote.vote, rung))
+                self._record(rung, vote, "forced" if vote.forced else "length")
+        return items
 
     def _step(self, seq: _Sample, token: int) -> list[_Item]:
-        if self.window and not seq.forced and seq.pos - seq.kept_from >= self.window + self.chunk:
+        """Feed a written token (its logits wanted unless the next token is forced). A KV window evicts until the
+        budget forces: a forced sample keeps what it holds (its forced text and answer come on top, as
+        `cells_needed` counts them) — a rule of the sample's own state, so a fork evicts as a run at its rung."""
+        if (self.window and not seq.forced and not seq.forcing_now
+                and seq.pos - seq.kept_from >= self.window + self.chunk):  # fmt: skip
             self._evict(seq)
-        item = (token, seq.pos, seq.seq, True)
+        item = (token, seq.pos, seq.seq, not seq.forcing_now)
         seq.pos += 1
         return [item]
 
@@ -555,6 +573,15 @@ def fill_batch(batch: llama_cpp.llama_batch, items: Sequence[tuple[int, int, int
         batch.seq_id[i][0] = seq
         batch.logits[i] = logits
     batch.n_tokens = len(items)
+
+
+def _draw(chain: llama_cpp.llama_sampler_p, token: int) -> None:
+    """Run a sampler chain over one candidate, `token` (its seeded draw taken, as for a masked step), and accept
+    it."""
+    data = llama_cpp.llama_token_data(token, 0.0, 0.0)
+    candidates = llama_cpp.llama_token_data_array(ctypes.pointer(data), 1, -1, False)
+    llama_cpp.llama_sampler_apply(chain, ctypes.byref(candidates))
+    llama_cpp.llama_sampler_accept(chain, token)
 
 
 def _sampler_chain(sampling: Sampling, seed: int) -> llama_cpp.llama_sampler_p:

@@ -50,7 +50,8 @@ class RunSpec:
     repack: bool | memory.RepackMode | None = None
     gpu_layers: int | None = None
     cpu_moe: int = 0  # mixture of experts: the first N layers keep their expert weights on the CPU (-1: all)
-    answer_tokens: int = ANSWER_TOKENS
+    answer_tokens: int = ANSWER_TOKENS  # room to answer after the budget's forced tokens (part of n_predict)
+    budget_message: str = prompts.BUDGET_MESSAGE  # forced before `</think>` at the thinking budget
     ladder: tuple[int, ...] = ()  # smaller token budgets answered by the same generation (the budget ladder)
     kv_window: int = 0  # each sample keeps the prompt and its most recent N tokens in the KV cache (0: all)
     deadline: float | None = None  # wall-clock time (time.time()) after which no new question is started
@@ -124,6 +125,8 @@ def _config_key(spec: RunSpec, task: tasks.Task, model_sha: str, budget: int) ->
         "thinking": spec.thinking,
         "sampling": asdict(spec.effective_sampling),
         "seed": spec.seed,
+        "forcing": prompts.FORCING,
+        "budget_message": spec.budget_message,
     }
     from edgeval.llama import engine
 
@@ -284,7 +287,7 @@ def _config_rows(
             "sampling": json.dumps(asdict(spec.effective_sampling)), "seed": spec.seed, "n_items": n_items,
             "kv_cells": memory.padded_cells(shape.n_ctx), "predicted_bytes": by_votes[spec.k],
             "predicted_by_votes": json.dumps(by_votes), "arm": arm, "arm_predicted_bytes": shape.arm_predicted,
-            "kv_window": spec.kv_window,
+            "kv_window": spec.kv_window, "forcing": prompts.FORCING, "budget_message": spec.budget_message,
         }  # fmt: skip
         config_ids[rung] = store.upsert_config(_config_key(spec, task, model_sha, rung), fields)
         store.raise_items(config_ids[rung], n_items)
@@ -362,13 +365,14 @@ def _budget(spec: RunSpec, n_ctx_train: int, prompt: int, answer: int) -> tuple[
 def _sample_tokens(
     spec: RunSpec, task: tasks.Task, items: tuple[tasks.Item, ...], chat: prompts.ChatFormat
 ) -> tuple[int, int]:
-    """The longest prompt, and the tokens one sample needs: that prompt + the budget + a forced answer. Each
+    """The longest prompt, and the tokens one sample needs: that prompt + its n_predict (the budget, the start
+    tag, the forced message and end tag, and the room to answer). Each
     prompt is tokenized once per process (a race prepares every run again each round, with more questions)."""
     from edgeval.llama import engine
 
     stat = spec.model_path.stat()
     file = (str(spec.model_path), stat.st_size, stat.st_mtime_ns, chat.template, spec.thinking, task.fingerprint)
-    forced_key = (*file, "forced answer", task.answer_prefix)
+    forced_key = (*file, "beyond the budget", spec.budget_message)
 
     def key(item: tasks.Item) -> tuple[object, ...]:
         return (*file, item.id)
@@ -376,7 +380,7 @@ def _sample_tokens(
     missing = [item for item in items if key(item) not in _TOKENS]
     if missing or forced_key not in _TOKENS:
         with engine.Model(spec.model_path, engine.LoadOptions(vocab_only=True)) as vocab:
-            _TOKENS[forced_key] = len(vocab.tokenize(prompts.forced_answer(task.answer_prefix)))
+            _TOKENS[forced_key] = engine.reasoning_budget(vocab, message=spec.budget_message, answer_tokens=0).extra
             for item in missing:
                 _TOKENS[key(item)] = len(vocab.tokenize(prompt_text(chat, task, item, spec.thinking)))
     longest = max(_TOKENS[key(item)] for item in items)

@@ -31,9 +31,16 @@ if TYPE_CHECKING:
 
 
 def item_seeds(seed: int, item_id: str, k: int) -> list[int]:
-    """One sampler seed per vote, fixed by the run's seed and the question's id (not its position)."""
-    base = int(hashlib.sha256(f"{seed}:{item_id}".encode()).hexdigest()[:8], 16)
-    return [(base + 7919 * j) & 0xFFFFFFFF for j in range(k)]
+    """One sampler seed per vote, fixed by the run's seed and the question's id (not its position): s, s + 1, …,
+    as llama-server seeds a request's `n_cmpl` completions (`export` sends s as the request's seed)."""
+    base = question_seed(seed, item_id)
+    return [(base + j) & 0xFFFFFFFF for j in range(k)]
+
+
+def question_seed(seed: int, item_id: str) -> int:
+    """The first vote's seed of a question (below 2^31 - 1, so that llama.cpp never reads it as its random
+    default, 0xFFFFFFFF, nor wraps it for a following vote)."""
+    return int(hashlib.sha256(f"{seed}:{item_id}".encode()).hexdigest()[:8], 16) % 0x7FFF0000
 
 
 def main(payload: dict[str, Any], events: Any, measured: Any = None, work: Callable[..., None] | None = None) -> None:
@@ -128,12 +135,10 @@ def _answer_all(payload: dict[str, Any], events: Any, sink: Sink, measured: Any 
     load = engine.LoadOptions(n_gpu_layers=spec.gpu_layers, repack=spec.repack_mode, cpu_moe=spec.cpu_moe)
     width = payload["width"]
     with engine.Model(spec.model_path, load) as model:
-        forcing = engine.Forcing(
-            think_close=model.tokenize(prompts.THINK_CLOSE)[0],
-            tokens=tuple(model.tokenize(prompts.forced_answer(task.answer_prefix))),
-            answer_tokens=spec.answer_tokens,
+        forcing = engine.reasoning_budget(
+            model, message=spec.budget_message, answer_tokens=spec.answer_tokens,
             starts_reasoning=spec.thinking or chat.opens_reasoning(spec.thinking),
-        )
+        )  # fmt: skip
         recipe = engine.Recipe(
             k=spec.k, budgets=spec.rungs, sampling=spec.effective_sampling, forcing=forcing, window=spec.kv_window
         )
@@ -246,14 +251,14 @@ def _speed(
         0.0, probe, forced_tokens=len(forcing.tokens) if forcing and reasoning else 0,
         extra=forcing.extra if forcing else 0,
     )  # fmt: skip
-    # The decode loop's own cost per step (sampling and bookkeeping beside llama_decode), from a short real
-    # generation at the prompt's depth at each width; the prompt's rate from the same generations (the probe has
-    # read the prompt once already, so they are warm).
+    # The decode loop's own cost per step (sampling, the reasoning budget and bookkeeping beside llama_decode), from
+    # a short real generation at the prompt's depth at each width, forced as the run forces; the prompt's rate from
+    # the same generations (the probe has read the prompt once already, so they are warm).
     loop: dict[int, float] = {}
     rate = 0.0
     for width in widths:
         out = ctx.generate(prompt, k=width, max_tokens=4 * SPEED_STEPS, sampling=recipe.sampling,
-                           seeds=item_seeds(spec.seed, item.id, width))  # fmt: skip
+                           seeds=item_seeds(spec.seed, item.id, width), forcing=forcing)  # fmt: skip
         loop[width] = max(0.0, out.decode_s / max(out.decode_steps, 1) - raw.step_s(width, len(prompt)))
         rate = len(prompt) / out.prompt_s if out.prompt_s > 0 else rate
     steps = {w: (a + loop[w], b) for w, (a, b) in raw.steps.items()}
