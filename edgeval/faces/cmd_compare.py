@@ -44,16 +44,15 @@ def _run_compare(request: compare_mod.Request, db: Path | None, as_json: bool, d
 
     if dry_run:
         plans = []
-        speeds: dict[str, float] = {}
+        known = compare_mod.Measured({})
         if (db or default_db_path()).exists():  # earlier runs' speeds; a dry run creates nothing
             with Store(db) as store:
-                speeds = compare_mod.measured_speeds(store)
+                known = compare_mod.measured(store)
         for task in request.tasks:
-            arms = compare_mod.arms(request, task, speeds=speeds)
-            plans.append((task, arms, {a.ref.label: hub.local_path(a.ref.file) is not None for a in arms}))
+            planned = compare_mod.race_plan(request, task, known=known)
+            plans.append((task, planned, {a.ref.label: hub.local_path(a.ref.file) is not None for a in planned.arms}))
         if as_json:
-            click.echo(json.dumps([[ui_compare.arm_row(a, t, cached[a.ref.label]) for a in arms] for t, arms, cached in plans],
-                                  indent=2))  # fmt: skip
+            click.echo(json.dumps([ui_compare.dry_run_json(*plan) for plan in plans], indent=2))
         else:
             ui_compare.render_dry_run(request, plans)
         return []
@@ -94,6 +93,9 @@ def _run_compare(request: compare_mod.Request, db: Path | None, as_json: bool, d
 @kv_window_axis
 @click.option("--time", "time_s", type=Duration(), default=_duration_text(compare_mod.DEFAULT_TIME_S),
               show_default=True, help="Wall-time cap: 90s, 30m, 2h.")  # fmt: skip
+@click.option("--answer-time", "answer_time_s", type=Duration(), help="The most one answer may take on this machine "
+              "(250ms, 0.5s, 2m), in the worst case its budget allows (prompt + budget + forcing + answer, its votes "
+              "together): configurations predicted over it are never run; one measured over it is dropped.")  # fmt: skip
 @click.option("--limit", type=click.IntRange(1), help="Questions per configuration at most (default: the whole task; "
               f"{compare_mod.DEFAULT_EXHAUSTIVE_LIMIT} with --exhaustive).")  # fmt: skip
 @click.option(
@@ -120,7 +122,8 @@ def _run_compare(request: compare_mod.Request, db: Path | None, as_json: bool, d
 @json_option
 def compare_command(
     budget: int, task_names: tuple[str, ...], model_refs: tuple[str, ...], kv: tuple[KVType, ...],
-    budgets: tuple[int, ...], votes: tuple[int, ...], kv_windows: tuple[int, ...] | None, time_s: float, limit: int | None, exhaustive: bool, seed: int,
+    budgets: tuple[int, ...], votes: tuple[int, ...], kv_windows: tuple[int, ...] | None, time_s: float,
+    answer_time_s: float | None, limit: int | None, exhaustive: bool, seed: int,
     threads: int | None, repack: bool | None, gpu_layers: int | None, cpu_moe: int, vram: int | None,
     ram: int | None, parallel: int, dry_run: bool, ray_address: str | None, db: Path | None,
     catalogs: tuple[Path, ...], as_json: bool,
@@ -136,7 +139,7 @@ def compare_command(
         budget_bytes=budget, tasks=task_names, models=_model_names(model_refs), kv=kv, budgets=budgets, votes=votes, kv_window=kv_windows or (0,),
         time_s=time_s, limit=limit, exhaustive=exhaustive, seed=seed, threads=threads, repack=repack,
         catalogs=catalogs, ray=ray_address, gpu_layers=gpu_layers, cpu_moe=cpu_moe, vram_bytes=vram, ram_bytes=ram,
-        parallel=parallel,
+        parallel=parallel, answer_time_s=answer_time_s,
     )  # fmt: skip
     _run_compare(request, db, as_json, dry_run)
 
