@@ -58,13 +58,14 @@ def render_dry_run(request: Request, plans: list[tuple[str, RacePlan, dict[str, 
     plan."""
     for task, planned, cached in plans:
         arms = planned.arms
+        if arms:
+            _dry_run_table(request, task, arms, cached)
         if planned.too_slow:
             ui.console.print(_left_out(planned.too_slow, request.answer_time_s))
         if not arms:
             ui.err_console.print(f"Nothing fits in {format_bytes(request.budget_bytes)}"
                                  + (" and --answer-time." if planned.too_slow else "."))  # fmt: skip
             continue
-        _dry_run_table(request, task, arms, cached)
         _time_plan(request, arms, cached)
 
 
