@@ -4,7 +4,7 @@ and vote count), the defaults, and what each arm will cost in time on this machi
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -347,7 +347,7 @@ def answer_estimate(
     prompt is the longest this model file read on the task here, else the plan's prompt length."""
     prompt = known.prompts.get((ref.label, task), request.prompt_tokens)
     found = known.shapes.get((ref.label, kv.value, kv.value, window), [])
-    speed = next((s for n, s in found if n >= k), found[0][1] if found else None)
+    speed = next((s for n, s in found if n >= k), _widened(found[0][1], k) if found else None)
     source = "shape"
     if speed is None:
         one = estimate_s(ref, budget, 1, request.offload, known.rates, questions=1)
@@ -357,3 +357,11 @@ def answer_estimate(
         speed, source = Speed(one.tokens_per_s, steps, extra=extra), wide.source
     typical = speed.answer_s(prompt, [budget // 2] * k)
     return AnswerEstimate(typical, speed.worst_s(prompt, budget, k), source)
+
+
+def _widened(speed: Speed, k: int) -> Speed:
+    """A speed measured with fewer sequences than k, taken to k sequences as no faster than k/w steps of its widest
+    width w (an upper bound: one batch of k never costs more than decoding them w at a time)."""
+    width = max(speed.steps)
+    a, b = speed.steps[width]
+    return replace(speed, steps={**speed.steps, k: (a * k / width, b * k / width)})

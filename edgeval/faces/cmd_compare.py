@@ -157,7 +157,8 @@ def compare_command(
 @click.option("--name", help="File name stem (default: TASK-BUDGET).")
 @db_option
 def report(out: Path, task_name: str | None, budget: int | None, name: str | None, db: Path | None) -> None:
-    """Write markdown reports with a memory-against-accuracy plot from the stored results (same results, same bytes)."""
+    """Write markdown reports with plots of accuracy against memory and against seconds per answer from the stored
+    results (same results, same bytes)."""
     from edgeval.edges.store import Store
     from edgeval.faces import report as reporting
     from edgeval.faces import ui
@@ -168,7 +169,7 @@ def report(out: Path, task_name: str | None, budget: int | None, name: str | Non
             raise click.ClickException("no stored results to report — run `edgeval compare` or `edgeval demo` first")
         for comparison in comparisons:
             written = reporting.write(store, comparison, out, name if len(comparisons) == 1 else None)
-            plots = [str(p) for p in (written.plot, written.kld_plot) if p]
+            plots = [str(p) for p in (written.plot, written.time_plot, written.kld_plot) if p]
             ui.console.print(f"[green]✓[/] {written.markdown}" + (f" and {' and '.join(plots)}" if plots else ""))
 
 
