@@ -92,10 +92,16 @@ def parse_duration(text: str) -> float:
 
 
 def format_seconds(seconds: float) -> str:
-    """A short time to two significant figures where it is short: `42 ms`, `0.85 s`, `3.2 s`, `45 s`, `12 min`."""
-    if seconds >= 10:
-        return format_duration(seconds)
-    value, unit = (1000 * seconds, "ms") if seconds < 0.1 else (seconds, "s")
+    """A time to two significant figures (whole numbers from 10): `42 ms`, `0.85 s`, `3.2 s`, `45 s`, `1.5 min`,
+    `2.5 h`."""
+    if seconds < 0.1:
+        value, unit = 1000 * seconds, "ms"
+    elif seconds < 60:
+        value, unit = seconds, "s"
+    elif seconds < 3600:
+        value, unit = seconds / 60, "min"
+    else:
+        value, unit = seconds / 3600, "h"
     return f"{value:.2g} {unit}" if value < 9.95 else f"{value:.0f} {unit}"
 
 
