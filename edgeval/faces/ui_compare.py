@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -157,8 +158,6 @@ def _time_plan(request: Request, arms: Sequence[Arm], cached: dict[str, bool]) -
                      f"(samples using half their largest budget; tok/s {how}).")  # fmt: skip
 
 
-_TIME_COLUMN = 10  # the terminal's s/answer column ("0.85 s" and its borders)
-
 _SOURCES = {
     "measured": "measured by earlier runs of the file here",
     "probe": "≤: this machine's throughput probe for the size class, an upper bound",
@@ -229,6 +228,14 @@ def node_json(n: NodeRun) -> dict[str, object]:
             "parallel": n.parallel}  # fmt: skip
 
 
+def _results_table(c: Comparison, with_kld: bool, with_time: bool) -> Table:
+    return tables.rich_table(
+        tables.comparison_layout(c, kld_column=with_kld, time_column=with_time), no_wrap=True, title_justify="left",
+        title=f"{c.task} within {format_bytes(c.budget_bytes)}: ◆ recommended, = tied with the best, ✗ dropped, "
+        "★ frontier",
+    )  # fmt: skip
+
+
 def render_compare(comparisons: list[Comparison]) -> None:
     """Equal-footprint tables (fits 80 columns): memory, accuracy with its interval and n, the recommended (◆),
     those tied with the best (=), dropped (✗), the frontier (★), seconds per answer where the terminal is wide
@@ -237,19 +244,14 @@ def render_compare(comparisons: list[Comparison]) -> None:
         measured = [r for r in c.rows if r.kld is not None]  # configurations `edgeval kld` measured
         with_kld = bool(measured) and ui.console.width >= 80 + 8  # the column fits beside the eight; else a line below
         timed = any(r.result.answer_s is not None for r in c.rows)
-        with_time = timed and ui.console.width >= 80 + 8 * with_kld + _TIME_COLUMN
-        table = tables.rich_table(
-            tables.comparison_layout(c, kld_column=with_kld, time_column=with_time), no_wrap=True, title_justify="left",
-            title=f"{c.task} within {format_bytes(c.budget_bytes)}: ◆ recommended, = tied with the best, ✗ dropped, "
-            "★ frontier",
-        )  # fmt: skip
-        ui.console.print(table)
+        table = _results_table(c, with_kld, timed)
+        unbounded = ui.console.options.update_width(10_000)  # its natural width, not the terminal's
+        with_time = timed and Measurement.get(ui.console, unbounded, table).maximum <= ui.console.width
+        ui.console.print(table if with_time or not timed else _results_table(c, with_kld, False))
         ui.console.print("memory: measured peak RSS; ~ calibrated (predicted for this budget and k, corrected by the run "
                       "that measured it); ? predicted", style="dim")  # fmt: skip
         if timed:
-            where = (
-                "" if with_time else " (a column on a terminal of 90 columns; every figure in --json and the report)"
-            )
+            where = "" if with_time else " (a column on a wider terminal; every figure in --json and the report)"
             ui.console.print(f"s/answer: median seconds one answer takes deployed as measured{where}; ★ counts it too",
                              style="dim")  # fmt: skip
         if c.too_slow:
