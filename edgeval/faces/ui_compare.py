@@ -256,6 +256,11 @@ def render_compare(comparisons: list[Comparison]) -> None:
                              style="dim")  # fmt: skip
         if c.too_slow:
             ui.console.print(_left_out(c.too_slow, c.answer_time_s), style="dim")
+        slow = [r for r in c.rows if r.status == "too_slow" and r.result.answer_s_worst is not None]
+        if slow:
+            named = ", ".join(f"{r.label} ({format_seconds(r.result.answer_s_worst or 0.0)})" for r in slow)
+            ui.console.print(f"Dropped (✗), worst case measured over --answer-time {format_seconds(c.answer_time_s or 0)}:"
+                             f" {named}.", style="dim")  # fmt: skip
         if with_kld:
             ui.console.print(
                 "KLD: mean KL divergence per token from the reference of `edgeval kld` (nats)", style="dim"
