@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import math
 import os
 import re
 import signal
@@ -75,13 +76,12 @@ def test_exhaustive_compare_runs_the_whole_grid_once(compared: tuple[Path, Path,
     for key in ("model", "weight_quant", "kv_type_k", "kv_type_v", "budget_tokens", "k", "n_done", "accuracy_maj",
                 "ci95", "memory_bytes", "memory_source", "status"):  # fmt: skip
         assert all(key in r for r in rows), key
-    # The Pareto marks agree with a brute-force check.
+    # The Pareto marks agree with a brute-force check: no other row needs no more memory, answers no slower
+    # (median seconds per answer) and is at least as accurate, one of the three strictly.
     for r in rows:
-        dominated = any(
-            o is not r and o["memory_bytes"] <= r["memory_bytes"] and o["accuracy_maj"] >= r["accuracy_maj"]
-            and (o["memory_bytes"] < r["memory_bytes"] or o["accuracy_maj"] > r["accuracy_maj"])
-            for o in rows
-        )  # fmt: skip
+        mine = _costs(r)
+        dominated = any(o is not r and _costs(o) != mine and all(a <= b for a, b in zip(_costs(o), mine, strict=True))
+                        for o in rows)  # fmt: skip
         assert r["pareto"] is (not dominated)
     assert data["frontier"] == [r["key"] for r in rows if r["pareto"]]
     assert data["recommended"]["key"] in {r["key"] for r in data["tied"]}
@@ -100,6 +100,11 @@ def test_exhaustive_compare_runs_the_whole_grid_once(compared: tuple[Path, Path,
     assert after == before and len(after) == 8
 
 
+def _costs(row: dict[str, float]) -> tuple[float, float, float]:
+    """What a frontier weighs, each the lower the better: memory, median seconds per answer, inaccuracy."""
+    return row["memory_bytes"], row["answer_s"], -row["accuracy_maj"]
+
+
 def test_report_is_well_formed_has_a_plot_and_is_reproducible(compared: tuple[Path, Path, str], tmp_path: Path) -> None:
     _, db, _ = compared
     out = tmp_path / "reports"
@@ -115,8 +120,12 @@ def test_report_is_well_formed_has_a_plot_and_is_reproducible(compared: tuple[Pa
 
     assert matplotlib.image.imread(image).shape[0] > 100
     assert "![arith: accuracy against memory](arith-1GB.png)" in text
+    timed = out / "arith-1GB-time.png"
+    assert timed.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![arith: accuracy against seconds per answer](arith-1GB-time.png)" in text
     for heading in ("## Provenance", "## Grid", "## Results at equal footprint", "## Recommendation",
-                    "## Paired comparisons", "## Pareto frontier", "## Speed"):  # fmt: skip
+                    "## Paired comparisons", "## Pareto frontier", "## Seconds per answer against accuracy",
+                    "## Speed"):  # fmt: skip
         assert heading in text
     tables = re.findall(r"((?:^\|.*\|\n)+)", text, re.MULTILINE)
     assert len(tables) >= 5
@@ -127,13 +136,13 @@ def test_report_is_well_formed_has_a_plot_and_is_reproducible(compared: tuple[Pa
         assert set(lines[1].replace("|", "")) == {"-"}
     results = next(t for t in tables if t.startswith("| band |"))
     assert len(results.strip().splitlines()) == 2 + 16
-    assert "★" in results and "n=5" in results
-    before = (markdown.read_bytes(), image.read_bytes())
+    assert "★" in results and "n=5" in results and "s/answer (median, p90, worst)" in results
+    before = (markdown.read_bytes(), image.read_bytes(), timed.read_bytes())
     again = CliRunner().invoke(
         cli, ["report", "--out", str(out), "--db", str(db), "--task", "arith", "--budget", "1GB"]
     )
     assert again.exit_code == 0
-    assert (markdown.read_bytes(), image.read_bytes()) == before
+    assert (markdown.read_bytes(), image.read_bytes(), timed.read_bytes()) == before
 
 
 def _family_catalog(folder: Path, sizes: tuple[str, ...]) -> Path:
@@ -182,6 +191,55 @@ def test_a_timed_race_drops_what_a_cheaper_configuration_beats_and_answers_with_
     assert again.exit_code == 0, again.output
     second = _samples(db)
     assert set(first) <= set(second) and len(second) == len({s[:3] for s in second})
+
+
+def _split(worst: dict[tuple[str, int, int], float]) -> float:
+    """A limit between two of the predicted worst cases, in the widest gap between them (so timing noise cannot move
+    a configuration across it)."""
+    values = sorted(set(worst.values()))
+    low, high = max(itertools.pairwise(values), key=lambda pair: pair[1] / pair[0])
+    return math.sqrt(low * high)
+
+
+def test_answer_time_leaves_out_before_running_what_is_predicted_too_slow(tmp_path: Path) -> None:
+    catalog = _family_catalog(tmp_path, ("edgeval-tiny-s", "edgeval-tiny-l"))
+    db = tmp_path / "t.db"
+    # Two questions of every configuration measure each file's deployment shape on this machine
+    measure = CliRunner().invoke(cli, [*_race_args(catalog, db, "--exhaustive", "--limit", "2"), "--json"])
+    assert measure.exit_code == 0, measure.output
+    planned = json.loads(CliRunner().invoke(cli, [*_race_args(catalog, db), "--dry-run", "--json"]).output)[0]
+    worst = {(p["model"], t["budget_tokens"], t["k"]): t["answer_s_worst"] for p in planned for t in p["answer_times"]}
+    assert len(worst) == 2 * 2 * 2 and all(t["answer_time_source"] == "shape" for p in planned
+                                           for t in p["answer_times"])  # fmt: skip
+    limit = _split(worst)
+    over = {c for c, w in worst.items() if w > limit}
+    assert over and len(over) < len(worst)
+    answer_time = ["--answer-time", f"{1000 * limit:.6f}ms"]
+    # The dry run says which configurations it leaves out, each with its predicted worst case.
+    dry = json.loads(CliRunner().invoke(cli, [*_race_args(catalog, db, *answer_time), "--dry-run", "--json"]).output)
+    left = {(r["model"], r["budget_tokens"], r["k"]): r for r in dry[0] if r["status"] == "too_slow"}
+    assert set(left) == over and all(r["answer_s_worst"] > limit for r in left.values())
+    runs = [r for r in dry[0] if r["status"] == "planned"]
+    assert {(r["model"], t["budget_tokens"], t["k"]) for r in runs for t in r["answer_times"]} == set(worst) - over
+    text = CliRunner().invoke(cli, [*_race_args(catalog, db, *answer_time), "--dry-run"], env={"COLUMNS": "300"})
+    assert "Left out before running" in text.output
+    assert all(f"{m}, kv f16, budget {b}, k={k}" in text.output for m, b, k in over)
+    # The compare never runs them: their rows carry status too_slow with the predicted figure, and no run that could
+    # answer them (the same file and budget, as many votes or more) adds a question.
+    result = CliRunner().invoke(cli, [*_race_args(catalog, db, "--exhaustive", "--limit", "3", *answer_time), "--json"])
+    assert result.exit_code == 0, result.output
+    (data,) = json.loads(result.output)
+    never = {(r["model"], r["budget_tokens"], r["k"]): r for r in data["rows"] if r["n_done"] == 0}
+    assert set(never) == over and all(r["status"] == "too_slow" and r["answer_s_worst"] > limit for r in never.values())
+    ran = [r for r in data["rows"] if r["n_done"]]
+    assert {(r["model"], r["budget_tokens"], r["k"]) for r in ran} == set(worst) - over
+    # one that ran stays in unless its own measured worst case is over the limit
+    assert all((r["status"] == "too_slow") is (r["answer_s_worst"] > limit) for r in ran)
+    with sqlite3.connect(db) as conn:
+        answered = conn.execute("SELECT c.model, c.budget_tokens, c.k, COUNT(DISTINCT s.item_index) FROM configs c "
+                                "JOIN samples s ON s.config_id = c.id GROUP BY c.id").fetchall()  # fmt: skip
+    for model, budget, k in over:
+        assert all(n == 2 for m, b, generated, n in answered if (m, b) == (model, budget) and generated >= k)
 
 
 def test_ctrl_c_prints_the_answer_so_far_and_a_rerun_continues(tmp_path: Path) -> None:
@@ -267,6 +325,26 @@ def test_pareto_marks_match_brute_force(points: list[tuple[int, float]]) -> None
         better = [(m2, a2) for m2, a2 in points if m2 <= m and a2 >= a and (m2 < m or a2 > a)]
         assert mark is (not better)
     assert any(marks)
+
+
+@given(points=st.lists(st.tuples(st.integers(1, 6), st.sampled_from([0.5, 1.0, 3.0, math.inf]),
+                                 st.sampled_from([0.0, 0.5, 0.9])), min_size=1, max_size=12))  # fmt: skip
+def test_pareto_marks_with_time_match_brute_force(points: list[tuple[int, float, float]]) -> None:
+    """Memory, seconds per answer (∞: not measured) and accuracy: a point is marked unless another needs no more
+    memory, is no slower and at least as accurate, and is strictly better in one of them."""
+    marks = verdict.pareto(points)
+    for (m, t, a), mark in zip(points, marks, strict=True):
+        better = [p for p in points if p[0] <= m and p[1] <= t and p[2] >= a and (p[0] < m or p[1] < t or p[2] > a)]
+        assert mark is (not better)
+    assert any(marks)
+    # Where no time was measured, the marks are the memory-accuracy frontier's.
+    untimed = [(m, math.inf, a) for m, _, a in points]
+    assert verdict.pareto(untimed) == verdict.pareto([(m, a) for m, _, a in points])
+    # A point that is the fastest (strictly) is always on the frontier, whatever its memory and accuracy.
+    fastest = min(t for _, t, _ in points)
+    if sum(t == fastest for _, t, _ in points) == 1 and fastest < math.inf:
+        best_of_them = next(i for i, p in enumerate(points) if p[1] == fastest)
+        assert marks[best_of_them]
 
 
 def test_dry_run_shows_the_runs_download_and_time_plan_and_runs_nothing(

@@ -1,4 +1,4 @@
-"""Budget and token-count syntax."""
+"""Budget, token-count and duration syntax."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeval.core.units import UnitError, format_bytes, parse_bytes, parse_tokens
+from edgeval.core.units import UnitError, format_bytes, format_seconds, parse_bytes, parse_duration, parse_tokens
 from edgeval.faces.cli import cli
 
 UNITS = {"B": 1, "kB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
@@ -59,3 +59,32 @@ def test_format_bytes_round_trips_to_three_figures(n: int) -> None:
     text = format_bytes(n)
     if n >= 1000:
         assert parse_bytes(text.replace(" ", "")) == pytest.approx(n, rel=0.006)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("30m", 1800), ("2h", 7200), ("1h30m", 5400), ("1.5h", 5400), ("0.5s", 0.5), (".5s", 0.5),
+     ("250ms", 0.25), ("2m", 120), ("1s500ms", 1.5), (" 0.25 S ", 0.25)],
+)  # fmt: skip
+def test_durations_take_fractions_and_milliseconds(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("bad", ["5", "0.5", "5x", "ms", "0ms", "1..5s", ".s", "-1s", "", "5 sec"])
+def test_bad_durations(bad: str) -> None:
+    with pytest.raises(UnitError):
+        parse_duration(bad)
+
+
+def test_answer_time_errors_are_usage_errors_naming_the_forms() -> None:
+    result = CliRunner().invoke(cli, ["compare", "--budget", "8GB", "--answer-time", "fast", "--dry-run"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "250ms" in result.output and "0.5s" in result.output
+
+
+@given(seconds=st.floats(1e-4, 5000, allow_nan=False))
+def test_format_seconds_reads_back_within_its_two_figures(seconds: float) -> None:
+    text = format_seconds(seconds)
+    value, unit = text.split(" ")
+    back = float(value) * {"ms": 1e-3, "s": 1, "min": 60, "h": 3600}[unit]
+    assert back == pytest.approx(seconds, rel=0.05)  # two figures: 1.05 → "1.1", a 5% step at most

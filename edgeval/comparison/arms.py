@@ -4,18 +4,20 @@ and vote count), the defaults, and what each arm will cost in time on this machi
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeval.comparison import plan
 from edgeval.core import prompts, racing
+from edgeval.core.answer_time import Speed
 from edgeval.core.quants import KVType, WeightQuant
 from edgeval.core.units import format_tokens
 from edgeval.edges import tasks
 from edgeval.edges.catalog import Catalog, ModelRef
 from edgeval.edges.store import Store
 from edgeval.running import sweep
+from edgeval.running.configuration import ANSWER_TOKENS
 
 if TYPE_CHECKING:  # ray is an optional extra, imported only with --ray
     pass
@@ -40,6 +42,13 @@ ROUND_GROWTH = 4  # each round asks for this many times the questions of the one
 # Rough single-sequence decode speed on a CPU, scaled by weight bytes (memory-bound): 27 tok/s at 0.39 GB measured
 # here for Qwen3-0.6B Q4_K_M; k sequences together about twice as fast in aggregate.
 _TOKENS_PER_S_AT_1GB = 27 * 0.39
+
+
+def _extra_tokens(message: str) -> int:
+    """What a sample may write beyond its thinking budget, for predictions before any run measured it: the start
+    tag, the budget message (about four characters a token), the end tag and the room to answer
+    (`budget.Forcing.extra`, exact once a run tokenized it); a measured speed carries its own."""
+    return 2 + -(-len(message) // 4) + ANSWER_TOKENS
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,7 @@ class Request:
     cpu_moe: int = 0
     vram_bytes: int | None = None  # the GPU's memory, when the device part must also fit it
     ram_bytes: int | None = None  # the host part's limit under offload (None: the RAM free now)
+    answer_time_s: float | None = None  # the most one answer may take in the worst case (None: no limit)
 
     @property
     def offload(self) -> int:
@@ -107,6 +117,7 @@ class Arm:
     window: int = 0  # the KV window (0: no eviction)
     device: dict[tuple[int, int], int] = field(default_factory=dict)  # (budget, votes) -> the GPU part of `predicted`
     estimate: Estimate | None = None
+    answer_times: dict[tuple[int, int], AnswerEstimate] = field(default_factory=dict)  # (budget, votes) -> predicted
 
     @property
     def label(self) -> str:
@@ -124,13 +135,30 @@ class Arm:
 def arms(
     request: Request, task: str, catalog: Catalog | None = None, speeds: dict[str, float] | None = None
 ) -> list[Arm]:
-    """The runs that answer every configuration fitting the budget.
+    """The runs that answer every configuration fitting the budget (and the answer time, when limited)."""
+    return race_plan(request, task, catalog, Measured(speeds or {})).arms
+
+
+@dataclass(frozen=True)
+class RacePlan:
+    """What a compare runs for one task, and what it leaves out before running: the configurations whose worst
+    case is predicted over --answer-time."""
+
+    arms: list[Arm]
+    too_slow: list[TooSlow]
+
+
+def race_plan(request: Request, task: str, catalog: Catalog | None = None, known: Measured | None = None) -> RacePlan:
+    """The runs that answer every configuration fitting the budget, and those predicted too slow.
 
     For each model file, KV type and KV window, each budget of the ladder can afford some largest number of votes
     K(b) in the budget (K falls as b grows); budgets with the same K are one run with K votes, which answers (b, j)
     for every j ≤ K in the votes axis. Memory is predicted from the catalog's facts, as `edgeval plan` does (a
-    window no shorter than a budget is that budget without a window, so it is not run twice)."""
+    window no shorter than a budget is that budget without a window, so it is not run twice); seconds per answer
+    from what this machine measured (`answer_estimate`), and a configuration whose worst case exceeds
+    `request.answer_time_s` is left out before it costs anything."""
     book = catalog or Catalog.load(request.catalogs)
+    known = known or Measured({})
     refs = book.resolve_all(request.models) if request.models else default_refs(book, request)
     votes = tuple(sorted(set(request.votes)))
     gpu_layers = request.offload
@@ -147,6 +175,7 @@ def arms(
             per_budget = fitting.setdefault((c.ref.label, c.kv_type_k, c.kv_window), {})
             per_budget.setdefault(c.budget_tokens, {})[c.k] = c.footprint.total_bytes
             devices[(c.ref.label, c.kv_type_k, c.kv_window, c.budget_tokens, c.k)] = c.footprint.device_bytes
+    times, too_slow = _answer_times(request, task, fitting, refs_by_label, known)
     out = []
     for (label, kv, window), per_budget in fitting.items():
         by_k: dict[int, list[int]] = {}
@@ -158,9 +187,33 @@ def arms(
             predicted = {(b, j): per_budget[b][j] for b in ladder for j in compared}
             device = {(b, j): devices[(label, kv, window, b, j)] for b in ladder for j in compared}
             ref = refs_by_label[label]
-            estimate = estimate_s(ref, ladder[-1], k, gpu_layers, speeds)
-            out.append(Arm(ref, kv, ladder, k, compared, predicted, estimate.seconds, window, device, estimate))
-    return sorted(out, key=lambda a: (a.ref.weight_bytes, a.kv.value, a.window, a.k))
+            estimate = estimate_s(ref, ladder[-1], k, gpu_layers, known.rates)
+            answer = {(b, j): times[(label, kv, window, b, j)] for b in ladder for j in compared}
+            out.append(Arm(ref, kv, ladder, k, compared, predicted, estimate.seconds, window, device, estimate,
+                           answer))  # fmt: skip
+    return RacePlan(sorted(out, key=lambda a: (a.ref.weight_bytes, a.kv.value, a.window, a.k)), too_slow)
+
+
+def _answer_times(
+    request: Request, task: str, fitting: dict[tuple[str, KVType, int], dict[int, dict[int, int]]],
+    refs: dict[str, ModelRef], known: Measured,
+) -> tuple[dict[tuple[str, KVType, int, int, int], AnswerEstimate], list[TooSlow]]:  # fmt: skip
+    """Each fitting configuration's predicted seconds per answer; those whose worst case exceeds the limit are
+    taken out of `fitting` (a budget left with no vote count goes too) and returned as too slow."""
+    times = {}
+    too_slow = []
+    for (label, kv, window), per_budget in fitting.items():
+        for budget, ks in list(per_budget.items()):
+            for j in sorted(ks):
+                answer = answer_estimate(refs[label], kv, window, budget, j, request, task, known)
+                times[(label, kv, window, budget, j)] = answer
+                if request.answer_time_s is not None and answer.worst_s > request.answer_time_s:
+                    too_slow.append(TooSlow(refs[label], kv, window, budget, j, ks.pop(j), answer))
+            if not ks:
+                del per_budget[budget]
+    for key in [key for key, per_budget in fitting.items() if not per_budget]:
+        del fitting[key]
+    return times, too_slow
 
 
 def default_refs(book: Catalog, request: Request) -> list[ModelRef]:
@@ -189,12 +242,14 @@ class Estimate:
 
 
 def estimate_s(
-    ref: ModelRef, budget: int, k: int, gpu_layers: int = 0, speeds: dict[str, float] | None = None
-) -> Estimate:
+    ref: ModelRef, budget: int, k: int, gpu_layers: int = 0, speeds: dict[str, float] | None = None,
+    questions: int | None = None,
+) -> Estimate:  # fmt: skip
     """Time per question: k samples using half their largest budget, at the aggregate decode rate this machine
     measured — its earlier runs of this file (`measured_speeds`), else the throughput probe's knee for the model's
     size class (an upper bound: no sampling, a short context), else a rate scaled from one CPU's figure by weight
-    bytes (memory-bound decoding), twice as fast for k > 1."""
+    bytes (memory-bound decoding), twice as fast for k > 1. `questions` in flight: as many as reach the probe's
+    knee (None), or 1 for the deployment shape (one request's k votes)."""
     tokens = k * budget * 0.5
     if speeds and speeds.get(ref.label):
         return Estimate(tokens / speeds[ref.label], speeds[ref.label], "measured")
@@ -202,7 +257,7 @@ def estimate_s(
 
     knee = throughput.remembered_for(ref.weight_bytes, gpu_layers != 0)
     if knee is not None:
-        width = max(1, knee.knee // k)
+        width = questions or max(1, knee.knee // k)
         rate = knee.rate(width * k)
         return Estimate(tokens / rate, rate, "probe", width)
     rate = _TOKENS_PER_S_AT_1GB / max(ref.weight_bytes / 1e9, 0.05) * (2 if k > 1 else 1)
@@ -215,3 +270,103 @@ def measured_speeds(store: Store) -> dict[str, float]:
         "SELECT model, MAX(decode_tokens_per_s) FROM configs WHERE decode_tokens_per_s > 0 GROUP BY model"
     ).fetchall()
     return {str(r[0]): float(r[1]) for r in rows}
+
+
+# ---------------------------------------------------------------- seconds per answer, predicted
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What earlier runs in the store measured, for predictions: each model file's aggregate decode rate, the
+    deployment shapes' speeds (model file, K and V types, window -> [(votes measured, speed)], newest first) and
+    the longest prompt each model file read on each task."""
+
+    rates: dict[str, float]
+    shapes: dict[tuple[str, str, str, int], list[tuple[int, Speed]]] = field(default_factory=dict)
+    prompts: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+def measured(store: Store) -> Measured:
+    """The store's speeds and prompt lengths (`Measured`)."""
+    shapes: dict[tuple[str, str, str, int], list[tuple[int, Speed]]] = {}
+    rows = store.db.execute("SELECT model, kv_type_k, kv_type_v, kv_window, k, speed FROM configs "
+                            "WHERE speed IS NOT NULL ORDER BY id DESC").fetchall()  # fmt: skip
+    for model, kv_k, kv_v, window, k, text in rows:
+        speed = Speed.from_json(text)
+        if speed is not None:
+            shapes.setdefault((str(model), str(kv_k), str(kv_v), int(window)), []).append((int(k), speed))
+    prompts = store.db.execute("SELECT c.model, c.task, MAX(s.prompt_tokens) FROM samples s JOIN configs c "
+                               "ON c.id = s.config_id GROUP BY c.model, c.task").fetchall()  # fmt: skip
+    return Measured(measured_speeds(store), shapes, {(str(m), str(t)): int(n) for m, t, n in prompts})
+
+
+@dataclass(frozen=True)
+class AnswerEstimate:
+    """Seconds per answer of a configuration predicted before it runs: typical (its votes writing half their
+    budget, as the time plan assumes) and the worst case (every vote writing all it may: prompt + budget + forcing
+    + answer), and where the speed comes from: `shape` (this model file, KV cache and window measured here as
+    deployed), else the time plan's decode rate (`measured`, `probe` or `rough`)."""
+
+    typical_s: float
+    worst_s: float
+    source: str
+
+    def to_json(self) -> dict[str, object]:
+        return {"answer_s": round(self.typical_s, 4), "answer_s_worst": round(self.worst_s, 4),
+                "answer_time_source": self.source, "answer_time_predicted": True}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TooSlow:
+    """A configuration left out before running: its predicted worst case exceeds --answer-time."""
+
+    ref: ModelRef
+    kv: KVType
+    window: int
+    budget: int
+    k: int
+    predicted_bytes: int
+    answer: AnswerEstimate
+
+    @property
+    def label(self) -> str:
+        window = f", window {format_tokens(self.window)}" if self.window else ""
+        return f"{self.ref.label}, kv {self.kv.value}{window}, budget {self.budget}, k={self.k}"
+
+    def to_json(self) -> dict[str, object]:
+        """As a `compare --json` row: status `too_slow`, nothing measured, its predicted figures."""
+        quant = self.ref.file.quant
+        return {"key": None, "model": self.ref.label, "params": self.ref.model.params, "weight_quant": quant.value,
+                "bits": quant.bits, "kv_type_k": self.kv.value, "kv_type_v": self.kv.value, "kv_window": self.window,
+                "budget_tokens": self.budget, "k": self.k, "n_done": 0, "accuracy_maj": None, "ci95": None,
+                "memory_bytes": self.predicted_bytes, "memory_source": "predicted", "status": "too_slow",
+                "pareto": False, **self.answer.to_json()}  # fmt: skip
+
+
+def answer_estimate(
+    ref: ModelRef, kv: KVType, window: int, budget: int, k: int, request: Request, task: str, known: Measured
+) -> AnswerEstimate:  # fmt: skip
+    """Seconds one answer of (budget, k votes) will take deployed: from this shape's speed measured here before
+    (the one whose votes cover k, newest first), else from the time plan's decode rate for one request of k votes
+    (`estimate_s` with one question in flight; the prompt read at no more than one sequence's decode rate). The
+    prompt is the longest this model file read on the task here, else the plan's prompt length."""
+    prompt = known.prompts.get((ref.label, task), request.prompt_tokens)
+    found = known.shapes.get((ref.label, kv.value, kv.value, window), [])
+    speed = next((s for n, s in found if n >= k), _widened(found[0][1], k) if found else None)
+    source = "shape"
+    if speed is None:
+        one = estimate_s(ref, budget, 1, request.offload, known.rates, questions=1)
+        wide = estimate_s(ref, budget, k, request.offload, known.rates, questions=1)
+        extra = _extra_tokens(request.budget_message) if ref.model.thinks(request.thinking) else 0
+        steps = {1: (1 / one.tokens_per_s, 0.0), k: (k / wide.tokens_per_s, 0.0)}
+        speed, source = Speed(one.tokens_per_s, steps, extra=extra), wide.source
+    typical = speed.answer_s(prompt, [budget // 2] * k)
+    return AnswerEstimate(typical, speed.worst_s(prompt, budget, k), source)
+
+
+def _widened(speed: Speed, k: int) -> Speed:
+    """A speed measured with fewer sequences than k, taken to k sequences as no faster than k/w steps of its widest
+    width w (an upper bound: one batch of k never costs more than decoding them w at a time)."""
+    width = max(speed.steps)
+    a, b = speed.steps[width]
+    return replace(speed, steps={**speed.steps, k: (a * k / width, b * k / width)})

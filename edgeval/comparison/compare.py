@@ -29,12 +29,16 @@ from edgeval.comparison.arms import FIRST_ROUND as FIRST_ROUND
 from edgeval.comparison.arms import ROUND_GROWTH as ROUND_GROWTH
 from edgeval.comparison.arms import Arm as Arm
 from edgeval.comparison.arms import Estimate as Estimate
+from edgeval.comparison.arms import Measured as Measured
 from edgeval.comparison.arms import Request as Request
+from edgeval.comparison.arms import TooSlow as TooSlow
 from edgeval.comparison.arms import arms as arms
 from edgeval.comparison.arms import default_refs as default_refs
 from edgeval.comparison.arms import estimate_s as estimate_s
+from edgeval.comparison.arms import measured as measured
 from edgeval.comparison.arms import measured_speeds as measured_speeds
-from edgeval.comparison.verdict import Comparison, Row, band_of, build, contenders
+from edgeval.comparison.arms import race_plan as race_plan
+from edgeval.comparison.verdict import OUT, Comparison, Row, band_of, build, contenders
 from edgeval.core import racing
 from edgeval.core.errors import EdgevalError, describe
 from edgeval.core.quants import WeightQuant
@@ -80,6 +84,8 @@ class _Race:
     failed: dict[int, str] = field(default_factory=dict)  # arm index -> message
     config_ids: dict[int, dict[int, int]] = field(default_factory=dict)  # arm index -> budget -> config id
     eliminated: dict[str, racing.Elimination] = field(default_factory=dict)
+    too_slow: list[TooSlow] = field(default_factory=list)  # left out before running (predicted over the limit)
+    slow: set[str] = field(default_factory=set)  # rows whose measured worst case is over --answer-time
     verdict: racing.Verdict | None = None  # as of the last round's end
     tokens: int = 0
     n_questions: int = 0  # the task's questions within --limit
@@ -114,10 +120,13 @@ def run(
         started = time.time()
         deadline = started + request.time_s if request.time_s and not request.exhaustive else None
         out = []
+        known = measured(store)
         for task in request.tasks:
-            planned = arms(request, task, book, measured_speeds(store))
+            planned = race_plan(request, task, book, known)
             n_task = len(tasks_mod.load_task(task).items)
-            race = _Race(request, task, planned, run_id, started, deadline, cluster=cluster)
+            race = _Race(
+                request, task, planned.arms, run_id, started, deadline, too_slow=planned.too_slow, cluster=cluster
+            )
             race.n_questions = min(n_task, request.question_limit or n_task)
             try:
                 stopped = _race(race, store, progress)
@@ -234,7 +243,8 @@ def _budgets_in_race(race: _Race, index: int) -> tuple[int, ...]:
     ids = race.config_ids.get(index)
     if not ids:
         return arm.budgets
-    left = tuple(b for b in arm.budgets if any(f"{ids[b]}:{j}" not in race.eliminated for j in arm.votes))
+    out = race.eliminated.keys() | race.slow
+    left = tuple(b for b in arm.budgets if any(f"{ids[b]}:{j}" not in out for j in arm.votes))
     return left or arm.budgets
 
 
@@ -426,7 +436,7 @@ def _live_arms(race: _Race, store: Store) -> list[int]:
     for index, arm in enumerate(race.arms):
         if index in race.failed:
             continue
-        keys = [r.key for r in rows if r.status != "failed" and _arm_of(race, r) == index]
+        keys = [r.key for r in rows if r.status not in OUT and _arm_of(race, r) == index]
         if index not in race.config_ids or any(k not in race.eliminated for k in keys):
             live.append((0 if tied & set(keys) else 1, arm.ref.weight_bytes, index))
     return [index for *_, index in sorted(live)]
@@ -456,7 +466,7 @@ def _look(race: _Race, store: Store, state: RaceProgress, *, drop: bool) -> None
     top = racing.leader(alive)
     best = next((r for r in rows if top and r.key == top.key), None)
     state.leader = f"{best.label} {100 * best.result.accuracy_maj:.1f}%" if best else ""
-    state.in_race = sum(1 for r in rows if r.key not in race.eliminated and r.status != "failed")
+    state.in_race = sum(1 for r in rows if r.key not in race.eliminated and r.status not in OUT)
     state.time_left_s = race.time_left()
 
 
@@ -494,6 +504,10 @@ def _rows(race: _Race, store: Store) -> list[Row]:
 def _status(race: _Race, index: int, key: str, result: ConfigResult) -> str:
     if index in race.failed and result.n_done == 0:
         return "failed"
+    limit = race.request.answer_time_s
+    if key in race.slow or (limit is not None and (result.answer_s_worst or 0.0) > limit):
+        race.slow.add(key)  # measured over the limit: dropped with its measured figure, once and for all
+        return "too_slow"
     if key in race.eliminated:
         return "eliminated"
     return "done" if result.n_done >= race.n_questions else "running"
@@ -513,7 +527,8 @@ def _comparison(race: _Race, store: Store, stopped: str) -> Comparison:
     built = build(rows, race.request.budget_bytes, race.task, alpha=_alpha(race), eliminated=race.eliminated,
                   failures=failures, time_s=time.time() - race.started, tokens=race.tokens, stopped=stopped,
                   seconds_per_question=_seconds_per_question(race, store), questions=race.n_questions)  # fmt: skip
-    return replace(built, nodes=node_runs(store, built.rows))
+    return replace(built, nodes=node_runs(store, built.rows), too_slow=tuple(race.too_slow),
+                   answer_time_s=race.request.answer_time_s)  # fmt: skip
 
 
 def node_runs(store: Store, rows: Sequence[Row]) -> tuple[NodeRun, ...]:

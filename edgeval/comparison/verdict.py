@@ -4,13 +4,20 @@ the paired statements behind each claim, and the recommendation in words."""
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from edgeval.core import racing
-from edgeval.core.units import format_bytes, format_duration
+from edgeval.core.units import format_bytes, format_duration, format_seconds
 from edgeval.edges.results import ConfigResult
 from edgeval.edges.store import NodeRun
+
+if TYPE_CHECKING:
+    from edgeval.comparison.arms import TooSlow
+
+OUT = ("failed", "too_slow")  # statuses that never compete: nothing to score, or over --answer-time
 
 
 @dataclass(frozen=True)
@@ -26,7 +33,7 @@ class Row:
     memory_bytes: int
     memory_source: str  # measured, calibrated or predicted
     band: str
-    status: str  # done, eliminated, running, failed
+    status: str  # done, eliminated, running, failed, too_slow (its worst case measured over --answer-time)
     scores: dict[int, float] = field(default_factory=dict, repr=False)  # maj@j per question index
     pareto: bool = False
     eliminated_by: str | None = None
@@ -84,10 +91,14 @@ class Comparison:
     tokens_decoded: int = 0
     stopped: str = ""  # why the race ended: settled, time, questions, interrupted, exhaustive, stored
     nodes: tuple[NodeRun, ...] = ()  # what each Ray node measured of each configuration (compare --ray)
+    memory_frontier: tuple[str, ...] = ()  # the keys on the memory-accuracy frontier (what the statements walk)
+    too_slow: tuple[TooSlow, ...] = ()  # left out before running: worst case predicted over --answer-time
+    answer_time_s: float | None = None  # --answer-time (None: no limit)
 
     @property
     def frontier(self) -> tuple[Row, ...]:
-        """Pareto-optimal rows: no other row is both smaller and more accurate (point estimates)."""
+        """Pareto-optimal rows: no other row needs no more memory, answers no slower (median seconds per answer,
+        where measured) and is at least as accurate, one of them strictly (point estimates)."""
         return tuple(r for r in self.rows if r.pareto)
 
     def row(self, key: str | None) -> Row | None:
@@ -97,7 +108,7 @@ class Comparison:
 
 def contenders(rows: Sequence[Row]) -> list[racing.Contender]:
     """The rows still able to compete: scored and not failed."""
-    return [racing.Contender(r.key, r.scores, r.memory_bytes) for r in rows if r.status != "failed" and r.scores]
+    return [racing.Contender(r.key, r.scores, r.memory_bytes) for r in rows if r.status not in OUT and r.scores]
 
 
 def band_of(memory: int) -> str:
@@ -108,14 +119,20 @@ def band_of(memory: int) -> str:
     return f"≤{upper:g} GB"
 
 
-def pareto(points: Sequence[tuple[int, float]]) -> list[bool]:
-    """For (memory, accuracy) points: True where no other point is both smaller (≤ memory) and more accurate
-    (with one of the two strictly better)."""
-    marks = []
-    for i, (mem, acc) in enumerate(points):
-        dominated = any(j != i and m <= mem and a >= acc and (m < mem or a > acc) for j, (m, a) in enumerate(points))
-        marks.append(not dominated)
-    return marks
+def pareto(points: Sequence[tuple[float, ...]]) -> list[bool]:
+    """For (cost, …, accuracy) points — (memory, accuracy), (seconds, accuracy) or (memory, seconds, accuracy):
+    True where no other point costs no more in every cost and is at least as accurate, with one of them strictly
+    better."""
+
+    def beats(o: tuple[float, ...], p: tuple[float, ...]) -> bool:
+        return o != p and o[-1] >= p[-1] and all(a <= b for a, b in zip(o[:-1], p[:-1], strict=True))
+
+    return [not any(beats(o, p) for j, o in enumerate(points) if j != i) for i, p in enumerate(points)]
+
+
+def seconds(r: Row) -> float:
+    """A row's median seconds per answer; infinite where none was measured (it then wins on nothing but speed)."""
+    return r.result.answer_s if r.result.answer_s is not None else math.inf
 
 
 def build(
@@ -127,34 +144,38 @@ def build(
     gone = eliminated or {}
     rows = sorted(rows_in, key=lambda r: (r.memory_bytes, -r.result.accuracy_maj, r.model, r.result.kv_type_k,
                                           r.result.budget_tokens, r.result.k))  # fmt: skip
-    scored = [r for r in rows if r.status != "failed" and r.result.n_done > 0 and r.memory_bytes <= budget]
-    marks = pareto([(r.memory_bytes, r.result.accuracy_maj) for r in scored])
+    scored = [r for r in rows if r.status not in OUT and r.result.n_done > 0 and r.memory_bytes <= budget]
+    marks = pareto([(r.memory_bytes, seconds(r), r.result.accuracy_maj) for r in scored])
     on_frontier = {r.key for r, mark in zip(scored, marks, strict=True) if mark}
+    by_memory = pareto([(r.memory_bytes, r.result.accuracy_maj) for r in scored])
+    memory_frontier = tuple(r.key for r, mark in zip(scored, by_memory, strict=True) if mark)
     rows = [replace(r, pareto=r.key in on_frontier, eliminated_by=gone[r.key].winner if r.key in gone else None)
             for r in rows]  # fmt: skip
-    alive = [r for r in rows if r.status != "failed" and r.scores and r.key not in gone and r.memory_bytes <= budget]
+    alive = [r for r in rows if r.status not in OUT and r.scores and r.key not in gone and r.memory_bytes <= budget]
     verdict = racing.verdict(contenders(alive), alpha)
-    statements = _statements(rows, verdict, gone, alpha)
+    statements = _statements(rows, verdict, gone, alpha, memory_frontier)
     words = _recommend(rows, budget, verdict, statements, stopped, seconds_per_question or {}, questions)
     return Comparison(
         budget, task, tuple(rows), tuple(words), tuple(failures), best=verdict.best if verdict else None,
         tied=verdict.tied if verdict else (), recommended=verdict.recommended if verdict else None,
         statements=tuple(statements), alpha=alpha, time_s=time_s, tokens_decoded=tokens, stopped=stopped,
+        memory_frontier=memory_frontier,
     )  # fmt: skip
 
 
 def _statements(
-    rows: Sequence[Row], verdict: racing.Verdict | None, gone: dict[str, racing.Elimination], alpha: float
-) -> list[Statement]:
+    rows: Sequence[Row], verdict: racing.Verdict | None, gone: dict[str, racing.Elimination], alpha: float,
+    memory_frontier: Sequence[str],
+) -> list[Statement]:  # fmt: skip
     """The paired differences behind the recommendation: best against every other configuration still in the
-    race, each elimination, and each kind of change along the frontier."""
+    race, each elimination, and each kind of change along the memory-accuracy frontier."""
     out = []
     if verdict is not None:
         for key, d in verdict.against_best.items():
             out.append(Statement(verdict.best, key, d, "tied" if key in verdict.tied else "behind the best"))
     for e in gone.values():
         out.append(Statement(e.winner, e.loser, e.difference, "eliminated"))
-    frontier = [r for r in rows if r.pareto]
+    frontier = [r for r in rows if r.key in memory_frontier]
     for a, b in itertools.pairwise(frontier):
         out.append(Statement(b.key, a.key, racing.difference(b.scores, a.scores, alpha), _change(a, b)))
     return out
@@ -191,7 +212,15 @@ def _points(d: racing.Difference) -> str:
 def _describe(r: Row) -> str:
     res = r.result
     return (f"{r.label} — {_pct(res.accuracy_maj)} maj@{res.k} ({_pct(res.ci95[0])}–{_pct(res.ci95[1])}, "
-            f"n={res.n_done}), {format_bytes(r.memory_bytes)} {r.memory_source}")  # fmt: skip
+            f"n={res.n_done}), {format_bytes(r.memory_bytes)} {r.memory_source}{_per_answer(res)}")  # fmt: skip
+
+
+def _per_answer(res: ConfigResult) -> str:
+    """`, 0.4 s per answer (worst 1.2 s)` where the run measured its speed; empty where not."""
+    if res.answer_s is None:
+        return ""
+    worst = f" (worst {format_seconds(res.answer_s_worst)})" if res.answer_s_worst is not None else ""
+    return f", {format_seconds(res.answer_s)} per answer{worst}"
 
 
 def _recommend(
@@ -218,6 +247,10 @@ def _recommend(
                      f"{_points(margin)} ahead of it.")  # fmt: skip
     else:
         lines.append(f"Recommended: {chosen.label}.")
+    timed = [by_key[k] for k in verdict.tied if by_key[k].result.answer_s is not None]
+    fastest = min(timed, key=lambda r: (seconds(r), r.memory_bytes), default=None)
+    if fastest is not None and fastest.key != chosen.key and seconds(fastest) < seconds(chosen):
+        lines.append(f"Fastest among those tied: {_describe(fastest)}.")
     lines += _frontier_lines(statements, by_key, seconds_per_question, questions)
     lines.append(_stop_line(stopped, rows))
     return lines

@@ -69,25 +69,40 @@ def parse_tokens(text: str) -> int:
     return int(value)
 
 
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+_DURATION_UNITS = {"ms": 1e-3, "s": 1, "m": 60, "h": 3600}
 
 
 def parse_duration(text: str) -> float:
-    """A wall time: `90s`, `30m`, `2h`, `1h30m`, `1.5h`; a bare number or unknown unit is refused."""
+    """A duration: `90s`, `30m`, `2h`, `1h30m`, `1.5h`, `0.5s`, `.5s`, `250ms`; a bare number or unknown unit is
+    refused."""
     import re
 
     cleaned = text.strip().lower().replace(" ", "")
-    parts = re.findall(r"(\d+(?:\.\d+)?)([a-z]+)", cleaned)
+    parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)([a-z]+)", cleaned)
     if not cleaned or "".join(n + u for n, u in parts) != cleaned:
-        raise UnitError(f"'{text}' is not a duration: use e.g. 90s, 30m, 2h or 1h30m")
+        raise UnitError(f"'{text}' is not a duration: use e.g. 250ms, 0.5s, 90s, 30m, 2h or 1h30m")
     total = 0.0
     for number, unit in parts:
         if unit not in _DURATION_UNITS:
-            raise UnitError(f"unknown unit '{unit}' in '{text}': use s, m or h")
+            raise UnitError(f"unknown unit '{unit}' in '{text}': use ms, s, m or h")
         total += float(number) * _DURATION_UNITS[unit]
     if total <= 0:
         raise UnitError(f"'{text}' must be a positive duration, e.g. 30m")
     return total
+
+
+def format_seconds(seconds: float) -> str:
+    """A time to two significant figures (whole numbers from 10): `42 ms`, `0.85 s`, `3.2 s`, `45 s`, `1.5 min`,
+    `2.5 h`."""
+    if seconds < 0.1:
+        value, unit = 1000 * seconds, "ms"
+    elif seconds < 60:
+        value, unit = seconds, "s"
+    elif seconds < 3600:
+        value, unit = seconds / 60, "min"
+    else:
+        value, unit = seconds / 3600, "h"
+    return f"{value:.2g} {unit}" if value < 9.95 else f"{value:.0f} {unit}"
 
 
 def format_duration(seconds: float) -> str:

@@ -45,16 +45,15 @@ def _run_compare(request: compare_mod.Request, db: Path | None, as_json: bool, d
 
     if dry_run:
         plans = []
-        speeds: dict[str, float] = {}
+        known = compare_mod.Measured({})
         if (db or default_db_path()).exists():  # earlier runs' speeds; a dry run creates nothing
             with Store(db) as store:
-                speeds = compare_mod.measured_speeds(store)
+                known = compare_mod.measured(store)
         for task in request.tasks:
-            arms = compare_mod.arms(request, task, speeds=speeds)
-            plans.append((task, arms, {a.ref.label: hub.local_path(a.ref.file) is not None for a in arms}))
+            planned = compare_mod.race_plan(request, task, known=known)
+            plans.append((task, planned, {a.ref.label: hub.local_path(a.ref.file) is not None for a in planned.arms}))
         if as_json:
-            click.echo(json.dumps([[ui_compare.arm_row(a, t, cached[a.ref.label]) for a in arms] for t, arms, cached in plans],
-                                  indent=2))  # fmt: skip
+            click.echo(json.dumps([ui_compare.dry_run_json(*plan) for plan in plans], indent=2))
         else:
             ui_compare.render_dry_run(request, plans)
         return []
@@ -95,6 +94,9 @@ def _run_compare(request: compare_mod.Request, db: Path | None, as_json: bool, d
 @kv_window_axis
 @click.option("--time", "time_s", type=Duration(), default=_duration_text(compare_mod.DEFAULT_TIME_S),
               show_default=True, help="Wall-time cap: 90s, 30m, 2h.")  # fmt: skip
+@click.option("--answer-time", "answer_time_s", type=Duration(), help="The most one answer may take on this machine "
+              "(250ms, 0.5s, 2m), in the worst case its budget allows (prompt + budget + forcing + answer, its votes "
+              "together): configurations predicted over it are never run; one measured over it is dropped.")  # fmt: skip
 @click.option("--limit", type=click.IntRange(1), help="Questions per configuration at most (default: the whole task; "
               f"{compare_mod.DEFAULT_EXHAUSTIVE_LIMIT} with --exhaustive).")  # fmt: skip
 @click.option(
@@ -122,8 +124,9 @@ def _run_compare(request: compare_mod.Request, db: Path | None, as_json: bool, d
 @json_option
 def compare_command(
     budget: int, task_names: tuple[str, ...], model_refs: tuple[str, ...], kv: tuple[KVType, ...],
-    budgets: tuple[int, ...], votes: tuple[int, ...], kv_windows: tuple[int, ...] | None, time_s: float, limit: int | None, exhaustive: bool, seed: int,
-    budget_message: str | None, threads: int | None, repack: bool | None, gpu_layers: int | None, cpu_moe: int, vram: int | None,
+    budgets: tuple[int, ...], votes: tuple[int, ...], kv_windows: tuple[int, ...] | None, time_s: float,
+    answer_time_s: float | None, limit: int | None, exhaustive: bool, seed: int, budget_message: str | None,
+    threads: int | None, repack: bool | None, gpu_layers: int | None, cpu_moe: int, vram: int | None,
     ram: int | None, parallel: int, dry_run: bool, ray_address: str | None, db: Path | None,
     catalogs: tuple[Path, ...], as_json: bool,
 ) -> None:  # fmt: skip
@@ -138,7 +141,7 @@ def compare_command(
         budget_bytes=budget, tasks=task_names, models=_model_names(model_refs), kv=kv, budgets=budgets, votes=votes, kv_window=kv_windows or (0,),
         time_s=time_s, limit=limit, exhaustive=exhaustive, seed=seed, threads=threads, repack=repack,
         catalogs=catalogs, ray=ray_address, gpu_layers=gpu_layers, cpu_moe=cpu_moe, vram_bytes=vram, ram_bytes=ram,
-        parallel=parallel,
+        parallel=parallel, answer_time_s=answer_time_s,
         budget_message=compare_mod.Request.budget_message if budget_message is None else budget_message,
     )  # fmt: skip
     _run_compare(request, db, as_json, dry_run)
@@ -157,7 +160,8 @@ def compare_command(
 @click.option("--name", help="File name stem (default: TASK-BUDGET).")
 @db_option
 def report(out: Path, task_name: str | None, budget: int | None, name: str | None, db: Path | None) -> None:
-    """Write markdown reports with a memory-against-accuracy plot from the stored results (same results, same bytes)."""
+    """Write markdown reports with plots of accuracy against memory and against seconds per answer from the stored
+    results (same results, same bytes)."""
     from edgeval.edges.store import Store
     from edgeval.faces import report as reporting
     from edgeval.faces import ui
@@ -168,7 +172,7 @@ def report(out: Path, task_name: str | None, budget: int | None, name: str | Non
             raise click.ClickException("no stored results to report — run `edgeval compare` or `edgeval demo` first")
         for comparison in comparisons:
             written = reporting.write(store, comparison, out, name if len(comparisons) == 1 else None)
-            plots = [str(p) for p in (written.plot, written.kld_plot) if p]
+            plots = [str(p) for p in (written.plot, written.time_plot, written.kld_plot) if p]
             ui.console.print(f"[green]✓[/] {written.markdown}" + (f" and {' and '.join(plots)}" if plots else ""))
 
 

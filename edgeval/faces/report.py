@@ -1,4 +1,5 @@
-"""Markdown reports with a memory-against-accuracy plot, rendered from stored results only.
+"""Markdown reports with plots of accuracy against memory and against seconds per answer, rendered from stored
+results only.
 
 The same stored results always give the same bytes: rows are sorted, the date is the newest result's, and the
 plot is written without a timestamp or software tag. Items of private tasks (GPQA) never appear: a report holds
@@ -10,11 +11,12 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from edgeval.comparison.verdict import Comparison
+from edgeval.comparison.verdict import OUT, Comparison, Row, pareto
 from edgeval.core.units import format_bytes, format_tokens
 from edgeval.edges.store import Store
 from edgeval.faces import tables
@@ -27,6 +29,7 @@ class Written:
     markdown: Path
     plot: Path | None
     kld_plot: Path | None = None
+    time_plot: Path | None = None
 
 
 def report_name(task: str, budget: int | None) -> str:
@@ -102,9 +105,9 @@ def _grid(comparison: Comparison) -> list[str]:
 
 
 def _results(comparison: Comparison) -> list[str]:
-    return tables.markdown(
-        tables.comparison_layout(comparison, kld_column=any(r.kld is not None for r in comparison.rows))
-    )
+    timed = any(r.result.answer_s_worst is not None for r in comparison.rows)
+    kld = any(r.kld is not None for r in comparison.rows)
+    return tables.markdown(tables.comparison_layout(comparison, kld_column=kld, time_column=timed))
 
 
 def _short(comparison: Comparison, key: str | None) -> str:
@@ -178,20 +181,41 @@ def _speed(comparison: Comparison) -> list[str]:
 
 
 def plot(comparison: Comparison, path: Path) -> Path | None:
-    """Total memory (log scale) against accuracy, in the style of the study's figure; None when nothing finished."""
+    """Total memory (log scale) against accuracy, in the style of the study's figure, with the memory-accuracy
+    frontier; None when nothing finished."""
+    done = [r for r in comparison.rows if r.status not in OUT and r.result.n_done > 0]
+    on = set(comparison.memory_frontier)
+    return _scatter(comparison, done, [r for r in done if r.key in on], path, lambda r: r.memory_bytes / 1e9,
+                    "total memory (GB, log scale)", "accuracy against memory")  # fmt: skip
+
+
+def time_plot(comparison: Comparison, path: Path) -> Path | None:
+    """Median seconds per answer (log scale) against accuracy, with its frontier: the configurations no other one
+    beats by being both faster and more accurate; None when no finished configuration measured its speed."""
+    done = [r for r in comparison.rows if r.status not in OUT and r.result.n_done > 0 and r.result.answer_s]
+    marks = pareto([(r.result.answer_s or 0.0, r.result.accuracy_maj) for r in done])
+    frontier = sorted((r for r, m in zip(done, marks, strict=True) if m), key=lambda r: r.result.answer_s or 0.0)
+    return _scatter(comparison, done, frontier, path, lambda r: r.result.answer_s or 0.0,
+                    "seconds per answer (median over the questions answered, log scale)",
+                    "accuracy against seconds per answer")  # fmt: skip
+
+
+def _scatter(
+    comparison: Comparison, done: Sequence[Row], frontier: Sequence[Row], path: Path, x: Callable[[Row], float],
+    xlabel: str, title: str,
+) -> Path | None:  # fmt: skip
+    """Accuracy (with its 95% interval) against `x` on a log scale: colour the model size, marker the weight
+    precision, size the token budget; the tied set ringed, the dropped faded, the frontier a step line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter
 
-    done = [r for r in comparison.rows if r.status != "failed" and r.result.n_done > 0]
     if not done:
         return None
     sizes = sorted({r.params for r in done})
     colours = plt.get_cmap("viridis")
-    markers = {16: "s", 8: "o", 6: "P", 5: "p", 4: "^", 3: "v", 2: "X", 32: "D"}
     budgets = sorted({r.result.budget_tokens for r in done})
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
     for r in done:
@@ -199,45 +223,54 @@ def plot(comparison: Comparison, path: Path) -> Path | None:
         size = 30 + 90 * budgets.index(r.result.budget_tokens) / max(len(budgets) - 1, 1)
         accuracy, (low, high) = 100 * r.result.accuracy_maj, r.result.ci95
         faded = 0.25 if r.status == "eliminated" else 0.8
-        ax.errorbar(r.memory_bytes / 1e9, accuracy, yerr=[[accuracy - 100 * low], [100 * high - accuracy]],
+        ax.errorbar(x(r), accuracy, yerr=[[accuracy - 100 * low], [100 * high - accuracy]],
                     color=colour, alpha=faded * 0.6, linewidth=0.8, capsize=2, zorder=1)  # fmt: skip
-        ax.scatter(r.memory_bytes / 1e9, accuracy, s=size, color=colour, marker=markers.get(r.bits, "o"), alpha=faded,
+        ax.scatter(x(r), accuracy, s=size, color=colour, marker=_MARKERS.get(r.bits, "o"), alpha=faded,
                    edgecolors="black", linewidths=0.4, zorder=2)  # fmt: skip
     tied = [r for r in done if r.key in comparison.tied]
     if tied:
-        ax.scatter([r.memory_bytes / 1e9 for r in tied], [100 * r.result.accuracy_maj for r in tied], s=260,
+        ax.scatter([x(r) for r in tied], [100 * r.result.accuracy_maj for r in tied], s=260,
                    facecolors="none", edgecolors="darkorange", linewidths=1.4, zorder=3)  # fmt: skip
-    frontier = [r for r in done if r.pareto]
     if frontier:
-        xs = [r.memory_bytes / 1e9 for r in frontier]
-        ys = [100 * r.result.accuracy_maj for r in frontier]
+        xs, ys = [x(r) for r in frontier], [100 * r.result.accuracy_maj for r in frontier]
         ax.step(xs, ys, where="post", color="crimson", linewidth=1.2, label="Pareto frontier")
         ax.scatter(xs, ys, s=160, facecolors="none", edgecolors="crimson", linewidths=1.2)
     ax.set_xscale("log")
     plain = FuncFormatter(lambda value, _: f"{value:g}")
     ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(plain)
+    if max(map(x, done)) < 10 * min(map(x, done)):  # within a decade the minor ticks are the only labels
+        ax.xaxis.set_minor_formatter(plain)
     ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_ylim(-3, 103)
-    ax.set_xlabel("total memory (GB, log scale)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(f"maj@k accuracy on {comparison.task} (%)")
-    ax.set_title(f"{comparison.task}: accuracy against memory")
+    ax.set_title(f"{comparison.task}: {title}")
     ax.grid(True, which="both", alpha=0.3)
+    ax.legend(handles=_legend(done, sizes, colours, bool(frontier), bool(tied)), fontsize=8, loc="best",
+              title="marker size: token budget", title_fontsize=8)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+_MARKERS = {16: "s", 8: "o", 6: "P", 5: "p", 4: "^", 3: "v", 2: "X", 32: "D"}  # weight bits -> marker
+
+
+def _legend(done: Sequence[Row], sizes: Sequence[int], colours: Any, frontier: bool, tied: bool) -> list[Any]:
+    from matplotlib.lines import Line2D
+
     handles = [Line2D([], [], color=colours(i / max(len(sizes) - 1, 1)), marker="o", linestyle="",
-                          label=f"{p / 1e9:.3g}B params" if p >= 1e8 else f"{p / 1e6:.3g}M params")
+                      label=f"{p / 1e9:.3g}B params" if p >= 1e8 else f"{p / 1e6:.3g}M params")
                for i, p in enumerate(sizes)]  # fmt: skip
-    handles += [Line2D([], [], color="grey", marker=markers.get(b, "o"), linestyle="", label=f"{b}-bit")
+    handles += [Line2D([], [], color="grey", marker=_MARKERS.get(b, "o"), linestyle="", label=f"{b}-bit")
                 for b in sorted({r.bits for r in done}, reverse=True)]  # fmt: skip
     if frontier:
         handles.append(Line2D([], [], color="crimson", label="Pareto frontier"))
     if tied:
         handles.append(Line2D([], [], color="darkorange", marker="o", markerfacecolor="none", linestyle="",
                               label="tied with the best"))  # fmt: skip
-    ax.legend(handles=handles, fontsize=8, loc="best", title="marker size: token budget", title_fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return path
+    return handles
 
 
 def _kld_label(run: sqlite3.Row) -> str:
@@ -325,7 +358,10 @@ def kld_plot(runs: Sequence[sqlite3.Row], path: Path) -> Path | None:
     return path
 
 
-def render(store: Store, comparison: Comparison, plot_file: str | None, kld_plot_file: str | None = None) -> str:
+def render(
+    store: Store, comparison: Comparison, plot_file: str | None, kld_plot_file: str | None = None,
+    time_plot_file: str | None = None,
+) -> str:  # fmt: skip
     """The report's markdown text."""
     provenance, date = _provenance(store, comparison)
     lines = [f"# edgeval report: {comparison.task}" + (f" within {comparison.budget_bytes / 1e9:g} GB" if comparison.budget_bytes else ""),
@@ -337,7 +373,11 @@ def render(store: Store, comparison: Comparison, plot_file: str | None, kld_plot
     lines += [f"- {line}" for line in comparison.recommendation]
     lines += ["", "## Results at equal footprint", "",
               "Rows are grouped into footprint bands; ★ marks the Pareto frontier of the point estimates (no other "
-              "row is both smaller and more accurate); n is the questions each configuration answered.", "",
+              "row needs no more memory, answers no slower — median seconds per answer, where measured — and is at "
+              "least as accurate, one of them strictly); n is the questions each configuration answered. Seconds per "
+              "answer: how long one request takes deployed as measured (its prompt read, its k votes decoded "
+              "together), derived from each question's token counts and the speed its run measured — the median "
+              "and 90th percentile over the questions answered, and the worst case the budget allows.", "",
               *_results(comparison), "", "## Paired comparisons", "",
               f"Every configuration answered the same questions in the same order with the same seeds, so each "
               f"statement is a paired difference over the questions both answered. Its interval is an anytime-valid "
@@ -353,6 +393,12 @@ def render(store: Store, comparison: Comparison, plot_file: str | None, kld_plot
         lines += ["", "## Memory against accuracy", "", f"![{comparison.task}: accuracy against memory]({plot_file})",
                   "", "Colour: model size; marker: weight precision; marker size: token budget; bars: 95% interval "
                   "of each accuracy; orange rings: tied with the best; faded: dropped; memory on a log scale."]  # fmt: skip
+    if time_plot_file:
+        lines += ["", "## Seconds per answer against accuracy", "",
+                  f"![{comparison.task}: accuracy against seconds per answer]({time_plot_file})", "",
+                  "The median seconds one answer takes on this machine, deployed as measured; the line joins the "
+                  "configurations that no other one beats by being both faster and more accurate. Markers and bars "
+                  "as above; seconds on a log scale."]  # fmt: skip
     lines += _kld_section(store.kld_runs(comparison.task), kld_plot_file)
     if comparison.nodes:
         lines += ["", "## Nodes", "", "The Ray nodes that answered these questions. Accuracy pools their samples (a "
@@ -368,7 +414,9 @@ def write(store: Store, comparison: Comparison, out: Path, name: str | None = No
     stem = name or report_name(comparison.task, comparison.budget_bytes or None)
     image = plot(comparison, out / f"{stem}.png")
     kld_image = kld_plot(store.kld_runs(comparison.task), out / f"{stem}-kld.png")
+    time_image = time_plot(comparison, out / f"{stem}-time.png")
     markdown = out / f"{stem}.md"
-    text = render(store, comparison, image.name if image else None, kld_image.name if kld_image else None)
+    text = render(store, comparison, image.name if image else None, kld_image.name if kld_image else None,
+                  time_image.name if time_image else None)  # fmt: skip
     markdown.write_text(text, encoding="utf-8")
-    return Written(markdown, image, kld_image)
+    return Written(markdown, image, kld_image, time_image)

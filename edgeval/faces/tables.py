@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from edgeval.core.units import format_bytes, format_tokens
+from edgeval.core.units import format_bytes, format_seconds, format_tokens
 
 if TYPE_CHECKING:  # types only: the comparison layer loads llama.cpp, which `plan` and `models` never need
     from rich.table import Table
@@ -103,43 +103,60 @@ def kv_text(res: ConfigResult) -> str:
     return f"{res.kv_type_k}/{res.kv_type_v}" + (f", window {format_tokens(res.kv_window)}" if res.kv_window else "")
 
 
-def _comparison_cells(c: Comparison, r: Row, tied: set[str], kld_column: bool) -> list[Cell]:
+def answer_time_text(res: ConfigResult) -> str:
+    """`0.4 s, 0.6 s, 1.2 s`: seconds per answer, median, 90th percentile and worst case (— where not measured)."""
+    shown = (res.answer_s, res.answer_s_p90, res.answer_s_worst)
+    return ", ".join("—" if x is None else format_seconds(x) for x in shown) if res.answer_s_worst is not None else "—"
+
+
+def _standing(c: Comparison, r: Row, tied: set[str]) -> tuple[str, str, str | None]:
+    """A row's standing in words, its mark on the terminal and the mark's style."""
+    if r.key == c.recommended:
+        return "recommended", "◆", "green"
+    if r.key in tied:
+        return "tied with the best", "=", None
+    if r.status == "too_slow" and r.result.answer_s_worst is not None:
+        return f"too slow (worst case {format_seconds(r.result.answer_s_worst)})", *_MARKS["too_slow"]
+    behind = c.row(r.eliminated_by)
+    status = f"dropped (behind {behind.label if behind else r.eliminated_by})" if r.eliminated_by else r.status
+    return status, *_MARKS.get(r.status, ("", None))
+
+
+def _comparison_cells(c: Comparison, r: Row, tied: set[str], kld_column: bool, time_column: bool) -> list[Cell]:
     res = r.result
     if r.status == "failed":
         accuracy = Cell(f"{res.status}: {res.message or ''}", short="failed", style="red")
     else:
         accuracy = Cell(f"{_pct(res.accuracy_maj)} ({_pct(res.ci95[0])}–{_pct(res.ci95[1])}, n={res.n_done})",
                         short=f"{100 * res.accuracy_maj:.0f}% {100 * res.ci95[0]:.0f}–{100 * res.ci95[1]:.0f}")  # fmt: skip
-    if r.key == c.recommended:
-        status, mark, style = "recommended", "◆", "green"
-    elif r.key in tied:
-        status, mark, style = "tied with the best", "=", None
-    else:
-        behind = c.row(r.eliminated_by)
-        status = f"dropped (behind {behind.label if behind else r.eliminated_by})" if r.eliminated_by else r.status
-        mark, style = _MARKS.get(r.status, ("", None))
+    status, mark, style = _standing(c, r, tied)
     source = {"measured": "", "calibrated": "~", "predicted": "?"}[r.memory_source]
     memory = format_bytes(r.memory_bytes)
     kld = [Cell(f"{r.kld:.3g}", short=f"{r.kld:.2g}") if r.kld is not None else Cell("")] if kld_column else []
+    median = format_seconds(res.answer_s) if res.answer_s is not None else ""
+    answer = [Cell(answer_time_text(res), short=median)] if time_column else []
     return [Cell(r.band), Cell(r.model), Cell(kv_text(res), short=res.kv_label), Cell(str(res.budget_tokens)),
             Cell(str(res.k)), Cell(f"{memory} {r.memory_source}", short=memory + source), accuracy,
-            Cell(_pct(res.accuracy_avg)), Cell(_pct(res.forced_share)), *kld, Cell(str(res.n_done)), Cell(status),
+            Cell(_pct(res.accuracy_avg)), Cell(_pct(res.forced_share)), *kld, *answer, Cell(str(res.n_done)), Cell(status),
             Cell("★" if r.pareto else ""), Cell(mark + ("★" if r.pareto else ""), style=style)]  # fmt: skip
 
 
-_MARKS = {"eliminated": ("✗", "dim"), "failed": ("!", "red"), "running": ("…", None), "done": ("", None)}
+_MARKS = {"eliminated": ("✗", "dim"), "too_slow": ("✗", "dim"), "failed": ("!", "red"), "running": ("…", None),
+          "done": ("", None)}  # fmt: skip
 
 
-def comparison_layout(c: Comparison, *, kld_column: bool) -> Layout:
-    """Compare's results: every configuration with its memory, accuracy (interval and n) and standing. The
-    terminal shows model to n and a mark (◆ recommended, = tied, ✗ dropped, ★ frontier); the report adds the
-    footprint band, avg@k, the forced share and the standing in words."""
+def comparison_layout(c: Comparison, *, kld_column: bool, time_column: bool = True) -> Layout:
+    """Compare's results: every configuration with its memory, accuracy (interval and n), seconds per answer and
+    standing. The terminal shows model to n and a mark (◆ recommended, = tied, ✗ dropped, ★ frontier), the median
+    seconds per answer where `time_column`; the report adds the footprint band, avg@k, the forced share, the 90th
+    percentile and worst case of seconds per answer and the standing in words."""
     columns = [Column("band", faces=MARKDOWN), Column("model"), Column("KV"), Column("budget", "right"),
                Column("k", "right"), Column("memory", "right"),
                Column("maj@k (95% CI, n)", "right", short="maj@k 95% CI"), Column("avg@k", faces=MARKDOWN),
                Column("forced", faces=MARKDOWN), *([Column("KLD", "right")] if kld_column else []),
+               *([Column("s/answer (median, p90, worst)", "right", short="s/answer")] if time_column else []),
                Column("n", "right", faces=TERMINAL), Column("status", faces=MARKDOWN),
                Column("Pareto", faces=MARKDOWN), Column("", faces=TERMINAL)]  # fmt: skip
     tied = set(c.tied)
-    rows = [_comparison_cells(c, r, tied, kld_column) for r in c.rows]
-    return Layout.of(columns, rows, ["dim" if r.status == "eliminated" else None for r in c.rows])
+    rows = [_comparison_cells(c, r, tied, kld_column, time_column) for r in c.rows]
+    return Layout.of(columns, rows, ["dim" if r.status in ("eliminated", "too_slow") else None for r in c.rows])

@@ -23,7 +23,7 @@ from rich.progress import Progress as RichProgress
 from rich.table import Table
 
 from edgeval.core import memory
-from edgeval.core.units import format_bytes, format_tokens
+from edgeval.core.units import format_bytes, format_seconds, format_tokens
 
 if TYPE_CHECKING:  # types only: importing these here would load llama.cpp for `plan` and `models`
     from pathlib import Path
@@ -418,6 +418,11 @@ def render_run(result: ConfigResult) -> None:
     if result.decode_tokens_per_s:
         table.add_row("speed", f"prompt {result.prompt_tokens_per_s or 0:.0f} tok/s, decode {result.decode_tokens_per_s:.1f} "
                       f"tok/s (all {result.k} sequences), first token {1000 * (result.ttft_s or 0):.0f} ms")  # fmt: skip
+    if result.answer_s_worst is not None:
+        figures = (f"median {format_seconds(result.answer_s)}, 90th percentile {format_seconds(result.answer_s_p90)}, "
+                   if result.answer_s is not None and result.answer_s_p90 is not None else "")  # fmt: skip
+        table.add_row("seconds per answer", f"{figures}worst case {format_seconds(result.answer_s_worst)} (one "
+                      f"request deployed as measured: its prompt, its {result.k} votes together)")  # fmt: skip
     if result.wall_s is not None:
         table.add_row("time", f"load {result.load_s or 0:.2f} s, wall {result.wall_s:.1f} s")
     console.print(table)
