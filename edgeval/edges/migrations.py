@@ -256,6 +256,25 @@ M13_SPEED = """
         ALTER TABLE configs ADD COLUMN speed TEXT;
 """
 
+# What `edgeval export` needs to rebuild a measured deployment: each `compare`'s recommendation (the
+# configuration and the votes it recommends, per task and budget; `export` takes the latest), and how a run loaded
+# its model (threads, layers offloaded, expert layers kept on the CPU; NULL for rows stored before). The table is
+# created only where missing, so a store migrated out of order (this script before M14) is not broken by it.
+M15_DEPLOYMENT = """
+        CREATE TABLE IF NOT EXISTS recommendations (
+            id INTEGER PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            task TEXT NOT NULL,
+            budget_bytes INTEGER NOT NULL,
+            config_id INTEGER NOT NULL REFERENCES configs(id),
+            votes INTEGER NOT NULL,
+            command TEXT NOT NULL
+        );
+        ALTER TABLE configs ADD COLUMN threads INTEGER;
+        ALTER TABLE configs ADD COLUMN gpu_layers INTEGER;
+        ALTER TABLE configs ADD COLUMN cpu_moe INTEGER;
+"""
+
 MIGRATIONS: list[str] = [
     M1_INITIAL,
     M2_LADDER,
@@ -270,6 +289,7 @@ MIGRATIONS: list[str] = [
     M11_KLD_MEMORY,
     M12_NODE_SETTINGS,
     M13_SPEED,
+    M15_DEPLOYMENT,  # M14 (the reasoning-budget forcing) goes before it when it lands
 ]
 
 
