@@ -25,7 +25,7 @@ from edgeval.edges import catalog as catalog_mod
 from edgeval.edges import gguf_info
 from edgeval.edges.store import Store
 from edgeval.edges.tasks import CHOICE_INSTRUCTION, MATH_INSTRUCTION
-from edgeval.running.configuration import ANSWER_TOKENS
+from edgeval.running.configuration import ANSWER_TOKENS as ANSWER_TOKENS
 
 FORCING = "llama.cpp-reasoning-budget"  # configs.forcing of rows forced as llama-server forces (migration M14)
 # The stop-thinking instruction of the Qwen3 technical report (§4.3), the default budget message.
