@@ -19,7 +19,7 @@ def test_help_lists_every_command_and_each_has_help() -> None:
     top = runner.invoke(cli, ["--help"])
     assert top.exit_code == 0
     commands = all_commands()
-    assert len(commands) == 11, "the CLI has its commands"
+    assert len(commands) == 13, "the CLI has its commands"
     for name, command in commands.items():
         assert name in top.output
         assert command.help and command.help.strip(), f"`edgeval {name}` has no help text"

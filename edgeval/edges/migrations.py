@@ -264,6 +264,24 @@ M14_FORCING = """
         ALTER TABLE configs ADD COLUMN budget_message TEXT;
 """
 
+# What `edgeval export` needs to rebuild a measured deployment: each `compare`'s recommendation (the
+# configuration and the votes it recommends, per task and budget; `export` takes the latest), and how a run loaded
+# its model (threads, layers offloaded, expert layers kept on the CPU; NULL for rows stored before).
+M15_DEPLOYMENT = """
+        CREATE TABLE IF NOT EXISTS recommendations (
+            id INTEGER PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            task TEXT NOT NULL,
+            budget_bytes INTEGER NOT NULL,
+            config_id INTEGER NOT NULL REFERENCES configs(id),
+            votes INTEGER NOT NULL,
+            command TEXT NOT NULL
+        );
+        ALTER TABLE configs ADD COLUMN threads INTEGER;
+        ALTER TABLE configs ADD COLUMN gpu_layers INTEGER;
+        ALTER TABLE configs ADD COLUMN cpu_moe INTEGER;
+"""
+
 MIGRATIONS: list[str] = [
     M1_INITIAL,
     M2_LADDER,
@@ -279,6 +297,7 @@ MIGRATIONS: list[str] = [
     M12_NODE_SETTINGS,
     M13_SPEED,
     M14_FORCING,
+    M15_DEPLOYMENT,
 ]
 
 

@@ -267,6 +267,29 @@ class Store:
         ).fetchone()
         return None if row is None else str(row["task"])
 
+    def add_recommendation(self, task: str, budget_bytes: int, config_id: int, votes: int, command: str) -> None:
+        """Record a `compare`'s recommendation: a configuration and the votes it recommends."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO recommendations (created_at, task, budget_bytes, config_id, votes, command)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (_now(), task, budget_bytes, config_id, votes, command),
+            )
+
+    def latest_recommendation(self) -> sqlite3.Row | None:
+        """The last recommendation a `compare` recorded (None: none yet)."""
+        row = self.db.execute("SELECT * FROM recommendations ORDER BY id DESC LIMIT 1").fetchone()
+        return row  # type: ignore[no-any-return]
+
+    def latest_measured(self, where: str = "1", params: Sequence[object] = ()) -> sqlite3.Row | None:
+        """Of the configurations matching a SQL condition that have samples, the one measured last."""
+        row = self.db.execute(
+            f"SELECT * FROM configs WHERE ({where}) AND id IN (SELECT DISTINCT config_id FROM samples)"
+            " ORDER BY updated_at DESC, id DESC LIMIT 1",
+            params,
+        ).fetchone()
+        return row  # type: ignore[no-any-return]
+
     # ---------------------------------------------------------------- claims: one process per configuration
 
     def claim(self, config_id: int, me: Claim, alive: Callable[[Claim], bool]) -> Claim | None:

@@ -23,6 +23,8 @@ LAZY_COMMANDS = {
     "compare": "edgeval.faces.cmd_compare:compare_command",
     "report": "edgeval.faces.cmd_compare:report",
     "demo": "edgeval.faces.cmd_compare:demo",
+    "export": "edgeval.faces.cmd_export:export",
+    "ask": "edgeval.faces.cmd_export:ask",
 }
 
 

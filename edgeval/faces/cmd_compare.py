@@ -59,6 +59,7 @@ def _run_compare(request: compare_mod.Request, db: Path | None, as_json: bool, d
         return []
     with Store(db) as store, ui_compare.compare_progress(quiet=as_json) as progress:
         comparisons = compare_mod.run(request, store, progress, command=" ".join(sys.argv))
+        _record_recommendations(store, comparisons)
     if as_json:
         click.echo(json.dumps([ui_compare.comparison_json(c) for c in comparisons], indent=2))
     else:
@@ -66,6 +67,14 @@ def _run_compare(request: compare_mod.Request, db: Path | None, as_json: bool, d
     if any(c.stopped == "interrupted" for c in comparisons):
         raise click.exceptions.Exit(130)
     return comparisons
+
+
+def _record_recommendations(store: Any, comparisons: list[Any]) -> None:
+    """Keep each comparison's recommendation (`edgeval export` takes the latest): its row key is `config:votes`."""
+    for c in comparisons:
+        if c.recommended:
+            config_id, _, votes = str(c.recommended).partition(":")
+            store.add_recommendation(c.task, c.budget_bytes, int(config_id), int(votes), " ".join(sys.argv))
 
 
 @click.command(name="compare", cls=ListOptionsCommand)

@@ -388,9 +388,13 @@ def record(
     """Store how a worker went on every rung: status and message, peak memory (the highest this configuration
     reached), speed from `timings`, wall time added; `facts` names the backend and build that ran it (this
     machine's when None)."""
-    if facts is None:
-        from edgeval.llama import engine
+    from edgeval.llama import engine
 
+    spec = prepared.spec
+    # How the model was loaded, for `edgeval export` (a cluster node's own default thread count is not known here).
+    load = {"gpu_layers": engine.LoadOptions(n_gpu_layers=spec.gpu_layers).gpu_layers(), "cpu_moe": spec.cpu_moe,
+            "threads": spec.threads or (engine.default_threads() if facts is None else None)}  # fmt: skip
+    if facts is None:
         facts = {"backend": engine.backend_name(), "llama_cpp_build": engine.build_version()}
     prompt_tps, decode_tps, ttft = results.speed(timings)
     status, message = done.outcome(unfinished=bool(pending(prepared, store)))
@@ -406,7 +410,7 @@ def record(
             peak = _peak_fields(row, done.peak, done.peak_vram_bytes, prepared.predicted.total_bytes)
         measured: dict[str, object] = {
             **peak, "parallel": prepared.width, "prompt_tokens_per_s": prompt_tps, "decode_tokens_per_s": decode_tps,
-            "ttft_s": ttft, "wall_s": (row["wall_s"] or 0.0) + done.wall_s, **facts,
+            "ttft_s": ttft, "wall_s": (row["wall_s"] or 0.0) + done.wall_s, **facts, **load,
         }  # fmt: skip
         if done.load_s is not None:
             measured["load_s"] = done.load_s
