@@ -257,7 +257,8 @@ def _speed(
     loop: dict[int, float] = {}
     rate = 0.0
     for width in widths:
-        out = ctx.generate(prompt, k=width, max_tokens=4 * SPEED_STEPS, sampling=recipe.sampling,
+        # (at most the run's own budget: forced, a sample writes its n_predict, which the context was sized for)
+        out = ctx.generate(prompt, k=width, max_tokens=min(4 * SPEED_STEPS, recipe.rungs[-1]), sampling=recipe.sampling,
                            seeds=item_seeds(spec.seed, item.id, width), forcing=forcing)  # fmt: skip
         loop[width] = max(0.0, out.decode_s / max(out.decode_steps, 1) - raw.step_s(width, len(prompt)))
         rate = len(prompt) / out.prompt_s if out.prompt_s > 0 else rate
