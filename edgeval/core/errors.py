@@ -6,6 +6,7 @@ import errno
 import os
 from pathlib import Path
 
+from edgeval.core.text import printable
 from edgeval.core.units import format_bytes
 
 
@@ -91,13 +92,18 @@ def debug_enabled() -> bool:
 
 
 def describe(exc: BaseException) -> str:
-    """One line for the user: what went wrong and what to do next."""
+    """One line for the user: what went wrong and what to do next (any text it quotes from a file shown, never
+    obeyed: `printable`)."""
+    return printable(_describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
     if isinstance(exc, EdgevalError):
         return f"{exc.message} — {exc.hint}" if exc.hint else exc.message
     if isinstance(exc, MemoryError):
         return "out of memory — choose a smaller model, context or k, or lower --budget"
     if isinstance(exc, OSError) and is_disk_full(exc):
-        return describe(DiskFullError(Path(str(exc.filename)) if exc.filename else None))
+        return _describe(DiskFullError(Path(str(exc.filename)) if exc.filename else None))
     if isinstance(exc, OSError):
         where = f": {exc.filename}" if exc.filename else ""
         what = exc.strerror or str(exc)

@@ -287,6 +287,10 @@ def read_catalog_file(path: Path) -> dict[str, Model]:
     models = data.get("models", {})
     if not isinstance(models, dict):
         raise CatalogError(f"{path}: `models` must be a table of models")
+    twins = sorted(name for name in models if any(n != name and n.lower() == name.lower() for n in models))
+    if twins:
+        raise CatalogError(f"{path}: {' and '.join(map(repr, twins))} differ only in case, and names match "
+                           "case-insensitively: rename one")  # fmt: skip
     return {name: _model_from(name, entry, str(path), path.parent) for name, entry in models.items()}
 
 
@@ -294,7 +298,7 @@ def read_catalog_file(path: Path) -> dict[str, Model]:
 class Catalog:
     """All models edgeval knows: built-in entries, then the user's catalog, then --catalog files."""
 
-    models: dict[str, Model]
+    models: dict[str, Model]  # by lower-case name: names match case-insensitively, shown as the catalog spells them
 
     @classmethod
     def load(cls, extra: Iterable[Path] = (), *, builtin: bool = True) -> Catalog:
@@ -304,7 +308,7 @@ class Catalog:
         if user_catalog_path().exists():
             sources.append(user_catalog_path())
         for path in [*sources, *extra]:
-            models.update(read_catalog_file(path))
+            models.update({name.lower(): model for name, model in read_catalog_file(path).items()})
         return cls(models)
 
     @cached_property
@@ -330,7 +334,8 @@ class Catalog:
                 return [self._ref(model, file)]
         if path.is_dir():
             raise ModelFileError(path, "is a folder, not a .gguf file", hint="name the .gguf file inside it")
-        close = difflib.get_close_matches(ref, [*self.models, *self.labels], n=3, cutoff=0.5)
+        spelled = {n.lower(): n for n in [*(m.name for m in self.models.values()), *self.labels]}
+        close = [spelled[n] for n in difflib.get_close_matches(ref.lower(), spelled, n=3, cutoff=0.5)]
         raise UnknownModelError(ref, close)
 
     def resolve_all(self, refs: Iterable[str]) -> list[ModelRef]:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
+import os
+import sys
 from typing import Any
 
 import click
 
 import edgeval
 from edgeval.core.errors import debug_enabled, describe
+from edgeval.core.text import printable
 
 # The commands beside `doctor`, each imported when it is run or listed: a bare `edgeval --version` and every worker
 # process (spawn re-runs the console script's imports in each child) load click, not the whole program.
@@ -28,9 +32,30 @@ LAZY_COMMANDS = {
 }
 
 
+# A closed standard output (`edgeval models --json | head -1`) is no error to report: edgeval stops quietly with
+# the status a program stopped by SIGPIPE has (128 + 13), as `cat` or `grep` do.
+CLOSED_OUTPUT_STATUS = 141
+
+
+def _drop_stdout() -> None:
+    """Point standard output at the null device, so that what is still buffered for a closed pipe is dropped
+    instead of failing again when Python exits."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, sys.stdout.fileno())
+    os.close(null)
+
+
+def _failed(exc: Exception) -> click.ClickException | click.exceptions.Exit:
+    """A failure as click reports it: a closed pipe as a quiet exit, anything else as one line."""
+    if isinstance(exc, OSError) and exc.errno == errno.EPIPE:
+        _drop_stdout()
+        return click.exceptions.Exit(CLOSED_OUTPUT_STATUS)
+    return click.ClickException(describe(exc))
+
+
 class EdgevalGroup(click.Group):
-    """A click group that turns every failure into one line and exit code 1 (the one place that does), and loads
-    the commands of `LAZY_COMMANDS` when asked for them."""
+    """A click group that turns every failure into one line and exit code 1 (the one place that does), a closed
+    output into a quiet exit, and loads the commands of `LAZY_COMMANDS` when asked for them."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
@@ -41,17 +66,30 @@ class EdgevalGroup(click.Group):
             self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
         return super().get_command(ctx, cmd_name)
 
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:  # fmt: skip
+        """The group's own output (`--help`, `--version`) fails as a command's does: one line, or a quiet exit."""
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except OSError as exc:
+            if debug_enabled():
+                raise
+            raise _failed(exc) from None
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        except click.exceptions.ClickException as exc:
+            exc.message = printable(exc.message)  # type: ignore[misc]  # it may quote a catalog's name
+            raise
+        except (click.exceptions.Exit, click.exceptions.Abort):
             raise
         except KeyboardInterrupt:
             raise click.exceptions.Abort() from None
         except Exception as exc:
             if debug_enabled():
                 raise
-            raise click.ClickException(describe(exc)) from exc
+            raise _failed(exc) from exc
 
 
 @click.group(cls=EdgevalGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -182,7 +182,9 @@ def report(out: Path, task_name: str | None, budget: int | None, name: str | Non
         for comparison in comparisons:
             written = reporting.write(store, comparison, out, name if len(comparisons) == 1 else None)
             plots = [str(p) for p in (written.plot, written.time_plot, written.kld_plot) if p]
-            ui.console.print(f"[green]✓[/] {written.markdown}" + (f" and {' and '.join(plots)}" if plots else ""))
+            ui.console.print(
+                f"[green]✓[/] {ui.shown(written.markdown)}" + (f" and {ui.shown(' and '.join(plots))}" if plots else "")
+            )
 
 
 @click.command()
@@ -211,4 +213,4 @@ def demo(out: Path, time_s: float, limit: int | None, seed: int, as_json: bool) 
         for comparison in comparisons:
             written = reporting.write(store, comparison, out, "edgeval-demo")
             if not as_json:
-                ui.console.print(f"[green]✓[/] report: {written.markdown}")
+                ui.console.print(f"[green]✓[/] report: {ui.shown(written.markdown)}")

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from edgeval.core.text import printable
 from edgeval.faces.options import _tokens, catalog_option, db_option, json_option
 
 
@@ -49,7 +50,7 @@ def _deployment(store: Any, selection: str | None, filters: dict[str, Any], cata
 
 def _warn(notes: tuple[str, ...] | list[str]) -> None:
     for note in notes:
-        click.echo(f"note: {note}", err=True)
+        click.echo(f"note: {printable(note)}", err=True)
 
 
 @click.command()
@@ -92,9 +93,9 @@ def export(
         }, indent=2, ensure_ascii=False))  # fmt: skip
         return
     _warn(d.warnings)
-    click.echo(f"# configuration {d.config_id} ({d.chosen_by}): {d.model}, {d.task}, kv {d.kv_type_k}/{d.kv_type_v}, "
-               f"budget {d.budget}, k={d.votes}")  # fmt: skip
-    click.echo(export_mod.command_line(argv))
+    click.echo(printable(f"# configuration {d.config_id} ({d.chosen_by}): {d.model}, {d.task}, "
+                         f"kv {d.kv_type_k}/{d.kv_type_v}, budget {d.budget}, k={d.votes}"))  # fmt: skip
+    click.echo(printable(export_mod.command_line(argv)))
     click.echo(f"# POST {export_mod.ENDPOINT} (the prompt of the question QUESTION; `edgeval ask` fills in yours, "
                "with its own seed):")  # fmt: skip
     click.echo(json.dumps(body, indent=2, ensure_ascii=False))
@@ -108,11 +109,13 @@ def _print_ollama(d: Any, made: Any, as_json: bool) -> None:
         }, indent=2, ensure_ascii=False))  # fmt: skip
         return
     _warn(d.warnings)
-    click.echo(f"# configuration {d.config_id} ({d.chosen_by}): {d.model}, {d.task}")
-    click.echo("# environment of `ollama serve`: " + " ".join(f"{k}={v}" for k, v in made.environment.items()))
+    click.echo(printable(f"# configuration {d.config_id} ({d.chosen_by}): {d.model}, {d.task}"))
+    click.echo(
+        printable("# environment of `ollama serve`: " + " ".join(f"{k}={v}" for k, v in made.environment.items()))
+    )
     for line in made.cannot:
-        click.echo(f"# Ollama cannot reproduce {line}")
-    click.echo(made.text, nl=False)
+        click.echo(printable(f"# Ollama cannot reproduce {line}"))
+    click.echo(printable(made.text, lines=True), nl=False)
 
 
 @click.command()
@@ -149,6 +152,6 @@ def ask(
     silent = n - sum(answer.votes.values())
     counts = ", ".join(f"{a}: {c}" for a, c in answer.votes.items()) or "none"
     tie = f"; tied between {', '.join(answer.tied)}, drawn" if answer.tied else ""
-    click.echo(f"{answer.answer if answer.answer is not None else '(no answer)'}")
-    click.echo(f"votes {counts} of {n}" + (f" ({silent} gave no answer)" if silent else "") + tie +
-               f"; {answer.seconds:.2f} s")  # fmt: skip
+    click.echo(printable(answer.answer) if answer.answer is not None else "(no answer)")
+    click.echo(printable(f"votes {counts} of {n}" + (f" ({silent} gave no answer)" if silent else "") + tie +
+                         f"; {answer.seconds:.2f} s"))  # fmt: skip

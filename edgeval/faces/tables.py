@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from edgeval.core.text import markdown_text, printable
 from edgeval.core.units import format_bytes, format_seconds, format_tokens
 
 if TYPE_CHECKING:  # types only: the comparison layer loads llama.cpp, which `plan` and `models` never need
@@ -61,35 +62,36 @@ class Layout:
 
 
 def markdown(layout: Layout) -> list[str]:
-    """The table as GitHub-flavoured markdown lines (a `|` in a cell is escaped, a line break becomes a space)."""
+    """The table as GitHub-flavoured markdown lines, every cell literal text (`markdown_text`: a `|`, a backtick or
+    a control character in a name is shown, not obeyed)."""
     shown = layout._shown("markdown")
-
-    def cell(value: str) -> str:
-        return value.replace("|", "\\|").replace("\n", " ")
-
     lines = [
         "| " + " | ".join(layout.columns[i].name for i in shown) + " |",
         "|" + "|".join("---" for _ in shown) + "|",
     ]
-    lines += ["| " + " | ".join(cell(row[i].text) for i in shown) + " |" for row in layout.rows]
+    lines += ["| " + " | ".join(markdown_text(row[i].text) for i in shown) + " |" for row in layout.rows]
     return lines
 
 
 def rich_table(
     layout: Layout, *, no_wrap: bool = False, title: str | None = None, title_justify: str = "center"
 ) -> Table:
-    """The table for the terminal: the terminal's columns, short texts and styles."""
+    """The table for the terminal: the terminal's columns, short texts and styles (each cell a `Text`, so no markup
+    is read, its control characters escaped by `printable`)."""
     from rich.table import Table
     from rich.text import Text
 
     shown = layout._shown("terminal")
-    table = Table(title=title, title_justify=title_justify)  # type: ignore[arg-type]
+    table = Table(title=Text(printable(title), style="table.title") if title else None, title_justify=title_justify)  # type: ignore[arg-type]
     for i in shown:
         column = layout.columns[i]
         table.add_column(column.short if column.short is not None else column.name, justify=column.align,
                          no_wrap=no_wrap)  # fmt: skip
     for n, row in enumerate(layout.rows):
-        texts = [Text(c.short if c.short is not None else c.text, style=c.style or "") for c in (row[i] for i in shown)]
+        texts = [
+            Text(printable(c.short if c.short is not None else c.text), style=c.style or "")
+            for c in (row[i] for i in shown)
+        ]
         table.add_row(*texts, style=layout.styles[n] if n < len(layout.styles) else None)
     return table
 

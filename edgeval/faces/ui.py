@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -23,6 +25,7 @@ from rich.progress import Progress as RichProgress
 from rich.table import Table
 
 from edgeval.core import memory
+from edgeval.core.text import printable
 from edgeval.core.units import format_bytes, format_seconds, format_tokens
 
 if TYPE_CHECKING:  # types only: importing these here would load llama.cpp for `plan` and `models`
@@ -38,13 +41,29 @@ if TYPE_CHECKING:  # types only: importing these here would load llama.cpp for `
     from edgeval.running.kld_run import Result as KLDResult
     from edgeval.running.sweep import Progress as SweepProgress
 
-console = Console()
-err_console = Console(stderr=True)
+
+class _Console(Console):
+    """rich's console, but a closed pipe is handed to the command line's one handler (a quiet exit, `cli`) instead
+    of rich's own exit."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
+console = _Console()
+err_console = _Console(stderr=True)
+
+
+def shown(value: object) -> str:
+    """Text from a file or a model (a name, a path, a message) as rich markup that prints it literally: control
+    characters escaped (`core.text.printable`), markup brackets escaped. Every such text goes through here."""
+    return escape(printable(value))
 
 
 def note(line: str) -> None:
     """A one-line note on stderr: something edgeval chose that the user should know."""
-    err_console.print(f"note: {line}", markup=False, highlight=False, soft_wrap=True)
+    err_console.print(f"note: {printable(line)}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _yes_no(value: bool | None) -> str:
@@ -68,34 +87,35 @@ def render_doctor(report: MachineReport) -> None:
         table.add_row(f"[cyan]{name}[/]", "", end_section=False)
 
     section("software")
-    table.add_row("python", report.python)
-    table.add_row("platform", report.platform)
+    table.add_row("python", shown(report.python))
+    table.add_row("platform", shown(report.platform))
     table.add_row("edgeval", report.edgeval)
-    table.add_row("llama-cpp-python", report.llama_cpp_python)
-    table.add_row("llama.cpp build", report.llama_cpp_build or "[dim]unknown[/]")
-    table.add_row("backend", report.backend)
+    table.add_row("llama-cpp-python", shown(report.llama_cpp_python))
+    table.add_row("llama.cpp build", shown(report.llama_cpp_build) if report.llama_cpp_build else "[dim]unknown[/]")
+    table.add_row("backend", shown(report.backend))
     table.add_row("GPU offload", _yes_no(report.gpu_offload))
     repack = report.repack
     table.add_row(
-        "weight repacking", f"{_repack_label(repack.mode)} — {repack.detail}" if repack.tested else repack.detail
+        "weight repacking",
+        f"{_repack_label(repack.mode)} — {shown(repack.detail)}" if repack.tested else shown(repack.detail),
     )
     section("hardware")
-    table.add_row("CPU", f"{report.cpu} ({report.cpu_cores} cores, {report.cpu_threads} threads)")
-    table.add_row("CPU features", " ".join(report.cpu_features) or "[dim]none detected[/]")
+    table.add_row("CPU", f"{shown(report.cpu)} ({report.cpu_cores} cores, {report.cpu_threads} threads)")
+    table.add_row("CPU features", shown(" ".join(report.cpu_features)) or "[dim]none detected[/]")
     table.add_row(
         "RAM",
         f"{format_bytes(report.ram_total_bytes)} total, {format_bytes(report.ram_available_bytes)} available",
     )
     if report.gpus:
         for gpu in report.gpus:
-            table.add_row("GPU", f"{gpu.name}: {format_bytes(gpu.vram_total_bytes)} ({gpu.source})")
+            table.add_row("GPU", shown(f"{gpu.name}: {format_bytes(gpu.vram_total_bytes)} ({gpu.source})"))
     else:
         table.add_row("GPU", "[dim]none found (NVIDIA figures need `pip install 'edgeval\\[nvidia]'`)[/]")
     section("files")
-    table.add_row("Hugging Face cache", report.hf_cache)
+    table.add_row("Hugging Face cache", shown(report.hf_cache))
     table.add_row("HF_HUB_OFFLINE", _yes_no(report.hf_offline))
     table.add_row("HF token configured", _yes_no(report.hf_token_configured))
-    table.add_row("edgeval home", report.edgeval_home)
+    table.add_row("edgeval home", shown(report.edgeval_home))
     for size, device, knee, gain in report.throughput:
         table.add_row(f"throughput ({size}, {device.split(':')[0]})",
                       f"{knee} sequences in one batch decode {gain:.1f}× one sequence's tokens/s (--parallel auto)")  # fmt: skip
@@ -104,7 +124,7 @@ def render_doctor(report: MachineReport) -> None:
     section("suggestion")
     table.add_row(
         "memory budget",
-        f"[bold]{format_bytes(report.suggested_budget_bytes)}[/] — {report.suggested_budget_reason}",
+        f"[bold]{format_bytes(report.suggested_budget_bytes)}[/] — {shown(report.suggested_budget_reason)}",
     )
     console.print(table)
 
@@ -172,14 +192,14 @@ def render_models(refs: list[ModelRef]) -> None:
         size = row["size_bytes"]
         unchecked |= ref.file.unchecked
         cells = [
-            escape(ref.label) + (f" [yellow]{UNCHECKED_MARK}[/]" if ref.file.unchecked else ""),
+            shown(ref.label) + (f" [yellow]{UNCHECKED_MARK}[/]" if ref.file.unchecked else ""),
             _params(ref.model.params, ref.model.active_params),
             _gb(size) if isinstance(size, int) else "?",
             _gb(ref.weight_bytes),
             f"{int(row['kv_bytes_per_1k_tokens_f16']) / 1e9:.3f}",  # type: ignore[call-overload]
         ]
         if wide:
-            cells.append(str(row["source"]))
+            cells.append(shown(row["source"]))
         table.add_row(*cells, "[green]✓[/]" if row["downloaded"] else "")
     console.print(table)
     console.print("[dim]KV/1k tok: the f16 KV cache of 1,000 tokens; here: downloaded[/]")
@@ -190,9 +210,9 @@ def render_models(refs: list[ModelRef]) -> None:
 def pulled(label: str, path: Path, computed: list[tuple[str, str]]) -> None:
     """What `pull` got: the file, and for a file the catalog has no sha256 for, the sha256 of each part as computed
     (and recorded), which nothing published could check."""
-    console.print(f"[green]✓[/] {escape(label)} → {escape(str(path))}")
+    console.print(f"[green]✓[/] {shown(label)} → {shown(path)}")
     for name, digest in computed:
-        console.print(f"  [yellow]{UNCHECKED_MARK}[/] {escape(name)}: not checked, the catalog has no published sha256")
+        console.print(f"  [yellow]{UNCHECKED_MARK}[/] {shown(name)}: not checked, the catalog has no published sha256")
         console.print(f"    sha256 {digest} (computed and recorded)")
 
 
@@ -207,7 +227,7 @@ def download_progress(label: str) -> Iterator[Progress]:
 
         def update(filename: str, done: int, total: int | None) -> None:
             if filename not in tasks:
-                tasks[filename] = bar.add_task(f"{label} {filename}", total=total)
+                tasks[filename] = bar.add_task(shown(f"{label} {filename}"), total=total)
             bar.update(tasks[filename], completed=done, total=total)
 
         yield update
@@ -244,12 +264,12 @@ def inspect_row(info: GGUFInfo) -> dict[str, object]:
 def render_inspect(info: GGUFInfo) -> None:
     """A GGUF header as a facts table and a bytes-by-type table."""
     row = inspect_row(info)
-    facts = Table(title=f"GGUF header: {info.source}", show_header=False, title_justify="left")
+    facts = Table(title=f"GGUF header: {shown(info.source)}", show_header=False, title_justify="left")
     facts.add_column("key", style="bold")
     facts.add_column("value")
     for key in ("architecture", "name", "n_layer", "n_embd", "n_head", "n_head_kv", "key_length", "value_length",
                 "n_ff", "n_vocab", "n_ctx_train", "tied_embeddings", "n_tensors"):  # fmt: skip
-        facts.add_row(key, str(row[key]))
+        facts.add_row(key, shown(row[key]))
     facts.add_row("parameters", f"{info.n_params:,} ({info.n_params / 1e9:.3f}B)")
     facts.add_row("weight bytes", f"{info.weight_bytes:,} ({format_bytes(info.weight_bytes)})")
     if info.file_size is not None:
@@ -261,7 +281,7 @@ def render_inspect(info: GGUFInfo) -> None:
     types.add_column("bytes", justify="right")
     types.add_column("share", justify="right")
     for name, n in sorted(info.bytes_by_type.items(), key=lambda kv: -kv[1]):
-        types.add_row(name, format_bytes(n), f"{n / max(info.weight_bytes, 1):.1%}")
+        types.add_row(shown(name), format_bytes(n), f"{n / max(info.weight_bytes, 1):.1%}")
     console.print(types)
 
 
@@ -302,7 +322,7 @@ def render_plan(result: Plan, *, show_all: bool = False) -> None:
     for name in ("precision", "model", "weights", "with ctx × k", "total"):
         summary.add_column(name, justify="right" if name in ("weights", "total") else "left")
     for bits, c in result.largest_per_precision().items():
-        summary.add_row(f"{bits}-bit", c.ref.label, format_bytes(c.footprint.weight_bytes), f"{c.ctx} × {c.k}",
+        summary.add_row(f"{bits}-bit", shown(c.ref.label), format_bytes(c.footprint.weight_bytes), f"{c.ctx} × {c.k}",
                         format_bytes(c.footprint.total_bytes))  # fmt: skip
     console.print(summary)
     wide = console.width >= WIDE
@@ -320,18 +340,18 @@ def render_plan(result: Plan, *, show_all: bool = False) -> None:
     for c in result.fits:
         bands.setdefault(footprint_band(c.footprint.total_bytes), []).append(c)
     for band, configs in bands.items():
-        shown = configs if show_all else _spread(configs, PLAN_ROWS_PER_BAND)
-        for i, c in enumerate(shown):
+        kept = configs if show_all else _spread(configs, PLAN_ROWS_PER_BAND)
+        for i, c in enumerate(kept):
             fp = c.footprint
             cells = {
-                "band": band if i == 0 else "", "model": c.ref.label, "KV": _plan_kv(c), "ctx": str(c.ctx),
+                "band": band if i == 0 else "", "model": shown(c.ref.label), "KV": _plan_kv(c), "ctx": str(c.ctx),
                 "k": str(c.k), "weights": _gb(fp.weight_bytes), "KV cache": _gb(fp.kv_bytes),
                 "other": _gb(fp.other_bytes), "total": f"[bold]{_gb(fp.total_bytes)}[/]", "GPU": _gb(fp.device_bytes),
                 "split": _share_bar(fp.weight_bytes, fp.kv_bytes, fp.other_bytes),
             }  # fmt: skip
-            table.add_row(*(cells[n] for n in names), end_section=i == len(shown) - 1)
-        if len(shown) < len(configs):
-            table.add_row("", f"[dim]… {len(configs) - len(shown)} more (--all)[/]", end_section=True)
+            table.add_row(*(cells[n] for n in names), end_section=i == len(kept) - 1)
+        if len(kept) < len(configs):
+            table.add_row("", f"[dim]… {len(configs) - len(kept)} more (--all)[/]", end_section=True)
     console.print(table)
 
 
@@ -362,7 +382,7 @@ def run_progress(label: str, task: str, k: int, *, quiet: bool = False) -> Itera
         TimeElapsedColumn(), TimeRemainingColumn(),
     )  # fmt: skip
     with RichProgress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
-        task_id = bar.add_task(f"{label} · {task} · k={k}", total=None, speed="")
+        task_id = bar.add_task(shown(f"{label} · {task} · k={k}"), total=None, speed="")
 
         def update(state: SweepProgress) -> None:
             speed = f"{state.tokens / state.decode_s:.1f} tok/s" if state.decode_s > 0 else ""
@@ -381,10 +401,10 @@ def _plan_kv(c: Config) -> str:
 
 def render_run(result: ConfigResult) -> None:
     """One configuration's accuracy, memory and speed."""
-    table = Table(title=f"{result.model} on {result.task}", show_header=False, title_justify="left")
+    table = Table(title=f"{shown(result.model)} on {shown(result.task)}", show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value")
-    status = "[green]done[/]" if result.status == "done" else f"[red]{result.status}[/] — {result.message or ''}"
+    status = "[green]done[/]" if result.status == "done" else f"[red]{result.status}[/] — {shown(result.message or '')}"
     table.add_row("status", status)
     table.add_row("configuration", f"KV {result.kv_label}, budget {result.budget_tokens} tokens, "
                   f"ctx {result.ctx}, k={result.k}")  # fmt: skip
@@ -439,10 +459,10 @@ def kld_progress(label: str, *, quiet: bool = False) -> Iterator[Callable[[KLDPr
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with RichProgress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
-        task_id = bar.add_task(label, total=None)
+        task_id = bar.add_task(shown(label), total=None)
 
         def update(state: KLDProgress) -> None:
-            bar.update(task_id, description=f"{label} · {state.phase}", completed=state.done, total=state.total)
+            bar.update(task_id, description=shown(f"{label} · {state.phase}"), completed=state.done, total=state.total)
 
         yield update
 
@@ -456,7 +476,7 @@ def render_kld(result: KLDResult) -> None:
     s = result.overall
     kv = result.kv_type_k if result.kv_type_k == result.kv_type_v else f"{result.kv_type_k}/{result.kv_type_v}"
     kv += f", window {format_tokens(result.kv_window)}" if result.kv_window else ""
-    table = Table(title=f"{result.tested} (KV {kv}) against {result.reference} on {result.task}",
+    table = Table(title=shown(f"{result.tested} (KV {kv}) against {result.reference} on {result.task}"),
                   title_justify="left", show_header=False)  # fmt: skip
     table.add_column("what", style="bold")
     table.add_column("value")

@@ -62,7 +62,7 @@ def render_dry_run(request: Request, plans: list[tuple[str, RacePlan, dict[str, 
         if arms:
             _dry_run_table(request, task, arms, cached)
         if planned.too_slow:
-            ui.console.print(_left_out(planned.too_slow, request.answer_time_s))
+            ui.console.print(ui.shown(_left_out(planned.too_slow, request.answer_time_s)))
         if not arms:
             ui.err_console.print(f"Nothing fits in {format_bytes(request.budget_bytes)}"
                                  + (" and --answer-time." if planned.too_slow else "."))  # fmt: skip
@@ -73,7 +73,7 @@ def render_dry_run(request: Request, plans: list[tuple[str, RacePlan, dict[str, 
 def _dry_run_table(request: Request, task: str, arms: Sequence[Arm], cached: dict[str, bool]) -> None:
     """The runs: memory, decode rate, seconds per question and predicted seconds per answer."""
     n_configs = sum(a.configurations for a in arms)
-    table = Table(title=f"compare --dry-run: {task}, {len(arms)} runs answering {n_configs} configurations "
+    table = Table(title=f"compare --dry-run: {ui.shown(task)}, {len(arms)} runs answering {n_configs} configurations "
                   f"within {format_bytes(request.budget_bytes)}", title_justify="left")  # fmt: skip
     offload = any(a.device.get((a.budgets[-1], a.votes[-1]), 0) for a in arms)
     names = ("model", "KV", "budgets", "k", "votes", "pred.", *(("GPU", "host") if offload else ()), "tok/s", "s/q")
@@ -85,7 +85,7 @@ def _dry_run_table(request: Request, task: str, arms: Sequence[Arm], cached: dic
         parts = (format_bytes(a.device.get(top, 0)), format_bytes(a.predicted[top] - a.device.get(top, 0)))
         source = a.estimate.source if a.estimate else "rough"
         rate = f"{mark[source]}{a.estimate.tokens_per_s:.0f}" if a.estimate else "?"
-        table.add_row(a.ref.label + ("" if cached[a.ref.label] else " ↓"), a.kv.value,
+        table.add_row(ui.shown(a.ref.label) + ("" if cached[a.ref.label] else " ↓"), a.kv.value,
                       ",".join(str(b) for b in a.budgets), str(a.k), ",".join(str(j) for j in a.votes),
                       format_bytes(a.predicted[top]), *(parts if offload else ()), rate,
                       f"{a.estimated_s:.0f}")  # fmt: skip
@@ -104,7 +104,7 @@ def _answer_table(arms: Sequence[Arm]) -> None:
         kv = a.kv.value + (f", window {a.window}" if a.window else "")
         for j in a.votes:
             cells = [_range(*(x.typical_s, x.worst_s)) if (x := a.answer_times.get((b, j))) else "" for b in budgets]
-            table.add_row(a.ref.label, kv, str(j), *cells)
+            table.add_row(ui.shown(a.ref.label), kv, str(j), *cells)
     ui.console.print(table)
     shapes = {x.source for a in arms for x in a.answer_times.values()}
     whence = "this model file, KV cache and window measured here as deployed" if shapes == {"shape"} else (
@@ -181,12 +181,12 @@ def compare_progress(*, quiet: bool = False) -> Iterator[Callable[[RaceProgress]
 
         def update(state: RaceProgress) -> None:
             left = f", {format_duration(max(0.0, state.time_left_s))} left" if state.time_left_s is not None else ""
-            info = f"{state.in_race}/{state.configurations} in the race{left}; leader {state.leader or '—'}"
+            info = f"{state.in_race}/{state.configurations} in the race{left}; leader {ui.shown(state.leader or '—')}"
             bar.update(race_id, description=f"round {state.round} ({state.questions} q)", completed=state.done,
                        total=state.total or None, info=info)  # fmt: skip
             inner = state.inner
             speed = f"{inner.tokens / inner.decode_s:.0f} tok/s" if inner.decode_s > 0 else ""
-            bar.update(item_id, description=state.current[:40], completed=inner.items_done,
+            bar.update(item_id, description=ui.shown(state.current[:40]), completed=inner.items_done,
                        total=inner.items_total or None, info=speed)  # fmt: skip
 
         yield update
@@ -255,27 +255,27 @@ def render_compare(comparisons: list[Comparison]) -> None:
             ui.console.print(f"s/answer: median seconds one answer takes deployed as measured{where}; ★ counts it too",
                              style="dim")  # fmt: skip
         if c.too_slow:
-            ui.console.print(_left_out(c.too_slow, c.answer_time_s), style="dim")
+            ui.console.print(ui.shown(_left_out(c.too_slow, c.answer_time_s)), style="dim")
         slow = [r for r in c.rows if r.status == "too_slow" and r.result.answer_s_worst is not None]
         if slow:
             named = ", ".join(f"{r.label} ({format_seconds(r.result.answer_s_worst or 0.0)})" for r in slow)
             ui.console.print(f"Dropped (✗), worst case measured over --answer-time {format_seconds(c.answer_time_s or 0)}:"
-                             f" {named}.", style="dim")  # fmt: skip
+                             f" {ui.shown(named)}.", style="dim")  # fmt: skip
         if with_kld:
             ui.console.print(
                 "KLD: mean KL divergence per token from the reference of `edgeval kld` (nats)", style="dim"
             )
         elif measured:
             shown = dict.fromkeys(f"{r.model} {r.result.kv_label} {r.kld:.2g}" for r in measured)
-            ui.console.print("KLD from `edgeval kld` (nats per token): " + "; ".join(shown), style="dim")
+            ui.console.print("KLD from `edgeval kld` (nats per token): " + ui.shown("; ".join(shown)), style="dim")
         for line in c.recommendation:
-            ui.console.print(f"• {line}")
+            ui.console.print(f"• {ui.shown(line)}")
         ui.console.print(f"[dim]{format_duration(c.time_s)}, {c.tokens_decoded:,} tokens decoded; paired intervals at "
                       f"{c.alpha:.2g} each, anytime-valid: the best is wrongly dropped or left untied ≤ 5%[/]")  # fmt: skip
         hosts = {n.node_id: n.node.label for n in c.nodes}
         if hosts:
             ui.console.print(f"[dim]Ran on {len(hosts)} Ray node{'s' if len(hosts) > 1 else ''}: "
-                          f"{', '.join(sorted(hosts.values()))}. Accuracy pools their samples; memory is the highest "
+                          f"{ui.shown(', '.join(sorted(hosts.values())))}. Accuracy pools their samples; memory is the highest "
                           "peak any node measured; speed and memory per node: --json or edgeval report.[/]")  # fmt: skip
         for failure in c.failures:
-            ui.err_console.print(f"[red]failed[/] {failure}")
+            ui.err_console.print(f"[red]failed[/] {ui.shown(failure)}")

@@ -19,6 +19,7 @@ import llama_cpp
 from edgeval.core import memory
 from edgeval.core.errors import ConfigurationError, QuantizeError
 from edgeval.core.quants import WeightQuant
+from edgeval.core.text import printable
 
 LLAMA_CPP_PYTHON_VERSION: str = llama_cpp.__version__
 
@@ -43,7 +44,7 @@ class _LogCapture:
     def _on_log(self, level: int, text: bytes | None, user_data: ctypes.c_void_p) -> None:
         chunk = (text or b"").decode("utf-8", errors="replace")
         if self._echo:
-            os.write(2, chunk.encode())
+            os.write(2, printable(chunk, lines=True).encode())  # the log quotes the file's header
         if self._file is not None:
             self._file.write(chunk)
             self._file.flush()
