@@ -155,7 +155,8 @@ def test_bad_selections_are_one_line_errors(measured: Path, tmp_path: Path) -> N
         assert got == code, (args, out)
         assert "Traceback" not in out and out.strip().splitlines()[-1].startswith("Error")
     got, out = _cli("export", "--db", str(tmp_path / "empty.db"))
-    assert got == 1 and len(out.strip().splitlines()) == 1 and "no measured configuration" in out
+    assert got == 1 and len(out.strip().splitlines()) == 1 and "no results are stored here" in out
+    assert not (tmp_path / "empty.db").exists()  # a command that only reads makes no store
 
 
 # ---------------------------------------------------------------- voting, without a server

@@ -301,6 +301,21 @@ MIGRATIONS: list[str] = [
 ]
 
 
+# The tables of the first migration: every edgeval store has them, and a file without them is not one.
+M1_TABLES = frozenset(("runs", "configs", "samples", "item_timings", "file_hashes"))
+
+
+def kind_of(db: sqlite3.Connection) -> tuple[str, list[str]]:
+    """What an open SQLite file holds, read without writing: "empty" (no schema at all: a store may be made in
+    it), "edgeval" (a store of some schema version, migrated on open) or "foreign" (another program's), with its
+    tables' names."""
+    names = [str(r[0]) for r in db.execute("SELECT name FROM sqlite_master ORDER BY name")]
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if not names and version == 0:
+        return "empty", names
+    return ("edgeval" if set(names) >= M1_TABLES and version >= 1 else "foreign"), names
+
+
 def statements(script: str) -> Iterator[str]:
     """The statements of a SQL script, one at a time (sqlite3 decides where each ends)."""
     pending = ""

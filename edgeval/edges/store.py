@@ -10,14 +10,14 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edgeval.core.errors import DiskFullError, EdgevalError
 from edgeval.core.paths import edgeval_home
 from edgeval.edges.migrations import MIGRATIONS as MIGRATIONS
-from edgeval.edges.migrations import statements
+from edgeval.edges.migrations import kind_of, statements
 
 
 class StoreError(EdgevalError):
@@ -41,6 +41,24 @@ def _operational(path: Path, exc: sqlite3.OperationalError) -> EdgevalError:
             hint="try again when it finishes",
         )
     return StoreError(f"{path}: {text}")
+
+
+def _refuse(path: Path, *, create: bool) -> None:
+    """Refuse, before writing a byte, a file that must not be opened as the store: another program's SQLite file
+    (its tables, `user_version` and journal mode are left as they are) and, where the command only reads
+    (`create` false), a file that holds no store. A store is made only in a new or empty file."""
+    empty = not path.exists() or (path.is_file() and path.stat().st_size == 0)
+    if not empty:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)) as db:
+            kind, names = kind_of(db)
+        if kind == "foreign":
+            shown = ", ".join(names[:4]) + (", …" if len(names) > 4 else "")
+            raise StoreError(f"{path} is not an edgeval results store (another program's SQLite file: {shown})",
+                             hint="name another file with --db; edgeval leaves this one as it is")  # fmt: skip
+        empty = kind == "empty"
+    if empty and not create:
+        raise StoreError(f"{path}: no results are stored here",
+                         hint="run `edgeval compare` or `edgeval run` first, or name the store with --db")  # fmt: skip
 
 
 def default_db_path() -> Path:
@@ -132,11 +150,13 @@ def _now() -> str:
 
 
 class Store:
-    """A connection to the results database (created and migrated on open)."""
+    """A connection to the results database, migrated on open; created where `create` (the commands that store
+    results), and only in a new or empty file: another program's SQLite file is refused untouched."""
 
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | None = None, *, create: bool = True) -> None:
         self.path = path or default_db_path()
         try:
+            _refuse(self.path, create=create)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             self.db.row_factory = sqlite3.Row

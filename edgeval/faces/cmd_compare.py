@@ -47,7 +47,7 @@ def _run_compare(request: compare_mod.Request, db: Path | None, as_json: bool, d
         plans = []
         known = compare_mod.Measured({})
         if (db or default_db_path()).exists():  # earlier runs' speeds; a dry run creates nothing
-            with Store(db) as store:
+            with Store(db, create=False) as store:
                 known = compare_mod.measured(store)
         for task in request.tasks:
             planned = compare_mod.race_plan(request, task, known=known)
@@ -175,7 +175,7 @@ def report(out: Path, task_name: str | None, budget: int | None, name: str | Non
     from edgeval.faces import report as reporting
     from edgeval.faces import ui
 
-    with Store(db) as store:
+    with Store(db, create=False) as store:
         comparisons = compare_mod.from_store(store, task_name, budget)
         if not any(c.rows for c in comparisons):
             raise click.ClickException("no stored results to report — run `edgeval compare` or `edgeval demo` first")

@@ -245,7 +245,7 @@ def regrade(db: Path | None, as_json: bool) -> None:
     from edgeval.edges.store import Store
     from edgeval.running import regrade as regrading
 
-    with Store(db) as store:
+    with Store(db, create=False) as store:
         done = regrading.regrade(store)
     if as_json:
         click.echo(json.dumps({**asdict(done), "moved": done.moved}, indent=2))

@@ -77,7 +77,7 @@ def export(
     from edgeval.running import export as export_mod
 
     filters = {"model": model, "task": task_name, "kv": kv, "budget": budget, "votes": votes}
-    with Store(db) as store:
+    with Store(db, create=False) as store:
         d = _deployment(store, selection, filters, catalogs)
     if fmt == "ollama":
         _print_ollama(d, export_mod.modelfile(d), as_json)
@@ -140,7 +140,7 @@ def ask(
     from edgeval.running import ask as ask_mod
 
     filters = {"model": model, "task": None, "kv": None, "budget": None, "votes": None}
-    with Store(db) as store:
+    with Store(db, create=False) as store:
         d = _deployment(store, selection, filters, catalogs)
     answer = ask_mod.ask(d, url, question, task=task_name, timeout=timeout)
     if as_json:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeval.comparison.verdict import OUT, Comparison, Row, pareto
+from edgeval.core.text import markdown_text, printable
 from edgeval.core.units import format_bytes, format_tokens
 from edgeval.edges.store import Store
 from edgeval.faces import tables
@@ -36,6 +37,11 @@ def report_name(task: str, budget: int | None) -> str:
     """`arith-1GB`: a file-system-safe name from the task and budget."""
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(task).stem if task.endswith(".jsonl") else task).strip("-")
     return f"{stem}-{budget / 1e9:g}GB" if budget else stem
+
+
+def _plotted(name: str) -> str:
+    """A name as matplotlib draws it literally: control characters escaped, `$` not starting mathtext."""
+    return printable(name).replace("$", r"\$")
 
 
 def _pct(x: float) -> str:
@@ -81,7 +87,7 @@ def _provenance(store: Store, comparison: Comparison) -> tuple[list[str], str]:
     lines += ["", f"Seed{'s' if len(seeds) > 1 else ''}: {', '.join(map(str, seeds))}. "
               f"Sampling: {configs[0]['sampling']}. Thinking: {'on' if configs[0]['thinking'] else 'off'}."]  # fmt: skip
     models = sorted({(str(c["model"]), str(c["model_sha256"]), Path(str(c["model_path"])).name) for c in configs})
-    lines += ["", *_table(["model", "file", "sha256"], [[m, f, f"`{h[:16]}…`"] for m, h, f in models])]
+    lines += ["", *_table(["model", "file", "sha256"], [[m, f, f"{h[:16]}…"] for m, h, f in models])]
     return lines, date
 
 
@@ -94,7 +100,7 @@ def _grid(comparison: Comparison) -> list[str]:
     models = sorted({r.model.split(":")[0] for r in rows})
     n_items = sorted({r.result.n_items for r in rows})
     return [
-        f"- models: {', '.join(models)}",
+        f"- models: {markdown_text(', '.join(models))}",
         f"- weight quantizations: {', '.join(quants)}",
         f"- KV cache (K/V): {', '.join(kv)}",
         f"- token budgets: {', '.join(map(str, budgets))}",
@@ -243,8 +249,8 @@ def _scatter(
     ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_ylim(-3, 103)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(f"maj@k accuracy on {comparison.task} (%)")
-    ax.set_title(f"{comparison.task}: {title}")
+    ax.set_ylabel(f"maj@k accuracy on {_plotted(comparison.task)} (%)")
+    ax.set_title(f"{_plotted(comparison.task)}: {title}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(handles=_legend(done, sizes, colours, bool(frontier), bool(tied)), fontsize=8, loc="best",
               title="marker size: token budget", title_fontsize=8)  # fmt: skip
@@ -337,7 +343,7 @@ def kld_plot(runs: Sequence[sqlite3.Row], path: Path) -> Path | None:
         xs = [(b["start"] + b["end"]) / 2 for b in buckets]
         ticks.update({x: b["label"] for x, b in zip(xs, buckets, strict=True)})
         ys = [b["mean_kld"] for b in buckets]
-        line = ax.plot(xs, ys, marker="o", linewidth=1.2, label=_kld_label(run))[0]
+        line = ax.plot(xs, ys, marker="o", linewidth=1.2, label=_plotted(_kld_label(run)))[0]
         lows = [b["kld_ci95"][0] if b["kld_ci95"] else b["mean_kld"] for b in buckets]
         highs = [b["kld_ci95"][1] if b["kld_ci95"] else b["mean_kld"] for b in buckets]
         ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.08, linewidth=0)
@@ -364,13 +370,14 @@ def render(
 ) -> str:  # fmt: skip
     """The report's markdown text."""
     provenance, date = _provenance(store, comparison)
-    lines = [f"# edgeval report: {comparison.task}" + (f" within {comparison.budget_bytes / 1e9:g} GB" if comparison.budget_bytes else ""),
+    task = markdown_text(comparison.task)  # a task file's name; every name below is escaped the same way
+    lines = [f"# edgeval report: {task}" + (f" within {comparison.budget_bytes / 1e9:g} GB" if comparison.budget_bytes else ""),
              "", f"Results as of {date}, from {len(comparison.rows)} configurations. Every figure below was "
              "measured on the machine named here. Memory is `measured` (the peak resident set of the configuration's "
              "own run), `calibrated` (the prediction for this budget and vote count, corrected by how far the run "
              "that produced its samples was from its own prediction) or `predicted`.", "", "## Provenance", "",
              *provenance, "", "## Grid", "", *_grid(comparison), "", "## Recommendation", ""]  # fmt: skip
-    lines += [f"- {line}" for line in comparison.recommendation]
+    lines += [f"- {markdown_text(line)}" for line in comparison.recommendation]
     lines += ["", "## Results at equal footprint", "",
               "Rows are grouped into footprint bands; ★ marks the Pareto frontier of the point estimates (no other "
               "row needs no more memory, answers no slower — median seconds per answer, where measured — and is at "
@@ -386,16 +393,16 @@ def render(
               "race looked (see the README).", "", *_statements(comparison)]  # fmt: skip
     frontier = comparison.frontier
     lines += ["", "## Pareto frontier", ""]
-    lines += [f"{i}. {r.model}, KV {tables.kv_text(r.result)}, budget {r.result.budget_tokens}, "
+    lines += [f"{i}. {markdown_text(r.model)}, KV {tables.kv_text(r.result)}, budget {r.result.budget_tokens}, "
               f"k={r.result.k}: {_pct(r.result.accuracy_maj)} at {format_bytes(r.memory_bytes)}"
               for i, r in enumerate(frontier, start=1)] or ["(no finished configuration)"]  # fmt: skip
     if plot_file:
-        lines += ["", "## Memory against accuracy", "", f"![{comparison.task}: accuracy against memory]({plot_file})",
+        lines += ["", "## Memory against accuracy", "", f"![{task}: accuracy against memory]({plot_file})",
                   "", "Colour: model size; marker: weight precision; marker size: token budget; bars: 95% interval "
                   "of each accuracy; orange rings: tied with the best; faded: dropped; memory on a log scale."]  # fmt: skip
     if time_plot_file:
         lines += ["", "## Seconds per answer against accuracy", "",
-                  f"![{comparison.task}: accuracy against seconds per answer]({time_plot_file})", "",
+                  f"![{task}: accuracy against seconds per answer]({time_plot_file})", "",
                   "The median seconds one answer takes on this machine, deployed as measured; the line joins the "
                   "configurations that no other one beats by being both faster and more accurate. Markers and bars "
                   "as above; seconds on a log scale."]  # fmt: skip
