@@ -12,11 +12,13 @@ import pytest
 from click.testing import CliRunner
 
 from edgeval.core import answer_time
+from edgeval.core.quants import WeightQuant
 from edgeval.edges import migrations
 from edgeval.edges.results import summarize
 from edgeval.edges.store import Store
 from edgeval.faces import demo
 from edgeval.faces.cli import cli
+from edgeval.llama import synth
 
 
 def test_a_question_takes_its_prompt_and_a_step_per_token_at_the_width_still_writing() -> None:
@@ -51,6 +53,23 @@ def test_derived_seconds_per_answer_agree_with_the_measured_wall_of_questions_al
     measured = statistics.median(walls)
     assert row["answer_s"] == pytest.approx(measured, rel=0.15), (row["answer_s"], measured)
     assert row["answer_s"] <= row["answer_s_p90"] <= row["answer_s_worst"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [1, 4])
+def test_on_the_0_6b_shape_too(model_dir: Path, tmp_path: Path, k: int) -> None:
+    # Random weights with Qwen3-0.6B's shape never open their reasoning: every sample writes its whole n_predict
+    path = synth.build(synth.QWEN3_SHAPES["0.6b"], WeightQuant.Q8_0, model_dir, threads=2)
+    db = tmp_path / "s.db"
+    result = CliRunner().invoke(cli, [
+        "run", str(path), "--task", "arith", "--limit", "6", "--k", str(k), "--budget-tokens", "32", "--parallel",
+        "1", "--no-repack", "--db", str(db), "--json",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.output)
+    with sqlite3.connect(db) as con:
+        walls = [p + d for p, d in con.execute("SELECT prompt_s, decode_s FROM item_timings")]
+    assert row["answer_s"] == pytest.approx(statistics.median(walls), rel=0.15), (row["answer_s"], walls)
 
 
 def test_a_store_from_before_the_forcing_change_reads_and_never_mixes_with_new_samples(tmp_path: Path) -> None:
