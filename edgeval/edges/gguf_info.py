@@ -92,6 +92,13 @@ class GGUFInfo:
     data_offset: int
     file_size: int | None = None
     bytes_by_type: dict[str, int] = field(default_factory=dict)
+    longest_items: dict[str, int] = field(default_factory=dict)  # a string array's longest item, in bytes
+
+    @property
+    def longest_token_bytes(self) -> int | None:
+        """The vocabulary's longest token text in bytes (a token stands for at most that many bytes of a prompt:
+        byte-level BPE and SentencePiece spell each byte with one character or more), None when not known."""
+        return self.longest_items.get("tokenizer.ggml.tokens") or None
 
     def get(self, key: str, default: object = None) -> object:
         """A metadata value by key."""
@@ -233,34 +240,51 @@ class _Cursor:
         return self.take(self.count("a string length")).decode("utf-8", errors="replace")
 
 
-def _value(cur: _Cursor, vtype: int, key: str, lengths: dict[str, int]) -> object:
+_MAX_NESTING = 4  # arrays of arrays this deep at most (llama.cpp reads none nested)
+
+
+@dataclass
+class _Arrays:
+    """What the parser notes of the arrays it reads: each key's length and, for strings, the longest item."""
+
+    lengths: dict[str, int] = field(default_factory=dict)
+    longest: dict[str, int] = field(default_factory=dict)
+
+
+def _kind(cur: _Cursor, vtype: int, key: str) -> GGUFValueType:
     try:
-        kind = GGUFValueType(vtype)
+        return GGUFValueType(vtype)
     except ValueError:
         raise GGUFFormatError(Path(cur._source), f"corrupt header: unknown value type {vtype} for {key}") from None
+
+
+def _value(cur: _Cursor, vtype: int, key: str, arrays: _Arrays | None, depth: int = 0) -> object:
+    kind = _kind(cur, vtype, key)
     if kind == GGUFValueType.STRING:
         return cur.string()
-    if kind == GGUFValueType.ARRAY:
-        item_type = int(cur.scalar("<I"))
-        n = cur.count(f"an array length ({key})")
-        lengths[key] = n
-        items = [_value(cur, item_type, key, {}) for _ in range(n)] if n <= _KEEP_ARRAY else None
-        if items is None:
-            _skip_items(cur, item_type, n, key)
-        return items
-    return cur.scalar(_SCALARS[kind])
-
-
-def _skip_items(cur: _Cursor, item_type: int, n: int, key: str) -> None:
-    kind = GGUFValueType(item_type)
-    if kind in _SCALARS:
-        cur.take(n * struct.calcsize(_SCALARS[kind]))
-    elif kind == GGUFValueType.STRING:
+    if kind != GGUFValueType.ARRAY:
+        return cur.scalar(_SCALARS[kind])
+    if depth >= _MAX_NESTING:
+        raise GGUFFormatError(Path(cur._source), f"corrupt header: {key} holds arrays nested over {_MAX_NESTING} deep")
+    item_type = int(cur.scalar("<I"))
+    item_kind = _kind(cur, item_type, key)
+    n = cur.count(f"an array length ({key})")
+    if arrays is not None:
+        arrays.lengths[key] = n
+    if item_kind == GGUFValueType.STRING:
+        items: list[object] = []
         for _ in range(n):
-            cur.take(cur.count("a string length"))
-    else:
-        for _ in range(n):
-            _value(cur, item_type, key, {})
+            raw = cur.take(cur.count("a string length"))
+            if n <= _KEEP_ARRAY:
+                items.append(raw.decode("utf-8", errors="replace"))
+            if arrays is not None:
+                arrays.longest[key] = max(arrays.longest.get(key, 0), len(raw))
+        return items if n <= _KEEP_ARRAY else None
+    if item_kind in _SCALARS and n > _KEEP_ARRAY:
+        cur.take(n * struct.calcsize(_SCALARS[item_kind]))
+        return None
+    kept = [_value(cur, item_type, key, None, depth + 1) for _ in range(n)]
+    return kept if n <= _KEEP_ARRAY else None
 
 
 def read_header(read_at: ReadAt, source: str, *, file_size: int | None = None, first_chunk: int = 1 << 20) -> GGUFInfo:
@@ -274,10 +298,10 @@ def read_header(read_at: ReadAt, source: str, *, file_size: int | None = None, f
     n_tensors = cur.count("a tensor count")
     n_kv = cur.count("a key count")
     metadata: dict[str, object] = {}
-    lengths: dict[str, int] = {}
+    arrays = _Arrays()
     for _ in range(n_kv):
         key = cur.string()
-        metadata[key] = _value(cur, int(cur.scalar("<I")), key, lengths)
+        metadata[key] = _value(cur, int(cur.scalar("<I")), key, arrays)
     tensors = []
     for _ in range(n_tensors):
         name = cur.string()
@@ -297,7 +321,9 @@ def read_header(read_at: ReadAt, source: str, *, file_size: int | None = None, f
     by_type: dict[str, int] = {}
     for t in tensors:
         by_type[t.ggml_type.name] = by_type.get(t.ggml_type.name, 0) + t.n_bytes
-    info = GGUFInfo(source, version, metadata, lengths, tuple(tensors), data_offset, file_size, by_type)
+    info = GGUFInfo(
+        source, version, metadata, arrays.lengths, tuple(tensors), data_offset, file_size, by_type, arrays.longest
+    )
     if file_size is not None and tensors:
         end = data_offset + max(t.offset + t.n_bytes for t in tensors)
         if end > file_size:

@@ -10,11 +10,12 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from edgeval.core import memory, prompts, resident
 from edgeval.core.errors import ConfigurationError
 from edgeval.core.quants import KVType
+from edgeval.core.units import format_bytes
 from edgeval.edges import gguf_info, hub, tasks
 from edgeval.edges.store import Store
 from edgeval.edges.tasks import prompt_text
@@ -162,9 +163,10 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
     if not items:
         raise ConfigurationError(f"task {task.name} has no items", hint="check --limit and the task file")
     chat = prompts.ChatFormat(header.chat_template)
+    arch = header.architecture()
+    _check_sizes(spec, task, items, header, arch.n_ctx_train)
     longest, needed = _sample_tokens(spec, task, items, chat)
     answer_cells = needed - longest - spec.budget
-    arch = header.architecture()
     budget, notes = _budget(spec, arch.n_ctx_train, longest, answer_cells)
     spec = replace(spec, budget_tokens=budget)
     per_sample = _check_sample(spec, arch.n_ctx_train, longest, answer_cells)
@@ -241,11 +243,45 @@ class _Shape:
     arm_predicted: int  # the whole run's predicted bytes
 
 
+def _check_sizes(
+    spec: RunSpec, task: tasks.Task, items: tuple[tasks.Item, ...], header: gguf_info.GGUFInfo, n_ctx_train: int
+) -> None:
+    """Refuse a question the context cannot hold from its length in bytes, before tokenizing it: a token stands for
+    at most the vocabulary's longest token text, so a question of n bytes is at least n / that many tokens."""
+    piece = header.longest_token_bytes
+    context = min(n_ctx_train, spec.ctx or n_ctx_train)
+    for item in items:
+        if piece is None or len(item.question) <= context:  # (characters ≤ bytes: at most `context` tokens)
+            continue
+        size = len(item.question.encode("utf-8", errors="replace"))
+        if -(-size // piece) > context:
+            _too_long(spec, task, item, f"{format_bytes(size)}, at least {-(-size // piece):,} tokens", context)
+
+
+def _context_name(spec: RunSpec, context: int) -> str:
+    return f"--ctx {spec.ctx}" if spec.ctx and spec.ctx == context else f"{spec.model_path.name}'s context"
+
+
+def _too_long(spec: RunSpec, task: tasks.Task, item: tasks.Item, size: str, context: int) -> NoReturn:
+    holds = _context_name(spec, context)
+    raise ConfigurationError(
+        f"question {item.id} of {task.name} is too long ({size}): more than {holds} ({context:,} tokens) holds",
+        hint="shorten that question or leave it out of the task file (`--limit` takes the first questions only)",
+    )
+
+
 def _check_sample(spec: RunSpec, n_ctx_train: int, longest: int, answer_cells: int) -> int:
     """The cells one sample needs (the longest prompt, the budget, a forced answer), refused where --ctx or the
     model's training context cannot hold it."""
     budget = spec.budget
     per_sample = longest + budget + answer_cells
+    context = min(n_ctx_train, spec.ctx or n_ctx_train)
+    if longest + answer_cells > context:  # the prompt itself leaves no room: the question is too long, not the budget
+        raise ConfigurationError(
+            f"the longest prompt is {longest:,} tokens: with a forced answer ({answer_cells}) it is more than "
+            f"{_context_name(spec, context)} ({context:,} tokens) holds",
+            hint="shorten the task's longest question or leave it out of the task file",
+        )
     if spec.ctx is not None and spec.ctx < per_sample:
         raise ConfigurationError(
             f"--ctx {spec.ctx} cannot hold the longest prompt ({longest} tokens) + the token budget "
