@@ -249,7 +249,7 @@ def _check_sizes(
     """Refuse a question the context cannot hold from its length in bytes, before tokenizing it: a token stands for
     at most the vocabulary's longest token text, so a question of n bytes is at least n / that many tokens."""
     piece = header.longest_token_bytes
-    context = min(n_ctx_train, spec.ctx or n_ctx_train)
+    context = n_ctx_train
     for item in items:
         if piece is None or len(item.question) <= context:  # (characters ≤ bytes: at most `context` tokens)
             continue
@@ -258,14 +258,10 @@ def _check_sizes(
             _too_long(spec, task, item, f"{format_bytes(size)}, at least {-(-size // piece):,} tokens", context)
 
 
-def _context_name(spec: RunSpec, context: int) -> str:
-    return f"--ctx {spec.ctx}" if spec.ctx and spec.ctx == context else f"{spec.model_path.name}'s context"
-
-
 def _too_long(spec: RunSpec, task: tasks.Task, item: tasks.Item, size: str, context: int) -> NoReturn:
-    holds = _context_name(spec, context)
     raise ConfigurationError(
-        f"question {item.id} of {task.name} is too long ({size}): more than {holds} ({context:,} tokens) holds",
+        f"question {item.id} of {task.name} is too long ({size}): more than {spec.model_path.name} holds "
+        f"(trained for {context:,} tokens)",
         hint="shorten that question or leave it out of the task file (`--limit` takes the first questions only)",
     )
 
@@ -275,18 +271,17 @@ def _check_sample(spec: RunSpec, n_ctx_train: int, longest: int, answer_cells: i
     model's training context cannot hold it."""
     budget = spec.budget
     per_sample = longest + budget + answer_cells
-    context = min(n_ctx_train, spec.ctx or n_ctx_train)
-    if longest + answer_cells > context:  # the prompt itself leaves no room: the question is too long, not the budget
-        raise ConfigurationError(
-            f"the longest prompt is {longest:,} tokens: with a forced answer ({answer_cells}) it is more than "
-            f"{_context_name(spec, context)} ({context:,} tokens) holds",
-            hint="shorten the task's longest question or leave it out of the task file",
-        )
     if spec.ctx is not None and spec.ctx < per_sample:
         raise ConfigurationError(
             f"--ctx {spec.ctx} cannot hold the longest prompt ({longest} tokens) + the token budget "
             f"({budget}) + a forced answer ({answer_cells})",
             hint=f"use --ctx {per_sample} or more, or a smaller --budget-tokens",
+        )
+    if longest + answer_cells > n_ctx_train:  # the prompt itself leaves no room: the question is too long
+        raise ConfigurationError(
+            f"the longest prompt is {longest:,} tokens: with a forced answer ({answer_cells}) it is more than "
+            f"{spec.model_path.name} holds (trained for {n_ctx_train:,} tokens)",
+            hint="shorten the task's longest question or leave it out of the task file",
         )
     if per_sample > n_ctx_train:
         raise ConfigurationError(
