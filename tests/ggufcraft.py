@@ -81,12 +81,22 @@ def encode(v: Value) -> bytes:
     if v.vtype == STRING:
         assert isinstance(v.value, str | bytes)
         return _string(v.value)
+    if isinstance(v.value, bytes) and v.vtype != STRING:
+        return v.value  # written as it is (e.g. arrays nested thousands deep)
     if v.vtype == ARRAY:
         assert isinstance(v.value, tuple)
         item_type: int = v.value[0]
         items: list[Value] = v.value[1]
         return struct.pack("<IQ", item_type, len(items)) + b"".join(encode(i) for i in items)
     return struct.pack(SCALARS[v.vtype], v.value)
+
+
+def nested(depth: int) -> Value:
+    """An array holding an array … `depth` deep (an empty array of uint32 innermost)."""
+    raw = struct.pack("<IQ", GGUFValueType.UINT32, 0)
+    for _ in range(depth):
+        raw = struct.pack("<IQ", ARRAY, 1) + raw
+    return Value(ARRAY, raw)
 
 
 def header_bytes(h: Header) -> bytes:

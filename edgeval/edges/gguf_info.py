@@ -39,6 +39,15 @@ EXPERT_TENSOR = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
 # Arrays longer than this are counted, not kept (token lists, merges).
 _KEEP_ARRAY = 64
 _MAX_COUNT = 1 << 28  # beyond any real header: a larger count means corruption
+_MAX_DIM = 1 << 24  # a width, head count or head size past this is no model's (the largest are about 2^15)
+_MAX_LAYERS = 1 << 16
+_MAX_CONTEXT = 1 << 32
+
+
+def _shown(value: object) -> str:
+    """A header value in a message: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "…"
 
 
 class GGUFFormatError(ModelFileError):
@@ -115,12 +124,16 @@ class GGUFInfo:
         """`general.architecture`, e.g. qwen3."""
         return str(self.metadata.get("general.architecture", ""))
 
-    def _arch_int(self, key: str, default: int | None = None) -> int:
-        value = self.metadata.get(f"{self.arch_name}.{key}", default)
+    def _arch_int(self, key: str, default: int | None = None, low: int = 1, high: int = _MAX_DIM) -> int:
+        """A count from the header, checked: an integer (not a boolean) from `low` to `high`."""
+        name = f"{self.arch_name}.{key}"
+        value = self.metadata.get(name, default)
         if value is None:
-            raise GGUFFormatError(Path(self.source), f"header has no {self.arch_name}.{key}")
-        if not isinstance(value, int):
-            raise GGUFFormatError(Path(self.source), f"{self.arch_name}.{key} is not an integer")
+            raise GGUFFormatError(Path(self.source), f"header has no {name}")
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise GGUFFormatError(Path(self.source), f"{name} is {_shown(value)}, not an integer")
+        if not low <= value <= high:
+            raise GGUFFormatError(Path(self.source), f"{name} is {value}, outside {low}…{high:,}")
         return value
 
     @property
@@ -177,26 +190,29 @@ class GGUFInfo:
         """The numbers the memory model needs."""
         n_head = self._arch_int("attention.head_count")
         n_embd = self._arch_int("embedding_length")
-        head_k = self._arch_int("attention.key_length", n_embd // n_head)
+        head_k = self._arch_int("attention.key_length", max(1, n_embd // n_head))
         n_vocab = self.array_lengths.get("tokenizer.ggml.tokens")
         if n_vocab is None:
             embd = next((t for t in self.tensors if t.name == "token_embd.weight"), None)
+            if embd is not None and len(embd.shape) != 2:
+                raise GGUFFormatError(Path(self.source), f"token_embd.weight has shape {list(embd.shape)}, not 2-D")
             n_vocab = embd.shape[1] if embd else 0
+        n_expert = self._arch_int("expert_count", 0, low=0)
         return Architecture(
-            n_layer=self._arch_int("block_count"),
+            n_layer=self._arch_int("block_count", high=_MAX_LAYERS),
             n_embd=n_embd,
             n_head=n_head,
             n_head_kv=self._arch_int("attention.head_count_kv", n_head),
             head_dim_k=head_k,
             head_dim_v=self._arch_int("attention.value_length", head_k),
-            n_ff=self._arch_int("feed_forward_length"),
+            n_ff=self._arch_int("feed_forward_length", low=0),
             n_vocab=n_vocab,
-            n_ctx_train=self._arch_int("context_length"),
+            n_ctx_train=self._arch_int("context_length", high=_MAX_CONTEXT),
             tied_embeddings=self.tied_embeddings,
             n_merges=self.array_lengths.get("tokenizer.ggml.merges", 0),
-            n_expert=self._arch_int("expert_count", 0),
-            n_expert_used=self._arch_int("expert_used_count", 0),
-            n_ff_exp=self._arch_int("expert_feed_forward_length", 0),
+            n_expert=n_expert,
+            n_expert_used=self._arch_int("expert_used_count", 0, low=0, high=n_expert),
+            n_ff_exp=self._arch_int("expert_feed_forward_length", 0, low=0),
         )
 
 
@@ -314,6 +330,12 @@ def read_header(read_at: ReadAt, source: str, *, file_size: int | None = None, f
             ggml_type = GGMLQuantizationType(raw_type)
         except ValueError:
             raise GGUFFormatError(Path(source), f"tensor {name} has unknown type {raw_type}") from None
+        block = GGML_QUANT_SIZES[ggml_type][0]
+        if shape and shape[0] % block:
+            raise GGUFFormatError(
+                Path(source),
+                f"tensor {name} has rows of {shape[0]} values, not a multiple of {ggml_type.name}'s {block}",
+            )
         tensors.append(TensorInfo(name, shape, ggml_type, int(cur.scalar("<Q"))))
     alignment = metadata.get("general.alignment", 32)
     align = alignment if isinstance(alignment, int) and alignment > 0 else 32
