@@ -9,83 +9,25 @@ in one long-lived child process per grading process, fed JSON lines; a compariso
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import os
-import selectors
-import subprocess
-import sys
-import threading
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-DEADLINE_S = 3.0  # a comparison takes milliseconds; the first one pays for importing sympy (about a second)
-STARTUP_S = 30.0
+from edgeval.core import bounded
 
-
-class _Checker:
-    """The child process and the lock that serializes requests to it."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.proc: subprocess.Popen[str] | None = None
-        self.started = False
-
-    def _start(self) -> subprocess.Popen[str]:
-        package_root = str(Path(__file__).resolve().parents[2])  # the directory holding edgeval/
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")])}
-        self.started = False
-        return subprocess.Popen(
-            [sys.executable, "-c", "from edgeval.core.mathcheck import serve; serve()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-        )  # fmt: skip
-
-    def _stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def ask(self, reference: str, answer: str, deadline_s: float) -> tuple[bool, str | None]:
-        with self.lock:
-            if self.proc is None or self.proc.poll() is not None:
-                self.proc = self._start()
-            stdin, stdout = self.proc.stdin, self.proc.stdout
-            if stdin is None or stdout is None:  # never: both pipes were asked for
-                return False, None
-            try:
-                stdin.write(json.dumps({"reference": reference, "answer": answer}) + "\n")
-                stdin.flush()
-            except OSError:
-                self._stop()
-                return False, None
-            line = _read_line(stdout, deadline_s + (0 if self.started else STARTUP_S))
-            if line is None:
-                self._stop()
-                return False, None
-            self.started = True
-            reply = json.loads(line)
-            return bool(reply["same"]), reply["key"]
-
-
-def _read_line(stream: IO[str], timeout_s: float) -> str | None:
-    """One line from the child within the time, or None (late, or the child died)."""
-    with selectors.DefaultSelector() as selector:
-        selector.register(stream, selectors.EVENT_READ)
-        if not selector.select(timeout_s):
-            return None
-    line = stream.readline()
-    return line or None
+DEADLINE_S = 3.0  # a comparison takes milliseconds; the child's first import of sympy is outside it
 
 
 @functools.cache
-def _checker() -> _Checker:
-    return _Checker()
+def _checker() -> bounded.Helper:
+    return bounded.Helper("edgeval.core.mathcheck")
 
 
 def equivalent(reference: str, answer: str, deadline_s: float = DEADLINE_S) -> tuple[bool, str | None]:
     """Whether `answer` is mathematically `reference` (math-verify), and the answer's vote key (sympy's form)."""
-    return _checker().ask(reference, answer, deadline_s)
+    reply = _checker().ask({"reference": reference, "answer": answer}, deadline_s)
+    if isinstance(reply, str) or "same" not in reply:
+        return False, None
+    return bool(reply["same"]), reply["key"]
 
 
 # ---------------------------------------------------------------- the child
@@ -121,18 +63,19 @@ def _compare(mv: Any, golds: dict[str, list[Any]], reference: str, answer: str) 
 
 
 def serve() -> None:
-    """The child's loop: one JSON request per line in, one JSON reply per line out."""
+    """The child: math-verify imported once, then one comparison per request."""
     logging.disable(logging.CRITICAL)  # math-verify logs each failed parse; the parent only needs the verdict
     import math_verify
 
     golds: dict[str, list[Any]] = {}
-    for line in sys.stdin:
-        request = json.loads(line)
+
+    def handle(request: dict[str, Any]) -> dict[str, Any]:
         try:
             same, key = _compare(math_verify, golds, request["reference"], request["answer"])
         except Exception:
             same, key = False, None
         if len(golds) > 4096:
             golds.clear()
-        sys.stdout.write(json.dumps({"same": same, "key": key}) + "\n")
-        sys.stdout.flush()
+        return {"same": same, "key": key}
+
+    bounded.serve(handle)

@@ -9,14 +9,13 @@ without a template gets the built-in Qwen3 format, and the run says so.
 
 from __future__ import annotations
 
-import functools
-import json
-import time
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
 
-from edgeval.core.errors import EdgevalError
+from edgeval.core import rendering
+from edgeval.core.rendering import TemplateError, render
+
+__all__ = ["TemplateError", "render"]  # (rendering's: a template's parts in the helper process)
 
 
 @dataclass(frozen=True)
@@ -38,12 +37,6 @@ THINK_CLOSE = "</think>"
 END_OF_TURN = "<|im_end|>"
 BUILT_IN = "built-in Qwen3 format (the file has no chat template)"
 FROM_FILE = "the file's chat template"
-
-
-class TemplateError(EdgevalError):
-    """A model's chat template that cannot be rendered."""
-
-    hint = "the GGUF's tokenizer.chat_template is broken; fix it with gguf's editor, or use another file"
 
 
 def recommended_sampling(thinking: bool) -> Sampling:
@@ -68,51 +61,6 @@ def qwen3_template() -> str:
     return resources.files("edgeval").joinpath("templates/qwen3.jinja").read_text(encoding="utf-8")
 
 
-def _raise(message: str) -> None:
-    raise TemplateError(f"the chat template refused the conversation: {message}")
-
-
-def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, **kwargs: Any) -> str:
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, **kwargs)
-
-
-@functools.lru_cache(maxsize=16)
-def _compiled(template: str) -> Any:
-    from jinja2 import TemplateSyntaxError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise
-    env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
-    try:
-        return env.from_string(template)
-    except TemplateSyntaxError as exc:
-        raise TemplateError(f"the chat template does not parse (line {exc.lineno}: {exc.message})") from None
-
-
-def render(
-    template: str,
-    messages: list[dict[str, str]],
-    *,
-    add_generation_prompt: bool = True,
-    enable_thinking: bool = True,
-    bos_token: str = "",
-    eos_token: str = "",
-) -> str:
-    """A conversation through a jinja chat template, as transformers' apply_chat_template renders it."""
-    from jinja2 import TemplateError as JinjaError
-
-    variables = {
-        "messages": messages, "add_generation_prompt": add_generation_prompt, "enable_thinking": enable_thinking,
-        "bos_token": bos_token, "eos_token": eos_token, "tools": None,
-    }  # fmt: skip
-    try:
-        return str(_compiled(template).render(**variables))
-    except JinjaError as exc:
-        raise TemplateError(f"the chat template failed to render ({exc})") from None
-
-
 @dataclass(frozen=True)
 class ChatFormat:
     """How a model file wants its prompts: its own template, or (None) the built-in Qwen3 format."""
@@ -127,14 +75,11 @@ class ChatFormat:
         return FROM_FILE if self.template else BUILT_IN
 
     def prompt(self, question: str, instruction: str = "", *, thinking: bool = True) -> str:
-        """One user turn and the start of the assistant's."""
+        """One user turn and the start of the assistant's (a template's rendered under limits: `rendering`)."""
         if not self.template:
             return chat_prompt(question, instruction, thinking=thinking)
         user = f"{question}\n\n{instruction}" if instruction else question
-        return render(
-            self.template, [{"role": "user", "content": user}], enable_thinking=thinking,
-            bos_token=self.bos_token, eos_token=self.eos_token,
-        )  # fmt: skip
+        return rendering.prompt(self.template, user, thinking=thinking, bos=self.bos_token, eos=self.eos_token)
 
     def opens_reasoning(self, thinking: bool = True) -> bool:
         """Whether the prompt itself opens the reasoning block (Qwen3-2507 Thinking: `<think>` is pre-filled)."""

@@ -49,7 +49,12 @@ def parse_bytes(text: str) -> int:
         raise UnitError(f"'{text}' is not a number with a unit, e.g. 7.5GB") from None
     if not value > 0 or value != value or value == float("inf"):
         raise UnitError(f"'{text}' must be a positive amount, e.g. 8GB")
-    return round(value * _UNITS[unit])
+    if value * _UNITS[unit] > 1e30:
+        raise UnitError(f"'{text}' is more than any machine holds, e.g. 8GB")
+    amount = round(value * _UNITS[unit])
+    if amount < 1:
+        raise UnitError(f"'{text}' is less than one byte, e.g. 8GB")
+    return amount
 
 
 def format_tokens(n: int) -> str:

@@ -200,67 +200,102 @@ def model_from_header(info: GGUFInfo, name: str, path: Path) -> Model:
                  arch=info.architecture(), files=(file,))  # fmt: skip
 
 
+_MAX_COUNT = 1 << 62  # params and sizes; widths, heads and layers are far smaller but any positive count is read
+
+
+def _count(entry: dict[str, Any], key: str, where: str, default: int | None = None, low: int = 1) -> int:
+    """A whole number from an entry, checked: not text, not a boolean, not NaN, from `low` up (`default`: None
+    when the key is required)."""
+    if key not in entry:
+        if default is None:
+            raise CatalogError(f"{where}: missing '{key}' (or give a local `path` to read it from)")
+        return default
+    value = entry[key]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CatalogError(f"{where}: {key} = {value!r} is not a whole number")
+    if not low <= value <= _MAX_COUNT:
+        raise CatalogError(f"{where}: {key} = {value} is out of range (at least {low})")
+    return value
+
+
+def _text(entry: dict[str, Any], key: str, where: str) -> str | None:
+    value = entry.get(key)
+    if value is not None and not isinstance(value, str):
+        raise CatalogError(f"{where}: {key} = {value!r} is not text")
+    return value
+
+
 def _arch_from(entry: dict[str, Any], where: str) -> Architecture:
-    try:
-        head_dim = int(entry.get("head_dim", entry["n_embd"] // entry["n_head"]))
-        return Architecture(
-            n_layer=int(entry["n_layer"]),
-            n_embd=int(entry["n_embd"]),
-            n_head=int(entry["n_head"]),
-            n_head_kv=int(entry.get("n_head_kv", entry["n_head"])),
-            head_dim_k=head_dim,
-            head_dim_v=head_dim,
-            n_ff=int(entry["n_ff"]),
-            n_vocab=int(entry["n_vocab"]),
-            n_ctx_train=int(entry["n_ctx_train"]),
-            tied_embeddings=bool(entry.get("tied_embeddings", False)),
-            n_expert=int(entry.get("n_expert", 0)),
-            n_expert_used=int(entry.get("n_expert_used", 0)),
-            n_ff_exp=int(entry.get("n_ff_exp", 0)),
-        )
-    except KeyError as missing:
-        raise CatalogError(f"{where}: missing {missing} (or give a local `path` to read it from)") from None
-
-
-def _file_from(entry: dict[str, Any], where: str, base: Path) -> ModelFile:
-    quant = _quant(entry.get("quant"), where)
-    if "path" in entry:
-        path = Path(str(entry["path"])).expanduser()
-        return ModelFile(quant=quant, path=path if path.is_absolute() else base / path)
-    if "repo" not in entry or "file" not in entry:
-        raise CatalogError(f"{where}: a file entry needs `repo` and `file`, or a local `path`")
-    return ModelFile(
-        quant=quant,
-        repo=str(entry["repo"]),
-        file=str(entry["file"]),
-        parts=tuple(str(p) for p in entry.get("parts", ())),
-        size=int(entry["size"]) if "size" in entry else None,
-        sha256=str(entry["sha256"]).lower() if "sha256" in entry else None,
-        revision=str(entry["revision"]) if "revision" in entry else None,
+    n_head = _count(entry, "n_head", where)
+    head_dim = _count(entry, "head_dim", where, max(1, _count(entry, "n_embd", where) // n_head))
+    n_expert = _count(entry, "n_expert", where, 0, low=0)
+    return Architecture(
+        n_layer=_count(entry, "n_layer", where),
+        n_embd=_count(entry, "n_embd", where),
+        n_head=n_head,
+        n_head_kv=_count(entry, "n_head_kv", where, n_head),
+        head_dim_k=head_dim,
+        head_dim_v=head_dim,
+        n_ff=_count(entry, "n_ff", where, low=0),
+        n_vocab=_count(entry, "n_vocab", where),
+        n_ctx_train=_count(entry, "n_ctx_train", where),
+        tied_embeddings=bool(entry.get("tied_embeddings", False)),
+        n_expert=n_expert,
+        n_expert_used=min(n_expert, _count(entry, "n_expert_used", where, 0, low=0)),
+        n_ff_exp=_count(entry, "n_ff_exp", where, 0, low=0),
     )
 
 
-def _model_from(name: str, entry: dict[str, Any], where: str, base: Path) -> Model:
-    files = tuple(_file_from(f, f"{where} [{name}]", base) for f in entry.get("files", ()))
+def _file_from(entry: object, where: str, base: Path) -> ModelFile:
+    if not isinstance(entry, dict):
+        raise CatalogError(f"{where}: a file entry is {entry!r}, not a table ([[models.NAME.files]])")
+    quant = _quant(entry.get("quant"), where)
+    if "path" in entry:
+        path = Path(str(_text(entry, "path", where))).expanduser()
+        return ModelFile(quant=quant, path=path if path.is_absolute() else base / path)
+    if "repo" not in entry or "file" not in entry:
+        raise CatalogError(f"{where}: a file entry needs `repo` and `file`, or a local `path`")
+    parts = entry.get("parts", [])
+    if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts):
+        raise CatalogError(f"{where}: parts = {parts!r} is not a list of file names")
+    sha256 = _text(entry, "sha256", where)
+    return ModelFile(
+        quant=quant, repo=_text(entry, "repo", where), file=_text(entry, "file", where), parts=tuple(parts),
+        size=_count(entry, "size", where, low=0) if "size" in entry else None,
+        sha256=sha256.lower() if sha256 else None, revision=_text(entry, "revision", where),
+    )  # fmt: skip
+
+
+def _model_from(name: str, entry: object, where: str, base: Path) -> Model:
+    if not isinstance(entry, dict):
+        raise CatalogError(f"{where}: model '{name}' is {entry!r}, not a table ([models.{name}])")
+    listed = entry.get("files", [])
+    if not isinstance(listed, list):
+        raise CatalogError(f"{where}: model '{name}' has files = {listed!r}, not a list of tables")
+    files = tuple(_file_from(f, f"{where} [{name}]", base) for f in listed)
     if not files:
         raise CatalogError(f"{where}: model '{name}' has no files")
     arch_keys = {"n_layer", "n_embd", "n_head", "n_ff", "n_vocab", "n_ctx_train"}
     local = next((f.path for f in files if f.path is not None), None)
+    title = _text(entry, "title", where) or name
     if not arch_keys <= entry.keys() and local is not None:
         # A local model: its header has the facts the entry left out.
         header = read_local(local)
-        return Model(name, str(entry.get("title", name)), int(entry.get("params", header.n_params)),
-                     header.architecture(), files)  # fmt: skip
-    params = entry.get("params")
-    if params is None:
+        params = _count(entry, "params", f"{where} [{name}]", header.n_params)
+        return Model(name, title, params, header.architecture(), files)
+    if "params" not in entry:
         raise CatalogError(f"{where}: model '{name}' needs `params`")
     thinking = str(entry.get("thinking", "hybrid"))
     if thinking not in THINKING_MODES:
         raise CatalogError(f"{where}: model '{name}' has thinking = '{thinking}' (use {', '.join(THINKING_MODES)})")
+    here = f"{where} [{name}]"
     return Model(
-        name, str(entry.get("title", name)), int(params), _arch_from(entry, f"{where} [{name}]"), files,
-        active_params=int(entry["active_params"]) if "active_params" in entry else None,
-        n_expert=int(entry.get("n_expert", 0)), n_expert_used=int(entry.get("n_expert_used", 0)), thinking=thinking,
+        name, title, _count(entry, "params", here), _arch_from(entry, here), files,
+        active_params=_count(entry, "active_params", here) if "active_params" in entry else None,
+        n_expert=_count(entry, "n_expert", here, 0, low=0), n_expert_used=_count(entry, "n_expert_used", here, 0, low=0),
+        thinking=thinking,
     )  # fmt: skip
 
 
@@ -284,6 +319,8 @@ def read_catalog_file(path: Path) -> dict[str, Model]:
         raise CatalogError(f"catalog file {path} does not exist", hint="check the --catalog path") from None
     except tomllib.TOMLDecodeError as exc:
         raise CatalogError(f"{path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise CatalogError(f"{path}: not UTF-8 text (byte {exc.start})", hint="save the file as UTF-8") from None
     models = data.get("models", {})
     if not isinstance(models, dict):
         raise CatalogError(f"{path}: `models` must be a table of models")

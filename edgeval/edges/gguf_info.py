@@ -39,6 +39,15 @@ EXPERT_TENSOR = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
 # Arrays longer than this are counted, not kept (token lists, merges).
 _KEEP_ARRAY = 64
 _MAX_COUNT = 1 << 28  # beyond any real header: a larger count means corruption
+_MAX_DIM = 1 << 24  # a width, head count or head size past this is no model's (the largest are about 2^15)
+_MAX_LAYERS = 1 << 16
+_MAX_CONTEXT = 1 << 32
+
+
+def _shown(value: object) -> str:
+    """A header value in a message: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "…"
 
 
 class GGUFFormatError(ModelFileError):
@@ -92,6 +101,13 @@ class GGUFInfo:
     data_offset: int
     file_size: int | None = None
     bytes_by_type: dict[str, int] = field(default_factory=dict)
+    longest_items: dict[str, int] = field(default_factory=dict)  # a string array's longest item, in bytes
+
+    @property
+    def longest_token_bytes(self) -> int | None:
+        """The vocabulary's longest token text in bytes (a token stands for at most that many bytes of a prompt:
+        byte-level BPE and SentencePiece spell each byte with one character or more), None when not known."""
+        return self.longest_items.get("tokenizer.ggml.tokens") or None
 
     def get(self, key: str, default: object = None) -> object:
         """A metadata value by key."""
@@ -108,12 +124,16 @@ class GGUFInfo:
         """`general.architecture`, e.g. qwen3."""
         return str(self.metadata.get("general.architecture", ""))
 
-    def _arch_int(self, key: str, default: int | None = None) -> int:
-        value = self.metadata.get(f"{self.arch_name}.{key}", default)
+    def _arch_int(self, key: str, default: int | None = None, low: int = 1, high: int = _MAX_DIM) -> int:
+        """A count from the header, checked: an integer (not a boolean) from `low` to `high`."""
+        name = f"{self.arch_name}.{key}"
+        value = self.metadata.get(name, default)
         if value is None:
-            raise GGUFFormatError(Path(self.source), f"header has no {self.arch_name}.{key}")
-        if not isinstance(value, int):
-            raise GGUFFormatError(Path(self.source), f"{self.arch_name}.{key} is not an integer")
+            raise GGUFFormatError(Path(self.source), f"header has no {name}")
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise GGUFFormatError(Path(self.source), f"{name} is {_shown(value)}, not an integer")
+        if not low <= value <= high:
+            raise GGUFFormatError(Path(self.source), f"{name} is {value}, outside {low}…{high:,}")
         return value
 
     @property
@@ -170,26 +190,29 @@ class GGUFInfo:
         """The numbers the memory model needs."""
         n_head = self._arch_int("attention.head_count")
         n_embd = self._arch_int("embedding_length")
-        head_k = self._arch_int("attention.key_length", n_embd // n_head)
+        head_k = self._arch_int("attention.key_length", max(1, n_embd // n_head))
         n_vocab = self.array_lengths.get("tokenizer.ggml.tokens")
         if n_vocab is None:
             embd = next((t for t in self.tensors if t.name == "token_embd.weight"), None)
+            if embd is not None and len(embd.shape) != 2:
+                raise GGUFFormatError(Path(self.source), f"token_embd.weight has shape {list(embd.shape)}, not 2-D")
             n_vocab = embd.shape[1] if embd else 0
+        n_expert = self._arch_int("expert_count", 0, low=0)
         return Architecture(
-            n_layer=self._arch_int("block_count"),
+            n_layer=self._arch_int("block_count", high=_MAX_LAYERS),
             n_embd=n_embd,
             n_head=n_head,
             n_head_kv=self._arch_int("attention.head_count_kv", n_head),
             head_dim_k=head_k,
             head_dim_v=self._arch_int("attention.value_length", head_k),
-            n_ff=self._arch_int("feed_forward_length"),
+            n_ff=self._arch_int("feed_forward_length", low=0),
             n_vocab=n_vocab,
-            n_ctx_train=self._arch_int("context_length"),
+            n_ctx_train=self._arch_int("context_length", high=_MAX_CONTEXT),
             tied_embeddings=self.tied_embeddings,
             n_merges=self.array_lengths.get("tokenizer.ggml.merges", 0),
-            n_expert=self._arch_int("expert_count", 0),
-            n_expert_used=self._arch_int("expert_used_count", 0),
-            n_ff_exp=self._arch_int("expert_feed_forward_length", 0),
+            n_expert=n_expert,
+            n_expert_used=self._arch_int("expert_used_count", 0, low=0, high=n_expert),
+            n_ff_exp=self._arch_int("expert_feed_forward_length", 0, low=0),
         )
 
 
@@ -233,34 +256,51 @@ class _Cursor:
         return self.take(self.count("a string length")).decode("utf-8", errors="replace")
 
 
-def _value(cur: _Cursor, vtype: int, key: str, lengths: dict[str, int]) -> object:
+_MAX_NESTING = 4  # arrays of arrays this deep at most (llama.cpp reads none nested)
+
+
+@dataclass
+class _Arrays:
+    """What the parser notes of the arrays it reads: each key's length and, for strings, the longest item."""
+
+    lengths: dict[str, int] = field(default_factory=dict)
+    longest: dict[str, int] = field(default_factory=dict)
+
+
+def _kind(cur: _Cursor, vtype: int, key: str) -> GGUFValueType:
     try:
-        kind = GGUFValueType(vtype)
+        return GGUFValueType(vtype)
     except ValueError:
         raise GGUFFormatError(Path(cur._source), f"corrupt header: unknown value type {vtype} for {key}") from None
+
+
+def _value(cur: _Cursor, vtype: int, key: str, arrays: _Arrays | None, depth: int = 0) -> object:
+    kind = _kind(cur, vtype, key)
     if kind == GGUFValueType.STRING:
         return cur.string()
-    if kind == GGUFValueType.ARRAY:
-        item_type = int(cur.scalar("<I"))
-        n = cur.count(f"an array length ({key})")
-        lengths[key] = n
-        items = [_value(cur, item_type, key, {}) for _ in range(n)] if n <= _KEEP_ARRAY else None
-        if items is None:
-            _skip_items(cur, item_type, n, key)
-        return items
-    return cur.scalar(_SCALARS[kind])
-
-
-def _skip_items(cur: _Cursor, item_type: int, n: int, key: str) -> None:
-    kind = GGUFValueType(item_type)
-    if kind in _SCALARS:
-        cur.take(n * struct.calcsize(_SCALARS[kind]))
-    elif kind == GGUFValueType.STRING:
+    if kind != GGUFValueType.ARRAY:
+        return cur.scalar(_SCALARS[kind])
+    if depth >= _MAX_NESTING:
+        raise GGUFFormatError(Path(cur._source), f"corrupt header: {key} holds arrays nested over {_MAX_NESTING} deep")
+    item_type = int(cur.scalar("<I"))
+    item_kind = _kind(cur, item_type, key)
+    n = cur.count(f"an array length ({key})")
+    if arrays is not None:
+        arrays.lengths[key] = n
+    if item_kind == GGUFValueType.STRING:
+        items: list[object] = []
         for _ in range(n):
-            cur.take(cur.count("a string length"))
-    else:
-        for _ in range(n):
-            _value(cur, item_type, key, {})
+            raw = cur.take(cur.count("a string length"))
+            if n <= _KEEP_ARRAY:
+                items.append(raw.decode("utf-8", errors="replace"))
+            if arrays is not None:
+                arrays.longest[key] = max(arrays.longest.get(key, 0), len(raw))
+        return items if n <= _KEEP_ARRAY else None
+    if item_kind in _SCALARS and n > _KEEP_ARRAY:
+        cur.take(n * struct.calcsize(_SCALARS[item_kind]))
+        return None
+    kept = [_value(cur, item_type, key, None, depth + 1) for _ in range(n)]
+    return kept if n <= _KEEP_ARRAY else None
 
 
 def read_header(read_at: ReadAt, source: str, *, file_size: int | None = None, first_chunk: int = 1 << 20) -> GGUFInfo:
@@ -274,10 +314,10 @@ def read_header(read_at: ReadAt, source: str, *, file_size: int | None = None, f
     n_tensors = cur.count("a tensor count")
     n_kv = cur.count("a key count")
     metadata: dict[str, object] = {}
-    lengths: dict[str, int] = {}
+    arrays = _Arrays()
     for _ in range(n_kv):
         key = cur.string()
-        metadata[key] = _value(cur, int(cur.scalar("<I")), key, lengths)
+        metadata[key] = _value(cur, int(cur.scalar("<I")), key, arrays)
     tensors = []
     for _ in range(n_tensors):
         name = cur.string()
@@ -290,6 +330,12 @@ def read_header(read_at: ReadAt, source: str, *, file_size: int | None = None, f
             ggml_type = GGMLQuantizationType(raw_type)
         except ValueError:
             raise GGUFFormatError(Path(source), f"tensor {name} has unknown type {raw_type}") from None
+        block = GGML_QUANT_SIZES[ggml_type][0]
+        if shape and shape[0] % block:
+            raise GGUFFormatError(
+                Path(source),
+                f"tensor {name} has rows of {shape[0]} values, not a multiple of {ggml_type.name}'s {block}",
+            )
         tensors.append(TensorInfo(name, shape, ggml_type, int(cur.scalar("<Q"))))
     alignment = metadata.get("general.alignment", 32)
     align = alignment if isinstance(alignment, int) and alignment > 0 else 32
@@ -297,7 +343,9 @@ def read_header(read_at: ReadAt, source: str, *, file_size: int | None = None, f
     by_type: dict[str, int] = {}
     for t in tensors:
         by_type[t.ggml_type.name] = by_type.get(t.ggml_type.name, 0) + t.n_bytes
-    info = GGUFInfo(source, version, metadata, lengths, tuple(tensors), data_offset, file_size, by_type)
+    info = GGUFInfo(
+        source, version, metadata, arrays.lengths, tuple(tensors), data_offset, file_size, by_type, arrays.longest
+    )
     if file_size is not None and tensors:
         end = data_offset + max(t.offset + t.n_bytes for t in tensors)
         if end > file_size:

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -102,6 +103,9 @@ def _jsonl_lines(path: Path, source: str) -> list[tuple[int, dict[str, object]]]
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise TaskError(f"{source} line {number}: not valid JSON ({exc.msg})", hint="fix that line") from None
+        except (ValueError, RecursionError) as exc:  # an integer of thousands of digits, arrays nested past Python's
+            what = str(exc).split(";")[0] if isinstance(exc, ValueError) else "nested too deep"
+            raise TaskError(f"{source} line {number}: not usable JSON ({what})", hint="fix that line") from None
         if not isinstance(row, dict):
             raise TaskError(f"{source} line {number}: expected a JSON object", hint="fix that line")
         rows.append((number, row))
@@ -208,11 +212,7 @@ def load_jsonl(path: Path) -> Task:
     has_choices = any("choices" in r for _, r in rows)
     lines_of: dict[str, int] = {}
     for number, row in rows:
-        if "question" not in row or "answer" not in row:
-            raise TaskError(f"{path} line {number}: needs `question` and `answer`", hint="fix that line")
-        if row["question"] is None or not str(row["question"]).strip():
-            raise TaskError(f"{path} line {number}: the question is empty", hint="fix that line")
-        item_id = str(row.get("id", number))
+        question, answer, choices, item_id = _checked(path, number, row)
         if item_id in lines_of:
             given = "" if "id" in row else " (a record without `id` takes its line number)"
             raise TaskError(
@@ -220,12 +220,51 @@ def load_jsonl(path: Path) -> Task:
                 hint="give each record its own `id`",
             )
         lines_of[item_id] = number
-        choices = tuple(str(c) for c in row.get("choices", []))  # type: ignore[attr-defined]
-        question = format_choices(str(row["question"]), choices) if choices else str(row["question"])
-        items.append(Item(item_id, question, str(row["answer"]), choices))
+        items.append(Item(item_id, format_choices(question, choices) if choices else question, answer, choices))
     kind = AnswerKind.CHOICE if has_choices else _guess_kind([i.answer for i in items])
     instruction = CHOICE_INSTRUCTION if has_choices else MATH_INSTRUCTION
     return Task(path.stem, kind, instruction, BOXED, tuple(items), source=str(path))
+
+
+def _checked(path: Path, number: int, row: dict[str, object]) -> tuple[str, str, tuple[str, ...], str]:
+    """A record's question, answer, choices and id, each of the type it must be, or an error naming the line."""
+
+    def bad(what: str) -> TaskError:
+        return TaskError(f"{path} line {number}: {what}", hint="fix that line")
+
+    if "question" not in row or "answer" not in row:
+        raise bad("needs `question` and `answer`")
+    question, answer, choices = row["question"], row["answer"], row.get("choices", [])
+    if question is None or (isinstance(question, str) and not question.strip()):
+        raise bad("the question is empty")
+    if not isinstance(question, str):
+        raise bad(f"the question is {_json_kind(question)}, not text")
+    if not _scalar(answer) or (isinstance(answer, str) and not answer.strip()):
+        raise bad(f"the answer is {_json_kind(answer)}, not text or a number")
+    listed = choices if isinstance(choices, list) else []
+    if "choices" in row and (len(listed) < 2 or not all(map(_scalar, listed))):
+        raise bad(f"`choices` is {_json_kind(choices)}, not a list of two or more texts")
+    item_id = row.get("id", number)
+    if not _scalar(item_id):
+        raise bad(f"the id is {_json_kind(item_id)}, not text or a number")
+    return question, str(answer), tuple(str(c) for c in listed), str(item_id)
+
+
+def _scalar(value: object) -> bool:
+    """Text or a finite number (not a boolean): what an answer, a choice or an id may be."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, str | int) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, list | dict):
+        return f"a JSON {'array' if isinstance(value, list) else 'object'}"
+    return "an empty text" if value == "" else (f"the number {value}" if not isinstance(value, str) else "text")
 
 
 def _guess_kind(answers: list[str]) -> AnswerKind:

@@ -10,11 +10,12 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from edgeval.core import memory, prompts, resident
 from edgeval.core.errors import ConfigurationError
 from edgeval.core.quants import KVType
+from edgeval.core.units import format_bytes
 from edgeval.edges import gguf_info, hub, tasks
 from edgeval.edges.store import Store
 from edgeval.edges.tasks import prompt_text
@@ -162,9 +163,10 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
     if not items:
         raise ConfigurationError(f"task {task.name} has no items", hint="check --limit and the task file")
     chat = prompts.ChatFormat(header.chat_template)
+    arch = header.architecture()
+    _check_sizes(spec, task, items, header, arch.n_ctx_train)
     longest, needed = _sample_tokens(spec, task, items, chat)
     answer_cells = needed - longest - spec.budget
-    arch = header.architecture()
     budget, notes = _budget(spec, arch.n_ctx_train, longest, answer_cells)
     spec = replace(spec, budget_tokens=budget)
     per_sample = _check_sample(spec, arch.n_ctx_train, longest, answer_cells)
@@ -241,6 +243,29 @@ class _Shape:
     arm_predicted: int  # the whole run's predicted bytes
 
 
+def _check_sizes(
+    spec: RunSpec, task: tasks.Task, items: tuple[tasks.Item, ...], header: gguf_info.GGUFInfo, n_ctx_train: int
+) -> None:
+    """Refuse a question the context cannot hold from its length in bytes, before tokenizing it: a token stands for
+    at most the vocabulary's longest token text, so a question of n bytes is at least n / that many tokens."""
+    piece = header.longest_token_bytes
+    context = n_ctx_train
+    for item in items:
+        if piece is None or len(item.question) <= context:  # (characters ≤ bytes: at most `context` tokens)
+            continue
+        size = len(item.question.encode("utf-8", errors="replace"))
+        if -(-size // piece) > context:
+            _too_long(spec, task, item, f"{format_bytes(size)}, at least {-(-size // piece):,} tokens", context)
+
+
+def _too_long(spec: RunSpec, task: tasks.Task, item: tasks.Item, size: str, context: int) -> NoReturn:
+    raise ConfigurationError(
+        f"question {item.id} of {task.name} is too long ({size}): more than {spec.model_path.name} holds "
+        f"(trained for {context:,} tokens)",
+        hint="shorten that question or leave it out of the task file (`--limit` takes the first questions only)",
+    )
+
+
 def _check_sample(spec: RunSpec, n_ctx_train: int, longest: int, answer_cells: int) -> int:
     """The cells one sample needs (the longest prompt, the budget, a forced answer), refused where --ctx or the
     model's training context cannot hold it."""
@@ -251,6 +276,12 @@ def _check_sample(spec: RunSpec, n_ctx_train: int, longest: int, answer_cells: i
             f"--ctx {spec.ctx} cannot hold the longest prompt ({longest} tokens) + the token budget "
             f"({budget}) + a forced answer ({answer_cells})",
             hint=f"use --ctx {per_sample} or more, or a smaller --budget-tokens",
+        )
+    if longest + answer_cells > n_ctx_train:  # the prompt itself leaves no room: the question is too long
+        raise ConfigurationError(
+            f"the longest prompt is {longest:,} tokens: with a forced answer ({answer_cells}) it is more than "
+            f"{spec.model_path.name} holds (trained for {n_ctx_train:,} tokens)",
+            hint="shorten the task's longest question or leave it out of the task file",
         )
     if per_sample > n_ctx_train:
         raise ConfigurationError(
