@@ -252,8 +252,8 @@ def test_ctrl_c_prints_the_answer_so_far_and_a_rerun_continues(tmp_path: Path) -
     child = subprocess.Popen([sys.executable, "-m", "edgeval", *args], env=env, start_new_session=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
+    while time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.01)
         try:
             with sqlite3.connect(db, timeout=1) as conn:
                 n = conn.execute("SELECT COUNT(DISTINCT item_index) FROM samples").fetchone()[0]
@@ -289,8 +289,8 @@ def test_an_interrupted_compare_resumes_at_the_configuration_and_question(
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 120
     state: list[tuple[int, int]] = []
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
+    while time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.01)
         try:
             with sqlite3.connect(db, timeout=1) as conn:
                 state = conn.execute(
