@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from edgeval.core import grading, prompts, racing, vote
@@ -44,19 +43,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _healthy(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit("llama-server exited before it was ready")
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit("llama-server did not become ready in 120 s")
 
 
 def measure(binary: Path, model: Path, budget: int, k: int, sampling: prompts.Sampling | None, args: argparse.Namespace,
@@ -83,7 +69,7 @@ def measure(binary: Path, model: Path, budget: int, k: int, sampling: prompts.Sa
     with (folder / f"server-{budget}-{k}.log").open("w") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         try:
-            _healthy(port, proc)
+            server.wait_ready(f"http://127.0.0.1:{port}", lambda: proc.poll() is None, timeout=120)
             for index in sorted({s.item_index for s in stored}):
                 item = items[index]
                 body = export.request(d, d.prompt(item.question), export.question_seed(d.seed, item.id))

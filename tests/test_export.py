@@ -10,8 +10,6 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -22,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgeval.core.grading import AnswerKind
+from edgeval.edges import server as server_mod
 from edgeval.edges import tasks
 from edgeval.edges.server import ServerError, post_json
 from edgeval.edges.store import Store
@@ -271,24 +270,12 @@ def test_llama_server_started_as_exported_answers_with_the_stored_greedy_texts(t
     with (tmp_path / "server.log").open("w") as log:
         server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         try:
-            _wait_healthy(port, server)
+            server_mod.wait_ready(f"http://127.0.0.1:{port}", lambda: server.poll() is None)
             texts = [ask.samples_of(d, _complete(port, d, items[s.item_index]), d.kind)[0].text for s in stored]
         finally:
             server.terminate()
             server.wait(timeout=30)
     assert texts == [s.text for s in stored]
-
-
-def _wait_healthy(port: int, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert server.poll() is None, "llama-server exited"
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError("llama-server did not become healthy")
 
 
 def _complete(port: int, d: export.Deployment, item: tasks.Item) -> object:

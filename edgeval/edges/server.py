@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from edgeval.core.errors import EdgevalError
@@ -53,3 +55,18 @@ def endpoint(base: str, path: str) -> str:
     if "://" not in base:
         base = "http://" + base
     return base + path
+
+
+def wait_ready(url: str, alive: Callable[[], bool], *, timeout: float = 60.0) -> None:
+    """Wait until the llama-server at `url` answers `/health` (it loads its model first); a ServerError when
+    `alive()` says its process ended, or after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise ServerError(f"llama-server at {url} exited before it was ready")
+        try:
+            urllib.request.urlopen(endpoint(url, "/health"), timeout=1).read()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise ServerError(f"llama-server at {url} was not ready in {timeout:.0f} s")
