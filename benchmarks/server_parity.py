@@ -23,13 +23,12 @@ Run: python -m benchmarks.server_parity --server PATH [--model edgeval-tiny-m] [
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import llama_server
 from edgeval.core import grading, prompts, racing, vote
 from edgeval.edges import server, tasks
 from edgeval.edges.store import Store
@@ -37,12 +36,6 @@ from edgeval.faces import demo
 from edgeval.running import ask, export, sweep
 
 GREEDY = prompts.Sampling(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def measure(binary: Path, model: Path, budget: int, k: int, sampling: prompts.Sampling | None, args: argparse.Namespace,
@@ -61,27 +54,21 @@ def measure(binary: Path, model: Path, budget: int, k: int, sampling: prompts.Sa
         stored = store.samples(result.config_id)
         answer_s = sweep_answer_s(store, result.config_id)
     items = tasks.load_task("arith").items
-    port = _free_port()
-    argv = [str(binary), *export.server_argv(d, port=port)[1:]]
+    port = llama_server.free_port()
     by_item: dict[int, list[ask.Sample]] = {}
     server_s: list[float] = []
     wall_s: list[float] = []
-    with (folder / f"server-{budget}-{k}.log").open("w") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            server.wait_ready(f"http://127.0.0.1:{port}", lambda: proc.poll() is None, timeout=120)
-            for index in sorted({s.item_index for s in stored}):
-                item = items[index]
-                body = export.request(d, d.prompt(item.question), export.question_seed(d.seed, item.id))
-                t0 = time.perf_counter()
-                answer = server.post_json(f"http://127.0.0.1:{port}{export.ENDPOINT}", body, timeout=600)
-                wall_s.append(time.perf_counter() - t0)
-                results = answer if isinstance(answer, list) else [answer]
-                server_s.append(max(_timing(r) for r in results))
-                by_item[index] = ask.samples_of(d, answer, d.kind)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    argv = export.server_argv(d, port=port)[1:]
+    with llama_server.running(binary, argv, port, folder / f"server-{budget}-{k}.log") as url:
+        for index in sorted({s.item_index for s in stored}):
+            item = items[index]
+            body = export.request(d, d.prompt(item.question), export.question_seed(d.seed, item.id))
+            t0 = time.perf_counter()
+            answer = server.post_json(url + export.ENDPOINT, body, timeout=600)
+            wall_s.append(time.perf_counter() - t0)
+            results = answer if isinstance(answer, list) else [answer]
+            server_s.append(max(_timing(r) for r in results))
+            by_item[index] = ask.samples_of(d, answer, d.kind)
     return _compare(stored, by_item, items, d, answer_s, server_s, wall_s)
 
 
@@ -163,8 +150,8 @@ def main() -> None:
                 print(f"| {budget} | {label} | {r['n_samples']} | {r['identical']:.1%} | {r['forced']:.0%} "
                       f"| {r['edgeval_acc']:.1%} | {r['server_acc']:.1%} "
                       f"| {diff.mean * 100:+.1f} ({diff.low * 100:+.1f} to {diff.high * 100:+.1f}), n = {diff.n} "
-                      f"| {'—' if answer_s is None else f'{float(answer_s) * 1000:.1f} ms'} "
-                      f"| {float(r['server_s']) * 1000:.1f} ms | {float(r['wall_s']) * 1000:.1f} ms |")  # type: ignore[arg-type]  # fmt: skip
+                      f"| {f'{answer_s * 1000:.1f} ms' if isinstance(answer_s, float) else '—'} "
+                      f"| {float(str(r['server_s'])) * 1000:.1f} ms | {float(str(r['wall_s'])) * 1000:.1f} ms |")  # fmt: skip
                 if r["first_diff"]:
                     notes.append(f"budget {budget}, {label}: {r['first_diff']}")
     for note in notes:
