@@ -119,39 +119,32 @@ def render(
     enable_thinking: bool = True,
     bos_token: str = "",
     eos_token: str = "",
+    cap: int | None = None,
 ) -> str:
-    """A conversation through a jinja chat template, as transformers' apply_chat_template renders it."""
+    """A conversation through a jinja chat template, as transformers' apply_chat_template renders it; with `cap`,
+    stopped once it writes more than that many characters (the child's renders)."""
     from jinja2 import TemplateError as JinjaError
 
     variables = {
         "messages": messages, "add_generation_prompt": add_generation_prompt, "enable_thinking": enable_thinking,
         "bos_token": bos_token, "eos_token": eos_token, "tools": None,
     }  # fmt: skip
-    try:
-        return str(_compiled(template).render(**variables))
-    except JinjaError as exc:
-        raise TemplateError(f"the chat template failed to render ({exc})") from None
-
-
-def _render(request: dict[str, Any], content: str, cap: int) -> str:
-    """The template with one user turn holding `content`, stopped once it writes more than `cap` characters."""
-    from jinja2 import TemplateError as JinjaError
-
-    variables = {
-        "messages": [{"role": "user", "content": content}], "add_generation_prompt": True,
-        "enable_thinking": request["thinking"], "bos_token": request["bos"], "eos_token": request["eos"],
-        "tools": None,
-    }  # fmt: skip
     parts, written = [], 0
     try:
-        for part in _compiled(request["template"]).generate(**variables):
+        for part in _compiled(template).generate(**variables):
             written += len(part)
-            if written > cap:
+            if cap is not None and written > cap:
                 raise TemplateError(f"the chat template wrote more than {cap:,} characters for one prompt")
             parts.append(part)
     except JinjaError as exc:
         raise TemplateError(f"the chat template failed to render ({exc})") from None
     return "".join(parts)
+
+
+def _render(request: dict[str, Any], content: str, cap: int) -> str:
+    """The template with one user turn holding `content`, under the output cap."""
+    return render(request["template"], [{"role": "user", "content": content}], enable_thinking=request["thinking"],
+                  bos_token=request["bos"], eos_token=request["eos"], cap=cap)  # fmt: skip
 
 
 def _frame_of(request: dict[str, Any]) -> dict[str, Any]:
