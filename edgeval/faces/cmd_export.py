@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from edgeval.core.text import printable
+from edgeval.faces import ui
 from edgeval.faces.options import _tokens, catalog_option, db_option, json_option
 
 
@@ -46,11 +47,6 @@ def _deployment(store: Any, selection: str | None, filters: dict[str, Any], cata
     except export.SelectionError as exc:
         raise click.BadParameter(exc.message, param_hint="SELECTION") from None
     return export.deployment(store, chosen, catalogs)
-
-
-def _warn(notes: tuple[str, ...] | list[str]) -> None:
-    for note in notes:
-        click.echo(f"note: {printable(note)}", err=True)
 
 
 @click.command()
@@ -92,7 +88,8 @@ def export(
             "warnings": list(d.warnings),
         }, indent=2, ensure_ascii=False))  # fmt: skip
         return
-    _warn(d.warnings)
+    for note in d.warnings:
+        ui.note(note)
     click.echo(printable(f"# configuration {d.config_id} ({d.chosen_by}): {d.model}, {d.task}, "
                          f"kv {d.kv_type_k}/{d.kv_type_v}, budget {d.budget}, k={d.votes}"))  # fmt: skip
     click.echo(printable(export_mod.command_line(argv)))
@@ -108,7 +105,8 @@ def _print_ollama(d: Any, made: Any, as_json: bool) -> None:
             "config_id": d.config_id, "votes": d.votes, "chosen_by": d.chosen_by, "warnings": list(d.warnings),
         }, indent=2, ensure_ascii=False))  # fmt: skip
         return
-    _warn(d.warnings)
+    for note in d.warnings:
+        ui.note(note)
     click.echo(printable(f"# configuration {d.config_id} ({d.chosen_by}): {d.model}, {d.task}"))
     click.echo(
         printable("# environment of `ollama serve`: " + " ".join(f"{k}={v}" for k, v in made.environment.items()))
@@ -147,7 +145,8 @@ def ask(
         click.echo(json.dumps({**answer.to_json(), "config_id": d.config_id, "warnings": list(d.warnings)},
                               indent=2, ensure_ascii=False))  # fmt: skip
         return
-    _warn(d.warnings)
+    for note in d.warnings:
+        ui.note(note)
     n = len(answer.samples)
     silent = n - sum(answer.votes.values())
     counts = ", ".join(f"{a}: {c}" for a, c in answer.votes.items()) or "none"
