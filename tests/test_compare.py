@@ -263,7 +263,7 @@ def test_ctrl_c_prints_the_answer_so_far_and_a_rerun_continues(tmp_path: Path) -
             break
     os.killpg(child.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground group, the worker included
     out, err = child.communicate(timeout=60)
-    assert child.returncode == 130, err
+    assert child.returncode == 130, (err, out[-3000:])  # (the output says where a rare exit 0 came from)
     assert "Interrupted: this is the answer so far" in out and "Best under 1 GB" in out
     kept = _samples(db)
     assert kept and len(kept) == len({s[:3] for s in kept})
