@@ -183,11 +183,13 @@ def _answer_times(row: sqlite3.Row, complete: list[list[SampleRow]], votes: int)
     if speed is None:
         return {}
     questions = []
+    budget = int(row["budget_tokens"])
     for group in complete:
         chosen = sorted(group, key=lambda s: s.sample_index)[:votes]
-        written = [s.tokens + (speed.forced_tokens if s.forced else 0) for s in chosen]
+        # The forced text counted whole, but never past n_predict, which caps all a sample writes: a sample that
+        # reopened its reasoning after closing it can be cut by n_predict in the middle of its forced text.
+        written = [min(s.tokens + (speed.forced_tokens if s.forced else 0), budget + speed.extra) for s in chosen]
         questions.append((chosen[0].prompt_tokens, written))
-    budget = int(row["budget_tokens"])
     longest = max((p for p, _ in questions), default=int(row["ctx"]) - budget - speed.extra)
     times = answer_time.figures(speed, questions, budget=budget, k=votes, longest=longest)
     return {"answer_s": times.median_s, "answer_s_p90": times.p90_s, "answer_s_worst": times.worst_s}
