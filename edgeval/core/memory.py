@@ -61,6 +61,13 @@ class Architecture:
     n_expert: int = 0  # mixture of experts: experts per layer, all resident (0: a dense model)
     n_expert_used: int = 0  # … of which each token uses this many
     n_ff_exp: int = 0  # … each with an FFN this wide (0: n_ff / n_expert_used)
+    n_ff_shexp: int = 0  # … and a shared expert this wide beside them (0: none; Qwen3.5's MoE has one)
+    # A hybrid (Qwen3.5/3.6, llama.cpp's qwen35/qwen35moe): this many of the n_layer layers are Gated DeltaNet
+    # linear attention with a fixed recurrent state per sequence slot instead of a KV cache (0: every layer attends).
+    recurrent_layers: int = 0
+    state_r: int = 0  # … f32 values of each such layer's convolution state per slot (llama.cpp's n_embd_r)
+    state_s: int = 0  # … f32 values of its delta-rule state per slot (n_embd_s)
+    linear_v_heads: int = 0  # … value heads of a linear layer (ssm_dt_rank), each with a state_s / heads square
 
     @property
     def ffn_width(self) -> int:
@@ -68,6 +75,21 @@ class Architecture:
         if self.n_expert and self.n_expert_used:
             return self.n_expert_used * (self.n_ff_exp or self.n_ff // self.n_expert_used)
         return self.n_ff
+
+    @property
+    def hybrid(self) -> bool:
+        """Whether some layers keep a recurrent state instead of a KV cache."""
+        return self.recurrent_layers > 0
+
+    @property
+    def attention_layers(self) -> int:
+        """Layers with a KV cache: all of them, or a hybrid's full-attention layers."""
+        return self.n_layer - self.recurrent_layers
+
+    @property
+    def state_bytes_per_seq(self) -> int:
+        """A hybrid's recurrent state for one sequence slot: every linear layer's two f32 states."""
+        return self.recurrent_layers * (self.state_r + self.state_s) * 4
 
     @property
     def kv_width_k(self) -> int:
@@ -140,8 +162,8 @@ def cells_for(prompt_tokens: int, k: int, budget_tokens: int, window: int = 0) -
 
 def kv_bytes(arch: Architecture, cells: int, type_k: KVType, type_v: KVType) -> tuple[int, int]:
     """Bytes of the K and V caches for `cells` (already padded) cells."""
-    k = arch.n_layer * type_k.nbytes(cells * arch.kv_width_k)
-    v = arch.n_layer * type_v.nbytes(cells * arch.kv_width_v)
+    k = arch.attention_layers * type_k.nbytes(cells * arch.kv_width_k)
+    v = arch.attention_layers * type_v.nbytes(cells * arch.kv_width_v)
     return k, v
 
 

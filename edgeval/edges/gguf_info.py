@@ -36,8 +36,10 @@ _SCALARS: dict[GGUFValueType, str] = {
 }
 # The expert weights of a mixture of experts, as llama.cpp names them (its LLM_FFN_EXPS_REGEX).
 EXPERT_TENSOR = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
-# Arrays longer than this are counted, not kept (token lists, merges).
-_KEEP_ARRAY = 64
+# A repeating layer's tensor name: `blk.N.…`.
+_BLOCK = re.compile(r"blk\.(\d+)\.")
+# Arrays longer than this are counted, not kept (token lists, merges); a hybrid's per-layer flags are kept.
+_KEEP_ARRAY = 512
 _MAX_COUNT = 1 << 28  # beyond any real header: a larger count means corruption
 _MAX_DIM = 1 << 24  # a width, head count or head size past this is no model's (the largest are about 2^15)
 _MAX_LAYERS = 1 << 16
@@ -137,9 +139,31 @@ class GGUFInfo:
         return value
 
     @property
+    def n_nextn(self) -> int:
+        """Multi-token-prediction blocks after the layers (`nextn_predict_layers`; 0: none)."""
+        return self._arch_int("nextn_predict_layers", 0, low=0, high=_MAX_LAYERS)
+
+    @property
+    def n_layer(self) -> int:
+        """The layers a forward pass runs: `block_count` without the multi-token-prediction blocks."""
+        blocks = self._arch_int("block_count", high=_MAX_LAYERS)
+        if self.n_nextn >= blocks:
+            raise GGUFFormatError(Path(self.source), f"{self.n_nextn} prediction blocks of {blocks} leave no layer")
+        return blocks - self.n_nextn
+
+    @property
+    def loaded_tensors(self) -> tuple[TensorInfo, ...]:
+        """The tensors llama.cpp loads for generation: a multi-token-prediction block's are skipped (read only when
+        speculative decoding asks for them), so they take no memory."""
+        if not self.n_nextn:
+            return self.tensors
+        first = self.n_layer
+        return tuple(t for t in self.tensors if not ((m := _BLOCK.match(t.name)) and int(m.group(1)) >= first))
+
+    @property
     def weight_bytes(self) -> int:
-        """Bytes of all tensors."""
-        return sum(t.n_bytes for t in self.tensors)
+        """Bytes of the tensors llama.cpp loads."""
+        return sum(t.n_bytes for t in self.loaded_tensors)
 
     @property
     def n_params(self) -> int:
@@ -159,7 +183,7 @@ class GGUFInfo:
     @property
     def expert_bytes(self) -> int:
         """Bytes of a mixture of experts' expert weights (`blk.N.ffn_{gate,up,down}_exps`; 0 for a dense model)."""
-        return sum(t.n_bytes for t in self.tensors if EXPERT_TENSOR.search(t.name))
+        return sum(t.n_bytes for t in self.loaded_tensors if EXPERT_TENSOR.search(t.name))
 
     def repack(self, types: Mapping[str, tuple[RepackRule, ...]], *, tied_copy: bool = True) -> Repack:
         """What llama.cpp's CPU backend repacks of this model, given its rules per type (`memory.repacked_types`).
@@ -183,7 +207,7 @@ class GGUFInfo:
         return tuple(t.name for t, _ in self._repacked(types))
 
     def _repacked(self, types: Mapping[str, tuple[RepackRule, ...]]) -> list[tuple[TensorInfo, int]]:
-        sizes = [(t, _repacked_size(t, types)) for t in self.tensors if t.name != "token_embd.weight"]
+        sizes = [(t, _repacked_size(t, types)) for t in self.loaded_tensors if t.name != "token_embd.weight"]
         return [(t, size) for t, size in sizes if size is not None]
 
     def architecture(self) -> Architecture:
@@ -199,7 +223,7 @@ class GGUFInfo:
             n_vocab = embd.shape[1] if embd else 0
         n_expert = self._arch_int("expert_count", 0, low=0)
         return Architecture(
-            n_layer=self._arch_int("block_count", high=_MAX_LAYERS),
+            n_layer=self.n_layer,
             n_embd=n_embd,
             n_head=n_head,
             n_head_kv=self._arch_int("attention.head_count_kv", n_head),
@@ -213,7 +237,31 @@ class GGUFInfo:
             n_expert=n_expert,
             n_expert_used=self._arch_int("expert_used_count", 0, low=0, high=n_expert),
             n_ff_exp=self._arch_int("expert_feed_forward_length", 0, low=0),
+            n_ff_shexp=self._arch_int("expert_shared_feed_forward_length", 0, low=0),
+            **self._recurrent(),
         )
+
+    def _recurrent(self) -> dict[str, int]:
+        """A hybrid's recurrent layers and state sizes, as llama.cpp's qwen35 loader reads them (none for others)."""
+        if self.get(f"{self.arch_name}.ssm.state_size") is None:
+            return {}
+        n_layer = self.n_layer
+        flags = self.get(f"{self.arch_name}.attention.recurrent_layers")
+        if isinstance(flags, list):
+            recurrent = sum(1 for i, flag in enumerate(flags[:n_layer]) if flag)
+        else:
+            interval = self._arch_int("full_attention_interval", 4, high=_MAX_LAYERS)
+            recurrent = sum(1 for i in range(n_layer) if (i + 1) % interval)
+        d_conv = self._arch_int("ssm.conv_kernel")
+        d_inner = self._arch_int("ssm.inner_size")
+        d_state = self._arch_int("ssm.state_size")
+        n_group = self._arch_int("ssm.group_count")
+        return {
+            "recurrent_layers": recurrent,
+            "state_r": (d_conv - 1) * (d_inner + 2 * n_group * d_state),
+            "state_s": d_state * d_inner,
+            "linear_v_heads": self._arch_int("ssm.time_step_rank"),
+        }
 
 
 class _Cursor:

@@ -82,6 +82,15 @@ class SynthSpec:
     n_expert: int = 0  # > 0: a mixture of experts (llama.cpp's qwen3moe) with this many experts per layer
     n_expert_used: int = 0  # … of which each token uses this many
     n_ff_exp: int = 0  # each expert's FFN width
+    n_ff_shexp: int = 0  # a hybrid mixture of experts' shared expert width (qwen35moe; 0: n_ff_exp)
+    # > 0: a hybrid (llama.cpp's qwen35/qwen35moe, Qwen3.5's shape): every this-many-th layer is full attention
+    # (head dim `head_dim`, a gated query), the others Gated DeltaNet linear attention with these heads:
+    full_attention_interval: int = 0
+    linear_k_heads: int = 0  # key heads of a linear layer (ssm.group_count)
+    linear_v_heads: int = 0  # value heads (ssm.time_step_rank)
+    linear_head_dim: int = 0  # key and value head dim (ssm.state_size)
+    conv_kernel: int = 4  # the short convolution's width (ssm.conv_kernel)
+    n_nextn: int = 0  # multi-token-prediction blocks after the layers (llama.cpp loads them only for MTP)
 
     def __post_init__(self) -> None:
         if self.n_vocab < _N_BYTE_TOKENS + len(QWEN3_SPECIAL_TOKENS) + 1:
@@ -90,11 +99,25 @@ class SynthSpec:
             raise ValueError("n_head must be a multiple of n_head_kv (grouped-query attention)")
         if self.n_expert and not (0 < self.n_expert_used <= self.n_expert and self.n_ff_exp > 0):
             raise ValueError("a mixture of experts needs 0 < n_expert_used <= n_expert and n_ff_exp > 0")
+        if self.hybrid and not (self.linear_k_heads > 0 and self.linear_head_dim > 0 and self.linear_v_heads > 0):
+            raise ValueError("a hybrid needs linear_k_heads, linear_v_heads and linear_head_dim")
+        if self.hybrid and self.linear_v_heads % self.linear_k_heads:
+            raise ValueError("linear_v_heads must be a multiple of linear_k_heads")
+
+    @property
+    def hybrid(self) -> bool:
+        """Whether this is Qwen3.5's hybrid of linear and full attention."""
+        return self.full_attention_interval > 0
+
+    def recurrent(self, layer: int) -> bool:
+        """Whether a layer is linear attention (llama.cpp: (i + 1) % interval != 0)."""
+        return self.hybrid and (layer + 1) % self.full_attention_interval != 0
 
     @property
     def architecture(self) -> str:
-        """llama.cpp's architecture name: qwen3, or qwen3moe for a mixture of experts."""
-        return "qwen3moe" if self.n_expert else "qwen3"
+        """llama.cpp's architecture name: qwen3, qwen3moe, qwen35 or qwen35moe."""
+        name = "qwen35" if self.hybrid else "qwen3"
+        return name + "moe" if self.n_expert else name
 
     @property
     def digest(self) -> str:
@@ -102,6 +125,9 @@ class SynthSpec:
         fields = dataclasses.asdict(self) | {"format": FORMAT_VERSION}
         if not self.n_expert:  # dense specs keep the digests they had before experts existed
             for name in ("n_expert", "n_expert_used", "n_ff_exp"):
+                del fields[name]
+        if not self.hybrid:  # … and Qwen3 specs the digests they had before hybrids
+            for name in _HYBRID_FIELDS:
                 del fields[name]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -111,6 +137,11 @@ class SynthSpec:
         return sum(int(np.prod(shape)) for shape in tensor_shapes(self).values())
 
 
+_HYBRID_FIELDS = (
+    "n_ff_shexp", "full_attention_interval", "linear_k_heads", "linear_v_heads", "linear_head_dim", "conv_kernel",
+    "n_nextn",
+)  # fmt: skip
+
 # Real Qwen3 dense shapes (config.json), for random-weight models with exact sizes.
 QWEN3_SHAPES: dict[str, SynthSpec] = {
     "0.6b": SynthSpec("qwen3-0.6b-shape", 28, 1024, 16, 8, 128, 3072, 151_936, 40_960, True),
@@ -118,6 +149,15 @@ QWEN3_SHAPES: dict[str, SynthSpec] = {
     "4b": SynthSpec("qwen3-4b-shape", 36, 2560, 32, 8, 128, 9728, 151_936, 40_960, True),
     "8b": SynthSpec("qwen3-8b-shape", 36, 4096, 32, 8, 128, 12_288, 151_936, 40_960, False),
 }
+
+# Qwen3.5's published shapes (config.json: every 4th layer full attention, head dim 256, linear layers with 16 key
+# heads of 128), with Qwen3's vocabulary size standing in for its 248,320 tokens only where noted by callers.
+QWEN35_SHAPES: dict[str, SynthSpec] = {
+    "0.8b": SynthSpec(
+        "qwen3.5-0.8b-shape", 24, 1024, 8, 2, 256, 3584, 248_320, 262_144, True,
+        full_attention_interval=4, linear_k_heads=16, linear_v_heads=16, linear_head_dim=128,
+    ),
+}  # fmt: skip
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -187,32 +227,18 @@ def build_vocab(n_vocab: int) -> Vocab:
 
 def tensor_shapes(spec: SynthSpec) -> dict[str, tuple[int, ...]]:
     """Every tensor of the model, numpy shape (out_features, in_features), in GGUF order."""
-    q_dim, kv_dim = spec.n_head * spec.head_dim, spec.n_head_kv * spec.head_dim
     shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (spec.n_vocab, spec.n_embd)}
-    for i in range(spec.n_layer):
+    for i in range(spec.n_layer + spec.n_nextn):
         b = f"blk.{i}."
-        shapes |= {
-            b + "attn_norm.weight": (spec.n_embd,),
-            b + "attn_q.weight": (q_dim, spec.n_embd),
-            b + "attn_k.weight": (kv_dim, spec.n_embd),
-            b + "attn_v.weight": (kv_dim, spec.n_embd),
-            b + "attn_q_norm.weight": (spec.head_dim,),
-            b + "attn_k_norm.weight": (spec.head_dim,),
-            b + "attn_output.weight": (spec.n_embd, q_dim),
-            b + "ffn_norm.weight": (spec.n_embd,),
-        }
-        if spec.n_expert:
+        shapes |= {b + "attn_norm.weight": (spec.n_embd,)}
+        shapes |= _linear_shapes(spec, b) if spec.recurrent(i) and i < spec.n_layer else _attention_shapes(spec, b)
+        shapes |= {b + ("post_attention_norm.weight" if spec.hybrid else "ffn_norm.weight"): (spec.n_embd,)}
+        shapes |= _ffn_shapes(spec, b)
+        if i >= spec.n_layer:  # a multi-token-prediction block (as llama.cpp's qwen35 loads one)
             shapes |= {
-                b + "ffn_gate_inp.weight": (spec.n_expert, spec.n_embd),
-                b + "ffn_gate_exps.weight": (spec.n_expert, spec.n_ff_exp, spec.n_embd),
-                b + "ffn_down_exps.weight": (spec.n_expert, spec.n_embd, spec.n_ff_exp),
-                b + "ffn_up_exps.weight": (spec.n_expert, spec.n_ff_exp, spec.n_embd),
-            }
-        else:
-            shapes |= {
-                b + "ffn_gate.weight": (spec.n_ff, spec.n_embd),
-                b + "ffn_up.weight": (spec.n_ff, spec.n_embd),
-                b + "ffn_down.weight": (spec.n_embd, spec.n_ff),
+                b + "nextn.eh_proj.weight": (spec.n_embd, 2 * spec.n_embd),
+                b + "nextn.enorm.weight": (spec.n_embd,),
+                b + "nextn.hnorm.weight": (spec.n_embd,),
             }
     shapes["output_norm.weight"] = (spec.n_embd,)
     if not spec.tied_embeddings:
@@ -220,11 +246,66 @@ def tensor_shapes(spec: SynthSpec) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _attention_shapes(spec: SynthSpec, b: str) -> dict[str, tuple[int, ...]]:
+    q_dim, kv_dim = spec.n_head * spec.head_dim, spec.n_head_kv * spec.head_dim
+    return {
+        b + "attn_q.weight": (2 * q_dim if spec.hybrid else q_dim, spec.n_embd),  # a hybrid's query carries a gate
+        b + "attn_k.weight": (kv_dim, spec.n_embd),
+        b + "attn_v.weight": (kv_dim, spec.n_embd),
+        b + "attn_q_norm.weight": (spec.head_dim,),
+        b + "attn_k_norm.weight": (spec.head_dim,),
+        b + "attn_output.weight": (spec.n_embd, q_dim),
+    }
+
+
+def _linear_shapes(spec: SynthSpec, b: str) -> dict[str, tuple[int, ...]]:
+    """A Gated DeltaNet layer's tensors (llama.cpp's qwen35 loader)."""
+    key_dim, value_dim = spec.linear_k_heads * spec.linear_head_dim, spec.linear_v_heads * spec.linear_head_dim
+    return {
+        b + "attn_qkv.weight": (2 * key_dim + value_dim, spec.n_embd),
+        b + "attn_gate.weight": (value_dim, spec.n_embd),
+        b + "ssm_conv1d.weight": (2 * key_dim + value_dim, spec.conv_kernel),
+        b + "ssm_dt.bias": (spec.linear_v_heads,),
+        b + "ssm_a": (spec.linear_v_heads,),
+        b + "ssm_beta.weight": (spec.linear_v_heads, spec.n_embd),
+        b + "ssm_alpha.weight": (spec.linear_v_heads, spec.n_embd),
+        b + "ssm_norm.weight": (spec.linear_head_dim,),
+        b + "ssm_out.weight": (spec.n_embd, value_dim),
+    }
+
+
+def _ffn_shapes(spec: SynthSpec, b: str) -> dict[str, tuple[int, ...]]:
+    if not spec.n_expert:
+        return {
+            b + "ffn_gate.weight": (spec.n_ff, spec.n_embd),
+            b + "ffn_up.weight": (spec.n_ff, spec.n_embd),
+            b + "ffn_down.weight": (spec.n_embd, spec.n_ff),
+        }
+    shapes = {
+        b + "ffn_gate_inp.weight": (spec.n_expert, spec.n_embd),
+        b + "ffn_gate_exps.weight": (spec.n_expert, spec.n_ff_exp, spec.n_embd),
+        b + "ffn_down_exps.weight": (spec.n_expert, spec.n_embd, spec.n_ff_exp),
+        b + "ffn_up_exps.weight": (spec.n_expert, spec.n_ff_exp, spec.n_embd),
+    }
+    if spec.hybrid:  # Qwen3.5's MoE: one shared expert beside the routed ones, with a gate of its own
+        shared = spec.n_ff_shexp or spec.n_ff_exp
+        shapes |= {
+            b + "ffn_gate_inp_shexp.weight": (spec.n_embd,),
+            b + "ffn_gate_shexp.weight": (shared, spec.n_embd),
+            b + "ffn_up_shexp.weight": (shared, spec.n_embd),
+            b + "ffn_down_shexp.weight": (spec.n_embd, shared),
+        }
+    return shapes
+
+
 INIT_STD = 0.02  # GPT-2's initialisation, and the scale of random (untrained) test models
 
 
 def random_weights(spec: SynthSpec, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Deterministic weights for one tensor: norms are ones, matrices N(0, INIT_STD²)."""
+    """Deterministic weights for one tensor: norms are ones, matrices N(0, INIT_STD²); a linear layer's decay rate
+    A is −1 (llama.cpp stores −exp(A_log)), so its state fades rather than grows."""
+    if name.endswith(".ssm_a"):
+        return np.full(shape, -1.0, dtype=np.float32)
     if len(shape) == 1:
         return np.ones(shape, dtype=np.float32)
     seed = int.from_bytes(hashlib.sha256(f"{spec.seed}:{name}".encode()).digest()[:8], "little")
@@ -251,7 +332,7 @@ def write_gguf(
     writer.add_file_type(int(gguf.LlamaFileType.ALL_F32 if dtype is WeightQuant.F32 else gguf.LlamaFileType.MOSTLY_F16))
     writer.add_context_length(spec.n_ctx_train)
     writer.add_embedding_length(spec.n_embd)
-    writer.add_block_count(spec.n_layer)
+    writer.add_block_count(spec.n_layer + spec.n_nextn)
     writer.add_feed_forward_length(spec.n_ff)
     if spec.n_expert:
         writer.add_expert_count(spec.n_expert)
@@ -263,6 +344,8 @@ def write_gguf(
     writer.add_value_length(spec.head_dim)
     writer.add_rope_freq_base(spec.rope_theta)
     writer.add_layer_norm_rms_eps(spec.rms_eps)
+    if spec.hybrid:
+        _add_hybrid_keys(writer, spec)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("qwen2")
     writer.add_token_list(vocab.tokens)
@@ -280,7 +363,7 @@ def write_gguf(
         data = random_weights(spec, name, shape) if given is None else np.asarray(given, dtype=np.float32)
         if data.shape != shape:
             raise ValueError(f"tensor {name} has shape {data.shape}, expected {shape}")
-        writer.add_tensor(name, data if len(shape) == 1 else data.astype(matrix_dtype))
+        writer.add_tensor(name, data if len(shape) == 1 or _keeps_f32(spec, name) else data.astype(matrix_dtype))
     try:
         try:
             writer.write_header_to_file()
@@ -295,6 +378,31 @@ def write_gguf(
         raise
     tmp.replace(path)
     return path
+
+
+def _keeps_f32(spec: SynthSpec, name: str) -> bool:
+    """Whether llama.cpp's converter keeps a hybrid's matrix in f32 (its router gates and convolution: the CPU's
+    ssm_conv reads f32 only)."""
+    return spec.hybrid and name.endswith(("ssm_conv1d.weight", "ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight"))
+
+
+def _add_hybrid_keys(writer: gguf.GGUFWriter, spec: SynthSpec) -> None:
+    """Qwen3.5's keys as llama.cpp's converter writes them (conversion/qwen.py)."""
+    if spec.n_expert and spec.n_ff_shexp:
+        writer.add_expert_shared_feed_forward_length(spec.n_ff_shexp)
+    writer.add_ssm_conv_kernel(spec.conv_kernel)
+    writer.add_ssm_state_size(spec.linear_head_dim)
+    writer.add_ssm_group_count(spec.linear_k_heads)
+    writer.add_ssm_time_step_rank(spec.linear_v_heads)
+    writer.add_ssm_inner_size(spec.linear_head_dim * spec.linear_v_heads)
+    writer.add_full_attention_interval(spec.full_attention_interval)
+    rot = spec.head_dim // 4  # partial_rotary_factor 0.25
+    writer.add_rope_dimension_count(rot)
+    pairs = rot // 2  # multi-section RoPE over (t, h, w): Qwen3.5's 11/11/10 of 32 pairs, scaled
+    t = h = round(pairs * 11 / 32)
+    writer.add_rope_dimension_sections([t, h, pairs - t - h, 0])
+    if spec.n_nextn:
+        writer.add_nextn_predict_layers(spec.n_nextn)
 
 
 def build(
