@@ -114,6 +114,7 @@ class Footprint:
     kv_cells: int
     device_bytes: int = 0
     repack_bytes: int = 0  # of weight_bytes, what sits in llama.cpp's extra buffers (AMX, CPU_REPACK)
+    state_bytes: int = 0  # a hybrid's recurrent states: one per sequence slot, whatever the context
 
     @property
     def other_bytes(self) -> int:
@@ -123,7 +124,7 @@ class Footprint:
     @property
     def total_bytes(self) -> int:
         """The whole predicted footprint, host and device."""
-        return self.weight_bytes + self.kv_bytes + self.other_bytes
+        return self.weight_bytes + self.kv_bytes + self.state_bytes + self.other_bytes
 
     @property
     def host_bytes(self) -> int:
@@ -165,6 +166,12 @@ def kv_bytes(arch: Architecture, cells: int, type_k: KVType, type_v: KVType) -> 
     k = arch.attention_layers * type_k.nbytes(cells * arch.kv_width_k)
     v = arch.attention_layers * type_v.nbytes(cells * arch.kv_width_v)
     return k, v
+
+
+def state_bytes(arch: Architecture, n_seq: int) -> int:
+    """A hybrid's recurrent state memory: llama.cpp keeps one f32 state per sequence slot (`n_seq_max`) in every
+    linear layer — each vote, each ladder fork, each question in flight needs its slot (0 for a transformer)."""
+    return arch.state_bytes_per_seq * max(1, n_seq)
 
 
 def kv_bytes_per_token(arch: Architecture, type_k: KVType = KVType.F16, type_v: KVType = KVType.F16) -> float:
@@ -486,6 +493,7 @@ def predict(
         overhead_bytes=overhead_bytes(arch, setting.n_seq),
         kv_cells=cells,
         repack_bytes=host_repack.repacked_bytes if setting.repack else 0,
+        state_bytes=state_bytes(arch, setting.n_seq),
     )
     if setting.gpu_layers == 0:
         return footprint
@@ -493,7 +501,7 @@ def predict(
     experts_on_device = expert_bytes * expert_layers // arch.n_layer
     dense = weight_bytes - embd_bytes - expert_bytes
     tied_copy = embd_bytes if arch.tied_embeddings else 0  # the output layer is on the device from --gpu-layers 1
-    device = int(dense * share + (k + v) * share) + experts_on_device + tied_copy + compute
+    device = int(dense * share + (k + v + footprint.state_bytes) * share) + experts_on_device + tied_copy + compute
     return dataclasses.replace(footprint, weight_bytes=weights + tied_copy, device_bytes=device)
 
 
@@ -513,6 +521,7 @@ class Reported:
     kv_cells: int
     repack_bytes: int = 0  # the extra model buffers, AMX and CPU_REPACK (part of model_bytes)
     mapped_bytes: int = 0  # the CPU_Mapped model buffer: the span of the file mapped in place (part of model_bytes)
+    state_bytes: int = 0  # a hybrid's recurrent states (llama_memory_recurrent's R and S)
 
 
 _MODEL = re.compile(r"(\S+) model buffer size =\s*([\d.]+) MiB")
@@ -520,13 +529,14 @@ _KV = re.compile(
     r"llama_kv_cache: size =\s*([\d.]+) MiB \(\s*(\d+) cells"
     r".*K \(\w+\):\s*([\d.]+) MiB, V \(\w+\):\s*([\d.]+) MiB"
 )
+_STATE = re.compile(r"llama_memory_recurrent: size =\s*([\d.]+) MiB")
 _OUTPUT = re.compile(r"output buffer size =\s*([\d.]+) MiB")
 _COMPUTE = re.compile(r"^sched_reserve:\s+\S+ compute buffer size =\s*([\d.]+) MiB")
 
 
 def parse_llama_log(lines: Iterable[str]) -> Reported:
     """Sum the buffers llama.cpp reports while loading a model and creating a context."""
-    model = kv = k = v = output = compute = repack = mapped = 0.0
+    model = kv = k = v = output = compute = repack = mapped = state = 0.0
     cells = 0
     for line in lines:
         if m := _MODEL.search(line):
@@ -535,6 +545,8 @@ def parse_llama_log(lines: Iterable[str]) -> Reported:
             mapped += float(m.group(2)) if m.group(1) == "CPU_Mapped" else 0.0
         elif m := _KV.search(line):
             kv, cells, k, v = float(m.group(1)), int(m.group(2)), float(m.group(3)), float(m.group(4))
+        elif m := _STATE.search(line):
+            state = float(m.group(1))
         elif m := _OUTPUT.search(line):
             output += float(m.group(1))
         elif m := _COMPUTE.search(line.strip()):
@@ -549,4 +561,5 @@ def parse_llama_log(lines: Iterable[str]) -> Reported:
         kv_cells=cells,
         repack_bytes=round(repack * MIB),
         mapped_bytes=round(mapped * MIB),
+        state_bytes=round(state * MIB),
     )
