@@ -68,6 +68,7 @@ class Architecture:
     state_r: int = 0  # … f32 values of each such layer's convolution state per slot (llama.cpp's n_embd_r)
     state_s: int = 0  # … f32 values of its delta-rule state per slot (n_embd_s)
     linear_v_heads: int = 0  # … value heads of a linear layer (ssm_dt_rank), each with a state_s / heads square
+    conv_kernel: int = 4  # … the short convolution's width (ssm_d_conv): state_r is (conv_kernel − 1) × its channels
 
     @property
     def ffn_width(self) -> int:
@@ -90,6 +91,11 @@ class Architecture:
     def state_bytes_per_seq(self) -> int:
         """A hybrid's recurrent state for one sequence slot: every linear layer's two f32 states."""
         return self.recurrent_layers * (self.state_r + self.state_s) * 4
+
+    @property
+    def conv_channels(self) -> int:
+        """A linear layer's convolved channels per token (its q, k and v: 2 × key dim + value dim)."""
+        return self.state_r // max(1, self.conv_kernel - 1)
 
     @property
     def kv_width_k(self) -> int:
@@ -201,8 +207,26 @@ def compute_bytes(arch: Architecture, n_ctx: int, n_tokens: int, n_outputs: int,
     logits = n_outputs * arch.n_vocab * f32
     mask = n_ctx * tokens * 2
     logits_phase = logits + 3 * e if kv_quantized else logits + e + mask
-    layer_phase = mask + max(3 * f + 4 * e, 2 * q + 3 * e)
+    layer_phase = mask + max(3 * f + 4 * e, 2 * q + 3 * e, _linear_layer_bytes(arch, tokens, n_seq))
     return max(logits_phase, layer_phase)
+
+
+# Gated DeltaNet reads a prompt in chunks of this many tokens (llama.cpp's delta-net-base.cpp).
+DELTA_NET_CHUNK = 64
+
+
+def _linear_layer_bytes(arch: Architecture, tokens: int, n_seq: int) -> int:
+    """A hybrid's linear-attention layer in llama.cpp's graph (0 for a transformer): three f32 copies of a token's
+    hidden state and of its convolved q/k/v channels per token; a step that advances states (up to one chunk per
+    sequence) also holds each sequence's delta-rule state twice, read and written. Fitted on llama.cpp's reserve over
+    seven linear-layer shapes (hidden 256–1024, 2–16 heads of 32–128, 1–512 tokens): within 1–3% from 128 tokens,
+    up to 14% high at one chunk and 10% low at a lone token (0.15 MiB at most)."""
+    if not arch.hybrid:
+        return 0
+    per_token = (3 * arch.n_embd + 3 * arch.conv_channels) * 4
+    chunked = tokens * per_token
+    states = 2 * arch.state_s * 4 * max(1, min(n_seq, tokens))
+    return max(chunked, states + min(tokens, DELTA_NET_CHUNK) * per_token)
 
 
 def compute_reserved_bytes(arch: Architecture, n_ctx: int, n_ubatch: int, n_seq: int, kv_quantized: bool) -> int:

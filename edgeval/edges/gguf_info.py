@@ -252,7 +252,7 @@ class GGUFInfo:
         else:
             interval = self._arch_int("full_attention_interval", 4, high=_MAX_LAYERS)
             recurrent = sum(1 for i in range(n_layer) if (i + 1) % interval)
-        d_conv = self._arch_int("ssm.conv_kernel")
+        d_conv = self._arch_int("ssm.conv_kernel", low=2)
         d_inner = self._arch_int("ssm.inner_size")
         d_state = self._arch_int("ssm.state_size")
         n_group = self._arch_int("ssm.group_count")
@@ -261,6 +261,7 @@ class GGUFInfo:
             "state_r": (d_conv - 1) * (d_inner + 2 * n_group * d_state),
             "state_s": d_state * d_inner,
             "linear_v_heads": self._arch_int("ssm.time_step_rank"),
+            "conv_kernel": d_conv,
         }
 
 

@@ -25,9 +25,12 @@ def speed_probe(
     """The deployment shape's decode steps: the prompt read on one sequence, then for each depth (cells already in
     the cache, reached by filling that sequence) and each width, `steps` decode steps of that many sequences
     sharing those cells, each row's token sampled by the run's chain (one warm-up step first). Returns width ->
-    [(depth, median seconds per step)]; the cache is left empty."""
+    [(depth, median seconds per step)]; the cache is left empty.
+
+    Sequence 0 never rolls back (a hybrid's recurrent state cannot be cut at a position): each width's steps go
+    on from where the last left it, its copies are dropped whole, so a width's depth is its first step's."""
     memory_ = ctx._memory
-    room = ctx.n_ctx - max(widths) * (steps + 1) - 1
+    room = ctx.n_ctx - (len(widths) + max(widths)) * (steps + 1) - 1
     depths = sorted({min(d, room) for d in depths if min(d, room) >= len(prompt)})
     vocab = ctx.model.n_vocab
     llama_cpp.llama_memory_clear(memory_, True)
@@ -48,16 +51,17 @@ def speed_probe(
                     llama_cpp.llama_memory_seq_cp(memory_, 0, seq, -1, -1)
                 times = []
                 for step in range(steps + 1):
-                    pos = depth + step
+                    pos = filled + step
                     fill_batch(batch, [((pos * 31 + s) % vocab, pos, s, True) for s in range(width)])
                     t0 = time.perf_counter()
                     ctx._decode(batch)
                     for row in range(width):
                         llama_cpp.llama_sampler_sample(chain, ctx._ptr, row)
                     times.append(time.perf_counter() - t0)
-                out[width].append((depth, float(np.median(times[1:]))))  # the first step warms up
-                for seq in range(width):
-                    llama_cpp.llama_memory_seq_rm(memory_, seq, depth if seq == 0 else -1, -1)
+                out[width].append((filled, float(np.median(times[1:]))))  # the first step warms up
+                filled += steps + 1
+                for seq in range(1, width):
+                    llama_cpp.llama_memory_seq_rm(memory_, seq, -1, -1)
         return out
     finally:
         llama_cpp.llama_sampler_free(chain)
