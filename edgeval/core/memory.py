@@ -68,6 +68,7 @@ class Architecture:
     state_r: int = 0  # … f32 values of each such layer's convolution state per slot (llama.cpp's n_embd_r)
     state_s: int = 0  # … f32 values of its delta-rule state per slot (n_embd_s)
     linear_v_heads: int = 0  # … value heads of a linear layer (ssm_dt_rank), each with a state_s / heads square
+    n_tensors: int = 0  # tensors llama.cpp loads (sets its graph's node budget; 0: estimated from the layers)
     conv_kernel: int = 4  # … the short convolution's width (ssm_d_conv): state_r is (conv_kernel − 1) × its channels
 
     @property
@@ -224,7 +225,7 @@ def _linear_layer_bytes(arch: Architecture, tokens: int, n_seq: int) -> int:
     if not arch.hybrid:
         return 0
     per_token = (3 * arch.n_embd + 3 * arch.conv_channels) * 4
-    chunked = tokens * per_token
+    chunked = (tokens if tokens <= n_seq else math.ceil(tokens / DELTA_NET_CHUNK) * DELTA_NET_CHUNK) * per_token
     states = 2 * arch.state_s * 4 * max(1, min(n_seq, tokens))
     return max(chunked, states + min(tokens, DELTA_NET_CHUNK) * per_token)
 
@@ -259,13 +260,32 @@ def compute_resident_bytes(
     return max(prompt_batch, decode_batch) + forced_batch
 
 
-def overhead_bytes(arch: Architecture, n_seq: int = 1) -> int:
-    """Fixed runtime cost: the Python process with llama.cpp, the vocabulary's tables, the sampler chains."""
+# llama.cpp's graph metadata: each graph it keeps (the reserve's and the last decode's) holds a buffer of
+# max_nodes × (a tensor object, 368 bytes, and the graph's node, leaf and hash slots), zero-filled when made.
+GRAPH_BYTES_PER_NODE = 408
+GRAPHS_KEPT = 2
+_BASE_GRAPH_NODES = 1024  # a small transformer's max_nodes: already inside RUNTIME_BASE_BYTES
+
+
+def graph_nodes(arch: Architecture, n_ubatch: int) -> int:
+    """llama.cpp's max_nodes for a context (`llama_context::graph_max_nodes`): a hybrid's graph grows with the
+    micro-batch (40 nodes a token: its linear layers' chunked delta rule), a transformer's with its tensors."""
+    tensors = arch.n_tensors or 3 + 13 * arch.n_layer  # about 11 a transformer layer, 14 a linear one
+    if arch.hybrid:
+        return max(n_ubatch * 40, 32 * tensors)
+    return max(_BASE_GRAPH_NODES, 8 * tensors)
+
+
+def overhead_bytes(arch: Architecture, n_seq: int = 1, n_ubatch: int = 512) -> int:
+    """Fixed runtime cost: the Python process with llama.cpp, the vocabulary's tables, the sampler chains, and
+    the graph metadata past a small transformer's (a hybrid's is ~16 MiB at a 512-token micro-batch)."""
+    graphs = GRAPHS_KEPT * (graph_nodes(arch, n_ubatch) - _BASE_GRAPH_NODES) * GRAPH_BYTES_PER_NODE
     return (
         RUNTIME_BASE_BYTES
         + RUNTIME_BYTES_PER_TOKEN * arch.n_vocab
         + RUNTIME_BYTES_PER_MERGE * (arch.n_vocab if arch.n_merges is None else arch.n_merges)
         + SAMPLER_BYTES_PER_VOCAB_ENTRY * arch.n_vocab * n_seq
+        + max(0, graphs)
     )
 
 
@@ -514,7 +534,7 @@ def predict(
         # llama.cpp grows its logits buffer to the rows one decode returns: a sequence's, or a scoring batch's
         output_bytes=output_bytes(arch, max(setting.n_seq, setting.score_batch)),
         compute_bytes=compute,
-        overhead_bytes=overhead_bytes(arch, setting.n_seq),
+        overhead_bytes=overhead_bytes(arch, setting.n_seq, setting.n_ubatch),
         kv_cells=cells,
         repack_bytes=host_repack.repacked_bytes if setting.repack else 0,
         state_bytes=state_bytes(arch, setting.n_seq),

@@ -238,6 +238,7 @@ class GGUFInfo:
             n_expert_used=self._arch_int("expert_used_count", 0, low=0, high=n_expert),
             n_ff_exp=self._arch_int("expert_feed_forward_length", 0, low=0),
             n_ff_shexp=self._arch_int("expert_shared_feed_forward_length", 0, low=0),
+            n_tensors=len(self.loaded_tensors),
             **self._recurrent(),
         )
 
