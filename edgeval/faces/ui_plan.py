@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -16,8 +17,9 @@ if TYPE_CHECKING:
     from edgeval.comparison.plan import Config, Plan
 
 
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.2f}"
+def _table(title: str) -> Table:
+    """As plan's main table: no vertical rules, so the numbers keep their room at 80 columns."""
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
 
 
 def summary_table(result: Plan) -> Table:
@@ -26,11 +28,12 @@ def summary_table(result: Plan) -> Table:
     mixed = result.mixed
     hybrid = any(c.ref.model.arch.hybrid for c in result.fits)
     per = "generation and weight precision" if mixed else "weight precision"
-    table = Table(title=f"Largest model per {per} within {format_bytes(result.budget_bytes)}", title_justify="left")
-    names = [n for n in ("generation", "precision", "model", "weights", "state/vote", "with ctx × k", "total")
+    table = _table(f"Largest model per {per} within {format_bytes(result.budget_bytes)}")
+    names = [n for n in ("generation", "bits", "model", "weights", "state/vote", "ctx × k", "total")
              if (n != "generation" or mixed) and (n != "state/vote" or hybrid)]  # fmt: skip
     for name in names:
-        table.add_column(name, justify="right" if name in ("weights", "state/vote", "total") else "left")
+        table.add_column(name, justify="right" if name in ("weights", "state/vote", "total") else "left",
+                         no_wrap=name != "model", overflow="fold")  # fmt: skip
     generations = sorted({c.ref.model.generation for c in result.fits}) if mixed else [None]
     for generation in generations:
         best = result.largest_per_precision(generation)
@@ -43,9 +46,9 @@ def summary_table(result: Plan) -> Table:
 def _summary_cells(c: Config, bits: int, *, first: bool) -> dict[str, str]:
     state = c.ref.model.arch.state_bytes_per_seq
     return {
-        "generation": c.ref.model.generation if first else "", "precision": f"{bits}-bit",
+        "generation": c.ref.model.generation if first else "", "bits": str(bits),
         "model": escape(printable(c.ref.label)), "weights": format_bytes(c.footprint.weight_bytes),
-        "state/vote": format_bytes(state) if state else "—", "with ctx × k": f"{c.ctx} × {c.k}",
+        "state/vote": format_bytes(state) if state else "—", "ctx × k": f"{c.ctx} × {c.k}",
         "total": format_bytes(c.footprint.total_bytes),
     }  # fmt: skip
 
@@ -56,14 +59,17 @@ def side_by_side_table(result: Plan) -> Table | None:
     if not result.generations:
         return None
     first = result.generations[0]
-    table = Table(
-        title=f"Generations side by side within {format_bytes(result.budget_bytes)} (KV {first.kv_type.value}, no "
-        f"window; votes of {format_tokens(first.votes_budget)} tokens each after the prompt)",
-        title_justify="left",
+    table = _table(f"Generations side by side within {format_bytes(result.budget_bytes)}")
+    table.caption = (
+        f"KV/1k: KV cache per 1,000 tokens at {first.kv_type.value}. max budget: the most tokens one vote may write "
+        f"(no KV window, up to the native context). max k: the most votes of {format_tokens(first.votes_budget)} "
+        "tokens each after the prompt."
     )
-    names = ("generation", "largest model", "weights", "KV / 1k tokens", "state / vote", "longest budget", "most votes")
+    table.caption_justify = "left"
+    names = ("generation", "largest model", "weights", "KV/1k", "state/vote", "max budget", "max k")
     for name in names:
-        table.add_column(name, justify="left" if name in ("generation", "largest model") else "right")
+        table.add_column(name, justify="left" if name in ("generation", "largest model") else "right",
+                         no_wrap=name != "largest model", overflow="fold")  # fmt: skip
     for row in result.generations:
         table.add_row(
             row.generation, escape(printable(row.ref.label)), format_bytes(row.ref.weight_bytes), format_bytes(row.kv_per_1k),
