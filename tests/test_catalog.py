@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from edgeval.core import memory
 from edgeval.core.quants import WeightQuant
 from edgeval.edges.catalog import Catalog, CatalogError, UnknownModelError
 from edgeval.faces import ui
@@ -26,7 +27,9 @@ def test_builtin_catalog_has_every_size_with_4_8_and_16_bit_files() -> None:
         assert {WeightQuant.Q4_K_M, WeightQuant.Q8_0} <= quants, name
         assert quants & {WeightQuant.F16, WeightQuant.BF16}, name
         for f in book.models[name].files:
-            assert f.repo and f.file and f.size and f.size > 0
+            assert f.repo and f.file
+            # the i-quants were added without the Hub: no size (estimated, shown †); every other file has one
+            assert (f.size or 0) > 0 or f.quant in (WeightQuant.IQ4_XS, WeightQuant.IQ4_NL), (name, f.quant)
             assert f.file.endswith(".gguf") and f.quant.value in f.file
             assert f.sha256 is None or len(f.sha256) == 64
 
@@ -197,3 +200,86 @@ def test_models_marks_the_files_without_a_published_sha256(tmp_path: Path) -> No
     with ui.console.capture() as captured:
         ui.render_models([r for r in Catalog.load([only]).everything() if r.model.name == "mine"])
     assert "mine:Q8_0" in captured.get() and "†" not in captured.get()
+
+
+HYBRIDS = ["qwen3.5-0.8b", "qwen3.5-2b", "qwen3.5-4b", "qwen3.5-9b", "qwen3.5-27b", "qwen3.5-35b-a3b",
+           "qwen3.6-27b", "qwen3.6-35b-a3b"]  # fmt: skip
+
+
+def test_the_hybrid_generation_s_entries_carry_llama_cpp_s_state_arithmetic() -> None:
+    book = Catalog.load()
+    assert set(HYBRIDS) <= book.models.keys()
+    mib = 1 << 20
+    small = book.models["qwen3.5-0.8b"].arch
+    # 24 layers, every 4th full attention: 18 recurrent; 16 key and 16 value heads of 128, conv kernel 4
+    assert (small.recurrent_layers, small.attention_layers) == (18, 6)
+    assert small.recurrent_layers * small.state_r * 4 / mib == pytest.approx(1.27, abs=0.005)  # R (f32)
+    assert small.recurrent_layers * small.state_s * 4 / mib == 18.0  # S (f32)
+    assert small.state_bytes_per_seq / mib == pytest.approx(19.27, abs=0.005)
+    assert memory.kv_bytes_per_token(small) == 12 * 1024  # 6 layers × 2 KV heads × 256 × (K + V) × 2 B
+    big = book.models["qwen3.5-27b"].arch
+    # llama.cpp issue #20153's log for 27B with 4 sequences: "R (f32): 22.50 MiB, S (f32): 576.00 MiB"
+    assert 4 * big.recurrent_layers * big.state_r * 4 / mib == 22.5
+    assert 4 * big.recurrent_layers * big.state_s * 4 / mib == 576.0
+    assert memory.state_bytes(big, 4) == 4 * big.state_bytes_per_seq
+    assert memory.kv_bytes_per_token(book.models["qwen3.5-9b"].arch) == 32 * 1024
+    moe = book.models["qwen3.6-35b-a3b"]
+    assert (moe.arch.n_expert, moe.arch.n_expert_used, moe.arch.n_ff_exp, moe.arch.n_ff_shexp) == (256, 8, 512, 512)
+    for name in HYBRIDS:  # Qwen3.6 is Qwen3.5's architecture: one generation
+        model = book.models[name]
+        assert model.generation == "qwen3.5" and model.arch.hybrid and model.arch.n_vocab == 248_320, name
+        assert {WeightQuant.Q4_K_M, WeightQuant.Q8_0, WeightQuant.IQ4_XS, WeightQuant.IQ3_XXS} <= {
+            f.quant for f in model.files
+        }
+        for f in model.files:
+            assert f.file and f.file.startswith(model.title) and f.file.endswith(f"{f.quant.value}.gguf")
+            assert f.size is None and f.sha256 is None  # not read from the Hub: estimated (†)
+    assert {m.generation for m in book.models.values() if m.name.startswith("qwen3-")} == {"qwen3"}
+    assert book.models["qwen3.6-27b"].file(WeightQuant.Q8_0).repo == "ggml-org/Qwen3.6-27B-GGUF"  # type: ignore[union-attr]
+
+
+def test_each_generation_says_what_qwen_recommends_for_sampling() -> None:
+    book = Catalog.load()
+    new, old = book.models["qwen3.5-9b"], book.models["qwen3-8b"]
+    assert new.recommended_sampling(True) == {"temperature": 1.0, "top_p": 0.95, "top_k": 20, "min_p": 0.0,
+                                              "presence_penalty": 1.5}  # fmt: skip
+    assert new.recommended_sampling(False)["temperature"] == 0.7 and new.recommended_sampling(False)["top_p"] == 0.8
+    assert new.recommended_sampling(False)["presence_penalty"] == 1.5
+    assert (
+        old.recommended_sampling(True)["temperature"] == 0.6 and old.recommended_sampling(True)["presence_penalty"] == 0
+    )
+    # a model with one fixed mode gets that mode's advice whatever is asked
+    assert book.models["qwen3-4b-instruct-2507"].recommended_sampling(True)["temperature"] == 0.7
+    new.recommended_sampling(True)["temperature"] = 0.0  # a copy: the catalog's data stays
+    assert new.recommended_sampling(True)["temperature"] == 1.0
+
+
+def test_unlisted_weight_bytes_count_tied_embeddings_at_q6_k() -> None:
+    book = Catalog.load()
+    (ref,) = book.resolve("qwen3.5-0.8b:Q4_K_M")
+    embd = 248_320 * 1024
+    assert ref.weight_bytes == int(((ref.model.params - embd) * 4.905 + embd * 6.5625) / 8)
+    (untied,) = book.resolve("qwen3.5-9b:IQ4_XS")
+    assert untied.weight_bytes == int(untied.model.params * 4.46 / 8)
+
+
+def test_hybrid_catalog_entries_are_checked(tmp_path: Path) -> None:
+    base = {"params": 10, "n_layer": 8, "n_embd": 64, "n_head": 2, "n_ff": 64, "n_vocab": 300, "n_ctx_train": 512,
+            "files": [{"quant": "Q8_0", "repo": "a/b", "file": "c.gguf"}]}  # fmt: skip
+    mine = tmp_path / "mine.toml"
+    write_catalog(mine, {"h": {**base, "full_attention_interval": 4, "linear_k_heads": 2, "linear_v_heads": 4,
+                               "linear_head_dim": 16, "conv_kernel": 4}})  # fmt: skip
+    arch = Catalog.load([mine]).models["h"].arch
+    assert (arch.recurrent_layers, arch.state_r, arch.state_s) == (6, 3 * (64 + 2 * 2 * 16), 16 * 64)
+    assert Catalog.load([mine]).models["h"].generation == "qwen3.5"  # a hybrid shape says its generation
+    write_catalog(mine, {"h": {**base, "full_attention_interval": 4, "linear_k_heads": 2, "files": base["files"]}})
+    with pytest.raises(CatalogError, match="missing 'linear_v_heads'") as caught:
+        Catalog.load([mine])
+    assert "\n" not in str(caught.value)
+    write_catalog(mine, {"h": {**base, "generation": "qwen9"}})
+    with pytest.raises(CatalogError, match="generation = 'qwen9'"):
+        Catalog.load([mine])
+    write_catalog(mine, {"h": {**base, "full_attention_interval": 0, "linear_k_heads": 2, "linear_v_heads": 4,
+                               "linear_head_dim": 16, "conv_kernel": 4}})  # fmt: skip
+    with pytest.raises(CatalogError, match="full_attention_interval = 0 is out of range"):
+        Catalog.load([mine])

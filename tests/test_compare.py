@@ -492,3 +492,24 @@ def test_once_its_larger_budgets_are_beaten_a_run_generates_only_up_to_the_large
         # The 24-token rung's memory stays paired with the run that measured it.
         row = store.config(ids[24])
         assert row["peak_rss_bytes"] and row["arm_predicted_bytes"]
+
+
+def test_family_picks_the_default_models_per_generation(tmp_path: Path) -> None:
+    from edgeval.comparison import arms as arms_mod
+    from edgeval.edges.catalog import Catalog
+
+    book = Catalog.load()
+
+    def picked(family: str, budget: float = 8e9) -> list[str]:
+        request = compare.Request(budget_bytes=int(budget), family=family, repack=False)
+        return [r.label for r in arms_mod.default_refs(book, request)]
+
+    # the generations meet at about the same footprint: the largest of each that fits with room to think
+    assert picked("all") == ["qwen3-8b:Q4_K_M", "qwen3.5-9b:Q4_K_M"]
+    assert {label.split(":")[0] for label in picked("qwen3")} == {"qwen3-4b", "qwen3-8b"}
+    assert {label.split(":")[0] for label in picked("qwen3.5")} == {"qwen3.5-4b", "qwen3.5-9b"}
+    db = str(tmp_path / "f.db")
+    args = ["compare", "--budget", "8GB", "--no-repack", "--dry-run", "--db", db, "--family", "qwen3.5"]
+    wrong = CliRunner().invoke(cli, [*args, "--models", "qwen3-8b:Q4_K_M"])
+    assert wrong.exit_code == 1 and "none of --models is of generation qwen3.5" in wrong.output
+    assert wrong.output.strip().count("\n") <= 1  # the error and its hint

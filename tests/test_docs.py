@@ -102,3 +102,16 @@ def test_every_command_line_in_the_docs_names_only_options_its_command_has() -> 
                 assert not unknown, f"{doc.name}: `edgeval {name}` has no {sorted(unknown)}: {line.strip()}"
                 written += len(flags)
     assert written > 50  # the docs do write command lines out
+
+
+def test_the_hybrids_page_shows_what_plan_prints() -> None:
+    """docs/hybrids.md quotes `plan`'s output, not figures written by hand: the command in its block, run here, prints
+    the block (regenerate the page's block from the command when the memory model changes)."""
+    text = (ROOT / "docs" / "hybrids.md").read_text(encoding="utf-8")
+    block = re.search(r"```text\n\$ edgeval (plan [^\n]+)\n(.*?)\n```", text, re.S)
+    assert block, "the page's `$ edgeval plan ...` block"
+    result = CliRunner().invoke(cli, block.group(1).split())
+    assert result.exit_code == 0, result.output
+    printed = "\n".join(line.rstrip() for line in result.output.splitlines())
+    assert printed == block.group(2)
+    assert "Generations side by side within 8 GB" in printed and "qwen3.5-9b:Q4_K_M" in printed

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 from edgeval.comparison import plan
 from edgeval.core import prompts, racing
 from edgeval.core.answer_time import Speed
+from edgeval.core.errors import EdgevalError
 from edgeval.core.quants import KVType, WeightQuant
 from edgeval.core.units import format_tokens
 from edgeval.edges import tasks
-from edgeval.edges.catalog import Catalog, ModelRef
+from edgeval.edges.catalog import Catalog, ModelRef, in_family
 from edgeval.edges.store import Store
 from edgeval.running import sweep
 from edgeval.running.configuration import ANSWER_TOKENS
@@ -58,6 +59,7 @@ class Request:
     budget_bytes: int
     tasks: tuple[str, ...] = (DEFAULT_TASK,)
     models: tuple[str, ...] = ()
+    family: str = "all"  # architecture generation (catalog.FAMILIES): the default lets the generations compete
     kv: tuple[KVType, ...] = DEFAULT_KV
     kv_window: tuple[int, ...] = (0,)  # KV windows (0: no eviction)
     budgets: tuple[int, ...] = DEFAULT_BUDGETS  # the token-budget ladder
@@ -159,7 +161,11 @@ def race_plan(request: Request, task: str, catalog: Catalog | None = None, known
     `request.answer_time_s` is left out before it costs anything."""
     book = catalog or Catalog.load(request.catalogs)
     known = known or Measured({})
-    refs = book.resolve_all(request.models) if request.models else default_refs(book, request)
+    refs = (
+        in_family(book.resolve_all(request.models), request.family) if request.models else default_refs(book, request)
+    )
+    if request.models and not refs:
+        raise EdgevalError(f"none of --models is of generation {request.family}", hint="drop --family or name others")
     votes = tuple(sorted(set(request.votes)))
     gpu_layers = request.offload
     repacking, types = plan.repack_setting(request.repack, gpu_layers)
@@ -219,16 +225,25 @@ def _answer_times(
 def default_refs(book: Catalog, request: Request) -> list[ModelRef]:
     """The default models: 4- and 8-bit files of the largest hybrid Qwen3 sizes whose 4-bit file fits with room to
     think."""
-    # The hybrid Qwen3 family the study measured (the 2507 Thinking/Instruct models join by --models).
-    candidates = [r for r in book.everything() if r.file.quant in DEFAULT_QUANTS and r.model.thinking == "hybrid"]
+    # Models with both modes (the 2507 Thinking/Instruct models join by --models), of the generations asked for.
+    candidates = [r for r in in_family(book.everything(), request.family)
+                  if r.file.quant in DEFAULT_QUANTS and r.model.thinking == "hybrid"]  # fmt: skip
     repacking, types = plan.repack_setting(request.repack, request.offload)
     smallest_run = plan.Axes(kv=(KVType.Q8_0,), ctx=(request.prompt_tokens + min(request.budgets),), k=(1,),
                              prompt_tokens=request.prompt_tokens, repack=repacking, repack_types=types,
                              gpu_layers=request.offload, cpu_moe=request.cpu_moe)  # fmt: skip
     fitting = request.fitting()
     fits = {c.ref.label for c in plan.configurations(candidates, smallest_run) if fitting(c.footprint)}
-    sizes = sorted({r.model.params for r in candidates if r.label in fits}, reverse=True)[:DEFAULT_SIZES]
-    return [r for r in candidates if r.model.params in sizes and r.label in fits]
+    return [r for r in candidates if r.model.name in _largest(candidates, fits) and r.label in fits]
+
+
+def _largest(candidates: list[ModelRef], fits: set[str]) -> set[str]:
+    """The DEFAULT_SIZES largest models that fit, the largest of each generation first — so with `--family all`
+    the generations meet at about the same footprint; at equal size the later name (Qwen3.6 over Qwen3.5)."""
+    models = sorted({r.model for r in candidates if r.label in fits}, key=lambda m: (m.params, m.name), reverse=True)
+    firsts = [m for i, m in enumerate(models) if m.generation not in {n.generation for n in models[:i]}]
+    ordered = firsts + [m for m in models if m not in firsts]
+    return {m.name for m in ordered[:DEFAULT_SIZES]}
 
 
 @dataclass(frozen=True)

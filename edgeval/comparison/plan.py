@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from edgeval.core.memory import (
@@ -15,6 +15,7 @@ from edgeval.core.memory import (
     RepackRule,
     Setting,
     cells_for,
+    kv_bytes_per_token,
     own_cells,
     predict,
     repack_for_offload,
@@ -92,10 +93,29 @@ class Config:
             "weight_bytes": fp.weight_bytes,
             "kv_bytes": fp.kv_bytes,
             "other_bytes": fp.other_bytes,
+            "generation": self.ref.model.generation,
+            "state_bytes": fp.state_bytes,
+            "state_bytes_per_vote": self.ref.model.arch.state_bytes_per_seq,
             "total_bytes": fp.total_bytes,
             "device_bytes": fp.device_bytes,
             "host_bytes": fp.host_bytes,
         }
+
+
+@dataclass(frozen=True)
+class GenerationRow:
+    """What the budget buys one architecture generation: its largest model that fits (at the most bits), the
+    arithmetic that decides the rest — KV per 1,000 tokens, recurrent state per vote — and, for that file, the
+    longest token budget one vote may have and the most votes of `votes_budget` tokens each that fit."""
+
+    generation: str
+    ref: ModelRef
+    kv_type: KVType
+    kv_per_1k: int
+    state_per_vote: int
+    longest_budget: int  # up to the model's native context
+    most_votes: int  # 0 when not even one vote of votes_budget fits
+    votes_budget: int
 
 
 @dataclass(frozen=True)
@@ -106,11 +126,20 @@ class Plan:
     fits: tuple[Config, ...]
     considered: int
     vram_bytes: int | None = None  # the GPU's memory, when the device part was checked too
+    generations: tuple[GenerationRow, ...] = ()  # side by side, when a hybrid generation was considered
 
-    def largest_per_precision(self) -> dict[int, Config]:
-        """For each weight precision (bits), the fitting configuration with the most parameters."""
+    @property
+    def mixed(self) -> bool:
+        """Whether the fitting configurations span more than one generation."""
+        return len({c.ref.model.generation for c in self.fits}) > 1
+
+    def largest_per_precision(self, generation: str | None = None) -> dict[int, Config]:
+        """For each weight precision (bits), the fitting configuration with the most parameters (of one
+        generation, when given)."""
         best: dict[int, Config] = {}
         for c in self.fits:
+            if generation is not None and c.ref.model.generation != generation:
+                continue
             bits = c.ref.file.quant.bits
             held = best.get(bits)
             if held is None or (c.ref.model.params, -c.footprint.total_bytes) > (
@@ -137,40 +166,71 @@ def repack_setting(repack: bool | None, gpu_layers: int = 0) -> tuple[RepackMode
     return mode, engine.repacked_types(mode)
 
 
+def footprint_of(ref: ModelRef, axes: Axes, kv: KVType, budget: int, k: int, window: int = 0) -> Footprint:
+    """The predicted footprint of k votes of `budget` tokens each after the axes' prompt."""
+    setting = Setting(
+        n_ctx=cells_for(axes.prompt_tokens, k, budget, window), n_seq=k, type_k=kv, type_v=kv,
+        n_ubatch=axes.n_ubatch, prompt_tokens=axes.prompt_tokens, forced_tokens=k * axes.forced_tokens,
+        gpu_layers=axes.gpu_layers, cpu_moe=axes.cpu_moe, repack=axes.repack.on,
+    )  # fmt: skip
+    tied_copy = axes.repack.repacks_tied_output
+    repack = ref.repack(axes.repack_types, tied_copy=tied_copy) if axes.repack.on else Repack()
+    return predict(ref.model.arch, ref.weight_bytes, setting, embd_bytes=ref.embd_bytes,
+                   expert_bytes=ref.expert_bytes, repack=repack)  # fmt: skip
+
+
 def configurations(refs: Sequence[ModelRef], axes: Axes) -> list[Config]:
     """Every model × KV type × context × KV window × k on the grid that the model can run, with its footprint (a
     window no shorter than the budget evicts nothing and is left out)."""
     out = []
     for ref in refs:
-        arch = ref.model.arch
-        weights, embd = ref.weight_bytes, ref.embd_bytes
-        tied_copy = axes.repack.repacks_tied_output
-        repack = ref.repack(axes.repack_types, tied_copy=tied_copy) if axes.repack.on else Repack()
         for kv in axes.kv:
             for ctx in axes.ctx:
-                if ctx > arch.n_ctx_train or ctx <= axes.prompt_tokens:
+                if ctx > ref.model.arch.n_ctx_train or ctx <= axes.prompt_tokens:
                     continue
                 budget = ctx - axes.prompt_tokens
                 windows = [w for w in axes.kv_window if w == 0 or own_cells(budget, w) < budget]
                 for window, k in itertools.product(windows, axes.k):
-                    cells = cells_for(axes.prompt_tokens, k, budget, window)
-                    setting = Setting(
-                        n_ctx=cells,
-                        n_seq=k,
-                        type_k=kv,
-                        type_v=kv,
-                        n_ubatch=axes.n_ubatch,
-                        prompt_tokens=axes.prompt_tokens,
-                        forced_tokens=k * axes.forced_tokens,
-                        gpu_layers=axes.gpu_layers,
-                        cpu_moe=axes.cpu_moe,
-                        repack=axes.repack.on,
-                    )
-                    footprint = predict(
-                        arch, weights, setting, embd_bytes=embd, expert_bytes=ref.expert_bytes, repack=repack
-                    )
+                    footprint = footprint_of(ref, axes, kv, budget, k, window)
                     out.append(Config(ref, kv, kv, ctx, k, axes.prompt_tokens, footprint, window))
     return out
+
+
+def _most(fitting: Callable[[int], bool], high: int) -> int:
+    """The largest n in 1..high with fitting(n) (fitting shrinks as n grows), 0 when none."""
+    low = 0
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fitting(mid) else (low, mid - 1)
+    return low
+
+
+MAX_VOTES = 1024  # the side-by-side search's ceiling on votes
+
+
+def generations(refs: Sequence[ModelRef], axes: Axes, fitted: Sequence[Config],
+                fitting: Callable[[Footprint], bool]) -> tuple[GenerationRow, ...]:  # fmt: skip
+    """Each generation's largest fitting model side by side (see GenerationRow), at the axes' first KV type,
+    without a KV window; the votes at the smallest per-sample context of the axes."""
+    rows = []
+    kv = axes.kv[0]
+    votes_budget = min(axes.ctx) - axes.prompt_tokens
+    for generation in sorted({r.model.generation for r in refs}):
+        ours = [c.ref for c in fitted if c.ref.model.generation == generation]
+        if not ours:
+            continue
+        ref = max(ours, key=lambda r: (r.model.params, r.file.quant.bits, -r.weight_bytes))
+        rows.append(_side_by_side(generation, ref, axes, kv, votes_budget, fitting))
+    return tuple(rows)
+
+
+def _side_by_side(generation: str, ref: ModelRef, axes: Axes, kv: KVType, votes_budget: int,
+                  fitting: Callable[[Footprint], bool]) -> GenerationRow:  # fmt: skip
+    arch = ref.model.arch
+    longest = _most(lambda b: fitting(footprint_of(ref, axes, kv, b, 1)), arch.n_ctx_train - axes.prompt_tokens)
+    votes = _most(lambda k: fitting(footprint_of(ref, axes, kv, votes_budget, k)), MAX_VOTES)
+    kv_1k = round(kv_bytes_per_token(arch, kv, kv) * 1000)
+    return GenerationRow(generation, ref, kv, kv_1k, arch.state_bytes_per_seq, longest, votes, votes_budget)
 
 
 def fits(
@@ -194,11 +254,16 @@ def plan(
 ) -> Plan:  # fmt: skip
     """The configurations whose predicted footprint fits `budget_bytes` as `fits` reads it, smallest first."""
     every = configurations(refs, axes)
-    fitting = sorted(
-        (c for c in every if fits(c.footprint, budget_bytes, vram_bytes=vram_bytes, ram_bytes=ram_bytes)),
+
+    def fitting(footprint: Footprint) -> bool:
+        return fits(footprint, budget_bytes, vram_bytes=vram_bytes, ram_bytes=ram_bytes)
+
+    fitted = sorted(
+        (c for c in every if fitting(c.footprint)),
         key=lambda c: (c.footprint.total_bytes, c.ref.label, c.kv_type_k.value, c.ctx, c.kv_window, c.k),
     )
-    return Plan(budget_bytes, tuple(fitting), len(every), vram_bytes)
+    side = generations(refs, axes, fitted, fitting) if any(r.model.arch.hybrid for r in refs) else ()
+    return Plan(budget_bytes, tuple(fitted), len(every), vram_bytes, side)
 
 
 @functools.cache

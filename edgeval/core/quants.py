@@ -23,6 +23,7 @@ class WeightQuant(str, Enum):
     Q4_0 = "Q4_0"
     IQ4_NL = "IQ4_NL"
     IQ4_XS = "IQ4_XS"
+    IQ3_XXS = "IQ3_XXS"  # unsloth names its files UD-IQ3_XXS (a dynamic mix); the file type is llama.cpp's IQ3_XXS
     Q3_K_L = "Q3_K_L"
     Q3_K_M = "Q3_K_M"
     Q3_K_S = "Q3_K_S"
@@ -59,6 +60,7 @@ _NOMINAL_BITS = {
     WeightQuant.Q4_0: 4,
     WeightQuant.IQ4_NL: 4,
     WeightQuant.IQ4_XS: 4,
+    WeightQuant.IQ3_XXS: 3,
     WeightQuant.Q3_K_L: 3,
     WeightQuant.Q3_K_M: 3,
     WeightQuant.Q3_K_S: 3,

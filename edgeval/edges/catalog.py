@@ -33,8 +33,45 @@ BITS_PER_PARAM: dict[WeightQuant, float] = {
     WeightQuant.BF16: 16.0, WeightQuant.F16: 16.0, WeightQuant.Q8_0: 8.5, WeightQuant.Q6_K: 6.563,
     WeightQuant.Q5_K_M: 5.709, WeightQuant.Q5_0: 5.582, WeightQuant.Q4_K_M: 4.905, WeightQuant.Q4_0: 4.625,
     WeightQuant.Q3_K_M: 4.022, WeightQuant.Q2_K: 3.2,
+    # i-quants, not in the Qwen3-8B set above: tensor bytes × 8 / params of unsloth's Qwen3.5-27B files as a
+    # third-party listing of their tensor directories gives them (no Hub here; 26.9B parameters, untied, so the
+    # embeddings weigh little): IQ4_XS blocks are 4.25 bpw and IQ4_NL 4.5 (Q4_0's size), IQ3_XXS 3.06, each plus
+    # the quantizer's usual mix (output at Q6_K, some attention and FFN-down tensors a type up, f32 norms and
+    # convolutions) — 4.46, 4.67 and 3.42 against 4.98 for the same listing's Q4_K_M.
+    WeightQuant.IQ4_XS: 4.46, WeightQuant.IQ4_NL: 4.67, WeightQuant.IQ3_XXS: 3.42,
 }  # fmt: skip
+# Below 8 bits the quantizer stores tied token embeddings (also the output projection) at Q6_K: 6.5625 bits.
+TIED_EMBEDDING_BITS = 6.5625
 THINKING_MODES = ("hybrid", "always", "never")
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A Qwen architecture generation: what its chat template does by default and Qwen's sampling advice."""
+
+    name: str
+    title: str
+    thinks_by_default: bool  # what the template does without enable_thinking
+    soft_switches: bool  # whether `/think` and `/no_think` in a message switch modes
+    sampling: dict[bool, dict[str, float]]  # by thinking on/off: temperature, top_p, top_k, min_p, presence_penalty
+
+
+def _sampling(temperature: float, top_p: float, top_k: int, presence: float) -> dict[str, float]:
+    return {"temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": 0.0, "presence_penalty": presence}
+
+
+# A model's `generation` is its architecture generation: Qwen3.6 is Qwen3.5's architecture (llama.cpp's qwen35 and
+# qwen35moe), its template and its sampling advice, so it is generation "qwen3.5" and `--family qwen3.5` includes it.
+GENERATIONS: dict[str, Generation] = {
+    # Qwen3 model cards: thinking 0.6/0.95/20, non-thinking 0.7/0.8/20, min_p 0; no presence penalty by default.
+    "qwen3": Generation("qwen3", "Qwen3 (every layer attends)", True, True,
+                        {True: _sampling(0.6, 0.95, 20, 0.0), False: _sampling(0.7, 0.8, 20, 0.0)}),
+    # Qwen3.5 model cards: thinking 1.0/0.95/20 with presence penalty 1.5, non-thinking 0.7/0.8/20/1.5; thinking
+    # on by default through the template (enable_thinking), no /think switches.
+    "qwen3.5": Generation("qwen3.5", "Qwen3.5 and Qwen3.6 (hybrid: 3 of 4 layers Gated DeltaNet)", True, False,
+                          {True: _sampling(1.0, 0.95, 20, 1.5), False: _sampling(0.7, 0.8, 20, 1.5)}),
+}  # fmt: skip
+FAMILIES = (*GENERATIONS, "all")
 
 
 class CatalogError(EdgevalError):
@@ -96,6 +133,7 @@ class Model:
     n_expert: int = 0  # mixture of experts: experts per layer, all resident
     n_expert_used: int = 0  # … of which each token uses this many
     thinking: str = "hybrid"  # "always" (Qwen3-2507 Thinking), "never" (-2507 Instruct), or as asked
+    generation: str = "qwen3"  # a key of GENERATIONS: the architecture generation (`--family`)
 
     def file(self, quant: WeightQuant) -> ModelFile | None:
         """The entry for one quantization."""
@@ -104,6 +142,11 @@ class Model:
     def thinks(self, requested: bool) -> bool:
         """Whether a run reasons: the model's fixed mode, or the one asked for when it has both."""
         return {"always": True, "never": False}.get(self.thinking, requested)
+
+    def recommended_sampling(self, thinking: bool) -> dict[str, float]:
+        """Qwen's recommended sampler settings for this model's generation in the mode (a copy: temperature,
+        top_p, top_k, min_p, presence_penalty)."""
+        return dict(GENERATIONS[self.generation].sampling[self.thinks(thinking)])
 
 
 @dataclass(frozen=True)
@@ -128,7 +171,9 @@ class ModelRef:
             bits = BITS_PER_PARAM.get(self.file.quant)
             if bits is None:
                 raise CatalogError(f"{self.label} has no size in the catalog")
-            return int(self.model.params * bits / 8)
+            arch = self.model.arch
+            embd = arch.n_vocab * arch.n_embd if arch.tied_embeddings and self.file.quant.bits < 8 else 0
+            return int(((self.model.params - embd) * bits + embd * TIED_EMBEDDING_BITS) / 8)
         return max(self.file.size - QWEN3_HEADER_BYTES, 0)
 
     @property
@@ -196,8 +241,19 @@ def _guess_from_types(info: GGUFInfo) -> WeightQuant:
 def model_from_header(info: GGUFInfo, name: str, path: Path) -> Model:
     """A catalog model describing one local GGUF file."""
     file = ModelFile(quant=quant_of(info), path=path, size=path.stat().st_size)
+    arch = info.architecture()
     return Model(name=name, title=str(info.get("general.name", name)), params=info.n_params,
-                 arch=info.architecture(), files=(file,))  # fmt: skip
+                 arch=arch, files=(file,), generation=generation_of(arch))  # fmt: skip
+
+
+def generation_of(arch: Architecture) -> str:
+    """The generation a file's architecture belongs to, for a model the catalog does not describe."""
+    return "qwen3.5" if arch.hybrid else "qwen3"
+
+
+def in_family(refs: Iterable[ModelRef], family: str) -> list[ModelRef]:
+    """The references of one generation (`all`: every one)."""
+    return [r for r in refs if family == "all" or r.model.generation == family]
 
 
 _MAX_COUNT = 1 << 62  # params and sizes; widths, heads and layers are far smaller but any positive count is read
@@ -227,12 +283,34 @@ def _text(entry: dict[str, Any], key: str, where: str) -> str | None:
     return value
 
 
+HYBRID_KEYS = ("full_attention_interval", "linear_k_heads", "linear_v_heads", "linear_head_dim", "conv_kernel")
+
+
+def _hybrid_from(entry: dict[str, Any], where: str, n_layer: int) -> dict[str, int]:
+    """A hybrid's recurrent layers and state sizes from its linear-attention shape, by llama.cpp's formulas:
+    layer i is recurrent when (i+1) % interval ≠ 0; per layer and sequence r = (conv − 1) × (d_inner + 2 × k_heads
+    × head_dim) and s = head_dim × d_inner f32 values, d_inner = v_heads × head_dim (none for other models)."""
+    if not any(key in entry for key in HYBRID_KEYS):
+        return {}
+    interval = _count(entry, "full_attention_interval", where)
+    k_heads, v_heads = _count(entry, "linear_k_heads", where), _count(entry, "linear_v_heads", where)
+    head_dim, conv = _count(entry, "linear_head_dim", where), _count(entry, "conv_kernel", where)
+    d_inner = v_heads * head_dim
+    return {
+        "recurrent_layers": sum(1 for i in range(n_layer) if (i + 1) % interval),
+        "state_r": (conv - 1) * (d_inner + 2 * k_heads * head_dim),
+        "state_s": head_dim * d_inner,
+        "linear_v_heads": v_heads,
+    }
+
+
 def _arch_from(entry: dict[str, Any], where: str) -> Architecture:
     n_head = _count(entry, "n_head", where)
     head_dim = _count(entry, "head_dim", where, max(1, _count(entry, "n_embd", where) // n_head))
     n_expert = _count(entry, "n_expert", where, 0, low=0)
+    n_layer = _count(entry, "n_layer", where)
     return Architecture(
-        n_layer=_count(entry, "n_layer", where),
+        n_layer=n_layer,
         n_embd=_count(entry, "n_embd", where),
         n_head=n_head,
         n_head_kv=_count(entry, "n_head_kv", where, n_head),
@@ -245,6 +323,8 @@ def _arch_from(entry: dict[str, Any], where: str) -> Architecture:
         n_expert=n_expert,
         n_expert_used=min(n_expert, _count(entry, "n_expert_used", where, 0, low=0)),
         n_ff_exp=_count(entry, "n_ff_exp", where, 0, low=0),
+        n_ff_shexp=_count(entry, "n_ff_shexp", where, 0, low=0),
+        **_hybrid_from(entry, where, n_layer),
     )
 
 
@@ -268,6 +348,13 @@ def _file_from(entry: object, where: str, base: Path) -> ModelFile:
     )  # fmt: skip
 
 
+def _generation(entry: dict[str, Any], name: str, where: str, arch: Architecture) -> str:
+    generation = str(entry.get("generation", generation_of(arch)))
+    if generation not in GENERATIONS:
+        raise CatalogError(f"{where}: model '{name}' has generation = '{generation}' (use {', '.join(GENERATIONS)})")
+    return generation
+
+
 def _model_from(name: str, entry: object, where: str, base: Path) -> Model:
     if not isinstance(entry, dict):
         raise CatalogError(f"{where}: model '{name}' is {entry!r}, not a table ([models.{name}])")
@@ -284,18 +371,21 @@ def _model_from(name: str, entry: object, where: str, base: Path) -> Model:
         # A local model: its header has the facts the entry left out.
         header = read_local(local)
         params = _count(entry, "params", f"{where} [{name}]", header.n_params)
-        return Model(name, title, params, header.architecture(), files)
+        arch = header.architecture()
+        return Model(name, title, params, arch, files, generation=_generation(entry, name, where, arch))
     if "params" not in entry:
         raise CatalogError(f"{where}: model '{name}' needs `params`")
     thinking = str(entry.get("thinking", "hybrid"))
     if thinking not in THINKING_MODES:
         raise CatalogError(f"{where}: model '{name}' has thinking = '{thinking}' (use {', '.join(THINKING_MODES)})")
     here = f"{where} [{name}]"
+    arch = _arch_from(entry, here)
+    generation = _generation(entry, name, where, arch)
     return Model(
-        name, title, _count(entry, "params", here), _arch_from(entry, here), files,
+        name, title, _count(entry, "params", here), arch, files,
         active_params=_count(entry, "active_params", here) if "active_params" in entry else None,
         n_expert=_count(entry, "n_expert", here, 0, low=0), n_expert_used=_count(entry, "n_expert_used", here, 0, low=0),
-        thinking=thinking,
+        thinking=thinking, generation=generation,
     )  # fmt: skip
 
 

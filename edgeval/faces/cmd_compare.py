@@ -27,6 +27,7 @@ from edgeval.faces.options import (
     catalog_option,
     cpu_moe_option,
     db_option,
+    family_option,
     json_option,
     kv_window_axis,
     models_option,
@@ -87,7 +88,11 @@ def _record_recommendations(store: Any, comparisons: list[Any]) -> None:
     show_default=True,
     help="Task(s) to compare on (repeatable).",
 )
-@models_option(f"{_joined(compare_mod.DEFAULT_QUANTS)} files of the {compare_mod.DEFAULT_SIZES} largest sizes that fit")
+@models_option(
+    f"{_joined(compare_mod.DEFAULT_QUANTS)} files of the {compare_mod.DEFAULT_SIZES} largest sizes that fit, the "
+    "largest of each generation first"
+)
+@family_option
 @click.option("--kv", type=CommaList("KV,...", _kv), default=_joined(compare_mod.DEFAULT_KV), show_default=True,
               help="KV-cache types (K and V alike).")  # fmt: skip
 @click.option(
@@ -132,7 +137,7 @@ def _record_recommendations(store: Any, comparisons: list[Any]) -> None:
 @catalog_option
 @json_option
 def compare_command(
-    budget: int, task_names: tuple[str, ...], model_refs: tuple[str, ...], kv: tuple[KVType, ...],
+    budget: int, task_names: tuple[str, ...], model_refs: tuple[str, ...], family: str, kv: tuple[KVType, ...],
     budgets: tuple[int, ...], votes: tuple[int, ...], kv_windows: tuple[int, ...] | None, time_s: float,
     answer_time_s: float | None, limit: int | None, exhaustive: bool, seed: int, budget_message: str | None,
     threads: int | None, repack: bool | None, gpu_layers: int | None, cpu_moe: int, vram: int | None,
@@ -147,7 +152,7 @@ def compare_command(
     answer so far.
     """
     request = compare_mod.Request(
-        budget_bytes=budget, tasks=task_names, models=_model_names(model_refs), kv=kv, budgets=budgets, votes=votes, kv_window=kv_windows or (0,),
+        budget_bytes=budget, tasks=task_names, models=_model_names(model_refs), family=family, kv=kv, budgets=budgets, votes=votes, kv_window=kv_windows or (0,),
         time_s=time_s, limit=limit, exhaustive=exhaustive, seed=seed, threads=threads, repack=repack,
         catalogs=catalogs, ray=ray_address, gpu_layers=gpu_layers, cpu_moe=cpu_moe, vram_bytes=vram, ram_bytes=ram,
         parallel=parallel, answer_time_s=answer_time_s,

@@ -19,6 +19,8 @@ from edgeval.faces.options import (
     check_ctx,
     cpu_moe_option,
     db_option,
+    family_option,
+    in_family,
     json_option,
     kv_window_axis,
     models_option,
@@ -90,6 +92,7 @@ def inspect(ref: str, catalogs: tuple[Path, ...], as_json: bool) -> None:
     "--budget", required=True, type=ByteSize(), help="Memory budget: 8GB, 7.5GB, 8000MB (10^n) or 8GiB, 512MiB (2^n)."
 )
 @models_option("the whole catalog")
+@family_option
 @axis_options(
     kv=planner.DEFAULT_KV, ctx=planner.DEFAULT_CTX, k=planner.DEFAULT_K, prompt_tokens=planner.DEFAULT_PROMPT_TOKENS
 )
@@ -127,6 +130,7 @@ def inspect(ref: str, catalogs: tuple[Path, ...], as_json: bool) -> None:
 def plan(
     budget: int,
     model_refs: tuple[str, ...],
+    family: str,
     kv: tuple[KVType, ...],
     ctx: tuple[int, ...],
     votes: tuple[int, ...],
@@ -153,7 +157,7 @@ def plan(
     check_ctx(ctx, prompt_tokens)
     book = catalog.Catalog.load(catalogs)
     names = _model_names(model_refs)
-    refs = book.resolve_all(names) if names else book.everything()
+    refs = in_family(book.resolve_all(names) if names else book.everything(), family)
     repacking, types = planner.repack_setting(repack, gpu_layers)
     axes = planner.Axes(
         kv=kv, ctx=ctx, k=votes, kv_window=kv_windows or (0,), prompt_tokens=prompt_tokens, gpu_layers=gpu_layers,

@@ -12,6 +12,8 @@ import click
 
 from edgeval.comparison import plan as planner
 from edgeval.core.quants import KVType
+from edgeval.edges.catalog import FAMILIES
+from edgeval.edges.catalog import in_family as catalog_in_family
 
 
 class ByteSize(click.ParamType):  # type: ignore[type-arg]
@@ -181,6 +183,25 @@ def models_option(default: str) -> Decorator:
     return click.option(
         "--models", "model_refs", multiple=True, metavar="REF...", help=f"Models to consider; default: {default}."
     )
+
+
+family_option = click.option(
+    "--family",
+    type=click.Choice(FAMILIES),
+    default="all",
+    show_default=True,
+    help="Architecture generation to consider: qwen3 (every layer attends), qwen3.5 (the hybrid generation: Qwen3.5 "
+    "and Qwen3.6, three of four layers with a fixed recurrent state per vote instead of a KV cache) or all — the "
+    "default, since which generation buys more accuracy in the same memory is the question; it also filters --models.",
+)
+
+
+def in_family(refs: Sequence[Any], family: str) -> list[Any]:
+    """`--family` applied to resolved references: a usage error when it leaves none."""
+    kept = catalog_in_family(refs, family)
+    if refs and not kept:
+        raise click.BadParameter(f"none of the models considered is of generation {family}", param_hint="--family")
+    return kept
 
 
 def check_ctx(ctx: Sequence[int], prompt_tokens: int) -> None:

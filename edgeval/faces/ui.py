@@ -317,20 +317,22 @@ def render_plan(result: Plan, *, show_all: bool = False) -> None:
             f"({result.considered} configurations considered): {advice}."
         )
         return
-    summary = Table(title=f"Largest model per weight precision within {format_bytes(result.budget_bytes)}",
-                    title_justify="left")  # fmt: skip
-    for name in ("precision", "model", "weights", "with ctx × k", "total"):
-        summary.add_column(name, justify="right" if name in ("weights", "total") else "left")
-    for bits, c in result.largest_per_precision().items():
-        summary.add_row(f"{bits}-bit", shown(c.ref.label), format_bytes(c.footprint.weight_bytes), f"{c.ctx} × {c.k}",
-                        format_bytes(c.footprint.total_bytes))  # fmt: skip
-    console.print(summary)
+    from edgeval.faces import ui_plan
+
+    console.print(ui_plan.summary_table(result))
+    side = ui_plan.side_by_side_table(result)
+    if side is not None:
+        console.print(side)
     wide = console.width >= WIDE
-    legend = " ([blue]█ weights[/] [magenta]█ KV cache[/] [dim]█ other[/])" if wide else ""
+    hybrid = any(c.footprint.state_bytes for c in result.fits)
+    sequences = "KV cache + state" if hybrid else "KV cache"
+    legend = f" ([blue]█ weights[/] [magenta]█ {sequences}[/] [dim]█ other[/])" if wide else ""
     table = _compact_table(f"{len(result.fits)} of {result.considered} configurations fit, in GB{legend}")
-    names: tuple[str, ...] = ("band", "model", "KV", "ctx", "k", "weights", "KV cache", "other", "total", "GPU", "split")  # fmt: skip
-    if not wide:  # other = total − weights − KV cache; the split bar is a picture of the same numbers
+    names: tuple[str, ...] = ("band", "model", "KV", "ctx", "k", "weights", "KV cache", "state", "other", "total", "GPU", "split")  # fmt: skip
+    if not wide:  # other = total − weights − KV cache − state; the split bar is a picture of the same numbers
         names = tuple(n for n in names if n not in ("other", "split"))
+    if not hybrid:  # a hybrid's recurrent states: state per vote × k
+        names = tuple(n for n in names if n != "state")
     if not any(c.footprint.device_bytes for c in result.fits):  # the GPU's part of the total, when offloading
         names = tuple(n for n in names if n != "GPU")
     for name in names:
@@ -345,9 +347,9 @@ def render_plan(result: Plan, *, show_all: bool = False) -> None:
             fp = c.footprint
             cells = {
                 "band": band if i == 0 else "", "model": shown(c.ref.label), "KV": _plan_kv(c), "ctx": str(c.ctx),
-                "k": str(c.k), "weights": _gb(fp.weight_bytes), "KV cache": _gb(fp.kv_bytes),
+                "k": str(c.k), "weights": _gb(fp.weight_bytes), "KV cache": _gb(fp.kv_bytes), "state": _gb(fp.state_bytes) if fp.state_bytes else "—",
                 "other": _gb(fp.other_bytes), "total": f"[bold]{_gb(fp.total_bytes)}[/]", "GPU": _gb(fp.device_bytes),
-                "split": _share_bar(fp.weight_bytes, fp.kv_bytes, fp.other_bytes),
+                "split": _share_bar(fp.weight_bytes, fp.kv_bytes + fp.state_bytes, fp.other_bytes),
             }  # fmt: skip
             table.add_row(*(cells[n] for n in names), end_section=i == len(kept) - 1)
         if len(kept) < len(configs):
