@@ -190,6 +190,8 @@ def configurations(refs: Sequence[ModelRef], axes: Axes) -> list[Config]:
                     continue
                 budget = ctx - axes.prompt_tokens
                 windows = [w for w in axes.kv_window if w == 0 or own_cells(budget, w) < budget]
+                if ref.model.arch.hybrid:  # a recurrent state cannot evict: a window never applies
+                    windows = [w for w in windows if w == 0]
                 for window, k in itertools.product(windows, axes.k):
                     footprint = footprint_of(ref, axes, kv, budget, k, window)
                     out.append(Config(ref, kv, kv, ctx, k, axes.prompt_tokens, footprint, window))

@@ -9,6 +9,7 @@ without a template gets the built-in Qwen3 format, and the run says so.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from importlib import resources
 
@@ -20,12 +21,27 @@ __all__ = ["TemplateError", "render"]  # (rendering's: a template's parts in the
 
 @dataclass(frozen=True)
 class Sampling:
-    """A sampler chain: top-k, top-p, min-p, temperature, then a seeded draw (greedy at temperature 0)."""
+    """A sampler chain: a presence penalty (llama.cpp's penalties sampler over the last 64 tokens, prompt included,
+    as llama-server runs it; 0: off), top-k, top-p, min-p, temperature, then a seeded draw (greedy at temperature
+    0)."""
 
     temperature: float = 0.6
     top_p: float = 0.95
     top_k: int = 20
     min_p: float = 0.0
+    presence_penalty: float = 0.0
+
+    def fields(self) -> dict[str, float]:
+        """The settings as stored and keyed: a presence penalty only when on, so configurations from before it
+        existed keep their keys."""
+        out = dataclasses.asdict(self)
+        if not self.presence_penalty:
+            del out["presence_penalty"]
+        return out
+
+
+# llama.cpp's penalties sampler looks back this many tokens (common_params_sampling.penalty_last_n's default).
+PENALTY_LAST_N = 64
 
 
 # Qwen3 model cards: thinking mode never greedy (it loops); non-thinking slightly hotter but narrower.

@@ -15,6 +15,7 @@ from gguf import LlamaFileType
 from edgeval.core.errors import EdgevalError, ModelFileError
 from edgeval.core.memory import Architecture, Repack, RepackRule
 from edgeval.core.paths import edgeval_home
+from edgeval.core.prompts import Sampling
 from edgeval.core.quants import WeightQuant
 from edgeval.edges.gguf_info import GGUFInfo, read_local
 
@@ -147,6 +148,11 @@ class Model:
         """Qwen's recommended sampler settings for this model's generation in the mode (a copy: temperature,
         top_p, top_k, min_p, presence_penalty)."""
         return dict(GENERATIONS[self.generation].sampling[self.thinks(thinking)])
+
+    def sampling(self, thinking: bool) -> Sampling:
+        """The recommended settings as the sampler chain takes them."""
+        advice = self.recommended_sampling(thinking)
+        return Sampling(**{**advice, "top_k": int(advice["top_k"])})  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,11 @@ from edgeval.running import kld_run, sweep
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Override the recommended top-p.")
 @click.option("--top-k", type=click.IntRange(0), help="Override the recommended top-k (0: off).")
 @click.option("--min-p", type=click.FloatRange(0, 1), help="Override the recommended min-p (0: off).")
+@click.option(
+    "--presence-penalty", type=click.FloatRange(0, 2),
+    help="Override the recommended presence penalty (llama.cpp's penalties sampler over the last 64 tokens; Qwen3.5 "
+    "recommends 1.5, Qwen3 none; 0: off).",
+)  # fmt: skip
 @seed_option
 @budget_message_option
 @threads_option
@@ -85,7 +90,8 @@ from edgeval.running import kld_run, sweep
 def run(
     model_ref: str, task_name: str, kv: str | None, kv_k: str | None, kv_v: str | None, ctx: tuple[int, ...] | None,
     budget_tokens: tuple[int, ...] | None, kv_window: tuple[int, ...], votes: int, limit: int | None, thinking: bool, temperature: float | None,
-    top_p: float | None, top_k: int | None, min_p: float | None, seed: int, budget_message: str | None,
+    top_p: float | None, top_k: int | None, min_p: float | None, presence_penalty: float | None, seed: int,
+    budget_message: str | None,
     threads: int | None, gpu_layers: int | None, cpu_moe: int, repack: bool | None, parallel: int, force: bool, db: Path | None,
     catalogs: tuple[Path, ...], as_json: bool,
 ) -> None:  # fmt: skip
@@ -107,12 +113,13 @@ def run(
     ref = refs[0]
     budgets = tuple(sorted(set(budget_tokens or ())))
     thinking = ref.model.thinks(thinking)  # Qwen3-2507 Thinking always reasons, Instruct never does
-    base = prompts.recommended_sampling(thinking)
+    base = ref.model.sampling(thinking)  # Qwen's advice for the model's generation
     sampling = Sampling(
         temperature=base.temperature if temperature is None else temperature,
         top_p=base.top_p if top_p is None else top_p,
-        top_k=base.top_k if top_k is None else top_k,
+        top_k=int(base.top_k) if top_k is None else top_k,
         min_p=base.min_p if min_p is None else min_p,
+        presence_penalty=base.presence_penalty if presence_penalty is None else presence_penalty,
     )
     with Store(db) as store:
         path = hub.local_path(ref.file)
@@ -124,7 +131,8 @@ def run(
             model_path=path, model_label=ref.label, task=task_name, kv_type_k=type_k, kv_type_v=type_v,
             budget_tokens=budgets[-1] if budgets else None, ladder=budgets[:-1], ctx=ctx[0] if ctx else None,
             kv_window=kv_window[0] if kv_window else 0,
-            k=votes, thinking=thinking, sampling=None if sampling == base else sampling, seed=seed, limit=limit,
+            k=votes, thinking=thinking,
+            sampling=None if sampling == prompts.recommended_sampling(thinking) else sampling, seed=seed, limit=limit,
             threads=threads, repack=repack, gpu_layers=gpu_layers, cpu_moe=cpu_moe, expected_sha256=ref.file.sha256,
             force=force, parallel=parallel,
             budget_message=prompts.BUDGET_MESSAGE if budget_message is None else budget_message,

@@ -23,7 +23,7 @@ import llama_cpp
 
 from edgeval.core.errors import ConfigurationError, LlamaError
 from edgeval.core.memory import eviction_chunk, own_cells
-from edgeval.core.prompts import THINKING_SAMPLING, Sampling
+from edgeval.core.prompts import PENALTY_LAST_N, THINKING_SAMPLING, Sampling
 from edgeval.llama.budget import FORCING, Budget, Forcing
 
 if TYPE_CHECKING:
@@ -348,6 +348,10 @@ class _Question:
                     cap=self.n_predict(self.top), vote=v, kept_from=len(self.prompt))
             for v in range(self.k)
         ]  # fmt: skip
+        if recipe.sampling.presence_penalty:  # llama-server accepts the prompt into a request's sampler first
+            for seq in self.live:
+                for token in self.prompt:
+                    llama_cpp.llama_sampler_accept(seq.sampler, token)
 
     def n_predict(self, budget: int) -> int:
         return self.forcing.n_predict(budget) if self.forcing else budget
@@ -587,6 +591,9 @@ def _draw(chain: llama_cpp.llama_sampler_p, token: int) -> None:
 def _sampler_chain(sampling: Sampling, seed: int) -> llama_cpp.llama_sampler_p:
     params = llama_cpp.llama_sampler_chain_default_params()
     chain: llama_cpp.llama_sampler_p = llama_cpp.llama_sampler_chain_init(params)
+    if sampling.presence_penalty:
+        penalties = llama_cpp.llama_sampler_init_penalties(PENALTY_LAST_N, 1.0, 0.0, sampling.presence_penalty)
+        llama_cpp.llama_sampler_chain_add(chain, penalties)
     if sampling.temperature <= 0:
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
         return chain

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -27,6 +27,13 @@ if TYPE_CHECKING:  # engine (llama.cpp) is imported where a configuration is pre
 DEFAULT_BUDGET_TOKENS = 2048  # lowered, with a note, where the model's context cannot hold it
 ANSWER_TOKENS = 32  # what a forced sample may still write after its reasoning is closed
 AUTO = 0  # RunSpec.parallel: as many questions in flight as gain throughput and fit
+
+
+# A KV window evicts a sample's oldest tokens; a hybrid cannot forget them (and needs little KV cache to begin with).
+HYBRID_WINDOW = (
+    "a KV window cannot apply to {name}: it is a hybrid (Gated DeltaNet), most of its layers carry a recurrent "
+    "state that holds every token read and cannot drop old ones, and its attention layers cannot shift positions"
+)
 
 
 @dataclass(frozen=True)
@@ -124,7 +131,7 @@ def _config_key(spec: RunSpec, task: tasks.Task, model_sha: str, budget: int) ->
         "answer_tokens": spec.answer_tokens,
         "k": spec.k,
         "thinking": spec.thinking,
-        "sampling": asdict(spec.effective_sampling),
+        "sampling": spec.effective_sampling.fields(),
         "seed": spec.seed,
         "forcing": prompts.FORCING,
         "budget_message": spec.budget_message,
@@ -164,6 +171,8 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
         raise ConfigurationError(f"task {task.name} has no items", hint="check --limit and the task file")
     chat = prompts.ChatFormat(header.chat_template)
     arch = header.architecture()
+    if arch.hybrid and spec.kv_window:
+        raise ConfigurationError(HYBRID_WINDOW.format(name=spec.model_path.name), hint="drop --kv-window")
     _check_sizes(spec, task, items, header, arch.n_ctx_train)
     longest, needed = _sample_tokens(spec, task, items, chat)
     answer_cells = needed - longest - spec.budget
@@ -315,7 +324,7 @@ def _config_rows(
             "kv_type_k": spec.kv_type_k.value, "kv_type_v": spec.kv_type_v.value,
             "ctx": longest + rung + answer_cells if rung != budget or spec.ctx is None else spec.ctx,
             "budget_tokens": rung, "k": spec.k, "thinking": int(spec.thinking),
-            "sampling": json.dumps(asdict(spec.effective_sampling)), "seed": spec.seed, "n_items": n_items,
+            "sampling": json.dumps(spec.effective_sampling.fields()), "seed": spec.seed, "n_items": n_items,
             "kv_cells": memory.padded_cells(shape.n_ctx), "predicted_bytes": by_votes[spec.k],
             "predicted_by_votes": json.dumps(by_votes), "arm": arm, "arm_predicted_bytes": shape.arm_predicted,
             "kv_window": spec.kv_window, "forcing": prompts.FORCING, "budget_message": spec.budget_message,

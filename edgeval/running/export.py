@@ -301,11 +301,13 @@ def request(d: Deployment, prompt: str, seed: int) -> dict[str, object]:
     body: dict[str, object] = {
         "prompt": prompt, "n_cmpl": d.votes, "n_predict": d.n_predict, "seed": seed,
         "temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "min_p": s.min_p,
-        "samplers": list(SAMPLERS), "cache_prompt": False,
+        "samplers": (["penalties"] if s.presence_penalty else []) + list(SAMPLERS), "cache_prompt": False,
         # What the prompt already holds of the answer (the template's generation prompt): the budget sampler reads
         # it first, so a template that opens the reasoning starts the count at once.
         "generation_prompt": prompt.rpartition(prompts.END_OF_TURN)[2].lstrip("\n"),
     }  # fmt: skip
+    if s.presence_penalty:  # llama-server's penalties sampler: the last 64 tokens (its default), prompt included
+        body |= {"presence_penalty": s.presence_penalty, "repeat_last_n": prompts.PENALTY_LAST_N}
     if d.reasons:
         body.update({
             "reasoning_budget_tokens": d.budget, "reasoning_budget_start_tag": prompts.THINK_OPEN,
@@ -338,6 +340,11 @@ def modelfile(d: Deployment) -> Modelfile:
     lines = [f"FROM {d.model_path}"]
     lines += [f"PARAMETER {name} {value:g}" for name, value in
               (("temperature", s.temperature), ("top_p", s.top_p), ("top_k", s.top_k), ("min_p", s.min_p))]  # fmt: skip
+    if s.presence_penalty:
+        lines += [
+            f"PARAMETER presence_penalty {s.presence_penalty:g}",
+            f"PARAMETER repeat_last_n {prompts.PENALTY_LAST_N}",
+        ]
     lines += [f"PARAMETER num_ctx {d.longest_prompt + d.n_predict}", f"PARAMETER num_predict {d.n_predict}",
               f"PARAMETER seed {d.seed}"]  # fmt: skip
     if d.threads:
