@@ -260,10 +260,11 @@ def compute_resident_bytes(
     return max(prompt_batch, decode_batch) + forced_batch
 
 
-# llama.cpp's graph metadata: each graph it keeps (the reserve's and the last decode's) holds a buffer of
+# llama.cpp's graph metadata: each graph it keeps — the reserve's, and the last decode's with logits and without
+# (`gf_res_prev[n_outputs > 0]`: a prompt's chunks before its last, the speed probe's filling) — holds a buffer of
 # max_nodes × (a tensor object, 368 bytes, and the graph's node, leaf and hash slots), zero-filled when made.
 GRAPH_BYTES_PER_NODE = 408
-GRAPHS_KEPT = 2
+GRAPHS_KEPT = 3
 _BASE_GRAPH_NODES = 1024  # a small transformer's max_nodes: already inside RUNTIME_BASE_BYTES
 
 

@@ -343,7 +343,7 @@ class _Question:
         self.handled: set[tuple[int, int]] = set()  # (vote, smaller rung) forked or recorded
         start = self._prefilled(self.top)
         self.live = [
-            _Sample(seq=base + v, pos=len(self.prompt), sampler=_sampler_chain(recipe.sampling, job.seeds[v]),
+            _Sample(seq=base + v, pos=len(self.prompt), sampler=_sampler_chain(recipe.sampling, job.seeds[v], ctx.model.n_vocab),
                     budget=None if start is None else replace(start, recent=list(start.recent)),
                     cap=self.n_predict(self.top), vote=v, kept_from=len(self.prompt))
             for v in range(self.k)
@@ -588,11 +588,11 @@ def _draw(chain: llama_cpp.llama_sampler_p, token: int) -> None:
     llama_cpp.llama_sampler_accept(chain, token)
 
 
-def _sampler_chain(sampling: Sampling, seed: int) -> llama_cpp.llama_sampler_p:
+def _sampler_chain(sampling: Sampling, seed: int, n_vocab: int) -> llama_cpp.llama_sampler_p:
     params = llama_cpp.llama_sampler_chain_default_params()
     chain: llama_cpp.llama_sampler_p = llama_cpp.llama_sampler_chain_init(params)
     if sampling.presence_penalty:
-        penalties = llama_cpp.llama_sampler_init_penalties(PENALTY_LAST_N, 1.0, 0.0, sampling.presence_penalty)
+        penalties = llama_cpp.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, 1.0, 0.0, sampling.presence_penalty)
         llama_cpp.llama_sampler_chain_add(chain, penalties)
     if sampling.temperature <= 0:
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())

@@ -35,7 +35,7 @@ def speed_probe(
     vocab = ctx.model.n_vocab
     llama_cpp.llama_memory_clear(memory_, True)
     batch = llama_cpp.llama_batch_init(max(ctx.options.n_batch, max(widths)), 0, 1)
-    chain = generation._sampler_chain(sampling, 1)
+    chain = generation._sampler_chain(sampling, 1, vocab)
     try:
         ctx._decode_prompt(prompt, batch)
         filled = len(prompt)

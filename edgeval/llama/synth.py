@@ -59,6 +59,12 @@ _N_BYTE_TOKENS = 256
 
 # The chat template Qwen3's official files carry, so tiny models are prompted the way real ones are.
 QWEN3_CHAT_TEMPLATE = prompts.qwen3_template()
+# Qwen3.5's generation prompt as its template writes it: it opens the reasoning itself (`<think>\n`) unless thinking
+# is off — Qwen3's template with that one change, for tiny hybrids.
+_QWEN3_CLOSED = "{{- '<think>\\n\\n</think>\\n\\n' }}\n    {%- endif %}"
+QWEN35_CHAT_TEMPLATE = QWEN3_CHAT_TEMPLATE.replace(
+    _QWEN3_CLOSED, _QWEN3_CLOSED.replace("{%- endif %}", "{%- else %}\n        {{- '<think>\\n' }}\n    {%- endif %}")
+)
 
 
 @dataclass(frozen=True)
@@ -156,6 +162,7 @@ QWEN35_SHAPES: dict[str, SynthSpec] = {
     "0.8b": SynthSpec(
         "qwen3.5-0.8b-shape", 24, 1024, 8, 2, 256, 3584, 248_320, 262_144, True,
         full_attention_interval=4, linear_k_heads=16, linear_v_heads=16, linear_head_dim=128,
+        chat_template=QWEN35_CHAT_TEMPLATE,
     ),
 }  # fmt: skip
 

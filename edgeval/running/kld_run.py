@@ -126,6 +126,11 @@ def run(
     """The library call behind `edgeval kld`: find or generate the traces, score what is not stored, summarize."""
     ref_header, tested_header = gguf_info.read_local(request.reference), gguf_info.read_local(request.tested)
     _same_vocabulary(request, ref_header.architecture().n_vocab, tested_header.architecture().n_vocab)
+    if request.kv_window and tested_header.architecture().hybrid:
+        from edgeval.core.errors import ConfigurationError
+        from edgeval.running.configuration import HYBRID_WINDOW
+
+        raise ConfigurationError(HYBRID_WINDOW.format(name=request.tested.name), hint="drop --kv-window")
     if request.exact:  # the whole vocabulary kept: the divergence is the full one
         vocab = ref_header.architecture().n_vocab
         request = replace(request, top_k=vocab, max_k=vocab)
