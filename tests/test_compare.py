@@ -450,7 +450,7 @@ def test_terminal_tables_keep_every_number_whole_at_80_columns(
         assert max(len(line) for line in text.splitlines()) <= width
         for row in comparisons[0].rows:
             assert f"{100 * row.result.accuracy_maj:.0f}%" in text and row.model in text
-        assert "qwen3-0.6b:Q4_K_M" in text and "0.39" in text  # a model row and its weight GB, whole
+        assert "qwen3-0.6b:Q2_K" in text and "0.29" in text  # a model row and its weight GB, whole
 
 
 def test_once_its_larger_budgets_are_beaten_a_run_generates_only_up_to_the_largest_left(tmp_path: Path) -> None:
