@@ -4,7 +4,9 @@ Each cell is one `sweep.run` — the library call behind `edgeval run`: the pare
 the worker loads the model as the product does (repacking on — the doctor probe's mode on this machine, read without
 mmap; off: mmapped) and answers one
 arith question, and the parent samples the worker's RSS (with its RssAnon and RssFile parts) every 10 ms.
-Models: random weights with Qwen3-0.6B's and Qwen3-1.7B's exact shapes (edgeval.llama.synth), Q4_K_M, CPU.
+Models: random weights with Qwen3-0.6B's and Qwen3-1.7B's exact shapes, and the hybrid Qwen3.5-0.8B's (`--shape
+qwen3.5-0.8b`: 18 Gated DeltaNet layers with a recurrent state per vote, 6 attention layers with a KV cache, a
+248,320-token vocabulary) (edgeval.llama.synth), Q4_K_M, CPU.
 
 Decoding a 4,096-token budget on this 2-core machine takes minutes per cell, and the resident memory does not
 depend on it: llama.cpp allocates the whole KV cache and clears it (writes every byte) when the context is made,
@@ -39,6 +41,10 @@ KV = (KVType.F16, KVType.Q8_0, KVType.Q4_0)
 CHECKS = ((1, 1024), (8, 512))  # (k, budget) run with the full budget too, f16
 
 
+# Qwen3's dense shapes by size (0.6b …) and Qwen3.5's hybrids by generation and size (qwen3.5-0.8b).
+SHAPES = {**synth.QWEN3_SHAPES, **{f"qwen3.5-{size}": spec for size, spec in synth.QWEN35_SHAPES.items()}}
+
+
 def _spec(path: Path, k: int, kv: KVType, repack: bool, budget: int, ctx: int | None) -> sweep.RunSpec:
     return sweep.RunSpec(
         model_path=path, model_label=path.stem, task="arith", kv_type_k=kv, kv_type_v=kv, budget_tokens=budget,
@@ -65,7 +71,7 @@ def measure(path: Path, store: Store, k: int, kv: KVType, repack: bool, budget: 
 
 def run_cells(shape: str, repack: bool, out: Path, check: bool, votes: tuple[int, ...] = tuple(BUDGETS)) -> None:
     """Every cell of one model shape and repacking setting (and of the given k), appended to `out` as JSON lines."""
-    path = synth.build(synth.QWEN3_SHAPES[shape], WeightQuant.Q4_K_M, cache_dir("models"), threads=2)
+    path = synth.build(SHAPES[shape], WeightQuant.Q4_K_M, cache_dir("models"), threads=2)
     cells = [(k, kv, b, False) for k, budgets in BUDGETS.items() if k in votes for kv in KV for b in budgets]
     if check:
         cells += [(k, KVType.F16, b, True) for k, b in CHECKS]
@@ -90,7 +96,8 @@ def _line(r: dict[str, object]) -> str:
     predicted, peak = int(r["predicted"]), int(r["peak"])  # type: ignore[call-overload]
     anon = f"{int(r['anon']) / MIB:.1f}" if r["anon"] is not None else "—"  # type: ignore[call-overload]
     file = f"{int(r['file']) / MIB:.1f}" if r["file"] is not None else "—"  # type: ignore[call-overload]
-    size = str(r["model"]).removeprefix("qwen3-").split("-")[0].upper()
+    name = str(r["model"])
+    size = "3.5-" + name.split("-")[1].upper() if name.startswith("qwen3.5-") else name.split("-")[1].upper()
     decoded = "full budget" if r["full"] else f"{DECODED} + answer"
     return (
         f"| {size} | {_repack_label(r['repack'])} | {r['k']} | {r['kv']} | {r['budget']} | {r['cells']} | "
@@ -110,7 +117,7 @@ def table(path: Path) -> None:
 def main() -> None:
     """Measure one shape × repacking setting, or print the table of what was measured."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--shape", choices=sorted(synth.QWEN3_SHAPES), default="0.6b")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="0.6b")
     parser.add_argument("--repack", choices=("on", "off"), default="on")
     parser.add_argument("--k", type=int, nargs="+", default=list(BUDGETS), help="only these vote counts")
     parser.add_argument("--check", action="store_true", help="also run two cells with their full budget")

@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from edgeval.comparison import compare
 from edgeval.core import memory, prompts
 from edgeval.core.quants import KVType, WeightQuant
 from edgeval.edges import gguf_info
+from edgeval.edges.store import Store
 from edgeval.faces import demo
 from edgeval.faces.cli import cli
 from edgeval.llama import engine, synth
@@ -213,3 +215,19 @@ def test_a_presence_penalty_is_in_the_chain_the_key_and_the_export(tmp_path: Pat
     request = json.loads(exported.stdout)["request"]
     assert request["presence_penalty"] == 1.5 and request["samplers"][0] == "penalties"
     assert request["repeat_last_n"] == prompts.PENALTY_LAST_N
+
+
+def test_the_report_tells_the_generations_apart(hybrids: dict[str, Path], tmp_path: Path) -> None:
+    db = tmp_path / "g.db"
+    for path in (hybrids["qwen35"], demo.family_sources()[0]):
+        _run(path, db, "--limit", "3", "--budget-tokens", "8")
+    with Store(db) as store:
+        (comparison,) = compare.from_store(store)
+    assert {r.model.split(":")[0][:11]: r.generation for r in comparison.rows} == {
+        "tiny-qwen35": "qwen3.5", "edgeval-tin": "qwen3"}  # fmt: skip
+    assert {r.to_json()["generation"] for r in comparison.rows} == {"qwen3", "qwen3.5"}
+    out = tmp_path / "reports"
+    written = CliRunner().invoke(cli, ["report", "--db", str(db), "--out", str(out)])
+    assert written.exit_code == 0, written.output
+    (markdown,) = out.glob("*.md")
+    assert "magenta edge: the hybrid generation" in markdown.read_text()

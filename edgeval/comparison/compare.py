@@ -42,8 +42,8 @@ from edgeval.comparison.verdict import OUT, Comparison, Row, band_of, build, con
 from edgeval.core import prompts, racing
 from edgeval.core.errors import EdgevalError, describe
 from edgeval.core.quants import WeightQuant
-from edgeval.edges import hub, results
-from edgeval.edges.catalog import Catalog, ModelRef
+from edgeval.edges import gguf_info, hub, results
+from edgeval.edges.catalog import Catalog, ModelRef, generation_of
 from edgeval.edges.results import ConfigResult
 from edgeval.edges.store import Claim, NodeRun, Store
 from edgeval.running import sweep
@@ -521,10 +521,19 @@ def _status(race: _Race, index: int, key: str, result: ConfigResult) -> str:
     return "done" if result.n_done >= race.n_questions else "running"
 
 
+def _stored_generation(config: sqlite3.Row) -> str:
+    """A stored configuration's generation: from its file's header while the file is there, else its label."""
+    try:
+        return generation_of(gguf_info.read_local(Path(config["model_path"])).architecture())
+    except (EdgevalError, OSError):
+        return "qwen3.5" if str(config["model"]).startswith(("qwen3.5", "qwen3.6")) else "qwen3"
+
+
 def _row(key: str, ref: ModelRef, result: ConfigResult, status: str, scores: dict[int, float]) -> Row:
     quant = ref.file.quant
     return Row(key, ref.label, ref.model.params, quant.value, quant.bits, result, result.memory_bytes,
-               result.memory_source, band_of(result.memory_bytes), status, scores)  # fmt: skip
+               result.memory_source, band_of(result.memory_bytes), status, scores,
+               generation=ref.model.generation)  # fmt: skip
 
 
 def _comparison(race: _Race, store: Store, stopped: str) -> Comparison:
@@ -584,7 +593,8 @@ def from_store(store: Store, task: str | None = None, budget: int | None = None)
                 status = "failed" if result.n_done == 0 and c["status"] not in ("done", "partial") else "done"
                 row = Row(f"{c['id']}:{j}", str(c["model"]), int(c["params"]), quant.value, quant.bits, result,
                           result.memory_bytes, result.memory_source, band_of(result.memory_bytes), status,
-                          results.item_scores(samples, int(c["k"]), j), kld=kld_of(c, klds))  # fmt: skip
+                          results.item_scores(samples, int(c["k"]), j), kld=kld_of(c, klds),
+                          generation=_stored_generation(c))  # fmt: skip
                 rows.append(row)
         limit = budget if budget is not None else max((r.memory_bytes for r in rows), default=0)
         kept = [r for r in rows if budget is None or r.memory_bytes <= budget]

@@ -38,6 +38,7 @@ class Row:
     pareto: bool = False
     eliminated_by: str | None = None
     kld: float | None = None  # mean KL divergence from a reference (`edgeval kld`), where one was measured
+    generation: str = "qwen3"  # the model's architecture generation (`--family`): qwen3 or qwen3.5 (hybrid)
 
     @property
     def label(self) -> str:
@@ -56,7 +57,7 @@ class Row:
                 "pareto": self.pareto, "band": self.band, "forced_share": res.forced_share,
                 "decode_tokens_per_s": res.decode_tokens_per_s, "answer_s": res.answer_s,
                 "answer_s_p90": res.answer_s_p90, "answer_s_worst": res.answer_s_worst, "config_id": res.config_id,
-                "kld": self.kld}  # fmt: skip
+                "kld": self.kld, "generation": self.generation}  # fmt: skip
 
 
 @dataclass(frozen=True)

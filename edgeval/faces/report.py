@@ -231,8 +231,9 @@ def _scatter(
         faded = 0.25 if r.status == "eliminated" else 0.8
         ax.errorbar(x(r), accuracy, yerr=[[accuracy - 100 * low], [100 * high - accuracy]],
                     color=colour, alpha=faded * 0.6, linewidth=0.8, capsize=2, zorder=1)  # fmt: skip
+        edge, width = _GENERATION_EDGES.get(r.generation, ("black", 0.4))
         ax.scatter(x(r), accuracy, s=size, color=colour, marker=_MARKERS.get(r.bits, "o"), alpha=faded,
-                   edgecolors="black", linewidths=0.4, zorder=2)  # fmt: skip
+                   edgecolors=edge, linewidths=width, zorder=2)  # fmt: skip
     tied = [r for r in done if r.key in comparison.tied]
     if tied:
         ax.scatter([x(r) for r in tied], [100 * r.result.accuracy_maj for r in tied], s=260,
@@ -261,6 +262,9 @@ def _scatter(
 
 
 _MARKERS = {16: "s", 8: "o", 6: "P", 5: "p", 4: "^", 3: "v", 2: "X", 32: "D"}  # weight bits -> marker
+# The generations apart: the hybrid's markers ringed in a thick magenta edge (colour and shape keep size and bits).
+_GENERATION_EDGES = {"qwen3.5": ("magenta", 1.8)}
+_GENERATION_NAMES = {"qwen3": "Qwen3 (transformer)", "qwen3.5": "Qwen3.5/3.6 (hybrid)"}
 
 
 def _legend(done: Sequence[Row], sizes: Sequence[int], colours: Any, frontier: bool, tied: bool) -> list[Any]:
@@ -271,6 +275,12 @@ def _legend(done: Sequence[Row], sizes: Sequence[int], colours: Any, frontier: b
                for i, p in enumerate(sizes)]  # fmt: skip
     handles += [Line2D([], [], color="grey", marker=_MARKERS.get(b, "o"), linestyle="", label=f"{b}-bit")
                 for b in sorted({r.bits for r in done}, reverse=True)]  # fmt: skip
+    generations = sorted({r.generation for r in done})
+    if len(generations) > 1 or generations != ["qwen3"]:
+        for g in generations:
+            edge, width = _GENERATION_EDGES.get(g, ("black", 0.4))
+            handles.append(Line2D([], [], color="lightgrey", marker="o", markeredgecolor=edge, markeredgewidth=width,
+                                  linestyle="", label=_GENERATION_NAMES.get(g, g)))  # fmt: skip
     if frontier:
         handles.append(Line2D([], [], color="crimson", label="Pareto frontier"))
     if tied:
@@ -371,6 +381,7 @@ def render(
     """The report's markdown text."""
     provenance, date = _provenance(store, comparison)
     task = markdown_text(comparison.task)  # a task file's name; every name below is escaped the same way
+    mixed = any(r.generation != "qwen3" for r in comparison.rows)
     lines = [f"# edgeval report: {task}" + (f" within {comparison.budget_bytes / 1e9:g} GB" if comparison.budget_bytes else ""),
              "", f"Results as of {date}, from {len(comparison.rows)} configurations. Every figure below was "
              "measured on the machine named here. Memory is `measured` (the peak resident set of the configuration's "
@@ -399,7 +410,8 @@ def render(
     if plot_file:
         lines += ["", "## Memory against accuracy", "", f"![{task}: accuracy against memory]({plot_file})",
                   "", "Colour: model size; marker: weight precision; marker size: token budget; bars: 95% interval "
-                  "of each accuracy; orange rings: tied with the best; faded: dropped; memory on a log scale."]  # fmt: skip
+                  "of each accuracy; orange rings: tied with the best; faded: dropped; memory on a log scale."
+                  + (" A magenta edge: the hybrid generation (Qwen3.5/3.6)." if mixed else "")]  # fmt: skip
     if time_plot_file:
         lines += ["", "## Seconds per answer against accuracy", "",
                   f"![{task}: accuracy against seconds per answer]({time_plot_file})", "",
