@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
@@ -10,7 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeval.comparison import plan
 from edgeval.core import memory
 from edgeval.core.quants import KVType, WeightQuant
 from edgeval.edges import gguf_info
@@ -242,29 +240,6 @@ def test_cpu_repack_overrides_match_exactly_the_named_tensors() -> None:
              "blk.1.attn_q.weight.extra", "xoutput.weight", "blk.0.ffn_upxweight"]  # fmt: skip
     matched = [n for n in every if any(re.search(p, n) for p in patterns)]  # Python's re: same syntax here
     assert matched == names
-
-
-def test_the_step_that_forces_the_answers_adds_its_own_graph_to_the_touched_compute_buffer() -> None:
-    arch = Catalog.load().models["qwen3-0.6b"].arch
-    plain = memory.compute_resident_bytes(arch, 1536, 512, 8, True, 88)
-    forced = memory.compute_resident_bytes(arch, 1536, 512, 8, True, 88, forced_tokens=8 * 20)
-    assert forced - plain == memory.compute_bytes(arch, 1536, 160, 8, 8, True)
-    # Measured on the 0.6B shape (k = 8, q4_0 KV, 1,536 cells, 88-token prompt): +9.1 MiB resident at that step.
-    assert 8 * MIB <= forced - plain <= 9.5 * MIB
-    capped = memory.compute_resident_bytes(arch, 1536, 512, 8, True, 88, forced_tokens=5000)
-    assert capped - plain == memory.compute_bytes(arch, 1536, 512, 8, 8, True)  # one micro-batch at a time
-    setting = memory.Setting(n_ctx=1536, n_seq=8, type_k=KVType.Q4_0, type_v=KVType.Q4_0, prompt_tokens=88)
-    without = memory.predict(arch, 400 * MIB, setting)
-    with_forcing = memory.predict(arch, 400 * MIB, dataclasses.replace(setting, forced_tokens=160))
-    assert with_forcing.total_bytes - without.total_bytes == forced - plain
-
-
-def test_plans_predict_the_forced_answers_of_k_votes() -> None:
-    ref = Catalog.load().resolve("qwen3-0.6b:Q8_0")[0]
-    quiet, forced = (plan.Axes(kv=(KVType.F16,), ctx=(1024,), k=(8,), forced_tokens=n) for n in (0, 20))
-    (a,), (b,) = plan.configurations([ref], quiet), plan.configurations([ref], forced)
-    extra = memory.compute_bytes(ref.model.arch, a.footprint.kv_cells, 160, 8, 8, False)
-    assert b.footprint.total_bytes - a.footprint.total_bytes == extra
 
 
 def test_cpu_repack_only_is_for_cpu_runs() -> None:

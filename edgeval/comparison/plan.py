@@ -8,7 +8,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from edgeval.core.memory import (
-    FORCED_ANSWER_TOKENS,
     Footprint,
     Repack,
     RepackMode,
@@ -41,7 +40,6 @@ class Axes:
     kv_window: tuple[int, ...] = (0,)  # KV windows (0: no eviction); a window as long as the budget is skipped
     prompt_tokens: int = DEFAULT_PROMPT_TOKENS
     n_ubatch: int = 512
-    forced_tokens: int = FORCED_ANSWER_TOKENS  # what forcing an answer feeds each vote at once (0: never forced)
     gpu_layers: int = 0
     cpu_moe: int = 0  # mixture of experts under offload: the first N layers keep their experts on the host (-1: all)
     repack: RepackMode = RepackMode.OFF  # llama.cpp's weight repacking, as `edgeval run` would load
@@ -170,7 +168,7 @@ def footprint_of(ref: ModelRef, axes: Axes, kv: KVType, budget: int, k: int, win
     """The predicted footprint of k votes of `budget` tokens each after the axes' prompt."""
     setting = Setting(
         n_ctx=cells_for(axes.prompt_tokens, k, budget, window), n_seq=k, type_k=kv, type_v=kv,
-        n_ubatch=axes.n_ubatch, prompt_tokens=axes.prompt_tokens, forced_tokens=k * axes.forced_tokens,
+        n_ubatch=axes.n_ubatch, prompt_tokens=axes.prompt_tokens,
         gpu_layers=axes.gpu_layers, cpu_moe=axes.cpu_moe, repack=axes.repack.on,
     )  # fmt: skip
     tied_copy = axes.repack.repacks_tied_output

@@ -36,9 +36,6 @@ RUNTIME_BASE_BYTES = int(57.9 * MIB)
 # and Qwen3's 151,936 tokens with 151,387 merges (43.5 MiB).
 RUNTIME_BYTES_PER_TOKEN = 192
 RUNTIME_BYTES_PER_MERGE = 108
-# A forced answer as Qwen3's tokenizer feeds it (`prompts.forced_answer`): the sample's last token and 19 tokens of
-# "\n</think>\n\nThe final answer is $\\boxed{" — for plans, which predict without a tokenizer.
-FORCED_ANSWER_TOKENS = 20
 # Each sequence's sampler chain keeps a candidates array of (id, logit, p) for the whole vocabulary.
 SAMPLER_BYTES_PER_VOCAB_ENTRY = 12
 
@@ -236,28 +233,19 @@ def compute_reserved_bytes(arch: Architecture, n_ctx: int, n_ubatch: int, n_seq:
 
 
 def compute_resident_bytes(
-    arch: Architecture,
-    n_ctx: int,
-    n_ubatch: int,
-    n_seq: int,
-    kv_quantized: bool,
-    prompt_tokens: int,
-    forced_tokens: int = 0,
+    arch: Architecture, n_ctx: int, n_ubatch: int, n_seq: int, kv_quantized: bool, prompt_tokens: int
 ) -> int:
     """The part of the CPU compute buffer an evaluation touches (untouched pages never become resident).
 
-    The prompt is decoded in micro-batches with one output row; then each step decodes one token per sequence.
-    When the sequences reach their budget still reasoning, one step feeds each its forced answer at once
-    (`forced_tokens` in all: each sequence's last token and the forcing text; 0: never forced). That batch's graph
-    touches pages
-    of its own beside the prompt's: measured on the Qwen3-0.6B shape (k = 8, 160 tokens), resident memory rose
-    by 9.1 MiB at that step, the whole of this batch's graph (8.6 MiB), not its excess over the prompt's.
+    The prompt is decoded in micro-batches with one output row; then each step decodes one token per sequence. A
+    thinking budget forces its message and end tag one token a step (llama.cpp's reasoning-budget semantics), and a
+    ladder's fork is one more sequence of the step, so forcing adds no batch of its own. (Before edgeval forced as
+    llama.cpp does, a step fed every vote's forced text at once, and that batch's graph was counted here: measured on
+    the Qwen3-0.6B shape at k = 8, +9.1 MiB.)
     """
     prompt_batch = compute_bytes(arch, n_ctx, min(max(prompt_tokens, 1), n_ubatch), 1, n_seq, kv_quantized)
     decode_batch = compute_bytes(arch, n_ctx, n_seq, n_seq, n_seq, kv_quantized)
-    forced = min(forced_tokens, n_ubatch)
-    forced_batch = compute_bytes(arch, n_ctx, forced, min(n_seq, forced), n_seq, kv_quantized) if forced else 0
-    return max(prompt_batch, decode_batch) + forced_batch
+    return max(prompt_batch, decode_batch)
 
 
 # llama.cpp's graph metadata: each graph it keeps — the reserve's, and the last decode's with logits and without
@@ -453,8 +441,6 @@ class Setting:
     type_v: KVType = KVType.F16
     n_ubatch: int = 512
     prompt_tokens: int = 256  # the longest prompt decoded (sets how much of the compute buffer is touched)
-    # Tokens the step that forces the answers feeds (each sequence's last token and the forcing text); 0: none forced.
-    forced_tokens: int = 0
     gpu_layers: int = 0  # layers offloaded (-1: all)
     cpu_moe: int = 0  # a mixture of experts under offload: first N layers' experts stay on the host (-1: all)
     repack: bool = False  # llama.cpp's weight repacking (CPU layers)
@@ -527,7 +513,7 @@ def predict(
         compute = compute_bytes(arch, masked, batch, batch, setting.n_seq, quantized)
     else:
         compute = compute_resident_bytes(
-            arch, masked, setting.n_ubatch, setting.n_seq, quantized, setting.prompt_tokens, setting.forced_tokens
+            arch, masked, setting.n_ubatch, setting.n_seq, quantized, setting.prompt_tokens
         )
     footprint = Footprint(
         weight_bytes=weights,

@@ -41,8 +41,9 @@ def speed_probe(
         filled = len(prompt)
         out: dict[int, list[tuple[int, float]]] = {w: [] for w in widths}
         for depth in depths:
-            while filled < depth:  # filler tokens on sequence 0, in chunks of the batch
-                n = min(depth - filled, ctx.options.n_batch)
+            while filled < depth:  # filler tokens on sequence 0, in chunks no longer than the prompt's (a longer
+                # chunk would touch more of the compute buffer than the run itself does)
+                n = min(depth - filled, len(prompt), ctx.options.n_batch)
                 fill_batch(batch, [((p * 7919 + 11) % vocab, p, 0, False) for p in range(filled, filled + n)])
                 ctx._decode(batch)
                 filled += n

@@ -194,23 +194,14 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
     tied_copy = mode.repacks_tied_output
     repack = header.repack(engine.repacked_types(mode), tied_copy=tied_copy) if mode.on else memory.Repack()
 
-    # Votes still reasoning at the budget are forced together: each feeds its last token and the forcing text in one
-    # step (with a ladder, a smaller rung's forks go beside the votes' own tokens).
-    forced_each = 1 + answer_cells - spec.answer_tokens if spec.thinking or chat.opens_reasoning(spec.thinking) else 0
-
     footprint = _Footprints(spec, header, arch, longest, gpu_layers, repack)
-
-    forks = spec.k if n_rungs > 1 and forced_each else 0
-    predicted = footprint(n_ctx, n_seq, spec.k * forced_each + forks)
+    predicted = footprint(n_ctx, n_seq)
     most = 1 if spec.parallel == 1 else min(len(items), throughput.MAX_SEQUENCES // n_seq)
     # A sequence's stream holds a copy of the prompt and what the sample may see (--ctx, by default what it needs).
     stream_cells = (spec.ctx or per_sample) - budget + own
-    wider = (
-        footprint(stream_cells * n_seq * w, n_seq * w, w * (spec.k * forced_each + forks), streams=True)
-        for w in range(2, most + 1)
-    )
+    wider = (footprint(stream_cells * n_seq * w, n_seq * w, streams=True) for w in range(2, most + 1))
     by_width = (predicted, *wider)
-    shape = _Shape(longest, answer_cells, per_sample, forced_each, n_ctx, predicted.total_bytes)
+    shape = _Shape(longest, answer_cells, per_sample, n_ctx, predicted.total_bytes)
     config_ids = _config_rows(spec, store, run_id, task, len(items), header, chat, model_sha, footprint, shape)
     return Prepared(spec, task, items, n_ctx, n_seq, predicted, config_ids, notes, chat, by_width,
                     stream_cells=stream_cells)  # fmt: skip
@@ -227,12 +218,11 @@ class _Footprints:
     gpu_layers: int
     repack: memory.Repack
 
-    def __call__(self, cells: int, seqs: int, forced: int, streams: bool = False) -> memory.Footprint:
+    def __call__(self, cells: int, seqs: int, streams: bool = False) -> memory.Footprint:
         spec, header = self.spec, self.header
         setting = memory.Setting(
             n_ctx=cells, n_seq=seqs, type_k=spec.kv_type_k, type_v=spec.kv_type_v, prompt_tokens=self.prompt_tokens,
-            gpu_layers=self.gpu_layers, cpu_moe=spec.cpu_moe, repack=spec.repack_mode.on, forced_tokens=forced,
-            streams=streams,
+            gpu_layers=self.gpu_layers, cpu_moe=spec.cpu_moe, repack=spec.repack_mode.on, streams=streams,
         )  # fmt: skip
         return memory.predict(
             self.arch, header.weight_bytes, setting, embd_bytes=header.embd_bytes,
@@ -247,7 +237,6 @@ class _Shape:
     longest: int  # the longest prompt, in tokens
     answer_cells: int  # a forced answer's cells
     per_sample: int  # the cells one sample needs at the largest budget
-    forced_each: int  # tokens each forced vote feeds at once (0: never forced)
     n_ctx: int  # the run's KV cells with one question
     arm_predicted: int  # the whole run's predicted bytes
 
@@ -314,9 +303,7 @@ def _config_rows(
         # The largest budget holds what --ctx gives each sample (by default what it needs), as the run itself does.
         own = memory.own_cells(rung, spec.kv_window)
         cells = own + answer_cells if rung != budget else (spec.ctx or shape.per_sample) - longest - budget + own
-        by_votes = {
-            j: footprint(longest + j * cells, j, j * shape.forced_each).total_bytes for j in range(1, spec.k + 1)
-        }
+        by_votes = {j: footprint(longest + j * cells, j).total_bytes for j in range(1, spec.k + 1)}
         fields: dict[str, object] = {
             "run_id": run_id, "model": spec.model_label, "model_path": str(spec.model_path), "model_sha256": model_sha,
             "weight_quant": _quant_name(header), "params": header.n_params, "task": task.name,
