@@ -61,6 +61,11 @@ def test_the_header_and_llama_cpp_agree_on_every_buffer(hybrids: dict[str, Path]
     assert a.n_ff_shexp == spec.n_ff_shexp
     if spec.n_nextn:  # the prediction block is in the file but not loaded
         assert info.weight_bytes < sum(t.n_bytes for t in info.tensors)
+    shown = CliRunner().invoke(cli, ["inspect", str(path), "--json"])
+    assert shown.exit_code == 0, shown.output
+    facts = json.loads(shown.stdout)
+    assert facts["recurrent_layers"] == a.recurrent_layers and facts["nextn_blocks"] == spec.n_nextn
+    assert facts["state_bytes_per_seq"] == a.state_bytes_per_seq > 0
     for n_ctx, n_seq, n_ubatch in [(512, 1, 512), (2048, 4, 512), (1024, 6, 64)]:
         options = engine.ContextOptions(n_ctx=n_ctx, n_seq=n_seq, n_ubatch=n_ubatch, n_batch=512)
         with engine.Model(path) as model, engine.Context(model, options) as ctx:

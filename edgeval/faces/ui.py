@@ -151,6 +151,8 @@ def model_row(ref: ModelRef) -> dict[str, object]:
         "checked": not ref.file.unchecked,
         "weight_bytes": ref.weight_bytes,
         "kv_bytes_per_1k_tokens_f16": int(memory.kv_bytes_per_token(arch) * 1000),
+        "state_bytes_per_seq": arch.state_bytes_per_seq,  # a hybrid's recurrent state per vote (0: none)
+        "generation": ref.model.generation,
         "n_ctx_train": arch.n_ctx_train,
         "downloaded": path is not None,
         "path": str(path) if path else None,
@@ -258,6 +260,11 @@ def inspect_row(info: GGUFInfo) -> dict[str, object]:
         "n_tensors": len(info.tensors),
         "file_size": info.file_size,
         "kv_bytes_per_1k_tokens_f16": int(memory.kv_bytes_per_token(arch) * 1000),
+        # A hybrid (qwen35): layers with a recurrent state instead of a KV cache, that state per sequence, and the
+        # multi-token-prediction blocks llama.cpp does not load for generation (their bytes are not weight_bytes).
+        "recurrent_layers": arch.recurrent_layers,
+        "state_bytes_per_seq": arch.state_bytes_per_seq,
+        "nextn_blocks": info.n_nextn,
     }
 
 
@@ -275,13 +282,19 @@ def render_inspect(info: GGUFInfo) -> None:
     if info.file_size is not None:
         facts.add_row("file size", f"{info.file_size:,} ({format_bytes(info.file_size)})")
     facts.add_row("KV per 1k tokens (f16)", format_bytes(int(row["kv_bytes_per_1k_tokens_f16"])))  # type: ignore[call-overload]
+    if info.architecture().hybrid:
+        arch = info.architecture()
+        facts.add_row("recurrent layers", f"{arch.recurrent_layers} of {arch.n_layer} (a state each, no KV cache)")
+        facts.add_row("state per sequence (f32)", format_bytes(arch.state_bytes_per_seq))
+    if info.n_nextn:
+        facts.add_row("prediction blocks", f"{info.n_nextn} (not loaded for generation)")
     console.print(facts)
-    types = Table(title="weight bytes by tensor type", title_justify="left")
+    types = Table(title="tensor bytes by type", title_justify="left")
     types.add_column("type")
     types.add_column("bytes", justify="right")
     types.add_column("share", justify="right")
     for name, n in sorted(info.bytes_by_type.items(), key=lambda kv: -kv[1]):
-        types.add_row(shown(name), format_bytes(n), f"{n / max(info.weight_bytes, 1):.1%}")
+        types.add_row(shown(name), format_bytes(n), f"{n / max(sum(info.bytes_by_type.values()), 1):.1%}")
     console.print(types)
 
 
