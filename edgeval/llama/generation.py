@@ -288,16 +288,19 @@ class _Flight:
             on_done(q.job, q.result())
         parts = [p for p in parts if not p[0].done]
         self.fill()  # a new question's prompt is read at this very step
+        read_s = 0.0  # prompt reading, counted as each question's prompt time, not as the step's decode time
         for q in self.questions:
             if q.reading:
                 # Its own decodes, as with one question in flight (the same kernels: CPU attention picks its
                 # kernel by the batch's shape), then its first tokens join this step's batch.
+                r0 = time.perf_counter()
                 parts += _read_alone(self.ctx, q, batch, self.ctx.options.n_batch, step)
+                read_s += time.perf_counter() - r0
         if not step:
             return 0  # every question in flight finished at this step; the next ones were admitted
         fill_batch(batch, step)
         self.ctx._decode(batch)
-        dt = time.perf_counter() - t0
+        dt = time.perf_counter() - t0 - read_s
         for q, start, end in parts:
             q.stepped(step, start, end, dt * (end - start) / len(step), len(step))
         return len(step)

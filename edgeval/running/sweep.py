@@ -281,8 +281,11 @@ def supervise(
                     stopped = True
                 elif kind == "footprint":
                     sampler.sample()  # the moment itself, not the last tick's
+                    sampler.observe(value)  # and the worker's own high-water mark so far
                     footprint = (sampler.peak, sampler.peak_vram_bytes)
                     measured.set()
+                elif kind == "peak":
+                    sampler.observe(value)
                 elif kind == "speed":
                     speed = value
                 elif kind == "rows" and on_rows is not None:

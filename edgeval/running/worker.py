@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from edgeval.core import grading, prompts
 from edgeval.core.errors import describe
 from edgeval.core.quants import KVType
+from edgeval.core.resident import own_peak_bytes
 from edgeval.edges import tasks
 from edgeval.edges.store import ItemTiming, SampleRow, Store
 from edgeval.edges.tasks import prompt_text
@@ -63,6 +64,8 @@ def main(payload: dict[str, Any], events: Any, measured: Any = None, work: Calla
         with Path(payload["log_path"]).open("a", encoding="utf-8") as log:
             log.write(f"\nedgeval: {describe(exc)}\n")
         raise SystemExit(1) from None
+    finally:
+        events.put(("peak", own_peak_bytes()))  # the kernel's own peak of this process: exact, and only it can tell
 
 
 def _die_with_parent(parent: int) -> None:
@@ -223,7 +226,7 @@ def _one_question(
         if payload.get("speed", False):
             events.put(("speed", _speed(ctx, chat, task, item, spec, recipe)))
     if footprint:
-        events.put(("footprint", None))  # its context closed; the parent takes the peak, then this one widens
+        events.put(("footprint", own_peak_bytes()))  # its context closed: the parent takes the peak, then this widens
         if measured is not None:
             measured.wait(timeout=60)
 
