@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,3 +101,32 @@ def arith_prompts(model: engine.Model, n: int, *, opened: bool = False) -> list[
     task = tasks.load_task("arith")
     opening = prompts.THINK_OPEN + "\n" if opened else ""
     return [model.tokenize(prompts.chat_prompt(item.question, task.instruction) + opening) for item in task.items[:n]]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def stored_texts(db: Path) -> list[tuple[int, int, str]]:
+    """Every stored sample of a store: (question, sample, text), in order."""
+    with sqlite3.connect(db) as conn:
+        return [tuple(r) for r in conn.execute("SELECT item_index, sample_index, text FROM samples ORDER BY 1, 2")]
+
+
+def kill_mid_run(args: list[str], db: Path, stored_at_least: int, poll_s: float = 0.1) -> list[tuple[int, int, str]]:
+    """Start `python -m edgeval ARGS` in a session of its own, SIGKILL the whole session (driver and worker) once the
+    store holds `stored_at_least` samples, and return what it holds then."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "edgeval", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    stored: list[tuple[int, int, str]] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and len(stored) < stored_at_least:
+        time.sleep(poll_s)
+        try:
+            stored = stored_texts(db) if db.exists() else []
+        except sqlite3.Error:
+            continue
+    assert proc.poll() is None, "the run finished before it could be killed: give it more work"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return stored_texts(db)

@@ -6,12 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,9 +21,8 @@ from edgeval.faces import demo
 from edgeval.faces.cli import cli
 from edgeval.llama import engine, synth
 
-from .conftest import SAMPLED, arith_forcing, arith_prompts
+from .conftest import SAMPLED, arith_forcing, arith_prompts, kill_mid_run, stored_texts
 
-ROOT = Path(__file__).resolve().parent.parent
 HYBRID = synth.SynthSpec(
     name="tiny-qwen35", n_layer=4, n_embd=256, n_head=4, n_head_kv=2, head_dim=64, n_ff=512, n_vocab=512,
     full_attention_interval=4, linear_k_heads=2, linear_v_heads=4, linear_head_dim=32, n_nextn=1,
@@ -119,11 +113,6 @@ def test_k_votes_and_a_ladder_run_on_recurrent_states_within_3_percent(
     assert abs(error) < 0.15  # the shared baseline: ~6 MB low on this machine for every size (see docs/memory.md)
 
 
-def _texts(db: Path) -> list[tuple[int, int, str]]:
-    with sqlite3.connect(db) as conn:
-        return [tuple(r) for r in conn.execute("SELECT item_index, sample_index, text FROM samples ORDER BY 1, 2")]
-
-
 def _keep(into: dict[int, dict[int, engine.Generation]], job: engine.Job, gen: dict[int, engine.Generation]) -> None:
     into[job.key] = gen
 
@@ -154,27 +143,13 @@ def test_questions_in_flight_give_the_samples_of_one_at_a_time(hybrids: dict[str
 
 def test_kill_9_mid_run_and_a_rerun_loses_nothing(hybrids: dict[str, Path], tmp_path: Path) -> None:
     db = tmp_path / "kill.db"
-    args = [sys.executable, "-m", "edgeval", "run", str(hybrids["qwen35"]), "--task", "arith", "--limit", "40",
-            "--budget-tokens", "160", "--k", "2", "--parallel", "2", "--db", str(db), "--json"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
-    stored: list[tuple[int, int, str]] = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None and len(stored) < 8:
-        time.sleep(0.1)
-        try:
-            stored = _texts(db) if db.exists() else []
-        except sqlite3.Error:
-            continue
-    assert proc.poll() is None, "the run finished before it could be killed: give it more work"
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its worker, mid-batch
-    proc.wait()
-    before = _texts(db)
+    args = ["run", str(hybrids["qwen35"]), "--task", "arith", "--limit", "40", "--budget-tokens", "160", "--k", "2",
+            "--parallel", "2", "--db", str(db), "--json"]  # fmt: skip
+    before = kill_mid_run(args, db, 8)
     assert 8 <= len(before) < 80 and len(before) % 2 == 0  # whole questions only
-    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr
-    after = _texts(db)
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0, again.output
+    after = stored_texts(db)
     assert len(after) == 80 == len({(i, j) for i, j, _ in after})
     assert set(before) <= set(after)
 
@@ -186,7 +161,7 @@ def test_a_kv_window_on_a_hybrid_is_one_line_and_exit_1(hybrids: dict[str, Path]
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "KV window cannot apply" in lines[0] and "recurrent state" in lines[0]
-    assert not (tmp_path / "w.db").exists() or not _texts(tmp_path / "w.db")
+    assert not (tmp_path / "w.db").exists() or not stored_texts(tmp_path / "w.db")
 
 
 def test_kld_scores_a_hybrid_against_its_16_bit_file(hybrids: dict[str, Path], model_dir: Path, tmp_path: Path) -> None:

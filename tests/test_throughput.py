@@ -6,11 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +24,7 @@ from edgeval.faces.cli import cli
 from edgeval.llama import doctor, engine, throughput
 from edgeval.running import sweep
 
-from .conftest import GREEDY, SAMPLED, arith_forcing, arith_prompts
+from .conftest import GREEDY, SAMPLED, arith_forcing, arith_prompts, kill_mid_run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -203,28 +201,12 @@ def test_auto_width_never_takes_what_does_not_fit() -> None:
 
 def test_kill_mid_batch_loses_only_the_questions_in_flight(tmp_path: Path) -> None:
     db = tmp_path / "kill.db"
-    args = [sys.executable, "-m", "edgeval", "run", str(demo.family_sources()[2]), "--task", "arith", "--limit", "48",
-            "--budget-tokens", "96", "--k", "2", "--parallel", "4", "--db", str(db), "--json"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
-    stored: list[tuple[int, int, str]] = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-        if db.exists():
-            try:
-                stored = _texts(db)
-            except sqlite3.Error:
-                continue
-            if len(stored) >= 12:
-                break
-    assert proc.poll() is None, "the run finished before it could be killed: give it more work"
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its worker, mid-batch
-    proc.wait()
-    before = _texts(db)
+    args = ["run", str(demo.family_sources()[2]), "--task", "arith", "--limit", "48", "--budget-tokens", "96", "--k",
+            "2", "--parallel", "4", "--db", str(db), "--json"]  # fmt: skip
+    before = kill_mid_run(args, db, 12)  # the driver and its worker, mid-batch
     assert 12 <= len(before) < 96 and len(before) % 2 == 0  # whole questions only (one transaction each)
-    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    again = subprocess.run([sys.executable, "-m", "edgeval", *args], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert again.returncode == 0, again.stderr
     after = _texts(db)
     assert len(after) == 96 == len(set((i, j) for i, j, _ in after))  # nothing duplicated, nothing missing
