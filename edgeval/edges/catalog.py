@@ -307,6 +307,7 @@ def _hybrid_from(entry: dict[str, Any], where: str, n_layer: int) -> dict[str, i
         "state_r": (conv - 1) * (d_inner + 2 * k_heads * head_dim),
         "state_s": head_dim * d_inner,
         "linear_v_heads": v_heads,
+        "conv_kernel": conv,
     }
 
 
