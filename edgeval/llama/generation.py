@@ -13,7 +13,6 @@ With `edgeval.llama.engine` this is the only code that calls llama.cpp; it reach
 
 from __future__ import annotations
 
-import ctypes
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -23,8 +22,9 @@ import llama_cpp
 
 from edgeval.core.errors import ConfigurationError, LlamaError
 from edgeval.core.memory import eviction_chunk, own_cells
-from edgeval.core.prompts import PENALTY_LAST_N, THINKING_SAMPLING, Sampling
+from edgeval.core.prompts import THINKING_SAMPLING, Sampling
 from edgeval.llama.budget import FORCING, Budget, Forcing
+from edgeval.llama.sampler import draw, sampler_chain
 
 if TYPE_CHECKING:
     from edgeval.llama.engine import Context
@@ -217,11 +217,12 @@ def run_batched(
     Question i of the flight holds sequence ids [slot × s, (slot + 1) × s) for s = `recipe.sequences`, and at most
     n_ctx / width cells of a unified cache — or, in a context with a stream per sequence (`engine.in_flight`), the
     streams of those ids: each vote then holds its own copy of the prompt (llama.cpp copies a stream whole) and
-    attends over its own cells only. The decode batch carries every live sequence's next token. A new question's prompt is read
-    in decodes of its own (chunks of the context's n_batch), as with one question in flight, not mixed into the
-    step's batch as llama.cpp's server does: on the CPU, llama.cpp's attention picks its kernel by the batch's shape
-    (tiled from 64 query rows, the KV split over threads for a single row), whose rounding differs, and reading
-    prompts alone keeps every prompt on the kernel it has with one question in flight."""
+    attends over its own cells only. The decode batch carries every live sequence's next token. New questions' prompts
+    are read in decodes of prompt tokens only — the prompts admitted at a step packed together, chunks of the
+    context's n_batch — not mixed into the step's batch as llama.cpp's server does: on the CPU, llama.cpp's attention
+    picks its kernel by the batch's shape (tiled from 64 query rows, the KV split over threads for a single row), and
+    a prompt among decode rows would round as it never does with one question in flight. Prompt rows among prompt
+    rows give the samples reading them alone gives (the same-samples tests, quantized files included)."""
     capacity = ctx.options.n_batch
     if width * recipe.step_tokens() > capacity:
         raise ConfigurationError(
@@ -289,13 +290,13 @@ class _Flight:
         parts = [p for p in parts if not p[0].done]
         self.fill()  # a new question's prompt is read at this very step
         read_s = 0.0  # prompt reading, counted as each question's prompt time, not as the step's decode time
-        for q in self.questions:
-            if q.reading:
-                # Its own decodes, as with one question in flight (the same kernels: CPU attention picks its
-                # kernel by the batch's shape), then its first tokens join this step's batch.
-                r0 = time.perf_counter()
-                parts += _read_alone(self.ctx, q, batch, self.ctx.options.n_batch, step)
-                read_s += time.perf_counter() - r0
+        readers = [q for q in self.questions if q.reading]
+        if readers:
+            # Prefill-only decodes (the new prompts together, never mixed with decode rows), then their first
+            # tokens join this step's batch.
+            r0 = time.perf_counter()
+            parts += _read_prompts(self.ctx, readers, batch, self.ctx.options.n_batch, step)
+            read_s = time.perf_counter() - r0
         if not step:
             return 0  # every question in flight finished at this step; the next ones were admitted
         fill_batch(batch, step)
@@ -309,20 +310,36 @@ class _Flight:
 _Item = tuple[int, int, int, bool]  # (token, position, sequence, wants_logits)
 
 
-def _read_alone(
-    ctx: Context, q: _Question, batch: llama_cpp.llama_batch, capacity: int, step: list[_Item]
+def _read_prompts(
+    ctx: Context, readers: list[_Question], batch: llama_cpp.llama_batch, capacity: int, step: list[_Item]
 ) -> list[tuple[_Question, int, int]]:
-    """Read a question's whole prompt in decodes of its own (chunks of the batch's capacity), sample its votes'
-    first tokens from the prompt's logits at once, and put what they feed into `step`."""
-    while q.reading:
+    """Read new questions' prompts in decodes of prompt tokens only (as many prompts' chunks as fit the batch), and
+    as soon as a prompt is read sample its votes' first tokens from its last row (before the next decode replaces
+    the logits); what they feed goes into `step`."""
+    out: list[tuple[_Question, int, int]] = []
+    pending = list(readers)
+    while pending:
+        items: list[_Item] = []
+        spans: list[tuple[_Question, int, int]] = []
+        for q in pending:
+            if len(items) >= capacity:
+                break
+            chunk = q.prompt_items(capacity - len(items))
+            spans.append((q, len(items), len(chunk)))
+            items += chunk
         t0 = time.perf_counter()
-        items = q.prompt_items(capacity)
         fill_batch(batch, items)
         ctx._decode(batch)
-        q.read(len(items), time.perf_counter() - t0)
-    start = len(step)
-    step += q.sample()
-    return [] if q.done else [(q, start, len(step))]
+        seconds = time.perf_counter() - t0
+        for q, start, n in spans:
+            q.read(n, seconds * n / len(items), last_row=start + n - 1)
+            if not q.reading:
+                first = len(step)
+                step += q.sample()
+                if not q.done:
+                    out.append((q, first, len(step)))
+        pending = [q for q in pending if q.reading]
+    return out
 
 
 class _Question:
@@ -346,7 +363,7 @@ class _Question:
         self.handled: set[tuple[int, int]] = set()  # (vote, smaller rung) forked or recorded
         start = self._prefilled(self.top)
         self.live = [
-            _Sample(seq=base + v, pos=len(self.prompt), sampler=_sampler_chain(recipe.sampling, job.seeds[v], ctx.model.n_vocab),
+            _Sample(seq=base + v, pos=len(self.prompt), sampler=sampler_chain(recipe.sampling, job.seeds[v], ctx.model.n_vocab),
                     budget=None if start is None else replace(start, recent=list(start.recent)),
                     cap=self.n_predict(self.top), vote=v, kept_from=len(self.prompt))
             for v in range(self.k)
@@ -390,16 +407,19 @@ class _Question:
         self.read_to = end
         return items
 
-    def read(self, tokens: int, seconds: float) -> None:
-        """A chunk of `tokens` prompt tokens was decoded on its own; after the last chunk the other votes share the
-        prompt's cells, and every vote's first logits are the chunk's last row."""
+    def read(self, tokens: int, seconds: float, *, last_row: int | None = None) -> None:
+        """A chunk of `tokens` prompt tokens was decoded (its last row at `last_row` of the batch: by default the
+        chunk was the batch); after the last chunk the other votes share the prompt's cells, and every vote's first
+        logits are that row."""
         self.prompt_s += seconds
         if self.reading:
             return
         memory = self.ctx._memory
         for v in range(1, self.k):
             llama_cpp.llama_memory_seq_cp(memory, self.base, self.base + v, -1, -1)
-        self.logits_at = dict.fromkeys(range(self.base, self.base + self.k), tokens - 1)
+        self.logits_at = dict.fromkeys(
+            range(self.base, self.base + self.k), tokens - 1 if last_row is None else last_row
+        )
 
     def sample(self) -> list[_Item]:
         """Sample one token for each live sequence (a forced one where its budget forces); return what to feed the
@@ -482,7 +502,7 @@ class _Question:
         the same draw without the logits (a forced token's row needs none)."""
         assert seq.budget is not None
         token = seq.budget.forced_token()
-        _draw(seq.sampler, token)
+        draw(seq.sampler, token)
         return self._wrote(seq, token, forced=True)
 
     def _fork(self, vote: _Sample, token: int, rung: int) -> list[_Item]:
@@ -580,32 +600,3 @@ def fill_batch(batch: llama_cpp.llama_batch, items: Sequence[tuple[int, int, int
         batch.seq_id[i][0] = seq
         batch.logits[i] = logits
     batch.n_tokens = len(items)
-
-
-def _draw(chain: llama_cpp.llama_sampler_p, token: int) -> None:
-    """Run a sampler chain over one candidate, `token` (its seeded draw taken, as for a masked step), and accept
-    it."""
-    data = llama_cpp.llama_token_data(token, 0.0, 0.0)
-    candidates = llama_cpp.llama_token_data_array(ctypes.pointer(data), 1, -1, False)
-    llama_cpp.llama_sampler_apply(chain, ctypes.byref(candidates))
-    llama_cpp.llama_sampler_accept(chain, token)
-
-
-def _sampler_chain(sampling: Sampling, seed: int, n_vocab: int) -> llama_cpp.llama_sampler_p:
-    params = llama_cpp.llama_sampler_chain_default_params()
-    chain: llama_cpp.llama_sampler_p = llama_cpp.llama_sampler_chain_init(params)
-    if sampling.presence_penalty:
-        penalties = llama_cpp.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, 1.0, 0.0, sampling.presence_penalty)
-        llama_cpp.llama_sampler_chain_add(chain, penalties)
-    if sampling.temperature <= 0:
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
-        return chain
-    if sampling.top_k > 0:
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(sampling.top_k))
-    if sampling.top_p < 1.0:
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(sampling.top_p, 1))
-    if sampling.min_p > 0.0:
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_min_p(sampling.min_p, 1))
-    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(sampling.temperature))
-    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-    return chain

@@ -11,8 +11,8 @@ import llama_cpp
 import numpy as np
 
 from edgeval.core.prompts import Sampling
-from edgeval.llama import generation
 from edgeval.llama.generation import fill_batch
+from edgeval.llama.sampler import sampler_chain
 
 if TYPE_CHECKING:
     from edgeval.llama.engine import Context
@@ -35,7 +35,7 @@ def speed_probe(
     vocab = ctx.model.n_vocab
     llama_cpp.llama_memory_clear(memory_, True)
     batch = llama_cpp.llama_batch_init(max(ctx.options.n_batch, max(widths)), 0, 1)
-    chain = generation._sampler_chain(sampling, 1, vocab)
+    chain = sampler_chain(sampling, 1, vocab)
     try:
         ctx._decode_prompt(prompt, batch)
         filled = len(prompt)

@@ -5,7 +5,7 @@ Every flag is llama-server's own spelling in the llama.cpp that llama-cpp-python
 request goes to `/completion` with the prompt rendered as edgeval renders it (the model's own chat template), so the
 server reads the very tokens a run read; the reasoning budget, which llama-server sets up from the chat template
 only on its chat endpoint, is spelled out in the request (its start and end tags and message), and the sampler chain
-is edgeval's own, in its order (`generation._sampler_chain`). One request with `n_cmpl` = k gives a question's k
+is edgeval's own, in its order (`sampler.sampler_chain`). One request with `n_cmpl` = k gives a question's k
 votes, seeded s, s + 1, … (llama-server seeds a request's children so: `server-task.h`, `add_child`).
 """
 
