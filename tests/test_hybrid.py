@@ -117,8 +117,9 @@ def _keep(into: dict[int, dict[int, engine.Generation]], job: engine.Job, gen: d
     into[job.key] = gen
 
 
-def test_questions_in_flight_give_the_samples_of_one_at_a_time(hybrids: dict[str, Path]) -> None:
-    path = hybrids["qwen35"]
+@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe"])
+def test_questions_in_flight_give_the_samples_of_one_at_a_time(hybrids: dict[str, Path], arch: str) -> None:
+    path = hybrids[arch]
     with engine.Model(path, engine.LoadOptions(vocab_only=True)) as vocab:
         forcing, questions = arith_forcing(vocab), arith_prompts(vocab, 5, opened=True)
     recipe = engine.Recipe(k=2, budgets=(6, 16), sampling=SAMPLED, forcing=forcing)
@@ -141,9 +142,10 @@ def test_questions_in_flight_give_the_samples_of_one_at_a_time(hybrids: dict[str
     assert forced > 0  # the ladder's forks (a state slot each) and the forcing were exercised
 
 
-def test_kill_9_mid_run_and_a_rerun_loses_nothing(hybrids: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe"])
+def test_kill_9_mid_run_and_a_rerun_loses_nothing(hybrids: dict[str, Path], tmp_path: Path, arch: str) -> None:
     db = tmp_path / "kill.db"
-    args = ["run", str(hybrids["qwen35"]), "--task", "arith", "--limit", "40", "--budget-tokens", "160", "--k", "2",
+    args = ["run", str(hybrids[arch]), "--task", "arith", "--limit", "40", "--budget-tokens", "160", "--k", "2",
             "--parallel", "2", "--db", str(db), "--json"]  # fmt: skip
     before = kill_mid_run(args, db, 8)
     assert 8 <= len(before) < 80 and len(before) % 2 == 0  # whole questions only
