@@ -100,6 +100,9 @@ def test_k_votes_and_a_ladder_run_on_recurrent_states_within_3_percent(
     ladder = _run(hybrids[arch], tmp_path / "l.db", "--limit", "3", "--k", "4", "--budget-tokens", "8,24")
     assert ladder["status"] == "done" and ladder["n_items"] == 3
     assert 0 < float(ladder["forced_share"]) <= 1  # the template opens the reasoning: budgets force
+    with sqlite3.connect(tmp_path / "l.db") as conn:  # Qwen3.5's advice, from the file's own architecture
+        (stored,) = {row[0] for row in conn.execute("SELECT sampling FROM configs")}
+    assert json.loads(stored) == {"temperature": 1.0, "top_p": 0.95, "top_k": 20, "min_p": 0.0, "presence_penalty": 1.5}
     one = _run(hybrids[arch], tmp_path / "o.db", "--limit", "2", "--k", "4", "--budget-tokens", "24")
     assert one["status"] == "done" and one["memory_source"] == "measured"
     # k = 4 votes: four state slots; the default path (repacking as the doctor says, read without mmap). Files this

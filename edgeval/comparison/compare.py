@@ -39,7 +39,7 @@ from edgeval.comparison.arms import measured as measured
 from edgeval.comparison.arms import measured_speeds as measured_speeds
 from edgeval.comparison.arms import race_plan as race_plan
 from edgeval.comparison.verdict import OUT, Comparison, Row, band_of, build, contenders
-from edgeval.core import prompts, racing
+from edgeval.core import racing
 from edgeval.core.errors import EdgevalError, describe
 from edgeval.core.quants import WeightQuant
 from edgeval.edges import gguf_info, hub, results
@@ -267,18 +267,10 @@ def _prepare(
         seed=request.seed, limit=asked, threads=threads, repack=request.repack, deadline=deadline,
         expected_sha256=arm.ref.file.sha256, gpu_layers=request.gpu_layers, cpu_moe=request.cpu_moe,
         parallel=request.parallel, budget_message=request.budget_message,
-        sampling=_sampling_of(arm.ref, request.thinking),
     )  # fmt: skip
     prepared = sweep.prepare(spec, store, race.run_id)
     race.config_ids[index] = {**race.config_ids.get(index, {}), **prepared.config_ids}
     return prepared
-
-
-def _sampling_of(ref: ModelRef, thinking: bool) -> prompts.Sampling | None:
-    """Qwen's recommended sampling for the model's generation (None where it is the Qwen3 default a spec assumes)."""
-    thinks = ref.model.thinks(thinking)
-    advice = ref.model.sampling(thinks)
-    return None if advice == prompts.recommended_sampling(thinks) else advice
 
 
 @dataclass

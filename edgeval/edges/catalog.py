@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import sys
 from collections.abc import Iterable, Mapping
@@ -15,7 +16,7 @@ from gguf import LlamaFileType
 from edgeval.core.errors import EdgevalError, ModelFileError
 from edgeval.core.memory import Architecture, Repack, RepackRule
 from edgeval.core.paths import edgeval_home
-from edgeval.core.prompts import Sampling
+from edgeval.core.prompts import NON_THINKING_SAMPLING, THINKING_SAMPLING, Sampling
 from edgeval.core.quants import WeightQuant
 from edgeval.edges.gguf_info import GGUFInfo, read_local
 
@@ -46,31 +47,16 @@ TIED_EMBEDDING_BITS = 6.5625
 THINKING_MODES = ("hybrid", "always", "never")
 
 
-@dataclass(frozen=True)
-class Generation:
-    """A Qwen architecture generation: what its chat template does by default and Qwen's sampling advice."""
-
-    name: str
-    title: str
-    thinks_by_default: bool  # what the template does without enable_thinking
-    soft_switches: bool  # whether `/think` and `/no_think` in a message switch modes
-    sampling: dict[bool, dict[str, float]]  # by thinking on/off: temperature, top_p, top_k, min_p, presence_penalty
-
-
-def _sampling(temperature: float, top_p: float, top_k: int, presence: float) -> dict[str, float]:
-    return {"temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": 0.0, "presence_penalty": presence}
-
-
-# A model's `generation` is its architecture generation: Qwen3.6 is Qwen3.5's architecture (llama.cpp's qwen35 and
-# qwen35moe), its template and its sampling advice, so it is generation "qwen3.5" and `--family qwen3.5` includes it.
-GENERATIONS: dict[str, Generation] = {
+# Qwen's recommended sampling per architecture generation, by thinking on/off. A model's `generation` is its
+# architecture generation: Qwen3.6 is Qwen3.5's architecture (llama.cpp's qwen35 and qwen35moe), its template and its
+# sampling advice, so it is generation "qwen3.5" and `--family qwen3.5` includes it.
+GENERATIONS: dict[str, dict[bool, Sampling]] = {
     # Qwen3 model cards: thinking 0.6/0.95/20, non-thinking 0.7/0.8/20, min_p 0; no presence penalty by default.
-    "qwen3": Generation("qwen3", "Qwen3 (every layer attends)", True, True,
-                        {True: _sampling(0.6, 0.95, 20, 0.0), False: _sampling(0.7, 0.8, 20, 0.0)}),
+    "qwen3": {True: THINKING_SAMPLING, False: NON_THINKING_SAMPLING},
     # Qwen3.5 model cards: thinking 1.0/0.95/20 with presence penalty 1.5, non-thinking 0.7/0.8/20/1.5; thinking
     # on by default through the template (enable_thinking), no /think switches.
-    "qwen3.5": Generation("qwen3.5", "Qwen3.5 and Qwen3.6 (hybrid: 3 of 4 layers Gated DeltaNet)", True, False,
-                          {True: _sampling(1.0, 0.95, 20, 1.5), False: _sampling(0.7, 0.8, 20, 1.5)}),
+    "qwen3.5": {True: Sampling(1.0, 0.95, 20, 0.0, presence_penalty=1.5),
+                False: Sampling(0.7, 0.8, 20, 0.0, presence_penalty=1.5)},
 }  # fmt: skip
 FAMILIES = (*GENERATIONS, "all")
 
@@ -144,15 +130,13 @@ class Model:
         """Whether a run reasons: the model's fixed mode, or the one asked for when it has both."""
         return {"always": True, "never": False}.get(self.thinking, requested)
 
-    def recommended_sampling(self, thinking: bool) -> dict[str, float]:
-        """Qwen's recommended sampler settings for this model's generation in the mode (a copy: temperature,
-        top_p, top_k, min_p, presence_penalty)."""
-        return dict(GENERATIONS[self.generation].sampling[self.thinks(thinking)])
-
     def sampling(self, thinking: bool) -> Sampling:
-        """The recommended settings as the sampler chain takes them."""
-        advice = self.recommended_sampling(thinking)
-        return Sampling(**{**advice, "top_k": int(advice["top_k"])})  # type: ignore[arg-type]
+        """Qwen's recommended sampler settings for this model's generation in the mode it runs."""
+        return GENERATIONS[self.generation][self.thinks(thinking)]
+
+    def recommended_sampling(self, thinking: bool) -> dict[str, float]:
+        """The same as a dict (a copy: temperature, top_p, top_k, min_p, presence_penalty)."""
+        return dataclasses.asdict(self.sampling(thinking))
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ def run(
     sampling = Sampling(
         temperature=base.temperature if temperature is None else temperature,
         top_p=base.top_p if top_p is None else top_p,
-        top_k=int(base.top_k) if top_k is None else top_k,
+        top_k=base.top_k if top_k is None else top_k,
         min_p=base.min_p if min_p is None else min_p,
         presence_penalty=base.presence_penalty if presence_penalty is None else presence_penalty,
     )
@@ -132,7 +132,7 @@ def run(
             budget_tokens=budgets[-1] if budgets else None, ladder=budgets[:-1], ctx=ctx[0] if ctx else None,
             kv_window=kv_window[0] if kv_window else 0,
             k=votes, thinking=thinking,
-            sampling=None if sampling == prompts.recommended_sampling(thinking) else sampling, seed=seed, limit=limit,
+            sampling=None if sampling == base else sampling, seed=seed, limit=limit,
             threads=threads, repack=repack, gpu_layers=gpu_layers, cpu_moe=cpu_moe, expected_sha256=ref.file.sha256,
             force=force, parallel=parallel,
             budget_message=prompts.BUDGET_MESSAGE if budget_message is None else budget_message,

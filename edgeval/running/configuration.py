@@ -17,6 +17,7 @@ from edgeval.core.errors import ConfigurationError
 from edgeval.core.quants import KVType
 from edgeval.core.units import format_bytes
 from edgeval.edges import gguf_info, hub, tasks
+from edgeval.edges.catalog import GENERATIONS, generation_of
 from edgeval.edges.store import Store
 from edgeval.edges.tasks import prompt_text
 from edgeval.llama import throughput
@@ -84,7 +85,8 @@ class RunSpec:
 
     @property
     def effective_sampling(self) -> prompts.Sampling:
-        """The sampler settings used."""
+        """The sampler settings used (`prepare` sets Qwen's advice for the file's generation when none was
+        given; before it, Qwen3's)."""
         return self.sampling or prompts.recommended_sampling(self.thinking)
 
 
@@ -171,6 +173,8 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
         raise ConfigurationError(f"task {task.name} has no items", hint="check --limit and the task file")
     chat = prompts.ChatFormat(header.chat_template)
     arch = header.architecture()
+    if spec.sampling is None:  # Qwen's advice for the file's generation (a hybrid's is not Qwen3's)
+        spec = replace(spec, sampling=GENERATIONS[generation_of(arch)][spec.thinking])
     if arch.hybrid and spec.kv_window:
         raise ConfigurationError(HYBRID_WINDOW.format(name=spec.model_path.name), hint="drop --kv-window")
     _check_sizes(spec, task, items, header, arch.n_ctx_train)
