@@ -513,12 +513,12 @@ def _status(race: _Race, index: int, key: str, result: ConfigResult) -> str:
     return "done" if result.n_done >= race.n_questions else "running"
 
 
-def _stored_generation(config: sqlite3.Row) -> str:
-    """A stored configuration's generation: from its file's header while the file is there, else its label."""
+def _stored_generation(path: str, label: str) -> str:
+    """A stored model's generation: from its file's header while the file is there, else its label."""
     try:
-        return generation_of(gguf_info.read_local(Path(config["model_path"])).architecture())
+        return generation_of(gguf_info.read_local(Path(path)).architecture())
     except (EdgevalError, OSError):
-        return "qwen3.5" if str(config["model"]).startswith(("qwen3.5", "qwen3.6")) else "qwen3"
+        return "qwen3.5" if label.startswith(("qwen3.5", "qwen3.6")) else "qwen3"
 
 
 def _row(key: str, ref: ModelRef, result: ConfigResult, status: str, scores: dict[int, float]) -> Row:
@@ -572,6 +572,7 @@ def from_store(store: Store, task: str | None = None, budget: int | None = None)
     configs = [c for c in store.configs() if c["status"] != "pending" or c["n_items"]]
     klds = store.kld_means()
     names = sorted({str(c["task"]) for c in configs}) if task is None else [task]
+    generation = {(p, m): _stored_generation(p, m) for p, m in {(c["model_path"], c["model"]) for c in configs}}
     out = []
     for name in names:
         rows = []
@@ -586,7 +587,7 @@ def from_store(store: Store, task: str | None = None, budget: int | None = None)
                 row = Row(f"{c['id']}:{j}", str(c["model"]), int(c["params"]), quant.value, quant.bits, result,
                           result.memory_bytes, result.memory_source, band_of(result.memory_bytes), status,
                           results.item_scores(samples, int(c["k"]), j), kld=kld_of(c, klds),
-                          generation=_stored_generation(c))  # fmt: skip
+                          generation=generation[(c["model_path"], c["model"])])  # fmt: skip
                 rows.append(row)
         limit = budget if budget is not None else max((r.memory_bytes for r in rows), default=0)
         kept = [r for r in rows if budget is None or r.memory_bytes <= budget]

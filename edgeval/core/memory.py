@@ -267,7 +267,7 @@ def graph_nodes(arch: Architecture, n_ubatch: int) -> int:
 
 def overhead_bytes(arch: Architecture, n_seq: int = 1, n_ubatch: int = 512) -> int:
     """Fixed runtime cost: the Python process with llama.cpp, the vocabulary's tables, the sampler chains, and
-    the graph metadata past a small transformer's (a hybrid's is ~16 MiB at a 512-token micro-batch)."""
+    the graph metadata past a small transformer's (a hybrid's is ~24 MiB at a 512-token micro-batch)."""
     graphs = GRAPHS_KEPT * (graph_nodes(arch, n_ubatch) - _BASE_GRAPH_NODES) * GRAPH_BYTES_PER_NODE
     return (
         RUNTIME_BASE_BYTES

@@ -19,27 +19,29 @@ class RSS:
     file: int | None = None  # mapped files (a memory-mapped model, shared libraries): the kernel can drop them
 
 
-def _status_rss(pid: int) -> RSS | None:
-    """RSS from Linux's /proc/<pid>/status (VmRSS = RssAnon + RssFile + RssShmem, in kB); None elsewhere."""
+def _status(pid: int) -> dict[str, int] | None:
+    """Linux's /proc/<pid>/status memory lines in bytes — VmRSS (= RssAnon + RssFile + RssShmem), its parts, and
+    VmHWM (the kernel's own high-water mark of VmRSS); None elsewhere, {} for a zombie (its memory is gone)."""
     try:
         text = Path(f"/proc/{pid}/status").read_text(encoding="ascii", errors="replace")
     except OSError:
         return None
-    fields = dict(re.findall(r"^(VmRSS|RssAnon|RssFile):\s+(\d+) kB", text, re.MULTILINE))
-    if "VmRSS" not in fields:
-        return RSS(0, 0, 0)  # a zombie: its memory is gone
-    kb = 1024
-    return RSS(int(fields["VmRSS"]) * kb, int(fields.get("RssAnon", 0)) * kb, int(fields.get("RssFile", 0)) * kb)
+    return {k: int(v) * 1024 for k, v in re.findall(r"^(VmRSS|RssAnon|RssFile|VmHWM):\s+(\d+) kB", text, re.M)}
+
+
+def _rss_of(fields: dict[str, int]) -> RSS:
+    return RSS(fields.get("VmRSS", 0), fields.get("RssAnon", 0), fields.get("RssFile", 0))
+
+
+def _status_rss(pid: int) -> RSS | None:
+    """RSS from /proc/<pid>/status; None where there is none."""
+    fields = _status(pid)
+    return None if fields is None else _rss_of(fields)
 
 
 def _status_hwm(pid: int) -> int | None:
-    """The kernel's own high-water mark of the process's resident set (Linux's VmHWM), None where there is none."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return None
-    found = re.search(r"^VmHWM:\s+(\d+) kB", text, re.MULTILINE)
-    return int(found.group(1)) * 1024 if found else None
+    """The process's resident high-water mark (VmHWM), None where there is none."""
+    return (_status(pid) or {}).get("VmHWM")
 
 
 def own_peak_bytes() -> int | None:
@@ -93,11 +95,16 @@ class PeakRSS:
         """Read the process's memory now and keep it if it is the peak; False once the process is gone."""
         import psutil
 
-        try:
-            rss = read_rss(self._process)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            return False
-        hwm = _status_hwm(self._process.pid) if self._hwm else None
+        if self._hwm:  # one read: the resident set and its peak
+            fields = _status(self._process.pid)
+            if fields is None:
+                return False  # the process is gone
+            rss, hwm = _rss_of(fields), fields.get("VmHWM")
+        else:
+            try:
+                rss, hwm = read_rss(self._process), None
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                return False
         with self._lock:
             if rss.total > self._highest.total:
                 self._highest = rss

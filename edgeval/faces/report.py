@@ -276,7 +276,7 @@ def _legend(done: Sequence[Row], sizes: Sequence[int], colours: Any, frontier: b
     handles += [Line2D([], [], color="grey", marker=_MARKERS.get(b, "o"), linestyle="", label=f"{b}-bit")
                 for b in sorted({r.bits for r in done}, reverse=True)]  # fmt: skip
     generations = sorted({r.generation for r in done})
-    if len(generations) > 1 or generations != ["qwen3"]:
+    if generations != ["qwen3"]:  # several, or one that is not the study's
         for g in generations:
             edge, width = _GENERATION_EDGES.get(g, ("black", 0.4))
             handles.append(Line2D([], [], color="lightgrey", marker="o", markeredgecolor=edge, markeredgewidth=width,

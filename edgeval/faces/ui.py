@@ -282,12 +282,11 @@ def render_inspect(info: GGUFInfo) -> None:
     if info.file_size is not None:
         facts.add_row("file size", f"{info.file_size:,} ({format_bytes(info.file_size)})")
     facts.add_row("KV per 1k tokens (f16)", format_bytes(int(row["kv_bytes_per_1k_tokens_f16"])))  # type: ignore[call-overload]
-    if info.architecture().hybrid:
-        arch = info.architecture()
-        facts.add_row("recurrent layers", f"{arch.recurrent_layers} of {arch.n_layer} (a state each, no KV cache)")
-        facts.add_row("state per sequence (f32)", format_bytes(arch.state_bytes_per_seq))
-    if info.n_nextn:
-        facts.add_row("prediction blocks", f"{info.n_nextn} (not loaded for generation)")
+    if row["recurrent_layers"]:
+        facts.add_row("recurrent layers", f"{row['recurrent_layers']} of {row['n_layer']} (a state each, no KV cache)")
+        facts.add_row("state per sequence (f32)", format_bytes(int(row["state_bytes_per_seq"])))  # type: ignore[call-overload]
+    if row["nextn_blocks"]:
+        facts.add_row("prediction blocks", f"{row['nextn_blocks']} (not loaded for generation)")
     console.print(facts)
     types = Table(title="tensor bytes by type", title_justify="left")
     types.add_column("type")
