@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from edgeval.core import prompts
+from edgeval.core.memory import RepackMode
 from edgeval.core.quants import WeightQuant
 from edgeval.edges import tasks
 from edgeval.llama import engine, synth
@@ -130,3 +131,17 @@ def kill_mid_run(args: list[str], db: Path, stored_at_least: int, poll_s: float 
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     return stored_texts(db)
+
+
+def generate_in_flight(path: Path, recipe: engine.Recipe, prompts_: list[list[int]], width: int,
+                       repack: RepackMode = RepackMode.ALL) -> dict[int, dict[int, engine.Generation]]:  # fmt: skip
+    """Each question's rungs (question i's votes seeded 100 + 7i + j), generated `width` questions at a time."""
+    with engine.Model(path, engine.LoadOptions(n_gpu_layers=0, repack=repack)) as model:
+        one = engine.ContextOptions(n_ctx=max(recipe.cells(len(p)) for p in prompts_), n_seq=recipe.sequences,
+                                    n_batch=max(512, width * recipe.step_tokens()))  # fmt: skip
+        options = engine.in_flight(one, width, max(recipe.stream_cells(len(p)) for p in prompts_))
+        got: dict[int, dict[int, engine.Generation]] = {}
+        with engine.Context(model, options) as ctx:
+            jobs = [engine.Job(i, p, [100 + 7 * i + j for j in range(recipe.k)]) for i, p in enumerate(prompts_)]
+            ctx.generate_many(recipe, jobs, lambda job, out: got.__setitem__(job.key, out), width=width)
+    return got

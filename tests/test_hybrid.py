@@ -4,7 +4,6 @@ recurrent states, the same samples at any width, a kill and a resume — and a K
 
 from __future__ import annotations
 
-import functools
 import json
 import sqlite3
 from pathlib import Path
@@ -14,6 +13,7 @@ from click.testing import CliRunner
 
 from edgeval.comparison import compare
 from edgeval.core import memory, prompts
+from edgeval.core.memory import RepackMode
 from edgeval.core.quants import KVType, WeightQuant
 from edgeval.edges import gguf_info
 from edgeval.edges.store import Store
@@ -21,7 +21,7 @@ from edgeval.faces import demo
 from edgeval.faces.cli import cli
 from edgeval.llama import engine, synth
 
-from .conftest import SAMPLED, arith_forcing, arith_prompts, kill_mid_run, stored_texts
+from .conftest import SAMPLED, arith_forcing, arith_prompts, generate_in_flight, kill_mid_run, stored_texts
 
 HYBRID = synth.SynthSpec(
     name="tiny-qwen35", n_layer=4, n_embd=256, n_head=4, n_head_kv=2, head_dim=64, n_ff=512, n_vocab=512,
@@ -116,26 +116,13 @@ def test_k_votes_and_a_ladder_run_on_recurrent_states_within_3_percent(
     assert abs(error) < 0.15  # the shared baseline: ~6 MB low on this machine for every size (see docs/memory.md)
 
 
-def _keep(into: dict[int, dict[int, engine.Generation]], job: engine.Job, gen: dict[int, engine.Generation]) -> None:
-    into[job.key] = gen
-
-
 @pytest.mark.parametrize("arch", ["qwen35", "qwen35moe"])
 def test_questions_in_flight_give_the_samples_of_one_at_a_time(hybrids: dict[str, Path], arch: str) -> None:
     path = hybrids[arch]
     with engine.Model(path, engine.LoadOptions(vocab_only=True)) as vocab:
         forcing, questions = arith_forcing(vocab), arith_prompts(vocab, 5, opened=True)
     recipe = engine.Recipe(k=2, budgets=(6, 16), sampling=SAMPLED, forcing=forcing)
-    got: dict[int, dict[int, dict[int, engine.Generation]]] = {}
-    with engine.Model(path, engine.LoadOptions(n_gpu_layers=0)) as model:
-        for width in (1, 3):
-            one = engine.ContextOptions(n_ctx=max(recipe.cells(len(p)) for p in questions), n_seq=recipe.sequences,
-                                        n_batch=max(512, width * recipe.step_tokens()))  # fmt: skip
-            options = engine.in_flight(one, width, max(recipe.stream_cells(len(p)) for p in questions))
-            got[width] = {}
-            with engine.Context(model, options) as ctx:
-                jobs = [engine.Job(i, p, [100 + 7 * i + j for j in range(recipe.k)]) for i, p in enumerate(questions)]
-                ctx.generate_many(recipe, jobs, functools.partial(_keep, got[width]), width=width)
+    got = {w: generate_in_flight(path, recipe, questions, w, RepackMode.OFF) for w in (1, 3)}
     forced = 0
     for i in range(5):
         for budget in (6, 16):

@@ -24,22 +24,9 @@ from edgeval.faces.cli import cli
 from edgeval.llama import doctor, engine, throughput
 from edgeval.running import sweep
 
-from .conftest import GREEDY, SAMPLED, arith_forcing, arith_prompts, kill_mid_run
+from .conftest import GREEDY, SAMPLED, arith_forcing, arith_prompts, generate_in_flight, kill_mid_run
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _generate(path: Path, recipe: engine.Recipe, prompts_: list[list[int]], width: int,
-              repack: RepackMode = RepackMode.ALL) -> dict[int, dict[int, engine.Generation]]:  # fmt: skip
-    with engine.Model(path, engine.LoadOptions(n_gpu_layers=0, repack=repack)) as model:
-        one = engine.ContextOptions(n_ctx=max(recipe.cells(len(p)) for p in prompts_), n_seq=recipe.sequences,
-                                    n_batch=max(512, width * recipe.step_tokens()))  # fmt: skip
-        options = engine.in_flight(one, width, max(recipe.stream_cells(len(p)) for p in prompts_))
-        got: dict[int, dict[int, engine.Generation]] = {}
-        with engine.Context(model, options) as ctx:
-            jobs = [engine.Job(i, p, [100 + 7 * i + j for j in range(recipe.k)]) for i, p in enumerate(prompts_)]
-            ctx.generate_many(recipe, jobs, lambda job, out: got.__setitem__(job.key, out), width=width)
-    return got
 
 
 @pytest.mark.parametrize("sampling", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
@@ -49,7 +36,7 @@ def test_questions_in_flight_give_the_samples_of_one_at_a_time(sampling: prompts
     with engine.Model(path, engine.LoadOptions(vocab_only=True)) as vocab:
         forcing, questions = arith_forcing(vocab), arith_prompts(vocab, 7)
     recipe = engine.Recipe(k=2, budgets=(6, 20), sampling=sampling, forcing=forcing)
-    alone, together = _generate(path, recipe, questions, 1), _generate(path, recipe, questions, 3)
+    alone, together = generate_in_flight(path, recipe, questions, 1), generate_in_flight(path, recipe, questions, 3)
     assert sorted(together) == list(range(7))
     forced = 0
     for i in range(7):
@@ -66,8 +53,8 @@ def test_a_kv_window_and_repacking_off_hold_in_flight_too(tiny_models: dict[Weig
     with engine.Model(path, engine.LoadOptions(vocab_only=True)) as vocab:
         questions = arith_prompts(vocab, 5)
     recipe = engine.Recipe(k=2, budgets=(80,), sampling=GREEDY, window=32)
-    alone = _generate(path, recipe, questions, 1, RepackMode.OFF)
-    together = _generate(path, recipe, questions, 4, RepackMode.OFF)
+    alone = generate_in_flight(path, recipe, questions, 1, RepackMode.OFF)
+    together = generate_in_flight(path, recipe, questions, 4, RepackMode.OFF)
     for i in range(5):
         assert alone[i][80].tokens == together[i][80].tokens
         assert alone[i][80].evicted == together[i][80].evicted
@@ -93,8 +80,8 @@ def test_a_ladders_forks_and_forced_answers_round_as_several_questions_in_flight
         questions = arith_prompts(vocab, 40, opened=True)
     recipe = engine.Recipe(k=k, budgets=(6, 20), sampling=sampling, forcing=forcing)
     # (repacking off: repacked matrix kernels round by the batch's rows in any case — docs/throughput.md)
-    alone = _generate(path, recipe, questions, 1, RepackMode.OFF)
-    together = _generate(path, recipe, questions, 4, RepackMode.OFF)
+    alone = generate_in_flight(path, recipe, questions, 1, RepackMode.OFF)
+    together = generate_in_flight(path, recipe, questions, 4, RepackMode.OFF)
     forced, differ = 0, []
     for i in range(40):
         for budget in (6, 20):
