@@ -7,6 +7,7 @@ takes the format's constants (value types, tensor block sizes) from the gguf pac
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 from collections.abc import Callable, Mapping
@@ -151,7 +152,7 @@ class GGUFInfo:
             raise GGUFFormatError(Path(self.source), f"{self.n_nextn} prediction blocks of {blocks} leave no layer")
         return blocks - self.n_nextn
 
-    @property
+    @functools.cached_property
     def loaded_tensors(self) -> tuple[TensorInfo, ...]:
         """The tensors llama.cpp loads for generation: a multi-token-prediction block's are skipped (read only when
         speculative decoding asks for them), so they take no memory."""
