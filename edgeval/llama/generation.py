@@ -282,6 +282,9 @@ class _Flight:
             start = len(step)
             step += q.sample()
             parts.append((q, start, len(step)))
+        # Not the step's decode time: finished questions handed on (their commit and grading) and prompts read
+        # (each question's prompt time).
+        r0 = time.perf_counter()
         for q in [q for q in self.questions if q.done]:
             self.questions.remove(q)
             self.free_slots.append(q.base // self.recipe.sequences)
@@ -289,19 +292,17 @@ class _Flight:
             on_done(q.job, q.result())
         parts = [p for p in parts if not p[0].done]
         self.fill()  # a new question's prompt is read at this very step
-        read_s = 0.0  # prompt reading, counted as each question's prompt time, not as the step's decode time
         readers = [q for q in self.questions if q.reading]
         if readers:
             # Prefill-only decodes (the new prompts together, never mixed with decode rows), then their first
             # tokens join this step's batch.
-            r0 = time.perf_counter()
             parts += _read_prompts(self.ctx, readers, batch, self.ctx.options.n_batch, step)
-            read_s = time.perf_counter() - r0
+        aside_s = time.perf_counter() - r0
         if not step:
             return 0  # every question in flight finished at this step; the next ones were admitted
         fill_batch(batch, step)
         self.ctx._decode(batch)
-        dt = time.perf_counter() - t0 - read_s
+        dt = time.perf_counter() - t0 - aside_s
         for q, start, end in parts:
             q.stepped(step, start, end, dt * (end - start) / len(step), len(step))
         return len(step)
