@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -232,6 +233,8 @@ def _one_question(
 
 
 SPEED_STEPS = 8  # decode steps timed at each width and depth of the speed probe
+SPEED_REPEATS = 7  # the most repetitions of the probe's short real generation at each width (median) ...
+SPEED_REPEAT_S = 0.25  # ... repeated while they have taken less than this together
 
 
 def _speed(
@@ -254,18 +257,25 @@ def _speed(
         0.0, probe, forced_tokens=len(forcing.tokens) if forcing and reasoning else 0,
         extra=forcing.extra if forcing else 0,
     )  # fmt: skip
-    # The decode loop's own cost per step (sampling, the reasoning budget and bookkeeping beside llama_decode), from
-    # a short real generation at the prompt's depth at each width, forced as the run forces; the prompt's rate from
-    # the same generations (the probe has read the prompt once already, so they are warm).
-    loop: dict[int, float] = {}
-    rate = 0.0
+    # A step's whole cost at the prompt's depth (llama_decode with sampling, the reasoning budget and the loop's
+    # bookkeeping) is a short real generation's at each width, forced as the run forces: the probe gives only how a
+    # step grows with depth. The prompt's rate from the same generations (the probe read the prompt once: warm).
+    # Repeated (median) while the repetitions are short: on a small model one lasts a few milliseconds, where a
+    # single preemption of this process would be a third of it.
+    at_prompt: dict[int, float] = {}
+    rates: list[float] = []
     for width in widths:
-        # (at most the run's own budget: forced, a sample writes its n_predict, which the context was sized for)
-        out = ctx.generate(prompt, k=width, max_tokens=min(4 * SPEED_STEPS, recipe.rungs[-1]), sampling=recipe.sampling,
-                           seeds=item_seeds(spec.seed, item.id, width), forcing=forcing)  # fmt: skip
-        loop[width] = max(0.0, out.decode_s / max(out.decode_steps, 1) - raw.step_s(width, len(prompt)))
-        rate = len(prompt) / out.prompt_s if out.prompt_s > 0 else rate
-    steps = {w: (a + loop[w], b) for w, (a, b) in raw.steps.items()}
+        per_step: list[float] = []
+        started = time.perf_counter()
+        while len(per_step) < SPEED_REPEATS and (not per_step or time.perf_counter() - started < SPEED_REPEAT_S):
+            # (at most the run's own budget: forced, a sample writes its n_predict, which the context was sized for)
+            out = ctx.generate(prompt, k=width, max_tokens=min(4 * SPEED_STEPS, recipe.rungs[-1]),
+                               sampling=recipe.sampling, seeds=item_seeds(spec.seed, item.id, width), forcing=forcing)  # fmt: skip
+            per_step.append(out.decode_s / max(out.decode_steps, 1))
+            rates += [len(prompt) / out.prompt_s] if out.prompt_s > 0 else []
+        at_prompt[width] = statistics.median(per_step)
+    rate = statistics.median(rates) if rates else 0.0
+    steps = {w: (max(0.0, at_prompt[w] - b * len(prompt)), b) for w, (_, b) in raw.steps.items()}
     return replace(raw, prompt_tps=rate, steps=steps).to_json()
 
 
