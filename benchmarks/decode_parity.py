@@ -6,8 +6,10 @@ same threads, llama.cpp's own repacking on both sides (edgeval's default where i
 rarely write an end token, so every sample decodes its whole budget: a fixed amount of work.
 edgeval: `sweep.run` (what `edgeval run` calls), k = 1 and k = 8, a 128-token budget, its decode tokens/s (every
 sequence's tokens over the decode time, sampling included: top-k 20, top-p 0.95, temperature 0.6, a seeded draw).
-llama.cpp: llama-batched-bench's S_TG at B = 1 and 8 (a shared 96-token prompt, 128 tokens per sequence, no
-sampling: an upper bound for any runner that samples). The issue's target: edgeval ≥ 0.95 × S_TG at each width.
+llama.cpp: llama-batched-bench's S_TG at B = 1 and 8 at the same depths — its shared prompt as long as edgeval's, and
+as many tokens per sequence as each of edgeval's sequences decoded (the budget, the forced message and the answer:
+a step's attention grows with depth, so a shorter run would be less work) — and no sampling: an upper bound for any
+runner that samples. The issue's target: edgeval ≥ 0.95 × S_TG at each width.
 
 Run: python -m benchmarks.decode_parity --batched-bench PATH [--reps 3] [--threads 2] [--tokens 128]
 """
@@ -15,6 +17,7 @@ Run: python -m benchmarks.decode_parity --batched-bench PATH [--reps 3] [--threa
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import statistics
 import tempfile
 from pathlib import Path
@@ -29,17 +32,23 @@ from edgeval.running import sweep
 WIDTHS = (1, 8)
 
 
-def edgeval_rate(path: Path, k: int, tokens: int, threads: int, questions: int) -> float:
-    """Aggregate decode tokens/s of one `edgeval run` (a fresh store)."""
+def edgeval_rate(path: Path, k: int, tokens: int, threads: int, questions: int) -> tuple[float, int, int]:
+    """One `edgeval run` (a fresh store): its aggregate decode tokens/s, its mean prompt tokens and the mean tokens
+    each sequence decoded."""
     spec = sweep.RunSpec(
         model_path=path, model_label=path.stem, task="arith", kv_type_k=KVType.F16, kv_type_v=KVType.F16,
         budget_tokens=tokens, k=k, limit=questions, threads=threads,
     )  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "s.db") as store:
-        result = sweep.run(spec, store, command="benchmarks.decode_parity")
-    if result.status != "done" or not result.decode_tokens_per_s:
-        raise SystemExit(f"k={k}: {result.status} ({result.message})")
-    return float(result.decode_tokens_per_s)
+    with tempfile.TemporaryDirectory() as tmp:
+        with Store(Path(tmp) / "s.db") as store:
+            result = sweep.run(spec, store, command="benchmarks.decode_parity")
+        if result.status != "done" or not result.decode_tokens_per_s:
+            raise SystemExit(f"k={k}: {result.status} ({result.message})")
+        with sqlite3.connect(Path(tmp) / "s.db") as con:
+            prompt, decoded = con.execute(
+                "SELECT avg(prompt_tokens), avg(generated_tokens) FROM item_timings"
+            ).fetchone()
+    return float(result.decode_tokens_per_s), round(prompt), round(decoded / k)
 
 
 def main() -> None:
@@ -55,12 +64,12 @@ def main() -> None:
     ours: dict[int, list[float]] = {w: [] for w in WIDTHS}
     theirs: dict[int, list[float]] = {w: [] for w in WIDTHS}
     for rep in range(args.reps):
-        bench = batched_bench(args.batched_bench, path, list(WIDTHS), args.threads, 96, args.tokens)
         for w in WIDTHS:
-            theirs[w].append(bench[w])
-            ours[w].append(edgeval_rate(path, w, args.tokens, args.threads, args.questions))
-            print(f"rep {rep + 1}: k = {w}: edgeval {ours[w][-1]:.1f} tok/s, llama-batched-bench {theirs[w][-1]:.1f}",
-                  flush=True)  # fmt: skip
+            rate, prompt, per_seq = edgeval_rate(path, w, args.tokens, args.threads, args.questions)
+            ours[w].append(rate)
+            theirs[w].append(batched_bench(args.batched_bench, path, [w], args.threads, prompt, per_seq)[w])
+            print(f"rep {rep + 1}: k = {w}: edgeval {ours[w][-1]:.1f} tok/s, llama-batched-bench {theirs[w][-1]:.1f} "
+                  f"(prompt {prompt}, {per_seq} tokens a sequence)", flush=True)  # fmt: skip
     # Each repetition runs the two back to back, so its ratio is paired (this VM's speed drifts between minutes).
     print("| k | edgeval run (tok/s) | llama-batched-bench S_TG | ratio of medians | ratio per repetition (median) |")
     print("|---|---|---|---|---|")

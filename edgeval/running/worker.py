@@ -151,13 +151,14 @@ def _answer_all(payload: dict[str, Any], events: Any, sink: Sink, measured: Any 
             n_threads=spec.threads, n_batch=batch_size(recipe.step_tokens(), 1),
         )  # fmt: skip
         probe = payload.get("speed", False)
-        if payload.get("footprint", False) or (probe and width > 1):
+        alone = payload.get("footprint", False) or (probe and width > 1)
+        if alone:  # the deployment shape first, in a context of its own (its speed probed there too)
             _one_question(payload, events, measured, t0, model, one, chat, task, items[pending[0]], spec, recipe)
         wide = replace(one, n_batch=batch_size(recipe.step_tokens(), width))
         with engine.Context(model, engine.in_flight(wide, width, payload["stream_cells"])) as ctx:
             if not payload.get("footprint", False):
                 events.put(("loaded", time.perf_counter() - t0))
-            if probe and width == 1:  # this context is the deployment shape
+            if probe and not alone:  # width 1: this context is the deployment shape
                 events.put(("speed", _speed(ctx, chat, task, items[pending[0]], spec, recipe)))
 
             def jobs() -> Iterator[engine.Job]:
@@ -219,12 +220,15 @@ def _one_question(
     takes the peak, and its speed probe (once per configuration)."""
     from edgeval.llama import engine
 
-    footprint = payload.get("footprint", False)
+    footprint, speed = payload.get("footprint", False), payload.get("speed", False)
     with engine.Context(model, one) as ctx:
         if footprint:
             events.put(("loaded", time.perf_counter() - t0))
+        # The speed probe reads the prompt and decodes the k votes together, as the pass does: only a ladder's
+        # fork is the pass's alone
+        if footprint and (not speed or len(recipe.rungs) > 1):
             _footprint(ctx, chat, task, item, spec, recipe)
-        if payload.get("speed", False):
+        if speed:
             events.put(("speed", _speed(ctx, chat, task, item, spec, recipe)))
     if footprint:
         events.put(("footprint", own_peak_bytes()))  # its context closed: the parent takes the peak, then this widens
@@ -233,6 +237,7 @@ def _one_question(
 
 
 SPEED_STEPS = 8  # decode steps timed at each width and depth of the speed probe
+SPEED_GENERATION = 32  # tokens a sample writes in the probe's short real generation (the run's budget if smaller)
 SPEED_REPEATS = 7  # the most repetitions of the probe's short real generation at each width (median) ...
 SPEED_REPEAT_S = 0.25  # ... repeated while they have taken less than this together
 
@@ -258,19 +263,21 @@ def _speed(
         extra=forcing.extra if forcing else 0,
     )  # fmt: skip
     # A step's whole cost at the prompt's depth (llama_decode with sampling, the reasoning budget and the loop's
-    # bookkeeping) is a short real generation's at each width, forced as the run forces: the probe gives only how a
-    # step grows with depth. The prompt's rate from the same generations (the probe read the prompt once: warm).
-    # Repeated (median) while the repetitions are short: on a small model one lasts a few milliseconds, where a
-    # single preemption of this process would be a third of it.
+    # bookkeeping) is a short real generation's at each width: the probe gives only how a step grows with depth. The
+    # generation is forced as the run forces when it is the run's whole budget; a longer budget is not forced in it
+    # (its message would be most of the steps, where a run's samples spend few). Repeated (median) while the
+    # repetitions are short: on a small model one lasts a few milliseconds, where a single preemption of this process
+    # would be a third of it. The prompt's rate from the same generations (the probe read the prompt once: warm).
+    short = min(SPEED_GENERATION, recipe.rungs[-1])
+    short_forcing = forcing if short == recipe.rungs[-1] else None
     at_prompt: dict[int, float] = {}
     rates: list[float] = []
     for width in widths:
         per_step: list[float] = []
         started = time.perf_counter()
         while len(per_step) < SPEED_REPEATS and (not per_step or time.perf_counter() - started < SPEED_REPEAT_S):
-            # (at most the run's own budget: forced, a sample writes its n_predict, which the context was sized for)
-            out = ctx.generate(prompt, k=width, max_tokens=min(4 * SPEED_STEPS, recipe.rungs[-1]),
-                               sampling=recipe.sampling, seeds=item_seeds(spec.seed, item.id, width), forcing=forcing)  # fmt: skip
+            out = ctx.generate(prompt, k=width, max_tokens=short, sampling=recipe.sampling,
+                               seeds=item_seeds(spec.seed, item.id, width), forcing=short_forcing)  # fmt: skip
             per_step.append(out.decode_s / max(out.decode_steps, 1))
             rates += [len(prompt) / out.prompt_s] if out.prompt_s > 0 else []
         at_prompt[width] = statistics.median(per_step)
