@@ -17,13 +17,19 @@ Build llama-server once (about 25 minutes on 2 cores), in the llama-cpp-python s
     cmake -S vendor/llama.cpp -B build -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF
     cmake --build build -j2 --target llama-server
 
+Each row is repeated (`--reps`, default 3), edgeval and the server back to back with their order alternating, each
+edgeval repetition in a fresh store (its fixed costs paid each time, as for a new configuration): the medians, and
+the ratio per repetition with its median.
+
 Run: python -m benchmarks.server_side_by_side --server PATH [--shape 0.6b] [--quant Q4_K_M] [--tokens 256,1024]
-                                              [--questions 16] [--threads 2] [--repack | --no-repack]
+                                              [--questions 16] [--threads 2] [--repack | --no-repack] [--reps 3]
+                                              [--widths 1,auto]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -90,23 +96,53 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repack", action=argparse.BooleanOptionalAction, default=None,
                         help="weight repacking (default: the doctor's probe decides)")  # fmt: skip
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of each row (medians; paired ratios)")
+    parser.add_argument("--widths", default="1,auto", help="--parallel values: 1, auto, or a number")
     args = parser.parse_args()
     path = synth.build(synth.QWEN3_SHAPES[args.shape], args.quant, cache_dir("models"), threads=args.threads)
     print(f"{path.name}, arith, {args.questions} questions, k = 1, {args.threads} threads, llama-server {args.server}")
-    print("| tokens/answer | N | edgeval q/h | server q/h | edgeval tok/s | server tok/s | edgeval ÷ server (q/h) |")
-    print("|---|---|---|---|---|---|---|")
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for tokens in (int(t) for t in args.tokens.split(",")):
-            for parallel in (1, sweep.AUTO):
-                db = folder / f"side-{tokens}-{parallel}.db"
-                ours = edgeval_side(path, tokens, parallel, args, db)
-                theirs = server_side(args.server, db, int(ours["config_id"]), int(ours["width"]), folder)
-                qph = [r["questions"] / r["wall_s"] * 3600 for r in (ours, theirs)]
-                tps = [r["tokens"] / r["wall_s"] for r in (ours, theirs)]
-                label = f"{int(ours['width'])}" + (" (auto)" if parallel == sweep.AUTO else "")
-                print(f"| {tokens} | {label} | {qph[0]:.0f} | {qph[1]:.0f} | {tps[0]:.1f} | {tps[1]:.1f} "
-                      f"| {qph[0] / qph[1]:.2f} |")  # fmt: skip
+            for parallel in (sweep.AUTO if w == "auto" else int(w) for w in args.widths.split(",")):
+                rows.append(side_by_side(path, tokens, parallel, args, folder))
+    print("| tokens/answer | N | edgeval q/h | server q/h | edgeval tok/s | server tok/s | edgeval ÷ server (q/h), "
+          "per repetition (median) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(row)
+
+
+def side_by_side(path: Path, tokens: int, parallel: int, args: argparse.Namespace, folder: Path) -> str:
+    """One row: `args.reps` repetitions of edgeval and the server back to back, their order alternating (edgeval
+    first, then the server first, ...) so a drift of this VM's speed within a repetition falls on both sides."""
+    ours: list[dict[str, float]] = []
+    theirs: list[dict[str, float]] = []
+    first: dict[str, float] = {}
+    for rep in range(args.reps):
+        db = folder / f"side-{tokens}-{parallel}-{rep}.db"
+        if rep % 2 == 0 or not first:
+            ours.append(edgeval_side(path, tokens, parallel, args, db))
+            first = first or ours[-1]
+            theirs.append(server_side(args.server, db, int(ours[-1]["config_id"]), int(ours[-1]["width"]), folder))
+        else:  # the server first, with the configuration edgeval stored in the first repetition
+            source = folder / f"side-{tokens}-{parallel}-0.db"
+            theirs.append(server_side(args.server, source, int(first["config_id"]), int(first["width"]), folder))
+            ours.append(edgeval_side(path, tokens, parallel, args, db))
+        print(f"{tokens} tokens, N = {int(ours[-1]['width'])}, repetition {rep + 1}: edgeval {rate(ours[-1]):.0f} "
+              f"q/h, server {rate(theirs[-1]):.0f}", flush=True)  # fmt: skip
+    qph = [statistics.median(rate(r) for r in side) for side in (ours, theirs)]
+    tps = [statistics.median(r["tokens"] / r["wall_s"] for r in side) for side in (ours, theirs)]
+    paired = [rate(a) / rate(b) for a, b in zip(ours, theirs, strict=True)]
+    label = f"{int(first['width'])}" + (" (auto)" if parallel == sweep.AUTO else "")
+    return (f"| {tokens} | {label} | {qph[0]:.0f} | {qph[1]:.0f} | {tps[0]:.1f} | {tps[1]:.1f} | "
+            f"{' · '.join(f'{r:.2f}' for r in paired)} (**{statistics.median(paired):.2f}**) |")  # fmt: skip
+
+
+def rate(side: dict[str, float]) -> float:
+    """Questions per hour."""
+    return side["questions"] / side["wall_s"] * 3600
 
 
 if __name__ == "__main__":

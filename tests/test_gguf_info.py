@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import gguf
@@ -10,8 +11,10 @@ from click.testing import CliRunner
 
 from edgeval.core.quants import WeightQuant
 from edgeval.edges import gguf_info
+from edgeval.faces import demo
 from edgeval.faces.cli import cli
 
+from . import ggufcraft
 from .conftest import TINY
 
 
@@ -81,3 +84,30 @@ def test_inspect_a_local_file(tiny_models: dict[WeightQuant, Path]) -> None:
     assert set(facts["bytes_by_type"]) >= {"Q4_K", "Q6_K", "F32"}
     table = CliRunner().invoke(cli, ["inspect", str(tiny_models[WeightQuant.Q4_K_M])])
     assert table.exit_code == 0 and "Q6_K" in table.output and "parameters" in table.output
+
+
+def test_a_long_string_array_is_stepped_over_alike_in_any_chunks_and_a_corrupt_length_in_it_is_named() -> None:
+    # A vocabulary-sized array is stepped over in place (lengths read from the buffer) unless a string crosses
+    # the buffer's end: read in 64-byte chunks nearly every string does, in 1 MiB chunks almost none
+    header = ggufcraft.load(demo.family_sources()[0])
+    words = [ggufcraft.Value(ggufcraft.STRING, "w" * (i % 37) + "é" * (i % 5)) for i in range(3000)]
+    words[1999] = ggufcraft.Value(ggufcraft.STRING, "marked")
+    good = ggufcraft.header_bytes(
+        header.with_kv("x.words", ggufcraft.Value(ggufcraft.ARRAY, (ggufcraft.STRING, words)))
+    )
+
+    def read(raw: bytes, chunk: int) -> gguf_info.GGUFInfo:
+        return gguf_info.read_header(lambda at, n: raw[at : at + n], "mem.gguf", first_chunk=chunk)
+
+    small, large = read(good, 64), read(good, 1 << 20)
+    assert small.array_lengths["x.words"] == large.array_lengths["x.words"] == 3000
+    assert small.longest_items["x.words"] == large.longest_items["x.words"] == 36 + 2 * 4
+    assert small.data_offset == large.data_offset and small.tensors == large.tensors
+    # The 2,000th string's length made absurd, and the file cut inside the array
+    at = good.index(struct.pack("<Q", 6) + b"marked")
+    bad = good[:at] + struct.pack("<Q", 1 << 40) + good[at + 8 :]
+    for chunk in (64, 1 << 20):
+        with pytest.raises(gguf_info.GGUFFormatError, match="corrupt header: a string length of 1099511627776"):
+            read(bad, chunk)
+        with pytest.raises(gguf_info.GGUFFormatError, match="truncated"):
+            read(good[: at + 3], chunk)

@@ -41,6 +41,7 @@ EXPERT_TENSOR = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
 _BLOCK = re.compile(r"blk\.(\d+)\.")
 # Arrays longer than this are counted, not kept (token lists, merges); a hybrid's per-layer flags are kept.
 _KEEP_ARRAY = 512
+_U64 = struct.Struct("<Q")
 _MAX_COUNT = 1 << 28  # beyond any real header: a larger count means corruption
 _MAX_DIM = 1 << 24  # a width, head count or head size past this is no model's (the largest are about 2^15)
 _MAX_LAYERS = 1 << 16
@@ -306,6 +307,24 @@ class _Cursor:
     def string(self) -> str:
         return self.take(self.count("a string length")).decode("utf-8", errors="replace")
 
+    def skip_strings(self, n: int) -> int:
+        """Step over `n` strings (a vocabulary's 150,000 tokens, say) without decoding them; returns the longest's
+        length. Where a string lies whole in the buffer its length is read in place, else as `take` reads."""
+        longest = 0
+        for _ in range(n):
+            at = self.pos - self._buf_start
+            if at + 8 <= len(self._buf):
+                length = _U64.unpack_from(self._buf, at)[0]
+                if length > _MAX_COUNT:
+                    raise GGUFFormatError(Path(self._source), f"corrupt header: a string length of {length}")
+                if at + 8 + length <= len(self._buf):
+                    self.pos += 8 + length
+                    longest = max(longest, length)
+                    continue
+            length = len(self.take(self.count("a string length")))
+            longest = max(longest, length)
+        return longest
+
 
 _MAX_NESTING = 4  # arrays of arrays this deep at most (llama.cpp reads none nested)
 
@@ -338,6 +357,11 @@ def _value(cur: _Cursor, vtype: int, key: str, arrays: _Arrays | None, depth: in
     n = cur.count(f"an array length ({key})")
     if arrays is not None:
         arrays.lengths[key] = n
+    if item_kind == GGUFValueType.STRING and n > _KEEP_ARRAY:
+        longest = cur.skip_strings(n)
+        if arrays is not None:
+            arrays.longest[key] = max(arrays.longest.get(key, 0), longest)
+        return None
     if item_kind == GGUFValueType.STRING:
         items: list[object] = []
         for _ in range(n):
