@@ -247,7 +247,8 @@ def _speed(
     recipe: engine.Recipe,
 ) -> str:  # fmt: skip
     """The deployment shape's speed (`answer_time.Speed`, as JSON): decode steps of one and of k sequences at the
-    prompt's depth and at the deepest a sample may reach (the largest budget's n_predict), and the prompt read."""
+    prompt's depth and half way to the deepest a sample may reach (the largest budget's n_predict: a step grows
+    linearly with depth, and the cells filled to reach a depth are the probe's main cost), and the prompt read."""
     from edgeval.core import answer_time
     from edgeval.llama.speed import speed_probe
 
@@ -255,7 +256,7 @@ def _speed(
     forcing = recipe.forcing
     n_predict = forcing.n_predict(recipe.rungs[-1]) if forcing else recipe.rungs[-1]
     widths = sorted({1, spec.k})
-    probe = speed_probe(ctx, prompt, widths, (len(prompt), len(prompt) + n_predict), recipe.sampling,
+    probe = speed_probe(ctx, prompt, widths, (len(prompt), len(prompt) + n_predict // 2), recipe.sampling,
                         steps=SPEED_STEPS)  # fmt: skip
     reasoning = forcing is not None and forcing.starts_reasoning
     raw = answer_time.Speed.fit(
