@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import psutil
 
+from edgeval.core import paths
 from edgeval.core.quants import WeightQuant
 from edgeval.edges.store import MIGRATIONS, Claim, Store
 from edgeval.running import sweep
@@ -106,3 +108,23 @@ def test_several_runs_started_at_once_on_a_fresh_store_all_succeed_and_store_eac
             timings = con.execute("SELECT COUNT(*) FROM item_timings WHERE config_id = ?", (config_id,)).fetchone()
             assert timings[0] == 3
         assert con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 4
+
+
+def test_a_model_file_is_hashed_once_per_machine_whatever_store_asks_and_again_when_it_changes(tmp_path: Path) -> None:
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF" + bytes(4096))
+    hashed: list[Path] = []
+
+    def compute(path: Path) -> str:
+        hashed.append(path)
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    with Store(tmp_path / "a.db") as a, Store(tmp_path / "b.db") as b:
+        first = a.file_sha256(model, compute)
+        assert b.file_sha256(model, compute) == first and len(hashed) == 1  # another store takes the machine's
+        model.write_bytes(b"GGUF" + bytes(4097))  # changed: its size and mtime
+        assert b.file_sha256(model, compute) != first and len(hashed) == 2
+    # A damaged machine-wide record is a file not recorded: hashed again, no error
+    (paths.cache_dir("hashes") / "sha256.db").write_bytes(b"not a database" * 100)
+    with Store(tmp_path / "c.db") as c:
+        assert c.file_sha256(model, compute) == hashlib.sha256(model.read_bytes()).hexdigest() and len(hashed) == 3

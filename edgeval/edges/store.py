@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edgeval.core.errors import DiskFullError, EdgevalError
-from edgeval.core.paths import edgeval_home
+from edgeval.core.paths import cache_dir, edgeval_home
 from edgeval.edges.migrations import MIGRATIONS as MIGRATIONS
 from edgeval.edges.migrations import kind_of, statements
 
@@ -511,13 +511,17 @@ class Store:
     # ---------------------------------------------------------------- model file hashes
 
     def file_sha256(self, path: Path, compute: Callable[[Path], str]) -> str:
-        """A model file's sha256, computed once per (path, size, mtime)."""
+        """A model file's sha256, computed once per (path, size, mtime) on this machine: a store that has not seen
+        the file takes what another store here computed (a 5 GB file hashes in seconds)."""
         stat = path.stat()
         key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
         row = self.db.execute("SELECT sha256 FROM file_hashes WHERE path=? AND size=? AND mtime_ns=?", key).fetchone()
         if row is not None:
             return str(row[0])
-        digest = compute(path)
+        digest = _machine_hash(key)
+        if digest is None:
+            digest = compute(path)
+            _machine_hash(key, digest)
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?)", (*key, digest))
         return digest
@@ -575,3 +579,19 @@ class Store:
             )
             for r in self.kld_runs()
         }
+
+
+def _machine_hash(key: tuple[str, int, int], digest: str | None = None) -> str | None:
+    """The machine-wide record of model-file hashes (path, size, mtime_ns -> sha256) that every store here shares:
+    read, or with `digest` written. Unreadable (a read-only home, a damaged file): None, as a file not recorded."""
+    try:
+        with closing(sqlite3.connect(cache_dir("hashes") / "sha256.db", timeout=30)) as db, db:
+            db.execute("CREATE TABLE IF NOT EXISTS file_hashes (path TEXT NOT NULL, size INTEGER NOT NULL, "
+                       "mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (path, size, mtime_ns))")  # fmt: skip
+            if digest is not None:
+                db.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?)", (*key, digest))
+                return None
+            row = db.execute("SELECT sha256 FROM file_hashes WHERE path=? AND size=? AND mtime_ns=?", key).fetchone()
+            return None if row is None else str(row[0])
+    except (sqlite3.Error, OSError):
+        return None
