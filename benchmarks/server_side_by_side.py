@@ -11,7 +11,8 @@ N slots (`-np N`, `-c` N × one answer's cells, a cache per slot as edgeval's st
 with the exported request, N at a time from N client threads. Printed per row: questions, wall seconds, questions
 per hour and answer tokens per second on each side, and edgeval ÷ server. Server load time is not counted (it is
 started and waited for first); edgeval's wall includes its model load, footprint pass and speed probe — a fixed cost
-a longer run spreads out, which `--questions` sets.
+a longer run spreads out, which `--questions` sets. The last column gives the server's start (process to ready: load,
+context, warm-up) and the ratio with it counted on the server's side, as edgeval's are on its own.
 
 Build llama-server once (about 25 minutes on 2 cores), in the llama-cpp-python sdist's folder:
     cmake -S vendor/llama.cpp -B build -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF
@@ -77,13 +78,14 @@ def server_side(binary: Path, db: Path, config_id: int, width: int, folder: Path
     argv[argv.index("--parallel") + 1] = str(width)
     bodies = [export.request(d, d.prompt(items[i].question), export.question_seed(d.seed, items[i].id))
               for i in indices]  # fmt: skip
+    started = time.perf_counter()
     with llama_server.running(binary, argv, port, folder / f"server-{config_id}-{width}.log") as url:
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=width) as pool:
             answers = list(pool.map(lambda b: server.post_json(url + export.ENDPOINT, b, timeout=3600), bodies))
         wall = time.perf_counter() - t0
     written = sum(int(a.get("tokens_predicted", 0)) for a in answers if isinstance(a, dict))
-    return {"questions": len(answers), "wall_s": wall, "tokens": written}
+    return {"questions": len(answers), "wall_s": wall, "tokens": written, "start_s": t0 - started}
 
 
 def main() -> None:
@@ -108,8 +110,8 @@ def main() -> None:
             for parallel in (sweep.AUTO if w == "auto" else int(w) for w in args.widths.split(",")):
                 rows.append(side_by_side(path, tokens, parallel, args, folder))
     print("| tokens/answer | N | edgeval q/h | server q/h | edgeval tok/s | server tok/s | edgeval ÷ server (q/h), "
-          "per repetition (median) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+          "per repetition (median) | server's start; ÷ with it counted (median) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(row)
 
@@ -135,14 +137,18 @@ def side_by_side(path: Path, tokens: int, parallel: int, args: argparse.Namespac
     qph = [statistics.median(rate(r) for r in side) for side in (ours, theirs)]
     tps = [statistics.median(r["tokens"] / r["wall_s"] for r in side) for side in (ours, theirs)]
     paired = [rate(a) / rate(b) for a, b in zip(ours, theirs, strict=True)]
+    # The server's start (load, context, warm-up) counted as edgeval's load and probes are: what answering these
+    # questions from nothing takes on either side
+    started = [rate(a) / rate(b, b["start_s"]) for a, b in zip(ours, theirs, strict=True)]
     label = f"{int(first['width'])}" + (" (auto)" if parallel == sweep.AUTO else "")
     return (f"| {tokens} | {label} | {qph[0]:.0f} | {qph[1]:.0f} | {tps[0]:.1f} | {tps[1]:.1f} | "
-            f"{' · '.join(f'{r:.2f}' for r in paired)} (**{statistics.median(paired):.2f}**) |")  # fmt: skip
+            f"{' · '.join(f'{r:.2f}' for r in paired)} (**{statistics.median(paired):.2f}**) | "
+            f"{statistics.median(b['start_s'] for b in theirs):.1f} s, {statistics.median(started):.2f} |")  # fmt: skip
 
 
-def rate(side: dict[str, float]) -> float:
-    """Questions per hour."""
-    return side["questions"] / side["wall_s"] * 3600
+def rate(side: dict[str, float], extra_s: float = 0.0) -> float:
+    """Questions per hour (with `extra_s` more seconds on the wall)."""
+    return side["questions"] / (side["wall_s"] + extra_s) * 3600
 
 
 if __name__ == "__main__":
