@@ -3,6 +3,7 @@ its peak while it runs, and its GPU memory and the GPU's free memory through NVM
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from dataclasses import dataclass
@@ -47,8 +48,6 @@ def _status_hwm(pid: int) -> int | None:
 def own_peak_bytes() -> int | None:
     """This process's own resident high-water mark (VmHWM), for a worker to tell its supervisor: a poller outside
     cannot read it once the process has ended."""
-    import os
-
     return _status_hwm(os.getpid())
 
 

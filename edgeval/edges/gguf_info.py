@@ -362,15 +362,14 @@ def _value(cur: _Cursor, vtype: int, key: str, arrays: _Arrays | None, depth: in
         if arrays is not None:
             arrays.longest[key] = max(arrays.longest.get(key, 0), longest)
         return None
-    if item_kind == GGUFValueType.STRING:
+    if item_kind == GGUFValueType.STRING:  # short: kept
         items: list[object] = []
         for _ in range(n):
             raw = cur.take(cur.count("a string length"))
-            if n <= _KEEP_ARRAY:
-                items.append(raw.decode("utf-8", errors="replace"))
+            items.append(raw.decode("utf-8", errors="replace"))
             if arrays is not None:
                 arrays.longest[key] = max(arrays.longest.get(key, 0), len(raw))
-        return items if n <= _KEEP_ARRAY else None
+        return items
     if item_kind in _SCALARS and n > _KEEP_ARRAY:
         cur.take(n * struct.calcsize(_SCALARS[item_kind]))
         return None

@@ -515,15 +515,15 @@ class Store:
         the file takes what another store here computed (a 5 GB file hashes in seconds)."""
         stat = path.stat()
         key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-        row = self.db.execute("SELECT sha256 FROM file_hashes WHERE path=? AND size=? AND mtime_ns=?", key).fetchone()
+        row = self.db.execute(_HASH_OF, key).fetchone()
         if row is not None:
             return str(row[0])
         digest = _machine_hash(key)
         if digest is None:
             digest = compute(path)
-            _machine_hash(key, digest)
+            _remember_machine_hash(key, digest)
         with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?)", (*key, digest))
+            db.execute(_RECORD_HASH, (*key, digest))
         return digest
 
     # ---------------------------------------------------------------- KL divergence (`edgeval kld`)
@@ -581,17 +581,35 @@ class Store:
         }
 
 
-def _machine_hash(key: tuple[str, int, int], digest: str | None = None) -> str | None:
-    """The machine-wide record of model-file hashes (path, size, mtime_ns -> sha256) that every store here shares:
-    read, or with `digest` written. Unreadable (a read-only home, a damaged file): None, as a file not recorded."""
+# A file's hash record, in a store and in the machine-wide record every store here shares (the same table)
+_HASH_OF = "SELECT sha256 FROM file_hashes WHERE path=? AND size=? AND mtime_ns=?"
+_RECORD_HASH = "INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?)"
+
+
+@contextmanager
+def _machine_hashes() -> Iterator[sqlite3.Connection]:
+    """The machine-wide record of model-file hashes (path, size, mtime_ns -> sha256), committed on leaving."""
+    with closing(sqlite3.connect(cache_dir("hashes") / "sha256.db", timeout=30)) as db, db:
+        db.execute("CREATE TABLE IF NOT EXISTS file_hashes (path TEXT NOT NULL, size INTEGER NOT NULL, "
+                   "mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (path, size, mtime_ns))")  # fmt: skip
+        yield db
+
+
+def _machine_hash(key: tuple[str, int, int]) -> str | None:
+    """What another store on this machine computed for the file; None where nothing is recorded, or the record
+    cannot be read (a read-only home, a damaged file)."""
     try:
-        with closing(sqlite3.connect(cache_dir("hashes") / "sha256.db", timeout=30)) as db, db:
-            db.execute("CREATE TABLE IF NOT EXISTS file_hashes (path TEXT NOT NULL, size INTEGER NOT NULL, "
-                       "mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (path, size, mtime_ns))")  # fmt: skip
-            if digest is not None:
-                db.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?)", (*key, digest))
-                return None
-            row = db.execute("SELECT sha256 FROM file_hashes WHERE path=? AND size=? AND mtime_ns=?", key).fetchone()
-            return None if row is None else str(row[0])
+        with _machine_hashes() as db:
+            row = db.execute(_HASH_OF, key).fetchone()
     except (sqlite3.Error, OSError):
         return None
+    return None if row is None else str(row[0])
+
+
+def _remember_machine_hash(key: tuple[str, int, int], digest: str) -> None:
+    """Record the file's hash for every store on this machine (skipped where the record cannot be written)."""
+    try:
+        with _machine_hashes() as db:
+            db.execute(_RECORD_HASH, (*key, digest))
+    except (sqlite3.Error, OSError):
+        pass

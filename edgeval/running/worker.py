@@ -216,16 +216,15 @@ def _one_question(
     payload: dict[str, Any], events: Any, measured: Any, t0: float, model: engine.Model, one: engine.ContextOptions,
     chat: prompts.ChatFormat, task: tasks.Task, item: tasks.Item, spec: RunSpec, recipe: engine.Recipe,
 ) -> None:  # fmt: skip
-    """The deployment shape (one question's context) before a wider run: its footprint pass, after which the parent
-    takes the peak, and its speed probe (once per configuration)."""
+    """The deployment shape (one question's context) before the run's own context: its footprint pass, after which
+    the parent takes the peak, and its speed probe (once per configuration). The probe reads the prompt and decodes
+    the k votes together, as the pass does, so it is the pass wherever there is no ladder fork to measure."""
     from edgeval.llama import engine
 
     footprint, speed = payload.get("footprint", False), payload.get("speed", False)
     with engine.Context(model, one) as ctx:
         if footprint:
             events.put(("loaded", time.perf_counter() - t0))
-        # The speed probe reads the prompt and decodes the k votes together, as the pass does: only a ladder's
-        # fork is the pass's alone
         if footprint and (not speed or len(recipe.rungs) > 1):
             _footprint(ctx, chat, task, item, spec, recipe)
         if speed:
