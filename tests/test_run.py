@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -17,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgeval.core import prompts
+from edgeval.core.errors import ConfigurationError
 from edgeval.core.memory import RepackMode
 from edgeval.core.quants import KVType, WeightQuant
 from edgeval.edges.store import Store
@@ -236,3 +238,48 @@ def test_mixed_kv_types_run(tiny_models: dict[WeightQuant, Path], tmp_path: Path
     data = json.loads(CliRunner().invoke(cli, args).output)
     assert (data["kv_type_k"], data["kv_type_v"], data["status"]) == ("q8_0", "q4_0", "done")
     assert KVType(data["kv_type_v"]).quantized
+
+
+def _spawned_children(since: float) -> list[psutil.Process]:
+    """This process's live worker processes (multiprocessing's spawned interpreters) started after `since`."""
+    return [p for p in psutil.Process().children(recursive=True)
+            if p.create_time() >= since and p.status() != psutil.STATUS_ZOMBIE
+            and "multiprocessing" in " ".join(p.cmdline())]  # fmt: skip
+
+
+def test_the_worker_started_while_the_run_prepares_answers_and_an_unused_one_is_ended(
+    tiny_models: dict[WeightQuant, Path], tmp_path: Path
+) -> None:
+    since = time.time() - 0.5
+    spec = sweep.RunSpec(tiny_models[WeightQuant.Q8_0], "tiny", "arith", budget_tokens=8, limit=2, repack=False)
+    seen: list[int] = []
+    with Store(tmp_path / "e.db") as store:
+        early = sweep.Early()
+        ours = early.process.pid
+
+        def progress(state: sweep.Progress) -> None:
+            seen.append(state.worker_pid or 0)
+
+        with early:
+            prepared = sweep.prepare(spec, store)
+            result = sweep.execute_ladder(prepared, store, progress, early)[8]
+        assert result.status == "done" and result.n_done == 2
+        assert set(seen) == {ours}  # the run's worker is the one started before it was prepared
+        # prepare fails: the early worker is never handed work, and is ended
+        with pytest.raises(ConfigurationError, match="cannot hold"):
+            sweep.run(replace(spec, ctx=64), store)
+    assert not _spawned_children(since)
+
+
+def test_an_early_worker_ends_with_the_process_that_started_it(tmp_path: Path) -> None:
+    code = (
+        "import time; from edgeval.running import sweep; e = sweep.Early(); print(e.process.pid, flush=True); "
+        "time.sleep(60)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    parent = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child = psutil.Process(int(parent.stdout.readline()))
+    parent.kill()  # SIGKILL: no chance to end its early worker itself
+    parent.wait()
+    child.wait(timeout=30)  # the worker waiting for a payload that will never come ends too

@@ -28,6 +28,7 @@ from edgeval.edges import results
 from edgeval.edges.store import Claim, ItemTiming, Store
 from edgeval.running.worker import Sink
 from edgeval.running.worker import main as worker_main
+from edgeval.running.worker import waiting as worker_waiting
 
 if TYPE_CHECKING:  # engine (llama.cpp) is imported where a configuration is prepared or run, not with this module
     pass
@@ -173,9 +174,10 @@ def check_room(label: str, predicted: memory.Footprint, extra_host_bytes: int = 
 
 
 def execute_ladder(
-    prepared: Prepared, store: Store, progress: ProgressCallback | None = None
+    prepared: Prepared, store: Store, progress: ProgressCallback | None = None, early: Early | None = None
 ) -> dict[int, results.ConfigResult]:
-    """Run the pending questions of every rung in one worker process; record measurements or the failure.
+    """Run the pending questions of every rung in one worker process (`early`'s, if given); record measurements or
+    the failure.
 
     Any number of edgeval processes may share a store: a configuration another live process is running is
     waited for (then only what it left is run), and a claim left by a process that died is taken over.
@@ -184,7 +186,7 @@ def execute_ladder(
     state = Progress(items_total=len(prepared.items))
     _wait_for_claim(store, prepared.config_id, me, state, progress)
     try:
-        return _execute_claimed(prepared, store, me, state, progress)
+        return _execute_claimed(prepared, store, me, state, progress, early)
     finally:
         store.release(prepared.config_id, me)
 
@@ -242,6 +244,43 @@ def worker_payload(
     }  # fmt: skip
 
 
+class Early:
+    """An answering worker started before its configuration is prepared: Python's start and llama.cpp's import
+    (a quarter of a second) overlap the parent's own preparation. `supervise` hands it its payload; one never
+    handed any is ended when the `with` block closes (it holds nothing but its imports)."""
+
+    def __init__(self) -> None:
+        spawn = multiprocessing.get_context("spawn")
+        self.events, self.go = spawn.Queue(), spawn.Queue()
+        self.measured = spawn.Event()
+        self.process: Any = spawn.Process(target=worker_waiting, args=(os.getpid(), self.go, self.events, self.measured),
+                                          daemon=True)  # fmt: skip
+        self.process.start()
+        self.used = False
+
+    def __enter__(self) -> Early:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.used:
+            self.process.kill()
+            self.process.join()
+
+
+def _start(payload: dict[str, Any], target: Callable[..., None], early: Early | None) -> tuple[Any, Any, Any]:
+    """The worker process running `target` on `payload`, its event queue, and the event set once the deployment
+    shape's peak is taken (a worker measuring it waits): `early`'s, handed the payload, or a new one."""
+    if early is not None and not early.used and target is worker_main:
+        early.used = True
+        early.go.put(payload)
+        return early.process, early.events, early.measured
+    spawn = multiprocessing.get_context("spawn")
+    events, measured = spawn.Queue(), spawn.Event()
+    worker = spawn.Process(target=target, args=(payload, events, measured), daemon=True)
+    worker.start()
+    return worker, events, measured
+
+
 def supervise(
     payload: dict[str, Any],
     state: Progress,
@@ -249,20 +288,17 @@ def supervise(
     on_rows: Sink | None = None,
     tick: Callable[[], None] | None = None,
     target: Callable[..., None] = worker_main,
+    early: Early | None = None,
 ) -> Supervised:
-    """Start the worker process (`target`: answering, or another job's entry in `worker.main`) and follow it to its
-    end: sample its memory, hear its events (a store-less worker's answers go to `on_rows`), call `tick` about every
-    HEARTBEAT_S."""
-    spawn = multiprocessing.get_context("spawn")
-    events = spawn.Queue()
-    measured = spawn.Event()  # set once the deployment shape's peak is taken (a worker measuring it waits)
-    worker = spawn.Process(target=target, args=(payload, events, measured), daemon=True)
+    """Start the worker process (`target`: answering, or another job's entry in `worker.main`; or hand the payload
+    to an `early` answering worker) and follow it to its end: sample its memory, hear its events (a store-less
+    worker's answers go to `on_rows`), call `tick` about every HEARTBEAT_S."""
     started = time.perf_counter()
+    worker, events, measured = _start(payload, target, early)
     load_s = None
     stopped = False
     footprint: tuple[memory.RSS, int | None] | None = None
     speed: str | None = None
-    worker.start()
     state.worker_pid = worker.pid
     beat = time.monotonic()
     try:
@@ -284,8 +320,9 @@ def supervise(
                     sampler.observe(value)  # and the worker's own high-water mark so far
                     footprint = (sampler.peak, sampler.peak_vram_bytes)
                     measured.set()
-                elif kind == "peak":
+                elif kind == "peak":  # the worker's last event: it is ending (not a poll's timeout later)
                     sampler.observe(value)
+                    worker.join(timeout=10)
                 elif kind == "speed":
                     speed = value
                 elif kind == "rows" and on_rows is not None:
@@ -309,8 +346,9 @@ def supervise(
 
 
 def _execute_claimed(
-    prepared: Prepared, store: Store, me: Claim, state: Progress, progress: ProgressCallback | None
-) -> dict[int, results.ConfigResult]:
+    prepared: Prepared, store: Store, me: Claim, state: Progress, progress: ProgressCallback | None,
+    early: Early | None = None,
+) -> dict[int, results.ConfigResult]:  # fmt: skip
     spec = prepared.spec
     left = pending(prepared, store)
     state.items_done = len(prepared.items) - len(left)
@@ -339,7 +377,8 @@ def _execute_claimed(
         row = store.config(prepared.config_id)
         shape = prepared.width > 1 and not row["peak_rss_bytes"]
         payload = worker_payload(prepared, left, log_path, store.path, footprint=shape, speed=not row["speed"])
-        done = supervise(payload, state, progress, tick=lambda: store.heartbeat(prepared.config_id, me, time.time()))
+        done = supervise(payload, state, progress, tick=lambda: store.heartbeat(prepared.config_id, me, time.time()),
+                         early=early)  # fmt: skip
         if shape and done.footprint_peak is None:  # it died measuring: recorded as the one-question run it was
             record(replace(prepared, width=1), store, done, store.timings(prepared.config_id))
             return _results(prepared, store)
@@ -470,9 +509,10 @@ def run_ladder(
 ) -> dict[int, results.ConfigResult]:
     """Prepare and execute one configuration at every budget of its ladder, from one generation; `notify` hears
     the prepared configuration's notes (a default edgeval lowered, say)."""
-    run_id = store.add_run(provenance(), command)
-    prepared = prepare(spec, store, run_id)
-    for note in prepared.notes:
-        if notify is not None:
-            notify(note)
-    return execute_ladder(prepared, store, progress)
+    with Early() as early:
+        run_id = store.add_run(provenance(), command)
+        prepared = prepare(spec, store, run_id)
+        for note in prepared.notes:
+            if notify is not None:
+                notify(note)
+        return execute_ladder(prepared, store, progress, early)

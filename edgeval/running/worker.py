@@ -8,8 +8,11 @@ vote seeds, which `sweep` also needs to size a run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import os
+import queue
 import signal
 import statistics
 import sys
@@ -67,6 +70,24 @@ def main(payload: dict[str, Any], events: Any, measured: Any = None, work: Calla
         raise SystemExit(1) from None
     finally:
         events.put(("peak", own_peak_bytes()))  # the kernel's own peak of this process: exact, and only it can tell
+
+
+def waiting(parent: int, go: Any, events: Any, measured: Any) -> None:
+    """A worker started before its configuration is prepared (`sweep.Early`): Python's start and llama.cpp's import
+    happen while the parent prepares, then `main` runs on the payload handed over `go` (None: nothing to run).
+    `parent` is the parent's pid as the parent gave it (had it died already, this process's parent is another)."""
+    _die_with_parent(parent)
+    from edgeval.llama import engine  # noqa: F401  (the slow part of a worker's start)
+
+    while True:
+        try:
+            payload = go.get(timeout=1.0)
+            break
+        except queue.Empty:
+            if _orphaned(parent):
+                os._exit(1)
+    if payload is not None:
+        main(payload, events, measured)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -236,8 +257,8 @@ def _one_question(
 
 
 SPEED_STEPS = 8  # decode steps timed at each width and depth of the speed probe
-SPEED_GENERATION = 32  # tokens a sample writes in the probe's short real generation (the run's budget if smaller)
-SPEED_REPEATS = 7  # the most repetitions of the probe's short real generation at each width (median) ...
+SPEED_GENERATION = 12  # tokens a sample writes in the probe's short real generation (the run's budget if smaller)
+SPEED_REPEATS = 30  # the most repetitions of the probe's short real generation at each width ...
 SPEED_REPEAT_S = 0.25  # ... repeated while they have taken less than this together
 
 
@@ -262,28 +283,42 @@ def _speed(
         0.0, probe, forced_tokens=len(forcing.tokens) if forcing and reasoning else 0,
         extra=forcing.extra if forcing else 0,
     )  # fmt: skip
-    # A step's whole cost at the prompt's depth (llama_decode with sampling, the reasoning budget and the loop's
-    # bookkeeping) is a short real generation's at each width: the probe gives only how a step grows with depth. The
-    # generation is forced as the run forces when it is the run's whole budget; a longer budget is not forced in it
-    # (its message would be most of the steps, where a run's samples spend few). Repeated (median) while the
-    # repetitions are short: on a small model one lasts a few milliseconds, where a single preemption of this process
-    # would be a third of it. The prompt's rate from the same generations (the probe read the prompt once: warm).
+    at_prompt, rate = _loop_steps(ctx, prompt, widths, item_seeds(spec.seed, item.id, max(widths)), recipe)
+    steps = {w: (max(0.0, at_prompt[w] - b * len(prompt)), b) for w, (_, b) in raw.steps.items()}
+    return replace(raw, prompt_tps=rate, steps=steps).to_json()
+
+
+def _loop_steps(
+    ctx: engine.Context, prompt: Sequence[int], widths: Sequence[int], seeds: Sequence[int], recipe: engine.Recipe
+) -> tuple[dict[int, float], float]:
+    """A step's whole cost at the prompt's depth for each width (llama_decode with sampling, the reasoning budget
+    and the loop's bookkeeping), and the prompt's read rate: a short real generation's, the median of the times
+    between its steps (a preemption of this process is one step's, not the figure's). The speed probe gives only
+    how a step grows with depth. The generation is forced as the run forces when it is the run's whole budget; a
+    longer budget is not forced in it (its message would be most of the steps, where a run's samples spend few).
+    Repeated while the repetitions are short: on a small model a step lasts a fraction of a millisecond. The
+    prompt's rate from the same generations (the probe has read the prompt once: warm)."""
     short = min(SPEED_GENERATION, recipe.rungs[-1])
-    short_forcing = forcing if short == recipe.rungs[-1] else None
+    forcing = recipe.forcing if short == recipe.rungs[-1] else None
     at_prompt: dict[int, float] = {}
     rates: list[float] = []
     for width in widths:
-        per_step: list[float] = []
+        gaps: list[float] = []
         started = time.perf_counter()
-        while len(per_step) < SPEED_REPEATS and (not per_step or time.perf_counter() - started < SPEED_REPEAT_S):
-            out = ctx.generate(prompt, k=width, max_tokens=short, sampling=recipe.sampling,
-                               seeds=item_seeds(spec.seed, item.id, width), forcing=short_forcing)  # fmt: skip
-            per_step.append(out.decode_s / max(out.decode_steps, 1))
+        for _ in range(SPEED_REPEATS):
+            stamps: list[float] = []
+            out = ctx.generate(prompt, k=width, max_tokens=short, sampling=recipe.sampling, seeds=seeds[:width],
+                               forcing=forcing, on_step=functools.partial(_stamp, stamps))  # fmt: skip
+            gaps += [b - a for a, b in itertools.pairwise(stamps)] or [out.decode_s / max(out.decode_steps, 1)]
             rates += [len(prompt) / out.prompt_s] if out.prompt_s > 0 else []
-        at_prompt[width] = statistics.median(per_step)
-    rate = statistics.median(rates) if rates else 0.0
-    steps = {w: (max(0.0, at_prompt[w] - b * len(prompt)), b) for w, (_, b) in raw.steps.items()}
-    return replace(raw, prompt_tps=rate, steps=steps).to_json()
+            if time.perf_counter() - started >= SPEED_REPEAT_S:
+                break
+        at_prompt[width] = statistics.median(gaps)
+    return at_prompt, statistics.median(rates) if rates else 0.0
+
+
+def _stamp(into: list[float], _: int) -> None:
+    into.append(time.perf_counter())
 
 
 def _answer(
