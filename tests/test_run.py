@@ -240,17 +240,16 @@ def test_mixed_kv_types_run(tiny_models: dict[WeightQuant, Path], tmp_path: Path
     assert KVType(data["kv_type_v"]).quantized
 
 
-def _spawned_children(since: float) -> list[psutil.Process]:
-    """This process's live worker processes (multiprocessing's spawned interpreters) started after `since`."""
-    return [p for p in psutil.Process().children(recursive=True)
-            if p.create_time() >= since and p.status() != psutil.STATUS_ZOMBIE
-            and "multiprocessing" in " ".join(p.cmdline())]  # fmt: skip
+def _workers() -> set[int]:
+    """This process's live worker processes (multiprocessing's spawned interpreters; not its resource tracker)."""
+    return {p.pid for p in psutil.Process().children(recursive=True)
+            if p.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(p.cmdline())}  # fmt: skip
 
 
 def test_the_worker_started_while_the_run_prepares_answers_and_an_unused_one_is_ended(
     tiny_models: dict[WeightQuant, Path], tmp_path: Path
 ) -> None:
-    since = time.time() - 0.5
+    before = _workers()
     spec = sweep.RunSpec(tiny_models[WeightQuant.Q8_0], "tiny", "arith", budget_tokens=8, limit=2, repack=False)
     seen: list[int] = []
     with Store(tmp_path / "e.db") as store:
@@ -268,7 +267,7 @@ def test_the_worker_started_while_the_run_prepares_answers_and_an_unused_one_is_
         # prepare fails: the early worker is never handed work, and is ended
         with pytest.raises(ConfigurationError, match="cannot hold"):
             sweep.run(replace(spec, ctx=64), store)
-    assert not _spawned_children(since)
+    assert _workers() <= before
 
 
 def test_an_early_worker_ends_with_the_process_that_started_it(tmp_path: Path) -> None:
@@ -283,3 +282,22 @@ def test_an_early_worker_ends_with_the_process_that_started_it(tmp_path: Path) -
     parent.kill()  # SIGKILL: no chance to end its early worker itself
     parent.wait()
     child.wait(timeout=30)  # the worker waiting for a payload that will never come ends too
+
+
+def test_ctrl_c_while_a_run_prepares_prints_no_traceback_from_its_early_worker() -> None:
+    code = (
+        "from edgeval.running import sweep\nwith sweep.Early() as e:\n    print(e.process.pid, flush=True)\n"
+        "    e.process.join(60)\n    print(e.process.exitcode, flush=True)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    parent = subprocess.Popen([sys.executable, "-c", code], env=env, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)  # fmt: skip
+    assert parent.stdout is not None
+    child = psutil.Process(int(parent.stdout.readline()))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any("libllama" in m.path for m in child.memory_maps()):
+        time.sleep(0.05)  # until the early worker has imported llama.cpp and waits for its payload
+    time.sleep(0.2)
+    child.send_signal(signal.SIGINT)  # Ctrl-C reaches the worker too (one process group), here the worker alone
+    out, err = parent.communicate(timeout=30)
+    assert out.split() == ["1"] and "Traceback" not in err, (out, err)  # ended, silently

@@ -77,15 +77,18 @@ def waiting(parent: int, go: Any, events: Any, measured: Any) -> None:
     happen while the parent prepares, then `main` runs on the payload handed over `go` (None: nothing to run).
     `parent` is the parent's pid as the parent gave it (had it died already, this process's parent is another)."""
     _die_with_parent(parent)
-    from edgeval.llama import engine  # noqa: F401  (the slow part of a worker's start)
+    try:
+        from edgeval.llama import engine  # noqa: F401  (the slow part of a worker's start)
 
-    while True:
-        try:
-            payload = go.get(timeout=1.0)
-            break
-        except queue.Empty:
-            if _orphaned(parent):
-                os._exit(1)
+        while True:
+            try:
+                payload = go.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if _orphaned(parent):
+                    os._exit(1)
+    except KeyboardInterrupt:  # Ctrl-C while the run prepares reaches this process too: the parent says it
+        raise SystemExit(1) from None
     if payload is not None:
         main(payload, events, measured)
 
