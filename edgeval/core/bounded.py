@@ -53,6 +53,12 @@ class Helper:
             self.proc.wait()
             self.proc = None
 
+    def start(self) -> None:
+        """Start the child now, if it is not running (its imports done before the first request needs it)."""
+        with self.lock:
+            if self.proc is None or self.proc.poll() is not None:
+                self.proc = self._start()
+
     def ask(self, request: dict[str, Any], deadline_s: float) -> dict[str, Any] | str:
         """The child's reply to `request`, or LATE (past `deadline_s`) or DIED; either way the child is gone."""
         with self.lock:

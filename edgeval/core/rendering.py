@@ -54,6 +54,11 @@ def _helper() -> bounded.Helper:
     return bounded.Helper("edgeval.core.rendering")
 
 
+def warm() -> None:
+    """Start the rendering helper now (a worker waiting for its work), not at the first prompt."""
+    _helper().start()
+
+
 def _ask(request: dict[str, Any]) -> dict[str, Any]:
     reply = _helper().ask(request, DEADLINE_S)
     if reply == bounded.LATE:

@@ -73,13 +73,16 @@ def main(payload: dict[str, Any], events: Any, measured: Any = None, work: Calla
 
 
 def waiting(parent: int, go: Any, events: Any, measured: Any) -> None:
-    """A worker started before its configuration is prepared (`sweep.Early`): Python's start and llama.cpp's import
-    happen while the parent prepares, then `main` runs on the payload handed over `go` (None: nothing to run).
+    """A worker started before its configuration is prepared (`sweep.Early`): Python's start, llama.cpp's import and
+    the template helper's start happen while the parent prepares, then `main` runs on the payload handed over `go`
+    (None: nothing to run).
     `parent` is the parent's pid as the parent gave it (had it died already, this process's parent is another)."""
     _die_with_parent(parent)
     try:
+        from edgeval.core import rendering
         from edgeval.llama import engine  # noqa: F401  (the slow part of a worker's start)
 
+        rendering.warm()  # the chat template's helper process, which the first prompt would start
         while True:
             try:
                 payload = go.get(timeout=1.0)
