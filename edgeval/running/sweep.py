@@ -1,9 +1,9 @@
 """Running configurations: each in its own worker process, measured from outside, resumable through the store.
 
-The parent prepares a configuration (task, prompt lengths, KV cells, predicted memory, its row in the store),
-spawns a worker that loads the model once and answers the pending questions — committing each question's k
-samples as it finishes — and samples the worker's resident memory meanwhile. A worker that crashes or is killed
-is recorded with its status and llama.cpp's last log lines; the caller goes on.
+The parent prepares a configuration (task, prompt lengths, KV cells, predicted memory, its row in the store)
+while the worker it will hand it to starts (`Early`), then samples that worker's resident memory as it loads the
+model once and answers the pending questions — committing each question's k samples as it finishes. A worker that
+crashes or is killed is recorded with its status and llama.cpp's last log lines; the caller goes on.
 """
 
 from __future__ import annotations
