@@ -214,16 +214,17 @@ def _run_arm(
     left = race.time_left()
     deadline = None if left is None else time.time() + left / max(1, runs_left)
     state.current = arm.label
+
+    def inner(p: sweep.Progress) -> None:
+        state.inner = p
+        if progress is not None:
+            progress(state)
+
     try:
-        prepared = _prepare(race, index, asked, store, unreachable, deadline, race.request.threads)
-
-        def inner(p: sweep.Progress) -> None:
-            state.inner = p
-            if progress is not None:
-                progress(state)
-
-        before = sum(t.generated_tokens for t in store.timings(prepared.config_id))
-        out = sweep.execute_ladder(prepared, store, inner)
+        with sweep.Early() as early:  # its worker starts while the arm prepares
+            prepared = _prepare(race, index, asked, store, unreachable, deadline, race.request.threads)
+            before = sum(t.generated_tokens for t in store.timings(prepared.config_id))
+            out = sweep.execute_ladder(prepared, store, inner, early)
         race.tokens += sum(t.generated_tokens for t in store.timings(prepared.config_id)) - before
         top = out[prepared.spec.budget]
         if top.status not in ("done", "partial"):
