@@ -242,8 +242,14 @@ def test_mixed_kv_types_run(tiny_models: dict[WeightQuant, Path], tmp_path: Path
 
 def _workers() -> set[int]:
     """This process's live worker processes (multiprocessing's spawned interpreters; not its resource tracker)."""
-    return {p.pid for p in psutil.Process().children(recursive=True)
-            if p.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(p.cmdline())}  # fmt: skip
+    out = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(p.cmdline()):
+                out.add(p.pid)
+        except psutil.Error:  # ended meanwhile
+            continue
+    return out
 
 
 def test_the_worker_started_while_the_run_prepares_answers_and_an_unused_one_is_ended(
@@ -261,7 +267,9 @@ def test_the_worker_started_while_the_run_prepares_answers_and_an_unused_one_is_
 
         with early:
             prepared = sweep.prepare(spec, store)
+            assert early.held_bytes() > 8 << 20  # an interpreter at least: what the fit check credits back
             result = sweep.execute_ladder(prepared, store, progress, early)[8]
+        assert early.held_bytes() == 0
         assert result.status == "done" and result.n_done == 2
         assert set(seen) == {ours}  # the run's worker is the one started before it was prepared
         # prepare fails: the early worker is never handed work, and is ended
@@ -284,20 +292,22 @@ def test_an_early_worker_ends_with_the_process_that_started_it(tmp_path: Path) -
     child.wait(timeout=30)  # the worker waiting for a payload that will never come ends too
 
 
-def test_ctrl_c_while_a_run_prepares_prints_no_traceback_from_its_early_worker() -> None:
+def test_ctrl_c_while_a_run_prepares_leaves_the_early_worker_to_its_parent() -> None:
+    # Ctrl-C reaches the whole process group; a worker still starting would print a traceback of its own, so it
+    # ignores it until it has work: the parent ends one it never handed any.
     code = (
-        "from edgeval.running import sweep\nwith sweep.Early() as e:\n    print(e.process.pid, flush=True)\n"
-        "    e.process.join(60)\n    print(e.process.exitcode, flush=True)\n"
+        "import signal, sys\nfrom edgeval.running import sweep\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "with sweep.Early() as e:\n    print(e.process.pid, flush=True)\n    sys.stdin.readline()\n"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    parent = subprocess.Popen([sys.executable, "-c", code], env=env, text=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE)  # fmt: skip
-    assert parent.stdout is not None
+    parent = subprocess.Popen([sys.executable, "-c", code], env=env, text=True, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert parent.stdout is not None and parent.stdin is not None
     child = psutil.Process(int(parent.stdout.readline()))
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not any("libllama" in m.path for m in child.memory_maps()):
-        time.sleep(0.05)  # until the early worker has imported llama.cpp and waits for its payload
-    time.sleep(0.2)
-    child.send_signal(signal.SIGINT)  # Ctrl-C reaches the worker too (one process group), here the worker alone
-    out, err = parent.communicate(timeout=30)
-    assert out.split() == ["1"] and "Traceback" not in err, (out, err)  # ended, silently
+    time.sleep(0.3)  # at any moment of its start
+    child.send_signal(signal.SIGINT)
+    time.sleep(1.0)
+    alive = child.is_running() and child.status() != psutil.STATUS_ZOMBIE
+    _, err = parent.communicate("\n", timeout=30)  # the parent's `with` closes: it ends the worker
+    assert alive and parent.returncode == 0 and "Traceback" not in err, err
+    child.wait(timeout=30)

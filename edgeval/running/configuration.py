@@ -341,16 +341,19 @@ def free_memory(gpu: bool) -> tuple[int, int | None]:
 
 
 def resolve_width(
-    prepared: Prepared, questions: int, notify: Callable[[str], None] | None = None, *, probe: bool = True
-) -> Prepared:
+    prepared: Prepared, questions: int, notify: Callable[[str], None] | None = None, *, probe: bool = True,
+    held: int = 0,
+) -> Prepared:  # fmt: skip
     """How many of `questions` the run keeps in flight: --parallel N (at most what fits and what there is), or
     with AUTO the knee this machine measured for the model's size class (measured now, once, if `probe`) — never
-    a width whose prediction does not fit in AUTO_MEMORY_SHARE of the memory free, so a configuration that fits
-    with one question in flight still runs."""
+    a width whose prediction does not fit in AUTO_MEMORY_SHARE of the memory free (with the `held` bytes its own
+    worker, started early, already holds: the prediction counts them), so a configuration that fits with one
+    question in flight still runs."""
     spec = prepared.spec
     if spec.parallel == 1 or questions <= 1 or len(prepared.by_width) <= 1:
         return replace(prepared, width=1)
     ram, vram = free_memory(prepared.predicted.device_bytes > 0)
+    ram += held
     share = throughput.AUTO_MEMORY_SHARE
 
     def fits(width: int) -> bool:

@@ -14,6 +14,7 @@ import platform
 import queue
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -152,13 +153,14 @@ def _wait_for_claim(
         time.sleep(0.5)
 
 
-def check_fits(prepared: Prepared) -> None:
-    """Refuse a configuration whose predicted footprint — with its questions in flight — exceeds the free RAM, or
-    the free GPU memory for the part that goes there."""
+def check_fits(prepared: Prepared, held: int = 0) -> None:
+    """Refuse a configuration whose predicted footprint — with its questions in flight — exceeds the free RAM (with
+    the `held` bytes its own worker, started early, already holds: the prediction counts them), or the free GPU
+    memory for the part that goes there."""
     label = f"{prepared.spec.model_label} with k={prepared.spec.k}"
     if prepared.width > 1:
         label += f" and {prepared.width} questions in flight"
-    check_room(label, prepared.wide)
+    check_room(label, prepared.wide, -held)
 
 
 def check_room(label: str, predicted: memory.Footprint, extra_host_bytes: int = 0) -> None:
@@ -247,38 +249,62 @@ def worker_payload(
 class Early:
     """An answering worker started before its configuration is prepared: Python's start and llama.cpp's import
     (a quarter of a second) overlap the parent's own preparation. `supervise` hands it its payload; one never
-    handed any is ended when the `with` block closes (it holds nothing but its imports)."""
+    handed any, or left running, is ended when the `with` block closes. It starts with Ctrl-C ignored (the parent
+    ends it), and takes the parent's own handling back with its payload."""
 
     def __init__(self) -> None:
         spawn = multiprocessing.get_context("spawn")
         self.events, self.go = spawn.Queue(), spawn.Queue()
+        self.go.cancel_join_thread()  # a payload a dead worker never read does not hold up this process's exit
         self.measured = spawn.Event()
-        self.process: Any = spawn.Process(target=worker_waiting, args=(os.getpid(), self.go, self.events, self.measured),
-                                          daemon=True)  # fmt: skip
-        self.process.start()
+        interrupt = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+        main_thread = interrupt is not None  # (None also where the handler was not set from Python)
+        self.process: Any = spawn.Process(target=worker_waiting, args=(
+            os.getpid(), self.go, self.events, self.measured, interrupt is not signal.SIG_IGN), daemon=True)  # fmt: skip
+        if main_thread:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited through the spawn's exec
+        try:
+            self.process.start()
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGINT, interrupt)
+        self.started = time.perf_counter()
         self.used = False
+
+    def held_bytes(self) -> int:
+        """What it holds resident now (Python, llama.cpp's libraries, the template helper): memory the prediction
+        of its configuration counts as the runtime's own."""
+        import psutil
+
+        try:
+            me = psutil.Process(self.process.pid)
+            return sum(p.memory_info().rss for p in [me, *me.children(recursive=True)])
+        except psutil.Error:  # it ended
+            return 0
 
     def __enter__(self) -> Early:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if not self.used:
+        if self.process.is_alive():
             self.process.kill()
-            self.process.join()
+        self.process.join()
 
 
-def _start(payload: dict[str, Any], target: Callable[..., None], early: Early | None) -> tuple[Any, Any, Any]:
-    """The worker process running `target` on `payload`, its event queue, and the event set once the deployment
-    shape's peak is taken (a worker measuring it waits): `early`'s, handed the payload, or a new one."""
-    if early is not None and not early.used and target is worker_main:
+def _start(payload: dict[str, Any], target: Callable[..., None], early: Early | None) -> tuple[Any, Any, Any, float]:
+    """The worker process running `target` on `payload`, its event queue, the event set once the deployment shape's
+    peak is taken (a worker measuring it waits), and when it started: `early`'s, handed the payload, or a new one
+    (also when the early one has died meanwhile)."""
+    if early is not None and not early.used and target is worker_main and early.process.is_alive():
         early.used = True
         early.go.put(payload)
-        return early.process, early.events, early.measured
+        return early.process, early.events, early.measured, early.started
     spawn = multiprocessing.get_context("spawn")
     events, measured = spawn.Queue(), spawn.Event()
     worker = spawn.Process(target=target, args=(payload, events, measured), daemon=True)
+    started = time.perf_counter()
     worker.start()
-    return worker, events, measured
+    return worker, events, measured, started
 
 
 def supervise(
@@ -293,8 +319,7 @@ def supervise(
     """Start the worker process (`target`: answering, or another job's entry in `worker.main`; or hand the payload
     to an `early` answering worker) and follow it to its end: sample its memory, hear its events (a store-less
     worker's answers go to `on_rows`), call `tick` about every HEARTBEAT_S."""
-    started = time.perf_counter()
-    worker, events, measured = _start(payload, target, early)
+    worker, events, measured, started = _start(payload, target, early)
     load_s = None
     stopped = False
     footprint: tuple[memory.RSS, int | None] | None = None
@@ -338,6 +363,7 @@ def supervise(
         worker.join(timeout=5)  # Ctrl-C reaches the worker too (one process group); anything else ends it
         if worker.is_alive():
             worker.kill()
+            worker.join()
         raise
     tail = _log_tail(Path(payload["log_path"]))
     shape_peak, shape_vram = footprint or (None, None)
@@ -361,10 +387,11 @@ def _execute_claimed(
         if progress is not None:
             progress(state)
 
-    prepared = resolve_width(prepared, len(left), tell)
+    held = early.held_bytes() if early is not None and not early.used else 0
+    prepared = resolve_width(prepared, len(left), tell, held=held)
     if not spec.force:
         try:
-            check_fits(prepared)
+            check_fits(prepared, held)
         except NotEnoughMemoryError as exc:
             record_unfit(prepared, store, describe(exc))
             raise

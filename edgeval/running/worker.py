@@ -8,6 +8,7 @@ vote seeds, which `sweep` also needs to size a run.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -72,17 +73,19 @@ def main(payload: dict[str, Any], events: Any, measured: Any = None, work: Calla
         events.put(("peak", own_peak_bytes()))  # the kernel's own peak of this process: exact, and only it can tell
 
 
-def waiting(parent: int, go: Any, events: Any, measured: Any) -> None:
+def waiting(parent: int, go: Any, events: Any, measured: Any, interruptible: bool = True) -> None:
     """A worker started before its configuration is prepared (`sweep.Early`): Python's start, llama.cpp's import and
     the template helper's start happen while the parent prepares, then `main` runs on the payload handed over `go`
-    (None: nothing to run).
-    `parent` is the parent's pid as the parent gave it (had it died already, this process's parent is another)."""
+    (None: nothing to run). It starts with Ctrl-C ignored (the parent ends a worker it has not handed work) and
+    takes Python's own handling back with its payload when the parent had it (`interruptible`). `parent` is the
+    parent's pid as the parent gave it (had it died already, this process's parent is another)."""
     _die_with_parent(parent)
     try:
         from edgeval.core import rendering
         from edgeval.llama import engine  # noqa: F401  (the slow part of a worker's start)
 
-        rendering.warm()  # the chat template's helper process, which the first prompt would start
+        with contextlib.suppress(Exception):  # started again at the first prompt if it could not start now
+            rendering.warm()  # the chat template's helper process, which the first prompt would start
         while True:
             try:
                 payload = go.get(timeout=1.0)
@@ -90,9 +93,11 @@ def waiting(parent: int, go: Any, events: Any, measured: Any) -> None:
             except queue.Empty:
                 if _orphaned(parent):
                     os._exit(1)
-    except KeyboardInterrupt:  # Ctrl-C while the run prepares reaches this process too: the parent says it
+    except KeyboardInterrupt:  # (started from a thread, Ctrl-C is not ignored here): the parent says it
         raise SystemExit(1) from None
     if payload is not None:
+        if interruptible:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         main(payload, events, measured)
 
 
