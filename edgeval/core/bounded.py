@@ -53,18 +53,21 @@ class Helper:
             self.proc.wait()
             self.proc = None
 
+    def _running(self) -> subprocess.Popen[str] | None:
+        """The child, started if it is not running (None: it could not start). The caller holds the lock."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = self._start()
+        return self.proc
+
     def start(self) -> None:
         """Start the child now, if it is not running (its imports done before the first request needs it)."""
         with self.lock:
-            if self.proc is None or self.proc.poll() is not None:
-                self.proc = self._start()
+            self._running()
 
     def ask(self, request: dict[str, Any], deadline_s: float) -> dict[str, Any] | str:
         """The child's reply to `request`, or LATE (past `deadline_s`) or DIED; either way the child is gone."""
         with self.lock:
-            if self.proc is None or self.proc.poll() is not None:
-                self.proc = self._start()
-            proc = self.proc
+            proc = self._running()
             if proc is None or proc.stdin is None or proc.stdout is None:
                 return DIED
             try:

@@ -257,16 +257,17 @@ class Early:
         self.events, self.go = spawn.Queue(), spawn.Queue()
         self.go.cancel_join_thread()  # a payload a dead worker never read does not hold up this process's exit
         self.measured = spawn.Event()
+        # Ctrl-C's handler here, to set aside while the worker starts: only the main thread may, and None also where
+        # it was not set from Python
         interrupt = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
-        main_thread = interrupt is not None  # (None also where the handler was not set from Python)
         self.process: Any = spawn.Process(target=worker_waiting, args=(
             os.getpid(), self.go, self.events, self.measured, interrupt is not signal.SIG_IGN), daemon=True)  # fmt: skip
-        if main_thread:
+        if interrupt is not None:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited through the spawn's exec
         try:
             self.process.start()
         finally:
-            if main_thread:
+            if interrupt is not None:
                 signal.signal(signal.SIGINT, interrupt)
         self.started = time.perf_counter()
         self.used = False
