@@ -24,7 +24,7 @@ from edgeval.core.quants import KVType, WeightQuant
 from edgeval.edges.store import Store
 from edgeval.faces.cli import cli
 from edgeval.llama import doctor, engine
-from edgeval.running import sweep
+from edgeval.running import sweep, worker
 
 JSON_KEYS = {"model", "task", "kv_type_k", "kv_type_v", "ctx", "budget_tokens", "k", "n_items", "accuracy_maj",
              "accuracy_avg", "ci95", "peak_rss_bytes", "peak_rss_anon_bytes", "peak_rss_file_bytes", "predicted_bytes",
@@ -276,6 +276,52 @@ def test_the_worker_started_while_the_run_prepares_answers_and_an_unused_one_is_
         with pytest.raises(ConfigurationError, match="cannot hold"):
             sweep.run(replace(spec, ctx=64), store)
     assert _workers() <= before
+
+
+def _holds(early: sweep.Early, at_least: int, timeout_s: float = 30.0) -> int:
+    """What `early` holds once it holds `at_least` bytes, or after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and early.held_bytes() < at_least:
+        time.sleep(0.05)
+    return early.held_bytes()
+
+
+def test_the_early_worker_loads_the_checked_file_while_the_parent_prepares(
+    tiny_models: dict[WeightQuant, Path], tmp_path: Path
+) -> None:
+    path = tiny_models[WeightQuant.Q8_0]
+    spec = sweep.RunSpec(path, "tiny", "arith", budget_tokens=8, limit=2, repack=RepackMode.ALL)
+    told: list[tuple[Path, engine.LoadOptions, int]] = []
+    with Store(tmp_path / "p.db") as store, sweep.Early() as early:
+        time.sleep(1.0)  # started: its interpreter and llama.cpp's libraries are what it holds so far
+        started = early.held_bytes()
+        prepared = sweep.prepare(spec, store, loading=lambda *told_: (told.append(told_), early.preload(*told_)))
+        ((file, options, weights),) = told
+        assert file == path and options == prepared.spec.load_options() and weights > 1 << 20
+        # repacked weights are read into the worker's own memory: it holds them before it is handed any work
+        assert _holds(early, started + weights) >= started + weights
+        result = sweep.execute_ladder(prepared, store, None, early)[8]
+        assert result.status == "done" and result.n_done == 2
+    with sweep.Early() as early:  # weights that do not fit twice in the memory free now are left to the payload
+        time.sleep(1.0)
+        started = early.held_bytes()
+        early.preload(path, options, psutil.virtual_memory().available)
+        assert _holds(early, started + weights, timeout_s=2.0) < started + weights
+
+
+def test_the_preloaded_model_answers_only_for_the_same_file_loaded_the_same_way(
+    tiny_models: dict[WeightQuant, Path],
+) -> None:
+    path = tiny_models[WeightQuant.Q8_0]
+    plain = engine.LoadOptions(repack=RepackMode.OFF)
+    preloaded = engine.Model(path, plain)
+    assert worker._loaded(path, plain, preloaded) is preloaded
+    other = worker._loaded(path, engine.LoadOptions(repack=RepackMode.ALL), preloaded)
+    try:
+        assert other is not preloaded and other.options.repack_mode is RepackMode.ALL
+        assert preloaded._ptr is None  # the one loaded the other way is closed, not kept beside it
+    finally:
+        other.close()
 
 
 def test_an_early_worker_ends_with_the_process_that_started_it(tmp_path: Path) -> None:

@@ -47,6 +47,7 @@ from edgeval.edges.catalog import Catalog, ModelRef, generation_of
 from edgeval.edges.results import ConfigResult
 from edgeval.edges.store import Claim, NodeRun, Store
 from edgeval.running import sweep
+from edgeval.running.configuration import Loading
 
 if TYPE_CHECKING:  # ray is an optional extra, imported only with --ray
     from edgeval.running import detached
@@ -222,7 +223,7 @@ def _run_arm(
 
     try:
         with sweep.Early() as early:  # its worker starts while the arm prepares
-            prepared = _prepare(race, index, asked, store, unreachable, deadline, race.request.threads)
+            prepared = _prepare(race, index, asked, store, unreachable, deadline, race.request.threads, early.preload)
             before = sum(t.generated_tokens for t in store.timings(prepared.config_id))
             out = sweep.execute_ladder(prepared, store, inner, early)
         race.tokens += sum(t.generated_tokens for t in store.timings(prepared.config_id)) - before
@@ -251,9 +252,10 @@ def _budgets_in_race(race: _Race, index: int) -> tuple[int, ...]:
 
 def _prepare(
     race: _Race, index: int, asked: int, store: Store, unreachable: list[EdgevalError], deadline: float | None,
-    threads: int | None,
+    threads: int | None, loading: Loading | None = None,
 ) -> sweep.Prepared:  # fmt: skip
-    """An arm's model file (downloaded if missing) and its configuration rows, asking `asked` questions."""
+    """An arm's model file (downloaded if missing) and its configuration rows, asking `asked` questions (`loading`:
+    `prepare`'s, told the checked file)."""
     arm = race.arms[index]
     request = race.request
     path = hub.local_path(arm.ref.file)
@@ -269,7 +271,7 @@ def _prepare(
         expected_sha256=arm.ref.file.sha256, gpu_layers=request.gpu_layers, cpu_moe=request.cpu_moe,
         parallel=request.parallel, budget_message=request.budget_message,
     )  # fmt: skip
-    prepared = sweep.prepare(spec, store, race.run_id)
+    prepared = sweep.prepare(spec, store, race.run_id, loading)
     race.config_ids[index] = {**race.config_ids.get(index, {}), **prepared.config_ids}
     return prepared
 

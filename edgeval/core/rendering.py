@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,13 @@ def _helper() -> bounded.Helper:
 def warm() -> None:
     """Start the rendering helper now (a worker waiting for its work), not at the first prompt."""
     _helper().start()
+
+
+def warm_soon() -> None:
+    """Start the rendering helper from a thread of its own: the caller goes on meanwhile, and its first prompt
+    waits for the start where it is not done yet (the helper's lock)."""
+    helper = _helper()  # made here, once: never by two threads at a time
+    threading.Thread(target=helper.start, name="edgeval-template-helper", daemon=True).start()
 
 
 def _ask(request: dict[str, Any]) -> dict[str, Any]:

@@ -309,20 +309,28 @@ class _Cursor:
 
     def skip_strings(self, n: int) -> int:
         """Step over `n` strings (a vocabulary's 150,000 tokens, say) without decoding them; returns the longest's
-        length. Where a string lies whole in the buffer its length is read in place, else as `take` reads."""
-        longest = 0
-        for _ in range(n):
-            at = self.pos - self._buf_start
-            if at + 8 <= len(self._buf):
-                length = _U64.unpack_from(self._buf, at)[0]
+        length. The strings lying whole in the buffer are stepped over in one tight loop (their lengths read in
+        place: a vocabulary's two arrays are most of a header's reading); one reaching past it is read as `take`
+        reads, which fetches the next chunk."""
+        longest, left = 0, n
+        unpack = _U64.unpack_from
+        while left:
+            buf, at = self._buf, self.pos - self._buf_start
+            size = len(buf)
+            while left and at + 8 <= size:
+                length = unpack(buf, at)[0]
                 if length > _MAX_COUNT:
                     raise GGUFFormatError(Path(self._source), f"corrupt header: a string length of {length}")
-                if at + 8 + length <= len(self._buf):
-                    self.pos += 8 + length
-                    longest = max(longest, length)
-                    continue
-            length = len(self.take(self.count("a string length")))
-            longest = max(longest, length)
+                if at + 8 + length > size:
+                    break
+                at += 8 + length
+                left -= 1
+                if length > longest:
+                    longest = length
+            self.pos = self._buf_start + at
+            if left:
+                longest = max(longest, len(self.take(self.count("a string length"))))
+                left -= 1
         return longest
 
 

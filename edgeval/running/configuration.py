@@ -23,7 +23,7 @@ from edgeval.edges.tasks import prompt_text
 from edgeval.llama import throughput
 
 if TYPE_CHECKING:  # engine (llama.cpp) is imported where a configuration is prepared or run, not with this module
-    pass
+    from edgeval.llama import engine
 
 DEFAULT_BUDGET_TOKENS = 2048  # lowered, with a note, where the model's context cannot hold it
 ANSWER_TOKENS = 32  # what a forced sample may still write after its reasoning is closed
@@ -88,6 +88,12 @@ class RunSpec:
         """The sampler settings used (`prepare` sets Qwen's advice for the file's generation when none was
         given; before it, Qwen3's)."""
         return self.sampling or prompts.recommended_sampling(self.thinking)
+
+    def load_options(self) -> engine.LoadOptions:
+        """How the answering worker loads the file."""
+        from edgeval.llama import engine
+
+        return engine.LoadOptions(n_gpu_layers=self.gpu_layers, repack=self.repack_mode, cpu_moe=self.cpu_moe)
 
 
 @dataclass(frozen=True)
@@ -155,10 +161,11 @@ def _arm_key(spec: RunSpec, task: tasks.Task, model_sha: str) -> str:
     return _config_key(spec, task, model_sha, 0)
 
 
-def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
+def prepare(spec: RunSpec, store: Store, run_id: int | None = None, loading: Loading | None = None) -> Prepared:
     """Load the task, measure prompts with the model's tokenizer, size the KV cache, predict memory, find or
     create the configuration's row. A file whose sha256 is not the catalog's is refused first; repacking left
-    open is decided here (the doctor's probe, run once), since the prediction depends on it."""
+    open is decided here (the doctor's probe, run once), since the prediction depends on it. `loading` hears the
+    file and how it will be loaded once its header has been read and checked (`sweep.Early` loads it meanwhile)."""
     from edgeval.llama import doctor, engine
 
     model_sha = store.file_sha256(spec.model_path, hub.sha256_of)
@@ -178,6 +185,11 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
     if arch.hybrid and spec.kv_window:
         raise ConfigurationError(HYBRID_WINDOW.format(name=spec.model_path.name), hint="drop --kv-window")
     _check_sizes(spec, task, items, header, arch.n_ctx_train)
+    gpu_layers = engine.LoadOptions(n_gpu_layers=spec.gpu_layers).gpu_layers()
+    mode = memory.repack_for_offload(spec.repack_mode, gpu_layers)
+    spec = replace(spec, repack=mode)
+    if loading is not None:
+        loading(spec.model_path, spec.load_options(), header.weight_bytes)
     longest, needed = _sample_tokens(spec, task, items, chat)
     answer_cells = needed - longest - spec.budget
     budget, notes = _budget(spec, arch.n_ctx_train, longest, answer_cells)
@@ -192,9 +204,6 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
     if spec.thinking:  # the ladder's forks, with a window also what a vote evicts meanwhile
         n_ctx += engine.fork_cells(spec.k, n_rungs, answer_cells, chunk=chunk)
     n_seq = engine.ladder_sequences(spec.k, n_rungs, spec.thinking)
-    gpu_layers = engine.LoadOptions(n_gpu_layers=spec.gpu_layers).gpu_layers()
-    mode = memory.repack_for_offload(spec.repack_mode, gpu_layers)
-    spec = replace(spec, repack=mode)
     tied_copy = mode.repacks_tied_output
     repack = header.repack(engine.repacked_types(mode), tied_copy=tied_copy) if mode.on else memory.Repack()
 
@@ -209,6 +218,10 @@ def prepare(spec: RunSpec, store: Store, run_id: int | None = None) -> Prepared:
     config_ids = _config_rows(spec, store, run_id, task, len(items), header, chat, model_sha, footprint, shape)
     return Prepared(spec, task, items, n_ctx, n_seq, predicted, config_ids, notes, chat, by_width,
                     stream_cells=stream_cells)  # fmt: skip
+
+
+# What `prepare` tells once a file's header is checked: the file, how it will be loaded, its weights' bytes.
+Loading = Callable[[Path, "engine.LoadOptions", int], None]
 
 
 @dataclass(frozen=True)

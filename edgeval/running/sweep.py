@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import edgeval
-from edgeval.core import memory, resident
+from edgeval.core import memory, rendering, resident
 from edgeval.core.errors import NotEnoughMemoryError, describe
 from edgeval.core.paths import cache_dir
 from edgeval.edges import results
@@ -32,7 +32,7 @@ from edgeval.running.worker import main as worker_main
 from edgeval.running.worker import waiting as worker_waiting
 
 if TYPE_CHECKING:  # engine (llama.cpp) is imported where a configuration is prepared or run, not with this module
-    pass
+    from edgeval.llama import engine
 from edgeval.running.configuration import ANSWER_TOKENS as ANSWER_TOKENS
 from edgeval.running.configuration import AUTO as AUTO
 from edgeval.running.configuration import DEFAULT_BUDGET_TOKENS as DEFAULT_BUDGET_TOKENS
@@ -271,6 +271,19 @@ class Early:
                 signal.signal(signal.SIGINT, interrupt)
         self.started = time.perf_counter()
         self.used = False
+
+    def preload(self, path: Path, options: engine.LoadOptions, weight_bytes: int) -> None:
+        """Have the worker load the model now, while the parent goes on preparing (`prepare`'s `loading`, called
+        once the header is read and checked). Only a CPU run whose weights fit twice over in the memory available
+        now: the full check comes before the payload, and a model it would refuse is never loaded ahead of it. The
+        worker loads it again if the payload asks for another file or other options."""
+        import psutil
+
+        if self.used or not self.process.is_alive() or options.vocab_only or options.gpu_layers() != 0:
+            return
+        if 2 * weight_bytes > psutil.virtual_memory().available:
+            return
+        self.go.put(("load", str(path), options))
 
     def held_bytes(self) -> int:
         """What it holds resident now (Python, llama.cpp's libraries, the template helper): memory the prediction
@@ -538,8 +551,9 @@ def run_ladder(
     """Prepare and execute one configuration at every budget of its ladder, from one generation; `notify` hears
     the prepared configuration's notes (a default edgeval lowered, say)."""
     with Early() as early:
+        rendering.warm_soon()  # this process's chat-template helper starts while the run is recorded
         run_id = store.add_run(provenance(), command)
-        prepared = prepare(spec, store, run_id)
+        prepared = prepare(spec, store, run_id, loading=early.preload)
         for note in prepared.notes:
             if notify is not None:
                 notify(note)

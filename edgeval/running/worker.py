@@ -49,11 +49,15 @@ def question_seed(seed: int, item_id: str) -> int:
     return int(hashlib.sha256(f"{seed}:{item_id}".encode()).hexdigest()[:8], 16) % 0x7FFF0000
 
 
-def main(payload: dict[str, Any], events: Any, measured: Any = None, work: Callable[..., None] | None = None) -> None:
+def main(
+    payload: dict[str, Any], events: Any, measured: Any = None, work: Callable[..., None] | None = None,
+    preloaded: engine.Model | None = None,
+) -> None:  # fmt: skip
     """Runs in a fresh process: load once, answer every pending question, commit each as it finishes (to the store,
     or — with no store — back to the parent as an event). `measured` is the parent's event that it has taken the
     deployment shape's peak (a worker asked to measure that shape first waits for it). `work` is another job for
-    the same process life (`kld_passes`: a scoring pass); by default, answering.
+    the same process life (`kld_passes`: a scoring pass); by default, answering (with the model `waiting` loaded
+    while the parent prepared, where it did).
 
     A Python failure is written to the log as one `edgeval:` line and the process exits with code 1;
     a crash inside llama.cpp kills the process, and the parent reads the log's last lines.
@@ -64,7 +68,10 @@ def main(payload: dict[str, Any], events: Any, measured: Any = None, work: Calla
     engine.LOG.tee(Path(payload["log_path"]))
     engine.LOG.set_echo(payload["verbose"])
     try:
-        (work or _work)(payload, events, measured)
+        if work is None:
+            _work(payload, events, measured, preloaded)
+        else:
+            work(payload, events, measured)
     except BaseException as exc:
         with Path(payload["log_path"]).open("a", encoding="utf-8") as log:
             log.write(f"\nedgeval: {describe(exc)}\n")
@@ -75,30 +82,37 @@ def main(payload: dict[str, Any], events: Any, measured: Any = None, work: Calla
 
 def waiting(parent: int, go: Any, events: Any, measured: Any, interruptible: bool = True) -> None:
     """A worker started before its configuration is prepared (`sweep.Early`): Python's start, llama.cpp's import and
-    the template helper's start happen while the parent prepares, then `main` runs on the payload handed over `go`
-    (None: nothing to run). It starts with Ctrl-C ignored (the parent ends a worker it has not handed work) and
-    takes Python's own handling back with its payload when the parent had it (`interruptible`). `parent` is the
-    parent's pid as the parent gave it (had it died already, this process's parent is another)."""
+    the template helper's start happen while the parent prepares — and the model's load, once the parent has checked
+    the file and sent ("load", path, options) — then `main` runs on the payload handed over `go` (None: nothing to
+    run). It starts with Ctrl-C ignored (the parent ends a worker it has not handed work) and takes Python's own
+    handling back with its payload when the parent had it (`interruptible`). `parent` is the parent's pid as the
+    parent gave it (had it died already, this process's parent is another)."""
     _die_with_parent(parent)
+    preloaded = None
     try:
         from edgeval.core import rendering
-        from edgeval.llama import engine  # noqa: F401  (the slow part of a worker's start)
+        from edgeval.llama import engine  # (the slow part of a worker's start)
 
-        with contextlib.suppress(Exception):  # started again at the first prompt if it could not start now
-            rendering.warm()  # the chat template's helper process, which the first prompt would start
+        # the chat template's helper process, which the first prompt would start (again then, if it cannot now)
+        rendering.warm_soon()
         while True:
             try:
-                payload = go.get(timeout=1.0)
-                break
+                got = go.get(timeout=1.0)
             except queue.Empty:
                 if _orphaned(parent):
                     os._exit(1)
+                continue
+            if not (isinstance(got, tuple) and got[0] == "load"):
+                payload = got
+                break
+            with contextlib.suppress(Exception):  # loaded again with the payload, where its failure is told
+                preloaded = engine.Model(Path(got[1]), got[2])
     except KeyboardInterrupt:  # (started from a thread, Ctrl-C is not ignored here): the parent says it
         raise SystemExit(1) from None
     if payload is not None:
         if interruptible:
             signal.signal(signal.SIGINT, signal.default_int_handler)
-        main(payload, events, measured)
+        main(payload, events, measured, preloaded=preloaded)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -121,16 +135,16 @@ def _orphaned(parent: int) -> bool:
 Sink = Callable[[Mapping[int, Sequence[SampleRow]], ItemTiming], None]
 
 
-def _work(payload: dict[str, Any], events: Any, measured: Any = None) -> None:
+def _work(payload: dict[str, Any], events: Any, measured: Any = None, preloaded: engine.Model | None = None) -> None:
     if payload["db_path"] is None:  # no store here: each question goes back to the parent, which hands it on
 
         def send(rows: Mapping[int, Sequence[SampleRow]], timing: ItemTiming) -> None:
             events.put(("rows", (dict(rows), timing)))
 
-        _answer_all(payload, events, send, measured)
+        _answer_all(payload, events, send, measured, preloaded)
         return
     with Store(Path(payload["db_path"])) as store:
-        _answer_all(payload, events, store.add_items, measured)
+        _answer_all(payload, events, store.add_items, measured, preloaded)
 
 
 def spec_of(raw: dict[str, Any]) -> RunSpec:
@@ -158,7 +172,9 @@ class _Pace:
         self.last = now
 
 
-def _answer_all(payload: dict[str, Any], events: Any, sink: Sink, measured: Any = None) -> None:
+def _answer_all(
+    payload: dict[str, Any], events: Any, sink: Sink, measured: Any = None, preloaded: engine.Model | None = None
+) -> None:
     from edgeval.llama import engine
 
     spec = spec_of(payload["spec"])
@@ -167,10 +183,11 @@ def _answer_all(payload: dict[str, Any], events: Any, sink: Sink, measured: Any 
     pending = payload["pending"]
     config_ids = {int(b): int(c) for b, c in payload["config_ids"].items()}
     chat = prompts.ChatFormat(payload["chat_template"])
-    t0 = time.perf_counter()
-    load = engine.LoadOptions(n_gpu_layers=spec.gpu_layers, repack=spec.repack_mode, cpu_moe=spec.cpu_moe)
     width = payload["width"]
-    with engine.Model(spec.model_path, load) as model:
+    t0 = time.perf_counter()
+    with _loaded(spec.model_path, spec.load_options(), preloaded) as model:
+        if model is preloaded:  # its load's seconds, spent before the payload came
+            t0 -= model.load_s
         forcing = engine.reasoning_budget(
             model, message=spec.budget_message, answer_tokens=spec.answer_tokens,
             starts_reasoning=spec.thinking or chat.opens_reasoning(spec.thinking),
@@ -216,6 +233,18 @@ def _answer_all(payload: dict[str, Any], events: Any, sink: Sink, measured: Any 
 
             ctx.generate_many(recipe, jobs(), done, width=width, admit=admit, on_step=pace.stepped)
     events.put(("finished", None))
+
+
+def _loaded(path: Path, load: engine.LoadOptions, preloaded: engine.Model | None) -> engine.Model:
+    """The model to answer with: the one loaded while the parent prepared where it is this file loaded this way,
+    else (that one closed) loaded now."""
+    from edgeval.llama import engine
+
+    if preloaded is not None:
+        if preloaded.path == path and preloaded.options == load:
+            return preloaded
+        preloaded.close()
+    return engine.Model(path, load)
 
 
 def batch_size(step_tokens: int, width: int) -> int:
