@@ -392,14 +392,14 @@ class Context:
         sampling: Sampling = THINKING_SAMPLING,
         seeds: Sequence[int] = (0,),
         forcing: Forcing | None = None,
-        on_step: Callable[[int], None] | None = None,
+        on_step: Callable[[int, float], None] | None = None,
         window: int = 0,
         shift: bool = False,
     ) -> Generation:
         """k samples of `prompt`, decoded together: the prompt once, then one batch per step.
 
         `max_tokens` caps what each sample writes; with `forcing`, a sample still reasoning at the cap has its
-        reasoning closed and may write `forcing.answer_tokens` more. `on_step` hears the tokens each step made.
+        reasoning closed and may write `forcing.answer_tokens` more. `on_step` hears the tokens each step made and its seconds.
         `window` (0: none) and `shift` are the KV window of `generate_ladder`.
         """
         ladder = self.generate_ladder(
@@ -417,7 +417,7 @@ class Context:
         sampling: Sampling = THINKING_SAMPLING,
         seeds: Sequence[int] = (0,),
         forcing: Forcing | None = None,
-        on_step: Callable[[int], None] | None = None,
+        on_step: Callable[[int, float], None] | None = None,
         window: int = 0,
         shift: bool = False,
     ) -> dict[int, Generation]:
@@ -449,7 +449,7 @@ class Context:
         *,
         width: int = 1,
         admit: Callable[[], bool] | None = None,
-        on_step: Callable[[int], None] | None = None,
+        on_step: Callable[[int, float], None] | None = None,
     ) -> None:
         """Many questions, up to `width` in flight at once (continuous batching: `generation.run_batched`), each
         generated as `generate_ladder` would; `on_done` hears each question's rungs as it finishes. The context

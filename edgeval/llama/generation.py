@@ -208,11 +208,12 @@ def run_batched(
     *,
     width: int = 1,
     admit: Callable[[], bool] | None = None,
-    on_step: Callable[[int], None] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> None:
     """Generate `jobs` with up to `width` questions in flight, calling `on_done` with each question's rungs as it
     finishes (in the order questions finish). `admit` is asked before each new question starts: once it says no,
-    the questions in flight finish and nothing more starts. `on_step` hears the tokens each decode carried.
+    the questions in flight finish and nothing more starts. `on_step` hears the tokens each decode carried and the
+    seconds its step took (sampling, the batch and the decode; not the questions handed on nor the prompts read).
 
     Question i of the flight holds sequence ids [slot × s, (slot + 1) × s) for s = `recipe.sequences`, and at most
     n_ctx / width cells of a unified cache — or, in a context with a stream per sequence (`engine.in_flight`), the
@@ -236,9 +237,9 @@ def run_batched(
     try:
         flight.fill()
         while flight.questions:
-            carried = flight.step(batch, on_done)
+            carried, took = flight.step(batch, on_done)
             if carried and on_step is not None:
-                on_step(carried)
+                on_step(carried, took)
     finally:
         llama_cpp.llama_batch_free(batch)
         for q in flight.questions:
@@ -270,9 +271,12 @@ class _Flight:
             base = self.free_slots.pop() * self.recipe.sequences
             self.questions.append(_Question(self.ctx, self.recipe, job, base=base))
 
-    def step(self, batch: llama_cpp.llama_batch, on_done: Callable[[Job, dict[int, Generation]], None]) -> int:
+    def step(
+        self, batch: llama_cpp.llama_batch, on_done: Callable[[Job, dict[int, Generation]], None]
+    ) -> tuple[int, float]:
         """One step: sample every live sequence, hand on the questions that finished, start the next ones (their
-        prompts read alone), and decode the step's batch. Returns the tokens the decode carried (0: none)."""
+        prompts read alone), and decode the step's batch. Returns the tokens the decode carried (0: none) and the
+        seconds the step took beside what it did aside (the questions handed on, the prompts read)."""
         t0 = time.perf_counter()
         step: list[_Item] = []
         parts: list[tuple[_Question, int, int]] = []  # (question, first item, end) in this batch
@@ -299,13 +303,13 @@ class _Flight:
             parts += _read_prompts(self.ctx, readers, batch, self.ctx.options.n_batch, step)
         aside_s = time.perf_counter() - r0
         if not step:
-            return 0  # every question in flight finished at this step; the next ones were admitted
+            return 0, 0.0  # every question in flight finished at this step; the next ones were admitted
         fill_batch(batch, step)
         self.ctx._decode(batch)
         dt = time.perf_counter() - t0 - aside_s
         for q, start, end in parts:
             q.stepped(step, start, end, dt * (end - start) / len(step), len(step))
-        return len(step)
+        return len(step), dt
 
 
 _Item = tuple[int, int, int, bool]  # (token, position, sequence, wants_logits)

@@ -19,7 +19,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -165,7 +165,7 @@ class _Pace:
         self.last = 0.0
         self.step_s = 0.0
 
-    def stepped(self, _: int) -> None:
+    def stepped(self, _: int, __: float) -> None:
         now = time.perf_counter()
         if self.last:
             self.step_s = 0.8 * self.step_s + 0.2 * (now - self.last) if self.step_s else now - self.last
@@ -306,9 +306,11 @@ def _speed(
     ctx: engine.Context, chat: prompts.ChatFormat, task: tasks.Task, item: tasks.Item, spec: RunSpec,
     recipe: engine.Recipe,
 ) -> str:  # fmt: skip
-    """The deployment shape's speed (`answer_time.Speed`, as JSON): decode steps of one and of k sequences at the
-    prompt's depth and half way to the deepest a sample may reach (the largest budget's n_predict: a step grows
-    linearly with depth, and the cells filled to reach a depth are the probe's main cost), and the prompt read."""
+    """The deployment shape's speed (`answer_time.Speed`, as JSON): decode steps of one and of k sequences near the
+    prompt's depth (a short real generation's) and half way to the deepest a sample may reach (the largest budget's
+    n_predict: a step grows linearly with depth, and the cells filled to reach a depth are the probe's main cost),
+    and the prompt read. The line's slope is the decode's own (a step's sampling, batch and decode at both depths);
+    its height at the prompt is a real step's whole cost, the loop's bookkeeping included."""
     from edgeval.core import answer_time
     from edgeval.llama.speed import speed_probe
 
@@ -316,49 +318,64 @@ def _speed(
     forcing = recipe.forcing
     n_predict = forcing.n_predict(recipe.rungs[-1]) if forcing else recipe.rungs[-1]
     widths = sorted({1, spec.k})
-    probe = speed_probe(ctx, prompt, widths, (len(prompt), len(prompt) + n_predict // 2), recipe.sampling,
-                        steps=SPEED_STEPS)  # fmt: skip
+    deep = speed_probe(ctx, prompt, widths, (len(prompt) + n_predict // 2,), recipe.sampling, steps=SPEED_STEPS)
+    near = _loop_steps(ctx, prompt, widths, item_seeds(spec.seed, item.id, max(widths)), recipe)
+    probe = {w: [(near.depth, near.decode_s[w]), *[(d, t) for d, t in deep[w] if d > near.depth]] for w in widths}
     reasoning = forcing is not None and forcing.starts_reasoning
     raw = answer_time.Speed.fit(
-        0.0, probe, forced_tokens=len(forcing.tokens) if forcing and reasoning else 0,
+        near.prompt_tps, probe, forced_tokens=len(forcing.tokens) if forcing and reasoning else 0,
         extra=forcing.extra if forcing else 0,
     )  # fmt: skip
-    at_prompt, rate = _loop_steps(ctx, prompt, widths, item_seeds(spec.seed, item.id, max(widths)), recipe)
-    steps = {w: (max(0.0, at_prompt[w] - b * len(prompt)), b) for w, (_, b) in raw.steps.items()}
-    return replace(raw, prompt_tps=rate, steps=steps).to_json()
+    steps = {w: (max(0.0, near.step_s[w] - b * near.depth), b) for w, (_, b) in raw.steps.items()}
+    return replace(raw, steps=steps).to_json()
+
+
+@dataclass(frozen=True)
+class _Near:
+    """A short real generation's steps near the prompt's depth, per width: their whole cost (the median time
+    between steps) and their decode's (sampling, batch and decode), and the prompt's read rate."""
+
+    depth: int  # the generation's middle step's depth
+    step_s: dict[int, float]
+    decode_s: dict[int, float]
+    prompt_tps: float
 
 
 def _loop_steps(
     ctx: engine.Context, prompt: Sequence[int], widths: Sequence[int], seeds: Sequence[int], recipe: engine.Recipe
-) -> tuple[dict[int, float], float]:
-    """A step's whole cost at the prompt's depth for each width (llama_decode with sampling, the reasoning budget
-    and the loop's bookkeeping), and the prompt's read rate: a short real generation's, the median of the times
-    between its steps (a preemption of this process is one step's, not the figure's). The speed probe gives only
-    how a step grows with depth. The generation is forced as the run forces when it is the run's whole budget; a
-    longer budget is not forced in it (its message would be most of the steps, where a run's samples spend few).
-    Repeated while the repetitions are short: on a small model a step lasts a fraction of a millisecond. The
-    prompt's rate from the same generations (the probe has read the prompt once: warm)."""
+) -> _Near:
+    """A step's cost near the prompt's depth for each width — whole (llama_decode with sampling, the reasoning
+    budget and the loop's bookkeeping: the median of the times between a short real generation's steps, so that a
+    preemption of this process is one step's, not the figure's) and its decode's alone (the median of the steps'
+    own seconds) — and the prompt's read rate. The generation is forced as the run forces when it is the run's
+    whole budget; a longer budget is not forced in it (its message would be most of the steps, where a run's
+    samples spend few). Repeated while the repetitions are short: on a small model a step lasts a fraction of a
+    millisecond. The prompt's rate from the same generations (the probe before them has read the prompt once:
+    warm)."""
     short = min(SPEED_GENERATION, recipe.rungs[-1])
     forcing = recipe.forcing if short == recipe.rungs[-1] else None
-    at_prompt: dict[int, float] = {}
+    near = _Near(len(prompt) + short // 2, {}, {}, 0.0)
     rates: list[float] = []
     for width in widths:
         gaps: list[float] = []
+        took: list[float] = []
         started = time.perf_counter()
         for _ in range(SPEED_REPEATS):
             stamps: list[float] = []
             out = ctx.generate(prompt, k=width, max_tokens=short, sampling=recipe.sampling, seeds=seeds[:width],
-                               forcing=forcing, on_step=functools.partial(_stamp, stamps))  # fmt: skip
+                               forcing=forcing, on_step=functools.partial(_stamp, stamps, took))  # fmt: skip
             gaps += [b - a for a, b in itertools.pairwise(stamps)] or [out.decode_s / max(out.decode_steps, 1)]
             rates += [len(prompt) / out.prompt_s] if out.prompt_s > 0 else []
             if time.perf_counter() - started >= SPEED_REPEAT_S:
                 break
-        at_prompt[width] = statistics.median(gaps)
-    return at_prompt, statistics.median(rates) if rates else 0.0
+        near.step_s[width] = statistics.median(gaps)
+        near.decode_s[width] = statistics.median(took) if took else near.step_s[width]
+    return replace(near, prompt_tps=statistics.median(rates) if rates else 0.0)
 
 
-def _stamp(into: list[float], _: int) -> None:
+def _stamp(into: list[float], took: list[float], _: int, seconds: float) -> None:
     into.append(time.perf_counter())
+    took.append(seconds)
 
 
 def _answer(
