@@ -267,7 +267,7 @@ def test_the_worker_started_while_the_run_prepares_answers_and_an_unused_one_is_
 
         with early:
             prepared = sweep.prepare(spec, store)
-            assert early.held_bytes() > 8 << 20  # an interpreter at least: what the fit check credits back
+            assert _holds(early, 8 << 20) > 8 << 20  # an interpreter at least: what the fit check credits back
             result = sweep.execute_ladder(prepared, store, progress, early)[8]
         assert early.held_bytes() == 0
         assert result.status == "done" and result.n_done == 2
@@ -298,10 +298,18 @@ def test_the_early_worker_loads_the_checked_file_while_the_parent_prepares(
         prepared = sweep.prepare(spec, store, loading=lambda *told_: (told.append(told_), early.preload(*told_)))
         ((file, options, weights),) = told
         assert file == path and options == prepared.spec.load_options() and weights > 1 << 20
-        # repacked weights are read into the worker's own memory: it holds them before it is handed any work
+        # repacked weights are read into the worker's own memory: it holds them before it is handed any work, and
+        # once the parent has heard the load end (before its fit checks and speed probes)
         assert _holds(early, started + weights) >= started + weights
+        early.settle()
+        assert not early.loading and early.held_bytes() >= started + weights
         result = sweep.execute_ladder(prepared, store, None, early)[8]
         assert result.status == "done" and result.n_done == 2
+    with sweep.Early() as early:  # a worker that dies loading does not keep the parent waiting
+        early.preload(path, options, weights)
+        early.process.kill()
+        early.settle()
+        assert not early.process.is_alive()
     with sweep.Early() as early:  # weights that do not fit twice in the memory free now are left to the payload
         time.sleep(1.0)
         started = early.held_bytes()

@@ -12,6 +12,7 @@ raises `TemplateError` naming its fault (a configuration fails in one line; a co
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import threading
@@ -64,7 +65,12 @@ def warm_soon() -> None:
     """Start the rendering helper from a thread of its own: the caller goes on meanwhile, and its first prompt
     waits for the start where it is not done yet (the helper's lock)."""
     helper = _helper()  # made here, once: never by two threads at a time
-    threading.Thread(target=helper.start, name="edgeval-template-helper", daemon=True).start()
+
+    def start() -> None:
+        with contextlib.suppress(Exception):  # started again at the first prompt, which tells what failed
+            helper.start()
+
+    threading.Thread(target=start, name="edgeval-template-helper", daemon=True).start()
 
 
 def _ask(request: dict[str, Any]) -> dict[str, Any]:

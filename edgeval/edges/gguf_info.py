@@ -314,10 +314,10 @@ class _Cursor:
         reads, which fetches the next chunk."""
         longest, left = 0, n
         unpack = _U64.unpack_from
-        while left:
+        while left > 0:
             buf, at = self._buf, self.pos - self._buf_start
             size = len(buf)
-            while left and at + 8 <= size:
+            while left > 0 and at + 8 <= size:
                 length = unpack(buf, at)[0]
                 if length > _MAX_COUNT:
                     raise GGUFFormatError(Path(self._source), f"corrupt header: a string length of {length}")
@@ -328,7 +328,7 @@ class _Cursor:
                 if length > longest:
                     longest = length
             self.pos = self._buf_start + at
-            if left:
+            if left > 0:
                 longest = max(longest, len(self.take(self.count("a string length"))))
                 left -= 1
         return longest

@@ -69,6 +69,14 @@ class _LogCapture:
             self._file.close()
         self._file = path.open("a", encoding="utf-8") if path is not None else None
 
+    def replay(self, lines: list[str]) -> None:
+        """Copy lines logged before the file and the echo were set (a model loaded ahead of its work) to both."""
+        if self._echo:
+            os.write(2, printable("".join(f"{line}\n" for line in lines), lines=True).encode())
+        if self._file is not None:
+            self._file.writelines(f"{line}\n" for line in lines)
+            self._file.flush()
+
     def mark(self) -> int:
         """A position in the log; `since(mark)` returns what was logged after it."""
         with self._lock:

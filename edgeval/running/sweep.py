@@ -271,11 +271,13 @@ class Early:
                 signal.signal(signal.SIGINT, interrupt)
         self.started = time.perf_counter()
         self.used = False
+        self.loading = False  # a model load asked of it, not yet ended
 
     def preload(self, path: Path, options: engine.LoadOptions, weight_bytes: int) -> None:
         """Have the worker load the model now, while the parent goes on preparing (`prepare`'s `loading`, called
         once the header is read and checked). Only a CPU run whose weights fit twice over in the memory available
-        now: the full check comes before the payload, and a model it would refuse is never loaded ahead of it. The
+        now — a guard, not the configuration's check: that one, on the whole footprint, comes before the payload;
+        a configuration found done, or waiting on another process's claim, has had its file loaded for nothing. The
         worker loads it again if the payload asks for another file or other options."""
         import psutil
 
@@ -284,15 +286,27 @@ class Early:
         if 2 * weight_bytes > psutil.virtual_memory().available:
             return
         self.go.put(("load", str(path), options))
+        self.loading = True
+
+    def settle(self) -> None:
+        """Wait until a load asked for has ended (or the worker has): the memory it holds is then what the fit
+        checks credit back, and a measurement of this machine's speed (the knee probe) does not share its cores."""
+        while self.loading and not self.used and self.process.is_alive():
+            try:
+                kind, _ = self.events.get(timeout=0.25)
+            except queue.Empty:
+                continue
+            self.loading = kind != "preloaded"
 
     def held_bytes(self) -> int:
-        """What it holds resident now (Python, llama.cpp's libraries, the template helper): memory the prediction
-        of its configuration counts as the runtime's own."""
+        """What it holds resident now of its own (anonymous memory: Python, llama.cpp's buffers, a model read in
+        rather than mapped; the template helper's): memory the prediction of its configuration counts as the
+        runtime's own. Mapped file pages are left out — the memory available counts them already (the page cache)."""
         import psutil
 
         try:
             me = psutil.Process(self.process.pid)
-            return sum(p.memory_info().rss for p in [me, *me.children(recursive=True)])
+            return sum(max(0, m.rss - m.shared) for m in (p.memory_info() for p in [me, *me.children(recursive=True)]))
         except psutil.Error:  # it ended
             return 0
 
@@ -401,7 +415,10 @@ def _execute_claimed(
         if progress is not None:
             progress(state)
 
-    held = early.held_bytes() if early is not None and not early.used else 0
+    held = 0
+    if early is not None and not early.used:
+        early.settle()
+        held = early.held_bytes()
     prepared = resolve_width(prepared, len(left), tell, held=held)
     if not spec.force:
         try:

@@ -67,6 +67,8 @@ def main(
     _die_with_parent(payload["parent_pid"])
     engine.LOG.tee(Path(payload["log_path"]))
     engine.LOG.set_echo(payload["verbose"])
+    if preloaded is not None:
+        engine.LOG.replay(preloaded.load_log)
     try:
         if work is None:
             _work(payload, events, measured, preloaded)
@@ -105,8 +107,12 @@ def waiting(parent: int, go: Any, events: Any, measured: Any, interruptible: boo
             if not (isinstance(got, tuple) and got[0] == "load"):
                 payload = got
                 break
+            if preloaded is not None:
+                preloaded.close()
+                preloaded = None
             with contextlib.suppress(Exception):  # loaded again with the payload, where its failure is told
                 preloaded = engine.Model(Path(got[1]), got[2])
+            events.put(("preloaded", preloaded is not None))
     except KeyboardInterrupt:  # (started from a thread, Ctrl-C is not ignored here): the parent says it
         raise SystemExit(1) from None
     if payload is not None:
@@ -300,6 +306,7 @@ SPEED_STEPS = 8  # decode steps timed at each width and depth of the speed probe
 SPEED_GENERATION = 12  # tokens a sample writes in the probe's short real generation (the run's budget if smaller)
 SPEED_REPEATS = 30  # the most repetitions of the probe's short real generation at each width ...
 SPEED_REPEAT_S = 0.25  # ... repeated while they have taken less than this together
+SPEED_GAP = 32  # the fewest cells between the probe's two depths for a slope (a smaller budget's line is flat)
 
 
 def _speed(
@@ -320,7 +327,9 @@ def _speed(
     widths = sorted({1, spec.k})
     deep = speed_probe(ctx, prompt, widths, (len(prompt) + n_predict // 2,), recipe.sampling, steps=SPEED_STEPS)
     near = _loop_steps(ctx, prompt, widths, item_seeds(spec.seed, item.id, max(widths)), recipe)
-    probe = {w: [(near.depth, near.decode_s[w]), *[(d, t) for d, t in deep[w] if d > near.depth]] for w in widths}
+    # a deep point too close to the generation's steps would give a slope of noise: none (a flat line) then
+    probe = {w: [(near.depth, near.decode_s[w]), *[(d, t) for d, t in deep[w] if d >= near.depth + SPEED_GAP]]
+             for w in widths}  # fmt: skip
     reasoning = forcing is not None and forcing.starts_reasoning
     raw = answer_time.Speed.fit(
         near.prompt_tps, probe, forced_tokens=len(forcing.tokens) if forcing and reasoning else 0,
