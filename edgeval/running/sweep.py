@@ -248,7 +248,8 @@ def worker_payload(
 
 class Early:
     """An answering worker started before its configuration is prepared: Python's start and llama.cpp's import
-    (a quarter of a second) overlap the parent's own preparation. `supervise` hands it its payload; one never
+    (a quarter of a second), and the model's load once `prepare` has checked the file (`preload`), overlap the
+    parent's own preparation. `supervise` hands it its payload; one never
     handed any, or left running, is ended when the `with` block closes. It starts with Ctrl-C ignored (the parent
     ends it), and takes the parent's own handling back with its payload."""
 
@@ -281,7 +282,7 @@ class Early:
         worker loads it again if the payload asks for another file or other options."""
         import psutil
 
-        if self.used or not self.process.is_alive() or options.vocab_only or options.gpu_layers() != 0:
+        if self.used or not self.process.is_alive() or options.gpu_layers() != 0:
             return
         if 2 * weight_bytes > psutil.virtual_memory().available:
             return
@@ -306,9 +307,10 @@ class Early:
 
         try:
             me = psutil.Process(self.process.pid)
-            return sum(max(0, m.rss - m.shared) for m in (p.memory_info() for p in [me, *me.children(recursive=True)]))
+            held = [resident.read_rss(p) for p in [me, *me.children(recursive=True)]]
         except psutil.Error:  # it ended
             return 0
+        return sum(r.total if r.anon is None else r.anon for r in held)  # (the whole RSS where the OS has no split)
 
     def __enter__(self) -> Early:
         return self

@@ -363,7 +363,8 @@ def _loop_steps(
     warm)."""
     short = min(SPEED_GENERATION, recipe.rungs[-1])
     forcing = recipe.forcing if short == recipe.rungs[-1] else None
-    near = _Near(len(prompt) + short // 2, {}, {}, 0.0)
+    step_s: dict[int, float] = {}
+    decode_s: dict[int, float] = {}
     rates: list[float] = []
     for width in widths:
         gaps: list[float] = []
@@ -377,9 +378,9 @@ def _loop_steps(
             rates += [len(prompt) / out.prompt_s] if out.prompt_s > 0 else []
             if time.perf_counter() - started >= SPEED_REPEAT_S:
                 break
-        near.step_s[width] = statistics.median(gaps)
-        near.decode_s[width] = statistics.median(took) if took else near.step_s[width]
-    return replace(near, prompt_tps=statistics.median(rates) if rates else 0.0)
+        step_s[width] = statistics.median(gaps)
+        decode_s[width] = statistics.median(took) if took else step_s[width]
+    return _Near(len(prompt) + short // 2, step_s, decode_s, statistics.median(rates) if rates else 0.0)
 
 
 def _stamp(into: list[float], took: list[float], _: int, seconds: float) -> None:
